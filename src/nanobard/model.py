@@ -1,0 +1,245 @@
+"""The from-scratch GPT, read top to bottom in the order data flows through it:
+
+    positional encoding -> causal self-attention -> MLP -> block -> GPT
+
+Shapes: B batch, T query positions, S key positions (T + cached positions), C = n_embd,
+nh = n_head, hs = C // nh (head size), V = vocab size.
+
+Parameter names follow the GPT-2 checkpoint (``wte``, ``wpe``, ``h``, ``ln_f``, ``c_attn``,
+``c_proj``, ``c_fc``), so a Hugging Face GPT-2 maps onto this model by transposing its Conv1D
+weights (see ``from_hf_gpt2``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from nanobard.config import ModelConfig
+
+
+def sinusoidal_encoding(block_size: int, n_embd: int) -> torch.Tensor:
+    """Fixed encoding of Vaswani et al.: PE[p, 2i] = sin(p / 10000^(2i/C)), PE[p, 2i+1] = cos(...)."""
+    pos = torch.arange(block_size, dtype=torch.float32)[:, None]  # (T, 1)
+    freq = torch.exp(torch.arange(0, n_embd, 2, dtype=torch.float32) * (-math.log(10000.0) / n_embd))
+    pe = torch.zeros(block_size, n_embd)  # (T, C)
+    pe[:, 0::2] = torch.sin(pos * freq)
+    pe[:, 1::2] = torch.cos(pos * freq[: n_embd // 2])
+    return pe
+
+
+class KVCache:
+    """Keys and values of past positions for one layer, preallocated to the context length."""
+
+    def __init__(self, batch: int, n_head: int, max_len: int, head_size: int, device, dtype):
+        self.k = torch.zeros(batch, n_head, max_len, head_size, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.pos = 0  # number of positions stored
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, nh, T, hs); return all keys and values so far (B, nh, S, hs)."""
+        t = k.size(2)
+        assert self.pos + t <= self.k.size(2), f"cache overflow: {self.pos} + {t} > {self.k.size(2)}"
+        self.k[:, :, self.pos : self.pos + t] = k
+        self.v[:, :, self.pos : self.pos + t] = v
+        self.pos += t
+        return self.k[:, :, : self.pos], self.v[:, :, : self.pos]
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention: softmax(Q Kᵀ / √d_k) V per head, heads concatenated."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.n_embd, self.dropout = cfg.n_head, cfg.n_embd, cfg.dropout
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # Q, K, V in one matmul
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)  # W^O
+        self.attn_dropout = nn.Dropout(cfg.dropout)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, T, C = x.shape
+        hs = C // self.n_head
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, nh, S, hs)
+        S = k.size(2)
+        # query t (absolute position S - T + t) may see keys 0 .. S - T + t, never a later one
+        mask = None if T == 1 else torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
+
+        weights = None
+        if need_weights:  # the readable path: every step written out, weights returned
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, S)
+            if mask is not None:
+                att = att.masked_fill(~mask, float("-inf"))
+            att = F.softmax(att, dim=-1)  # (B, nh, T, S), rows sum to 1
+            weights = att
+            y = self.attn_dropout(att) @ v  # (B, nh, T, hs)
+        else:  # the fast path: same math, fused kernel (flash / memory-efficient where available)
+            drop = self.dropout if self.training else 0.0
+            if T == S:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
+        return self.resid_dropout(self.c_proj(y)), weights
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: C -> 4C -> GELU -> C."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        a, weights = self.attn(self.ln_1(x), cache, need_weights)
+        x = x + a  # residual
+        x = x + self.mlp(self.ln_2(x))  # residual
+        return x, weights
+
+
+@dataclass
+class GPTOutput:
+    logits: torch.Tensor  # (B, T, V), every position
+    loss: torch.Tensor | None = None  # mean cross-entropy in nats per token, when targets given
+    attentions: list[torch.Tensor] | None = None  # per layer (B, nh, T, S), when asked
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+                drop=nn.Dropout(cfg.dropout),
+                h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
+                ln_f=nn.LayerNorm(cfg.n_embd, bias=cfg.bias),
+            )
+        )
+        if cfg.pos_encoding == "learned":
+            self.transformer["wpe"] = nn.Embedding(cfg.block_size, cfg.n_embd)
+        else:
+            self.register_buffer("pe", sinusoidal_encoding(cfg.block_size, cfg.n_embd), persistent=False)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_weights:
+            self.lm_head.weight = self.transformer["wte"].weight
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # scaled init of residual projections (GPT-2)
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        """Trainable parameters, a tied embedding counted once."""
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token (forward + backward), as in the PaLM paper appendix B:
+        6 N (matmuls with the weights) + 12 L C T (attention scores and weighted sum)."""
+        c = self.config
+        return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * c.block_size
+
+    def new_cache(self, batch: int, device=None, dtype=None) -> list[KVCache]:
+        c = self.config
+        p = next(self.parameters())
+        return [
+            KVCache(batch, c.n_head, c.block_size, c.n_embd // c.n_head, device or p.device, dtype or p.dtype)
+            for _ in range(c.n_layer)
+        ]
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        return_attention: bool = False,
+        kv_cache: list[KVCache] | None = None,
+    ) -> GPTOutput:
+        """idx (B, T) token ids -> logits (B, T, V) for every position.
+
+        ``return_attention`` takes the readable attention path and returns its weights;
+        ``kv_cache`` (from ``new_cache``) feeds only new tokens, reusing cached keys and values.
+        """
+        B, T = idx.shape
+        past = kv_cache[0].pos if kv_cache is not None else 0
+        if past + T > self.config.block_size:
+            raise ValueError(
+                f"sequence of {past + T} tokens exceeds the context length {self.config.block_size}"
+            )
+        tok = self.transformer["wte"](idx)  # (B, T, C)
+        if self.config.pos_encoding == "learned":
+            pos = self.transformer["wpe"](torch.arange(past, past + T, device=idx.device))  # (T, C)
+        else:
+            pos = self.pe[past : past + T]  # (T, C)
+        x = self.transformer["drop"](tok + pos)  # (B, T, C)
+        attentions = [] if return_attention else None
+        for i, block in enumerate(self.transformer["h"]):
+            x, w = block(x, kv_cache[i] if kv_cache is not None else None, return_attention)
+            if attentions is not None:
+                attentions.append(w)
+        x = self.transformer["ln_f"](x)  # (B, T, C)
+        logits = self.lm_head(x)  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        return GPTOutput(logits=logits, loss=loss, attentions=attentions)
+
+    @classmethod
+    def from_hf_gpt2(cls, hf_model: nn.Module) -> GPT:
+        """Build a GPT with the weights of a Hugging Face ``GPT2LMHeadModel``.
+
+        GPT-2 stores its projections as Conv1D (in, out); ours are Linear (out, in): transpose.
+        The HF config must use ``activation_function="gelu"`` for exact logits (GPT-2 itself uses
+        the tanh approximation, ``gelu_new``, which differs in the fourth decimal).
+        """
+        hc = hf_model.config
+        cfg = ModelConfig(
+            vocab_size=hc.vocab_size, block_size=hc.n_positions, n_layer=hc.n_layer,
+            n_head=hc.n_head, n_embd=hc.n_embd, dropout=0.0, bias=True, tie_weights=True,
+        )
+        model = cls(cfg)
+        sd = model.state_dict()
+        transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+        for k, v in hf_model.state_dict().items():
+            if k.endswith(("attn.bias", "attn.masked_bias")) or k not in sd:
+                continue
+            with torch.no_grad():
+                sd[k].copy_(v.t() if k.endswith(transposed) else v)
+        return model

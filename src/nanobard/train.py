@@ -1,0 +1,354 @@
+"""Training loop for the from-scratch GPT.
+
+AdamW (weight decay on matrices only), linear warmup + cosine decay, gradient clipping and
+accumulation, periodic evaluation on fixed batches, early stopping, the best checkpoint by
+validation loss (``model_scratch_best.pt``) and a latest checkpoint (``ckpt_last.pt``) from which
+``resume=True`` continues exactly (same batches, same dropout masks, same weights).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from nanobard.checkpoint import CheckpointError, load_model, save_checkpoint
+from nanobard.config import ModelConfig, TrainConfig, with_overrides
+from nanobard.data import CorpusSplit, check_fits, get_batch
+from nanobard.model import GPT
+from nanobard.tokenizer import CharTokenizer
+
+logger = logging.getLogger(__name__)
+
+BEST_NAME = "model_scratch_best.pt"
+LAST_NAME = "ckpt_last.pt"
+METRICS_NAME = "metrics.jsonl"
+EVAL_SEED_OFFSET = 1_000_003  # evaluation batches come from their own, fixed stream
+
+
+class TrainingInterrupted(RuntimeError):
+    """Ctrl-C or SIGTERM stopped training after a resumable checkpoint was written."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint was kept."""
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    num_params: int
+    steps: int
+    tokens: int
+    elapsed_s: float
+    tokens_per_s: float
+    first_val_loss: float
+    best_val_loss: float
+    final_val_loss: float
+    final_train_loss: float
+    stopped: str  # "steps", "epochs", "time", "early_stopping"
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA if available, then Apple MPS, else CPU."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast_context(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    if dtype == "bfloat16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def lr_at(step: int, cfg: TrainConfig, horizon: int | None, time_fraction: float) -> float:
+    """Linear warmup to ``lr`` then cosine decay to ``min_lr`` over ``horizon`` steps.
+
+    With only a time budget (no step horizon), the cosine follows the fraction of time used.
+    """
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
+    if horizon is not None:
+        span = max(1, horizon - cfg.warmup_steps)
+        progress = min(1.0, (step - cfg.warmup_steps) / span)
+    else:
+        progress = min(1.0, time_fraction)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on 2-D+ parameters (matmul weights, embeddings) only."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+
+
+def step_budget(cfg: TrainConfig, n_train_tokens: int, block_size: int) -> tuple[int | None, str]:
+    """The step count the budget allows (None when only time limits it) and what sets it."""
+    options = []
+    if cfg.max_steps is not None:
+        options.append((cfg.max_steps, "steps"))
+    if cfg.epochs is not None:
+        per_step = cfg.batch_size * cfg.grad_accum * block_size
+        options.append((max(1, math.ceil(cfg.epochs * n_train_tokens / per_step)), "epochs"))
+    if not options:
+        return None, "time"
+    return min(options)
+
+
+@torch.no_grad()
+def estimate_loss(
+    model: GPT, data: torch.Tensor, block_size: int, batch_size: int, iters: int, seed: int,
+    device: torch.device, dtype: str,
+) -> float:
+    """Mean loss (nats/token) over ``iters`` batches drawn from a fixed seed: the same batches
+    at every evaluation, so successive values differ only because the model changed."""
+    was_training = model.training
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for _ in range(iters):
+        x, y = get_batch(data, block_size, batch_size, g)
+        with autocast_context(device, dtype):
+            total += model(x.to(device), y.to(device)).loss.item()
+    model.train(was_training)
+    return total / iters
+
+
+class _StopFlag:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step (main thread only)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        try:
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        except ValueError:  # not in the main thread: leave signals alone
+            self._old.clear()
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a run's ``metrics.jsonl`` (empty when there is none)."""
+    p = Path(path)
+    if not p.exists():
+        return []
+    return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
+
+
+def _trim_metrics(path: Path, last_step: int) -> None:
+    """On resume, drop metric lines written after the checkpoint we resume from."""
+    if not path.exists():
+        return
+    keep = [row for row in read_metrics(path) if row["step"] <= last_step]
+    path.write_text("".join(json.dumps(row) + "\n" for row in keep))
+
+
+def train(
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    split: CorpusSplit,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    config_name: str = "config.json",
+) -> TrainResult:
+    """Train a GPT on ``split.train``, evaluating on ``split.val``; write checkpoints and metrics
+    into ``out_dir``. Returns a summary; raises TrainingInterrupted on Ctrl-C/SIGTERM."""
+    t_start = time.perf_counter()
+    out = Path(out_dir)
+    check_fits(split, model_cfg.block_size)
+    device = pick_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    tok = CharTokenizer.from_text(split.train, split.val)
+    model_cfg = with_overrides(model_cfg, {"vocab_size": tok.vocab_size})
+    out.mkdir(parents=True, exist_ok=True)
+    best_path, last_path, metrics_path = out / BEST_NAME, out / LAST_NAME, out / METRICS_NAME
+
+    torch.manual_seed(cfg.seed)
+    model = GPT(model_cfg).to(device)
+    optimizer = make_optimizer(model, cfg, device)
+    batch_gen = torch.Generator().manual_seed(cfg.seed)
+    state = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "best_val": math.inf, "bad_evals": 0, "first_val": None}
+
+    if resume and last_path.exists():
+        loaded, _, ckpt = load_model(last_path, device, expect=model_cfg)
+        model.load_state_dict(loaded.state_dict())
+        ts = ckpt["train_state"]
+        optimizer.load_state_dict(ts["optimizer"])
+        batch_gen.set_state(ts["batch_rng"])
+        torch.set_rng_state(ts["torch_rng"])
+        state = json.loads(ts["counters"])
+        _trim_metrics(metrics_path, state["step"])
+        logger.info("resuming from %s at step %d", last_path, state["step"])
+    elif resume:
+        logger.info("no %s in %s; starting from scratch", LAST_NAME, out)
+    else:
+        for p in (last_path, metrics_path):  # a fresh run never appends to an old one's files
+            if p.exists():
+                p.unlink()
+
+    train_ids = torch.tensor(tok.encode(split.train), dtype=torch.long)
+    val_ids = torch.tensor(tok.encode(split.val), dtype=torch.long)
+    horizon_steps, budget_kind = step_budget(cfg, len(train_ids), model_cfg.block_size)
+    decay_horizon = cfg.lr_decay_steps or horizon_steps
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * model_cfg.block_size
+    (out / config_name).write_text(json.dumps({
+        "model": asdict(model_cfg), "train": asdict(cfg), "corpus": split.name,
+        "n_train_chars": len(split.train), "n_val_chars": len(split.val),
+        "num_params": model.num_params(), "device": str(device), "torch": torch.__version__,
+        "step_budget": horizon_steps, "budget": budget_kind,
+    }, indent=2))
+    logger.info("model: %s parameters on %s; %s training tokens", f"{model.num_params():,}", device, f"{len(train_ids):,}")
+
+    fwd = torch.compile(model) if cfg.compile else model
+    history = read_metrics(metrics_path) if resume else []
+    session_t0, session_tokens = time.perf_counter(), 0
+    elapsed_before = state["elapsed_s"]
+    stopped = budget_kind
+
+    def elapsed() -> float:
+        return elapsed_before + time.perf_counter() - t_start
+
+    def evaluate_and_save(step: int, last_loss: float | None, lr: float) -> bool:
+        """Evaluate, log, checkpoint. Returns True when early stopping says stop."""
+        ev = dict(block_size=model_cfg.block_size, batch_size=cfg.batch_size, iters=cfg.eval_iters,
+                  seed=cfg.seed + EVAL_SEED_OFFSET, device=device, dtype=cfg.dtype)
+        val_loss = estimate_loss(fwd, val_ids, **ev)
+        train_loss = estimate_loss(fwd, train_ids, **ev)
+        if not math.isfinite(val_loss) or not math.isfinite(train_loss):
+            raise NonFiniteLossError(
+                f"loss became {val_loss} at step {step}; training stopped, the last good checkpoint is kept. "
+                "Lower --lr or raise --warmup-steps"
+            )
+        if state["first_val"] is None:
+            state["first_val"] = val_loss
+        session_s = time.perf_counter() - session_t0
+        row = {
+            "step": step, "tokens": state["tokens"], "train_loss": round(train_loss, 5),
+            "val_loss": round(val_loss, 5), "lr": lr, "elapsed_s": round(elapsed(), 3),
+            "tokens_per_s": round(session_tokens / session_s, 1) if session_s > 0 and session_tokens else None,
+            "last_batch_loss": None if last_loss is None else round(last_loss, 5),
+        }
+        history.append(row)
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        improved = val_loss < state["best_val"]
+        if improved:
+            state["best_val"], state["bad_evals"] = val_loss, 0
+            save_checkpoint(best_path, model, tok, metrics={"step": step, "val_loss": val_loss})
+        else:
+            state["bad_evals"] += 1
+        state["elapsed_s"] = elapsed()
+        save_checkpoint(last_path, model, tok, train_state={
+            "optimizer": optimizer.state_dict(), "batch_rng": batch_gen.get_state(),
+            "torch_rng": torch.get_rng_state(), "counters": json.dumps(state),
+        })
+        bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_loss:.3f}", refresh=False)
+        return cfg.patience is not None and state["bad_evals"] >= cfg.patience
+
+    step = state["step"]
+    bar = tqdm(total=horizon_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True,
+               desc="train scratch")
+    lr = lr_at(step, cfg, decay_horizon, 0.0)
+    loss_val: float | None = None
+    model.train()
+    with _StopFlag() as stop:
+        if step == 0 and not history:
+            evaluate_and_save(0, None, lr)
+        while True:
+            if horizon_steps is not None and step >= horizon_steps:
+                stopped = budget_kind
+                break
+            if cfg.max_time is not None and elapsed() >= cfg.max_time:
+                stopped = "time"
+                break
+            lr = lr_at(step, cfg, decay_horizon, elapsed() / cfg.max_time if cfg.max_time else 0.0)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            for _ in range(cfg.grad_accum):
+                x, y = get_batch(train_ids, model_cfg.block_size, cfg.batch_size, batch_gen)
+                with autocast_context(device, cfg.dtype):
+                    loss = fwd(x.to(device), y.to(device)).loss / cfg.grad_accum
+                loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_val = loss.item() * cfg.grad_accum
+            if not math.isfinite(loss_val):
+                raise NonFiniteLossError(
+                    f"loss became {loss_val} at step {step + 1}; training stopped, the last good checkpoint "
+                    f"({last_path}) is kept. Lower --lr or raise --warmup-steps"
+                )
+            step += 1
+            state["step"] = step
+            state["tokens"] += tokens_per_step
+            session_tokens += tokens_per_step
+            bar.update(1)
+            if step % 10 == 0:
+                rate = session_tokens / max(1e-9, time.perf_counter() - session_t0)
+                bar.set_postfix(loss=f"{loss_val:.3f}", val=f"{state['best_val']:.3f}", tok_s=f"{rate:,.0f}")
+            if step % cfg.eval_interval == 0:
+                if evaluate_and_save(step, loss_val, lr):
+                    stopped = "early_stopping"
+                    break
+            if stop.signum is not None:
+                if not history or history[-1]["step"] != step:
+                    evaluate_and_save(step, loss_val, lr)
+                bar.close()
+                raise TrainingInterrupted(
+                    f"stopped by signal {signal.Signals(stop.signum).name} at step {step}; "
+                    f"checkpoint written to {last_path}; continue with the same command plus --resume"
+                )
+        if not history or history[-1]["step"] != step:
+            evaluate_and_save(step, loss_val, lr)
+    bar.close()
+
+    session_s = time.perf_counter() - session_t0
+    return TrainResult(
+        out_dir=out, num_params=model.num_params(), steps=step, tokens=state["tokens"],
+        elapsed_s=elapsed(), tokens_per_s=session_tokens / session_s if session_s > 0 else 0.0,
+        first_val_loss=state["first_val"], best_val_loss=state["best_val"],
+        final_val_loss=history[-1]["val_loss"], final_train_loss=history[-1]["train_loss"],
+        stopped=stopped, history=history,
+    )
+
+
+__all__ = ["train", "TrainResult", "pick_device", "lr_at", "CheckpointError", "TrainingInterrupted"]
