@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import time
 import typing
@@ -258,6 +259,22 @@ def cmd_attention(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from nanobard.bench import run_benchmarks, table, write_results
+
+    which = args.only or ["matmul", "train", "generate", "finetune", "time_to_loss"]
+    data = args.data or os.environ.get("NANOBARD_TINYSHAKESPEARE")
+    if "time_to_loss" in which and not data:
+        from nanobard.data import tiny_shakespeare_path
+
+        data = str(tiny_shakespeare_path())
+    results = run_benchmarks(which, repeats=args.repeats, tiny=args.tiny, data=data)
+    path = write_results(results, args.out)
+    print(table(results))
+    print(f"\nresults: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nanobard",
@@ -339,6 +356,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--layer", type=int, default=None, help="layer to draw (default: the last)")
     a.add_argument("--png", default="attention.png", help="where to write the heatmap")
     a.set_defaults(func=cmd_attention)
+
+    b = sub.add_parser("bench", help="benchmarks: peak matmul, training, generation, fine-tuning, time to loss",
+                       description="Measure this machine and nanobard on it. Writes JSON and a table; asserts nothing.")
+    b.add_argument("--only", nargs="+", choices=["matmul", "train", "generate", "finetune", "time_to_loss"],
+                   help="run only these groups")
+    b.add_argument("--repeats", type=int, default=3, help="runs per case (median and spread reported)")
+    b.add_argument("--tiny", action="store_true", help="seconds-long sizes: checks the harness, not the machine")
+    b.add_argument("--data", metavar="PATH", help="tiny Shakespeare for time-to-loss (or NANOBARD_TINYSHAKESPEARE)")
+    b.add_argument("--out", default="bench_results", help="folder for the JSON results")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

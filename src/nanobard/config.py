@@ -60,13 +60,14 @@ class TrainConfig:
     min_lr: float = 1e-4
     warmup_steps: int = 100
     lr_decay_steps: int | None = None  # cosine horizon; defaults to the step budget
-    weight_decay: float = 0.1  # matrices only; biases, LayerNorm and embeddings... see train.py
+    weight_decay: float = 0.1  # applied to 2-D parameters (matmul weights, embeddings) only
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # 0 disables clipping
     eval_interval: int = 250
     eval_iters: int = 20  # batches averaged per evaluation (same batches every time)
     patience: int | None = None  # evaluations without improvement before stopping early
+    target_loss: float | None = None  # stop at the first evaluation with val loss <= this
     seed: int = 1337
     device: str = "auto"  # auto picks cuda, then mps, then cpu
     dtype: DType = "float32"  # bfloat16 autocast where the device supports it

@@ -56,7 +56,7 @@ class TrainResult:
     best_val_loss: float
     final_val_loss: float
     final_train_loss: float
-    stopped: str  # "steps", "epochs", "time", "early_stopping"
+    stopped: str  # "steps", "epochs", "time", "early_stopping", "target_loss"
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -246,8 +246,8 @@ def train(
     def elapsed() -> float:
         return elapsed_before + time.perf_counter() - t_start
 
-    def evaluate_and_save(step: int, last_loss: float | None, lr: float) -> bool:
-        """Evaluate, log, checkpoint. Returns True when early stopping says stop."""
+    def evaluate_and_save(step: int, last_loss: float | None, lr: float) -> str | None:
+        """Evaluate, log, checkpoint. Returns why to stop (early stopping, target reached) or None."""
         ev = dict(block_size=model_cfg.block_size, batch_size=cfg.batch_size, iters=cfg.eval_iters,
                   seed=cfg.seed + EVAL_SEED_OFFSET, device=device, dtype=cfg.dtype)
         val_loss = estimate_loss(fwd, val_ids, **ev)
@@ -281,7 +281,11 @@ def train(
             "torch_rng": torch.get_rng_state(), "counters": json.dumps(state),
         })
         bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_loss:.3f}", refresh=False)
-        return cfg.patience is not None and state["bad_evals"] >= cfg.patience
+        if cfg.target_loss is not None and val_loss <= cfg.target_loss:
+            return "target_loss"
+        if cfg.patience is not None and state["bad_evals"] >= cfg.patience:
+            return "early_stopping"
+        return None
 
     step = state["step"]
     bar = tqdm(total=horizon_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True,
@@ -326,8 +330,9 @@ def train(
                 rate = session_tokens / max(1e-9, time.perf_counter() - session_t0)
                 bar.set_postfix(loss=f"{loss_val:.3f}", val=f"{state['best_val']:.3f}", tok_s=f"{rate:,.0f}")
             if step % cfg.eval_interval == 0:
-                if evaluate_and_save(step, loss_val, lr):
-                    stopped = "early_stopping"
+                why = evaluate_and_save(step, loss_val, lr)
+                if why:
+                    stopped = why
                     break
             if stop.signum is not None:
                 if not history or history[-1]["step"] != step:
