@@ -275,8 +275,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (usage is one --help away)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        hint = ""
+        if "expected one argument" in message:
+            hint = " (a negative number needs '=', e.g. --lr=-1e-3)"
+        self.exit(2, f"nanobard: error: {self.prog.removeprefix('nanobard ')}: {message}{hint}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="nanobard",
         description="Build a GPT from scratch, fine-tune a pretrained one, and look inside both.",
         epilog="Run `nanobard COMMAND --help` for the options of each command.",

@@ -122,6 +122,12 @@ def load_pretrained(name: str = "auto", device: str | torch.device = "cpu", attn
             if p.exists() or resolved.startswith((".", "/", "~")):
                 check_hf_folder(p.expanduser())
                 src = str(p.expanduser())
+            elif not in_hf_cache(resolved) and not hub_reachable():
+                raise PretrainedError(
+                    f"cannot load {resolved!r}: it is not in the local Hugging Face cache and the hub is not "
+                    f"reachable. Without internet use --pretrained {EMBEDDED} (embedded) or a local "
+                    "save_pretrained folder"
+                )
         tok = AutoTokenizer.from_pretrained(src, **kw)
         model = AutoModelForCausalLM.from_pretrained(src, **kw, **mkw)
     except PretrainedError:

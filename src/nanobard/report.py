@@ -47,15 +47,23 @@ SCRIPT = r"""
   function current(){ const m=data[modelSel.value]; return {m, w:m.weights[+layerSel.value][+headSel.value]}; }
   function label(t){ return t.replace(/\n/g,'\u21b5').replace(/ /g,'\u00b7') || '\u2205'; }
   function renderTokens(){
-    const {m,w} = current(); const box=$('ex-tokens'); box.innerHTML='';
-    m.tokens.forEach((t,i)=>{ const s=document.createElement('span'); s.className='tok'+(i===selected?' sel':'');
+    const {m} = current(); const box=$('ex-tokens'); box.innerHTML='';
+    m.tokens.forEach((t,i)=>{ const s=document.createElement('span'); s.className='tok';
       s.textContent=label(t); s.dataset.i=i;
-      if(selected!==null){ const a = i<=selected ? w[selected][i] : 0; s.style.background='rgba(220,60,40,'+a.toFixed(3)+')'; s.title='attention '+a.toFixed(3); }
-      s.addEventListener('mouseenter',()=>{selected=i;renderTokens();});
-      s.addEventListener('click',()=>{selected=i;renderTokens();});
+      s.addEventListener('mouseenter',()=>highlight(i));
+      s.addEventListener('click',()=>highlight(i));
       box.appendChild(s); });
-    $('ex-status').textContent = selected===null ? 'Hover or click a token to see what it attends to.' :
-      'Token '+selected+' ('+label(m.tokens[selected])+') attends most to token '+argmax(w[selected])+' ('+label(m.tokens[argmax(w[selected])])+').';
+    highlight(selected);
+  }
+  function highlight(i){
+    selected = i; const {m,w} = current();
+    document.querySelectorAll('#ex-tokens .tok').forEach((s,j)=>{
+      s.classList.toggle('sel', j===i);
+      const a = (i===null || j>i) ? 0 : w[i][j];
+      s.style.background = i===null ? '' : 'rgba(220,60,40,'+a.toFixed(3)+')';
+      s.title = i===null ? '' : 'attention '+a.toFixed(3); });
+    $('ex-status').textContent = i===null ? 'Hover or click a token to see what it attends to.' :
+      'Token '+i+' ('+label(m.tokens[i])+') attends most to token '+argmax(w[i])+' ('+label(m.tokens[argmax(w[i])])+').';
     renderHeat(w);
   }
   function argmax(r){ let b=0; r.forEach((v,i)=>{ if(v>r[b]) b=i; }); return b; }
@@ -66,7 +74,7 @@ SCRIPT = r"""
     if(selected!==null){ g.strokeStyle='#d33'; g.strokeRect(0,selected*cell,n*cell,cell); }
     c.dataset.signature = n+':'+w.map(r=>r.map(v=>v.toFixed(3)).join(',')).join(';').length+':'+w.flat().reduce((a,b)=>a+b*b,0).toFixed(6);
   }
-  function onModel(){ const m=data[modelSel.value]; fill(layerSel,m.weights.length,'layer'); fill(headSel,m.weights[0].length,'head'); selected=null; renderTokens(); }
+  function onModel(){ const m=data[modelSel.value]; fill(layerSel,m.weights.length,'layer'); fill(headSel,m.weights[0].length,'head'); if(selected!==null && selected>=m.tokens.length) selected=null; renderTokens(); }
   Object.keys(data).forEach(k=>{const o=document.createElement('option');o.value=k;o.textContent=data[k].name;modelSel.appendChild(o);});
   modelSel.addEventListener('change',onModel); layerSel.addEventListener('change',renderTokens); headSel.addEventListener('change',renderTokens);
   onModel();

@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from nanobard import distributed
 from nanobard.checkpoint import CheckpointError, load_model, save_checkpoint
-from nanobard.config import ModelConfig, TrainConfig, with_overrides
+from nanobard.config import ConfigError, ModelConfig, TrainConfig, with_overrides
 from nanobard.data import CorpusSplit, check_fits, get_batch
 from nanobard.model import GPT
 from nanobard.tokenizer import CharTokenizer
@@ -194,6 +195,11 @@ def train(
     out = Path(out_dir)
     check_fits(split, model_cfg.block_size)
     device = pick_device(cfg.device)
+    dd = distributed.setup(device.type)
+    if dd.enabled and device.type == "cuda":
+        device = torch.device("cuda", dd.local_rank)
+    if cfg.batch_size % dd.world:
+        raise ConfigError(f"--batch-size {cfg.batch_size} must be divisible by the {dd.world} processes")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     tok = CharTokenizer.from_text(split.train, split.val)
@@ -206,6 +212,8 @@ def train(
     optimizer = make_optimizer(model, cfg, device)
     batch_gen = torch.Generator().manual_seed(cfg.seed)
     state = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "best_val": math.inf, "bad_evals": 0, "first_val": None}
+    if dd.enabled:
+        torch.manual_seed(cfg.seed + dd.rank)  # dropout masks differ per rank
 
     if resume and last_path.exists():
         loaded, _, ckpt = load_model(last_path, device, expect=model_cfg)
@@ -213,31 +221,41 @@ def train(
         ts = ckpt["train_state"]
         optimizer.load_state_dict(ts["optimizer"])
         batch_gen.set_state(ts["batch_rng"])
-        torch.set_rng_state(ts["torch_rng"])
+        rng = ts["torch_rng"]
+        torch.set_rng_state(rng[dd.rank] if isinstance(rng, list) and len(rng) == dd.world else
+                            rng[0] if isinstance(rng, list) else rng)
         state = json.loads(ts["counters"])
         _trim_metrics(metrics_path, state["step"])
         logger.info("resuming from %s at step %d", last_path, state["step"])
     elif resume:
         logger.info("no %s in %s; starting from scratch", LAST_NAME, out)
-    else:
+    elif dd.is_main:
         for p in (last_path, metrics_path):  # a fresh run never appends to an old one's files
             if p.exists():
                 p.unlink()
+    dd.barrier()
 
     train_ids = torch.tensor(tok.encode(split.train), dtype=torch.long)
     val_ids = torch.tensor(tok.encode(split.val), dtype=torch.long)
     horizon_steps, budget_kind = step_budget(cfg, len(train_ids), model_cfg.block_size)
     decay_horizon = cfg.lr_decay_steps or horizon_steps
     tokens_per_step = cfg.batch_size * cfg.grad_accum * model_cfg.block_size
-    (out / config_name).write_text(json.dumps({
+    if dd.is_main:
+        (out / config_name).write_text(json.dumps({
         "model": asdict(model_cfg), "train": asdict(cfg), "corpus": split.name,
         "n_train_chars": len(split.train), "n_val_chars": len(split.val),
         "num_params": model.num_params(), "device": str(device), "torch": torch.__version__,
-        "step_budget": horizon_steps, "budget": budget_kind,
+        "step_budget": horizon_steps, "budget": budget_kind, "processes": dd.world,
     }, indent=2))
     logger.info("model: %s parameters on %s; %s training tokens", f"{model.num_params():,}", device, f"{len(train_ids):,}")
 
-    fwd = torch.compile(model) if cfg.compile else model
+    fwd = model
+    if dd.enabled:
+        fwd = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dd.local_rank] if device.type == "cuda" else None)
+    if cfg.compile:
+        fwd = torch.compile(fwd)
+    eval_model = model if dd.enabled else fwd  # every rank evaluates the same fixed batches
     history = read_metrics(metrics_path) if resume else []
     session_t0, session_tokens = time.perf_counter(), 0
     elapsed_before = state["elapsed_s"]
@@ -250,8 +268,8 @@ def train(
         """Evaluate, log, checkpoint. Returns why to stop (early stopping, target reached) or None."""
         ev = dict(block_size=model_cfg.block_size, batch_size=cfg.batch_size, iters=cfg.eval_iters,
                   seed=cfg.seed + EVAL_SEED_OFFSET, device=device, dtype=cfg.dtype)
-        val_loss = estimate_loss(fwd, val_ids, **ev)
-        train_loss = estimate_loss(fwd, train_ids, **ev)
+        val_loss = estimate_loss(eval_model, val_ids, **ev)
+        train_loss = estimate_loss(eval_model, train_ids, **ev)
         if not math.isfinite(val_loss) or not math.isfinite(train_loss):
             raise NonFiniteLossError(
                 f"loss became {val_loss} at step {step}; training stopped, the last good checkpoint is kept. "
@@ -267,19 +285,23 @@ def train(
             "last_batch_loss": None if last_loss is None else round(last_loss, 5),
         }
         history.append(row)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
         improved = val_loss < state["best_val"]
         if improved:
             state["best_val"], state["bad_evals"] = val_loss, 0
-            save_checkpoint(best_path, model, tok, metrics={"step": step, "val_loss": val_loss})
         else:
             state["bad_evals"] += 1
         state["elapsed_s"] = elapsed()
-        save_checkpoint(last_path, model, tok, train_state={
-            "optimizer": optimizer.state_dict(), "batch_rng": batch_gen.get_state(),
-            "torch_rng": torch.get_rng_state(), "counters": json.dumps(state),
-        })
+        rng_states = dd.gather_rng_states()
+        if dd.is_main:  # only rank 0 writes; every rank holds the same weights
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            if improved:
+                save_checkpoint(best_path, model, tok, metrics={"step": step, "val_loss": val_loss})
+            save_checkpoint(last_path, model, tok, train_state={
+                "optimizer": optimizer.state_dict(), "batch_rng": batch_gen.get_state(),
+                "torch_rng": rng_states if dd.enabled else rng_states[0], "counters": json.dumps(state),
+            })
+        dd.barrier()
         bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_loss:.3f}", refresh=False)
         if cfg.target_loss is not None and val_loss <= cfg.target_loss:
             return "target_loss"
@@ -288,7 +310,7 @@ def train(
         return None
 
     step = state["step"]
-    bar = tqdm(total=horizon_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True,
+    bar = tqdm(total=horizon_steps, initial=step, disable=not progress or not dd.is_main, unit="step", dynamic_ncols=True,
                desc="train scratch")
     lr = lr_at(step, cfg, decay_horizon, 0.0)
     loss_val: float | None = None
@@ -306,11 +328,13 @@ def train(
             lr = lr_at(step, cfg, decay_horizon, elapsed() / cfg.max_time if cfg.max_time else 0.0)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            for _ in range(cfg.grad_accum):
-                x, y = get_batch(train_ids, model_cfg.block_size, cfg.batch_size, batch_gen)
-                with autocast_context(device, cfg.dtype):
+            for micro in range(cfg.grad_accum):
+                x, y = get_batch(train_ids, model_cfg.block_size, cfg.batch_size, batch_gen)  # global batch
+                x, y = dd.shard(x), dd.shard(y)  # this rank's rows
+                sync = not dd.enabled or micro == cfg.grad_accum - 1  # all-reduce once per step
+                with autocast_context(device, cfg.dtype), (contextlib.nullcontext() if sync else fwd.no_sync()):
                     loss = fwd(x.to(device), y.to(device)).loss / cfg.grad_accum
-                loss.backward()
+                    loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
@@ -345,6 +369,7 @@ def train(
         if not history or history[-1]["step"] != step:
             evaluate_and_save(step, loss_val, lr)
     bar.close()
+    distributed.teardown(dd)
 
     session_s = time.perf_counter() - session_t0
     return TrainResult(

@@ -1,0 +1,68 @@
+"""Data-parallel training on PyTorch DDP, started by ``torchrun`` (NCCL on CUDA, gloo on CPU).
+
+    torchrun --nproc_per_node 2 -m nanobard train --preset quick ...
+
+Every rank draws the same global batch from the same seeded generator and keeps its own slice
+of rows, so ranks see different data, the global batch is what the config says, and the averaged
+gradient equals the single-process gradient of that batch. Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous slice of a global batch (B, ...) -> (B / world, ...)."""
+        if not self.enabled:
+            return x
+        b = x.size(0) // self.world
+        return x[self.rank * b : (self.rank + 1) * b]
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def gather_rng_states(self) -> list[torch.Tensor]:
+        """The CPU RNG state of every rank (dropout masks differ per rank), in rank order."""
+        if not self.enabled:
+            return [torch.get_rng_state()]
+        states: list[torch.Tensor] = [torch.empty(0)] * self.world
+        dist.all_gather_object(states, torch.get_rng_state())
+        return states
+
+
+def setup(device_type: str) -> Dist:
+    """Join the process group that torchrun describes in the environment (no-op when alone)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+    return Dist(rank=rank, world=world, local_rank=local_rank)
+
+
+def teardown(d: Dist) -> None:
+    if d.enabled and dist.is_initialized():
+        dist.destroy_process_group()
