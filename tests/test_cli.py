@@ -15,15 +15,16 @@ TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16
 
 
 def nb(*args, cwd=None):
+    """Run the CLI in a subprocess (cwd: a scratch folder, so default run folders stay out of the repo)."""
     return subprocess.run([sys.executable, "-m", "nanobard", *args], capture_output=True, text=True, timeout=300,
                           cwd=cwd)
 
 
-def test_help_explains_every_command():
-    out = nb("--help").stdout
+def test_help_explains_every_command(tmp_path):
+    out = nb("--help", cwd=tmp_path).stdout
     for c in ("train", "generate", "finetune", "evaluate", "run", "attention", "bench"):
         assert c in out
-    assert "run out of memory" in " ".join(nb("train", "--help").stdout.split())
+    assert "run out of memory" in " ".join(nb("train", "--help", cwd=tmp_path).stdout.split())
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def digest(folder):
 
 
 def test_generate_streams_text(trained):
-    r = nb("generate", str(trained / "run"), "--prompt", "RO", "--max-new-tokens", "20", "--greedy")
+    r = nb("generate", str(trained / "run"), "--prompt", "RO", "--max-new-tokens", "20", "--greedy", cwd=trained)
     assert r.returncode == 0 and r.stdout.startswith("RO") and len(r.stdout) >= 20
 
 
@@ -85,9 +86,10 @@ def test_hostile_input_ends_in_one_line(name, trained):
         setup(trained)
     before = digest(trained / "run")
     args = [a.format(d=trained, run=trained / "run") for a in args]
-    r = nb(*args)
+    r = nb(*args, cwd=trained)
     assert r.returncode != 0
     assert "Traceback" not in r.stderr
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("nanobard:")]
     assert len(lines) == 1 and expect in lines[0], r.stderr[-1500:]
     assert digest(trained / "run") == before
+    assert not (trained / "runs").exists()  # a failed command leaves no run folder behind

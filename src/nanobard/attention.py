@@ -81,10 +81,15 @@ def head_statistics(weights: torch.Tensor) -> list[HeadStats]:
 def findings(stats: list[HeadStats], model_name: str) -> list[str]:
     """Plain-language observations: previous-token heads, self heads, far-looking heads."""
     out = []
-    prev = sorted((s for s in stats if s.previous_token > 0.4), key=lambda s: -s.previous_token)
-    if prev:
-        names = ", ".join(f"L{s.layer}H{s.head} ({s.previous_token:.0%})" for s in prev[:4])
+    prev = sorted(stats, key=lambda s: -s.previous_token)
+    strong = [s for s in prev if s.previous_token > 0.4]
+    if strong:
+        names = ", ".join(f"L{s.layer}H{s.head} ({s.previous_token:.0%})" for s in strong[:4])
         out.append(f"{model_name}: previous-token heads (share of attention on the token just before): {names}")
+    else:
+        s = prev[0]
+        out.append(f"{model_name}: no head is a clean previous-token head; the strongest is L{s.layer}H{s.head}, "
+                   f"with {s.previous_token:.0%} of its attention on the token just before")
     selfh = sorted((s for s in stats if s.self_attention > 0.4), key=lambda s: -s.self_attention)
     if selfh:
         names = ", ".join(f"L{s.layer}H{s.head} ({s.self_attention:.0%})" for s in selfh[:4])
@@ -97,6 +102,11 @@ def findings(stats: list[HeadStats], model_name: str) -> list[str]:
         out.append(f"{model_name}: {len(sinks)} of {len(stats)} heads put most weight on the first token "
                    "(an 'attention sink', common in pretrained models)")
     return out
+
+
+def most_interesting_layer(stats: list[HeadStats]) -> int:
+    """The layer of the strongest previous-token head: the pattern most worth showing a learner."""
+    return max(stats, key=lambda s: s.previous_token).layer
 
 
 def causality_check(model: Any, ids: list[int], kind: str) -> dict[str, Any]:

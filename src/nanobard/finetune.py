@@ -119,6 +119,11 @@ def make_samples(pre: Pretrained, when: str, n_tokens: int, prompts: tuple[str, 
     return rows
 
 
+def is_main_process() -> bool:
+    """Rank 0 under torchrun (the Trainer's multi-process mode), or a single process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def cpu_has_bf16() -> bool:
     """AVX-512 BF16 or AMX on this CPU (Linux), where bfloat16 matmuls run about twice as fast."""
     try:
@@ -159,8 +164,9 @@ def _metrics_callback(path: Path, tokens_per_step: int, t0: float, max_time: flo
                 "lr": self.last.get("learning_rate"), "elapsed_s": round(time.perf_counter() - t0, 3),
             }
             self.rows.append(row)
-            with open(path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            if state.is_world_process_zero:  # under torchrun only rank 0 writes
+                with open(path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
 
         def on_step_end(self, args, state, control, **kw):
             if max_time is not None and time.perf_counter() - t0 > max_time:
@@ -182,9 +188,9 @@ def finetune(
     from nanobard.train import pick_device
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
-    pre = load_pretrained(cfg.pretrained, device)
+    pre = load_pretrained(cfg.pretrained, device)  # fails before anything is written
+    out.mkdir(parents=True, exist_ok=True)
     tok = pre.tokenizer
     score_text = split.val[: cfg.score_chars] if cfg.score_chars else split.val
 
@@ -197,7 +203,8 @@ def finetune(
         logger.info("scoring %s before fine-tuning on %d validation characters", pre.name, len(score_text))
         before = score_hf(pre.model, tok, score_text, f"{pre.name} (before)", progress=progress)
         samples_before = make_samples(pre, "before", cfg.sample_tokens, cfg.prompts)
-        before_path.write_text(json.dumps({"score": before.as_dict(), "samples": samples_before}, indent=2))
+        if is_main_process():
+            before_path.write_text(json.dumps({"score": before.as_dict(), "samples": samples_before}, indent=2))
 
     train_text = split.train[: cfg.train_chars] if cfg.train_chars else split.train
     train_ds = BlockDataset(tok(train_text, add_special_tokens=False)["input_ids"], cfg.block_size)
@@ -222,7 +229,7 @@ def finetune(
         max_steps = min(max_steps or by_epochs, by_epochs)
     ckpt_dir = out / "hf_checkpoints"
     metrics_path = out / "metrics_hf.jsonl"
-    if not resume and metrics_path.exists():
+    if not resume and metrics_path.exists() and is_main_process():
         metrics_path.unlink()
     args = TrainingArguments(
         output_dir=str(ckpt_dir), per_device_train_batch_size=cfg.batch_size,
@@ -252,17 +259,19 @@ def finetune(
     if cfg.lora_r > 0:
         model = model.merge_and_unload()
     final_dir = out / FINETUNED_NAME
-    model.save_pretrained(final_dir)
-    tok.save_pretrained(final_dir)
-    (final_dir / "nanobard.json").write_text(json.dumps(
-        {"base_model": pre.name, "config": asdict(cfg), "steps": steps}, indent=2))
+    if is_main_process():
+        model.save_pretrained(final_dir)
+        tok.save_pretrained(final_dir)
+        (final_dir / "nanobard.json").write_text(json.dumps(
+            {"base_model": pre.name, "config": asdict(cfg), "steps": steps}, indent=2))
 
     after_pre = Pretrained(model=model, tokenizer=tok, name=str(final_dir), reason="fine-tuned")
     logger.info("scoring the fine-tuned model")
     after = score_hf(model, tok, score_text, f"{pre.name} (after)", progress=progress)
     samples = samples_before + make_samples(after_pre, "after", cfg.sample_tokens, cfg.prompts)
     session_tokens = (steps - steps_before) * tokens_per_step
-    history = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
+    history = ([json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
+               if metrics_path.exists() else cb.rows)
     return FinetuneResult(
         out_dir=out, model_name=pre.name, reason=pre.reason, num_params=pre.num_params, trainable_params=trainable,
         steps=steps, tokens=steps * tokens_per_step, train_seconds=train_seconds,

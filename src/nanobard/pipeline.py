@@ -204,6 +204,7 @@ class Study:
 
     def stage_figures(self) -> dict[str, Any]:
         from nanobard import plots
+        from nanobard.attention import HeadStats, most_interesting_layer
 
         s, f = self.state["scratch"], self.state["finetune"]
         plots.training_progress(s["history"], f"From-scratch GPT ({s['num_params']:,} parameters)",
@@ -214,12 +215,15 @@ class Study:
         plots.model_comparison(summary, self.out / "model_comparison.png")
         w = torch.load(self.out / "attention_weights.pt", weights_only=True)
         an = json.loads((self.out / "attention_analysis.json").read_text())
-        ls, lh = w["scratch"].shape[0] - 1, w["hf"].shape[0] // 2
+        ls, lh = (most_interesting_layer([HeadStats(**h) for h in an[k]["heads_stats"]])
+                  for k in ("scratch", "pretrained"))
         plots.attention_heads(w["scratch"], an["scratch"]["tokens"], ls,
-                              f"From-scratch GPT: all {w['scratch'].shape[1]} heads of layer {ls}",
+                              f"From-scratch GPT: all {w['scratch'].shape[1]} heads of layer {ls} "
+                              "(the layer of its strongest previous-token head)",
                               self.out / "attention_weights_scratch.png")
         plots.attention_heads(w["hf"], an["pretrained"]["tokens"], lh,
-                              f"{f['name']} fine-tuned: 8 of {w['hf'].shape[1]} heads of layer {lh}",
+                              f"{f['name']} fine-tuned: {min(8, w['hf'].shape[1])} of {w['hf'].shape[1]} heads of "
+                              f"layer {lh} (the layer of its strongest previous-token head)",
                               self.out / "attention_weights_hf.png")
         (self.out / "metrics.json").write_text(json.dumps(summary, indent=2))
         return {"scratch_layer": ls, "hf_layer": lh}

@@ -111,30 +111,38 @@ def model_comparison(summary: dict[str, Any], path: str | os.PathLike) -> Path:
 
 def attention_heads(
     weights: torch.Tensor, tokens: list[str], layer: int, title: str, path: str | os.PathLike,
-    max_heads: int = 8,
+    max_heads: int = 8, max_tokens: int = 32,
 ) -> Path:
-    """Heatmaps of the heads of one layer. weights: [layer, head, query_pos, key_pos]."""
+    """Heatmaps of the heads of one layer. weights: [layer, head, query_pos, key_pos].
+
+    Only the first ``max_tokens`` positions are drawn, so labels stay readable; with causal
+    attention the top-left block is exactly the attention of that prefix.
+    """
     heads = min(weights.shape[1], max_heads)
-    cols = min(4, heads)
+    T = min(len(tokens), max_tokens)
+    cols = 2 if heads <= 4 else 4
     rows = math.ceil(heads / cols)
-    T = len(tokens)
-    side = max(3.2, min(6.0, 0.16 * T + 1.5))
-    fig, axes = plt.subplots(rows, cols, figsize=(side * cols, side * rows + 0.6), squeeze=False)
-    labels = [_label(t) for t in tokens]
-    fontsize = 8 if T <= 32 else 6
+    side = 3.4 if T <= 20 else 4.2
+    fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 1.2, side * rows + 0.8), squeeze=False,
+                             layout="constrained")
+    labels = [_label(t) for t in tokens[:T]]
+    fontsize = 8 if T <= 20 else 6
+    im = None
     for h in range(rows * cols):
         ax = axes[h // cols][h % cols]
         if h >= heads:
             ax.axis("off")
             continue
-        im = ax.imshow(weights[layer, h].numpy(), cmap="viridis", vmin=0, vmax=1)
-        ax.set_title(f"layer {layer}, head {h}")
+        im = ax.imshow(weights[layer, h, :T, :T].numpy(), cmap="viridis", vmin=0, vmax=1)
+        ax.set_title(f"head {h}", fontsize=10)
         ax.set_xticks(range(T), labels, rotation=90, fontsize=fontsize)
         ax.set_yticks(range(T), labels, fontsize=fontsize)
-        ax.set_xlabel("key (attended to)")
-        ax.set_ylabel("query (attending)")
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="attention weight")
-    fig.suptitle(title, fontsize=13)
+        if h // cols == rows - 1 or h + cols >= heads:
+            ax.set_xlabel("key (attended to)")
+        if h % cols == 0:
+            ax.set_ylabel("query (attending)")
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.7, label="attention weight")
+    fig.suptitle(title, fontsize=12)
     return _save(fig, path)
 
 
