@@ -260,7 +260,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from nanobard.bench import run_benchmarks, table, write_results
+    from nanobard.bench import run_benchmarks, table, target_table, write_results
 
     which = args.only or ["matmul", "train", "generate", "finetune", "time_to_loss"]
     data = args.data or os.environ.get("NANOBARD_TINYSHAKESPEARE")
@@ -271,6 +271,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     results = run_benchmarks(which, repeats=args.repeats, tiny=args.tiny, data=data)
     path = write_results(results, args.out)
     print(table(results))
+    print()
+    print(target_table(results))
     print(f"\nresults: {path}")
     return 0
 

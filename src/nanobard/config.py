@@ -137,6 +137,22 @@ PRESETS: dict[str, Preset] = {
         TrainConfig(batch_size=64, max_steps=5000, lr=1e-3, min_lr=1e-4, warmup_steps=100,
                     eval_interval=250, eval_iters=200, patience=8),
     ),
+    "fast": Preset(
+        "fast",
+        "shortest wall time to nanoGPT's baby-config loss (1.886) on tiny Shakespeare on a CPU: the baby "
+        "model with a 3x learning rate and a 1,200-step schedule (~58 s on 2 cores)",
+        ModelConfig(block_size=64, n_layer=4, n_head=4, n_embd=128),
+        TrainConfig(batch_size=12, max_steps=1200, lr=3e-3, min_lr=3e-4, warmup_steps=50,
+                    eval_interval=100, eval_iters=20),
+    ),
+    "cpu-10min": Preset(
+        "cpu-10min",
+        "best validation loss in 10 minutes of CPU wall time: a wider model, bfloat16 autocast, "
+        "cosine schedule over the time budget",
+        ModelConfig(block_size=128, n_layer=4, n_head=6, n_embd=192),
+        TrainConfig(batch_size=12, max_steps=None, max_time=570.0, lr=2e-3, min_lr=2e-4, warmup_steps=100,
+                    eval_interval=500, eval_iters=20, dtype="bfloat16"),
+    ),
     "baby": Preset(
         "baby",
         "nanoGPT's CPU 'baby' configuration: 4 layers, 4 heads, 128 dims, context 64, 2,000 steps",
