@@ -222,7 +222,8 @@ def finetune(
                                                  target_modules="all-linear", task_type="CAUSAL_LM"))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.block_size
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun each process takes batch_size blocks
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.block_size * world
     max_steps = cfg.max_steps
     if cfg.epochs is not None:
         by_epochs = math.ceil(cfg.epochs * len(train_ds) / (cfg.batch_size * cfg.grad_accum))
