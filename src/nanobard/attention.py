@@ -19,6 +19,7 @@ from nanobard.model import GPT
 @dataclass
 class AttentionMaps:
     tokens: list[str]  # token strings, one per position
+    ids: list[int]  # the token ids those strings come from
     weights: torch.Tensor  # [layer, head, query_pos, key_pos], rows sum to 1
 
 
@@ -40,7 +41,7 @@ def scratch_attention(model: GPT, tokenizer: Any, text: str) -> AttentionMaps:
     model.eval()
     with torch.no_grad():
         att = model(torch.tensor([ids], device=device), return_attention=True).attentions
-    return AttentionMaps([tokenizer.decode([i]) for i in ids], torch.stack([a[0] for a in att]).float().cpu())
+    return AttentionMaps([tokenizer.decode([i]) for i in ids], ids, torch.stack([a[0] for a in att]).float().cpu())
 
 
 def hf_attention(model: Any, tokenizer: Any, text: str, max_tokens: int = 48) -> AttentionMaps:
@@ -54,7 +55,7 @@ def hf_attention(model: Any, tokenizer: Any, text: str, max_tokens: int = 48) ->
         raise ValueError("this model returned no attention weights; load it with attn_implementation='eager'")
     tokens = tokenizer.convert_ids_to_tokens(ids)
     tokens = [tokenizer.convert_tokens_to_string([t]) for t in tokens]
-    return AttentionMaps(tokens, torch.stack([a[0] for a in out.attentions]).float().cpu())
+    return AttentionMaps(tokens, ids, torch.stack([a[0] for a in out.attentions]).float().cpu())
 
 
 def head_statistics(weights: torch.Tensor) -> list[HeadStats]:

@@ -31,6 +31,7 @@ from nanobard.model import GPT
 from nanobard.tokenizer import CharTokenizer
 
 FORMAT = "nanobard-scratch-v1"
+BEST_NAME = "model_scratch_best.pt"
 
 
 class CheckpointError(ValueError):
@@ -78,6 +79,12 @@ def save_checkpoint(
     if train_state is not None:
         obj["train_state"] = train_state
     atomic_save(obj, path)
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A run folder that holds a best checkpoint -> that file; anything else unchanged."""
+    p = Path(path)
+    return p / BEST_NAME if p.is_dir() and (p / BEST_NAME).exists() else p
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

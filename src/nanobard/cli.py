@@ -18,7 +18,6 @@ from typing import Any
 
 from nanobard import config as C
 
-logger = logging.getLogger("nanobard")
 ATTN_DEFAULT = "ROMEO:\nBut soft, what light through yonder window breaks?"
 
 FIELD_HELP = {
@@ -178,7 +177,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from nanobard.checkpoint import load_model
+    from nanobard.checkpoint import load_model, resolve_checkpoint
     from nanobard.data import load_split
     from nanobard.evaluate import score_hf, score_scratch
     from nanobard.pretrained import load_pretrained
@@ -187,9 +186,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     text = split.val[: args.score_chars] if args.score_chars else split.val
     rows = []
     for m in args.models:
-        p = Path(m)
-        if p.is_dir() and (p / "model_scratch_best.pt").exists():
-            p = p / "model_scratch_best.pt"
+        p = resolve_checkpoint(m)
         if p.suffix == ".pt":
             model, tok, _ = load_model(p)
             rows.append((str(m), model.num_params(), score_scratch(model, tok, text, str(m), progress=True)))
@@ -231,20 +228,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_attention(args: argparse.Namespace) -> int:
     from nanobard import attention as A
     from nanobard import plots
-    from nanobard.checkpoint import load_model
+    from nanobard.checkpoint import load_model, resolve_checkpoint
     from nanobard.pretrained import load_pretrained
 
-    p = Path(args.model)
-    if p.is_dir() and (p / "model_scratch_best.pt").exists():
-        p = p / "model_scratch_best.pt"
+    p = resolve_checkpoint(args.model)
     if p.suffix == ".pt":
         model, tok, _ = load_model(p)
-        maps = A.scratch_attention(model, tok, args.text)
-        ids, kind, name = tok.encode(args.text)[: model.config.block_size], "scratch", "from scratch"
+        maps, kind, name = A.scratch_attention(model, tok, args.text), "scratch", "from scratch"
     else:
         pre = load_pretrained(args.model, attn="eager")
         model, maps, kind, name = pre.model, A.hf_attention(pre.model, pre.tokenizer, args.text), "hf", pre.name
-        ids = pre.tokenizer(args.text, add_special_tokens=False)["input_ids"][:48]
     stats = A.head_statistics(maps.weights)
     layer = args.layer if args.layer is not None else maps.weights.shape[0] - 1
     if not 0 <= layer < maps.weights.shape[0]:
@@ -252,7 +245,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
     png = plots.attention_heads(maps.weights, maps.tokens, layer, f"{name}: layer {layer}", args.png)
     for line in A.findings(stats, name):
         print(line)
-    c = A.causality_check(model, ids, kind)
+    c = A.causality_check(model, maps.ids, kind)
     print(f"causality: attention above diagonal max {c['attention_above_diagonal_max']:.3g} "
           f"({c['attention_check']}); future gradient max {c['future_gradient_max']:.3g} ({c['gradient_check']})")
     print(f"figure: {png}")

@@ -7,7 +7,7 @@ Every field can be overridden from the command line with a kebab-case flag of th
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 PosEncoding = Literal["learned", "sinusoidal"]
@@ -184,10 +184,6 @@ def with_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
     names = {f.name for f in fields(cfg)}
     chosen = {k: v for k, v in overrides.items() if k in names and v is not None}
     return replace(cfg, **chosen)
-
-
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    return asdict(cfg)
 
 
 def get_preset(name: str) -> Preset:

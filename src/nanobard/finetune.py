@@ -185,7 +185,7 @@ def finetune(
     """Score before, fine-tune, save ``model_hf_finetuned/``, score after. See module docstring."""
     from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 
-    from nanobard.train import pick_device
+    from nanobard.train import pick_device, read_metrics
 
     out = Path(out_dir)
     device = pick_device(cfg.device)
@@ -208,7 +208,9 @@ def finetune(
 
     train_text = split.train[: cfg.train_chars] if cfg.train_chars else split.train
     train_ds = BlockDataset(tok(train_text, add_special_tokens=False)["input_ids"], cfg.block_size)
-    val_ds = BlockDataset(tok(split.val, add_special_tokens=False)["input_ids"], cfg.block_size)
+    # the periodic val loss uses the first eval_blocks blocks: tokenize a generous prefix, not all of it
+    val_prefix = split.val[: cfg.eval_blocks * cfg.block_size * 16]
+    val_ds = BlockDataset(tok(val_prefix, add_special_tokens=False)["input_ids"], cfg.block_size)
     if len(train_ds) < 1 or len(val_ds) < 1:
         raise ConfigError(f"the text is too short for one block of {cfg.block_size} tokens; use --block-size smaller")
     val_ds.data = val_ds.data[: cfg.eval_blocks]
@@ -271,8 +273,7 @@ def finetune(
     after = score_hf(model, tok, score_text, f"{pre.name} (after)", progress=progress)
     samples = samples_before + make_samples(after_pre, "after", cfg.sample_tokens, cfg.prompts)
     session_tokens = (steps - steps_before) * tokens_per_step
-    history = ([json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
-               if metrics_path.exists() else cb.rows)
+    history = read_metrics(metrics_path) if metrics_path.exists() else cb.rows
     return FinetuneResult(
         out_dir=out, model_name=pre.name, reason=pre.reason, num_params=pre.num_params, trainable_params=trainable,
         steps=steps, tokens=steps * tokens_per_step, train_seconds=train_seconds,

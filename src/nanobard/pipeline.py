@@ -172,13 +172,11 @@ class Study:
             text = self._split().val[:64]
         maps_s = A.scratch_attention(model, tok, text)
         res_s = A.analysis_dict(maps_s, A.head_statistics(maps_s.weights),
-                                A.causality_check(model, tok.encode(text)[: model.config.block_size], "scratch"),
-                                "from scratch")
+                                A.causality_check(model, maps_s.ids, "scratch"), "from scratch")
         pre = load_pretrained(str(self.out / FINETUNED_NAME), attn="eager")
         maps_h = A.hf_attention(pre.model, pre.tokenizer, ATTENTION_TEXT)
-        ids = pre.tokenizer(ATTENTION_TEXT, add_special_tokens=False)["input_ids"][:48]
         res_h = A.analysis_dict(maps_h, A.head_statistics(maps_h.weights),
-                                A.causality_check(pre.model, ids, "hf"), f"{self.state['finetune']['name']} fine-tuned")
+                                A.causality_check(pre.model, maps_h.ids, "hf"), f"{self.state['finetune']['name']} fine-tuned")
         torch.save({"scratch": maps_s.weights, "hf": maps_h.weights}, self.out / "attention_weights.pt")
         analysis = {"text": ATTENTION_TEXT, "scratch": res_s, "pretrained": res_h}
         (self.out / "attention_analysis.json").write_text(json.dumps(analysis, indent=2))

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from nanobard.checkpoint import load_model
+from nanobard.checkpoint import load_model, resolve_checkpoint
 from nanobard.sampling import HFDecoder, ScratchDecoder, TextGenerator
 
 logger = logging.getLogger(__name__)
@@ -194,9 +194,7 @@ def scratch_generator(path: str | os.PathLike, device: str = "cpu") -> TextGener
 
 def open_for_generation(path: str | os.PathLike) -> TextGenerator:
     """A from-scratch checkpoint, a run folder holding one, or a Hugging Face model folder/id."""
-    p = Path(path)
-    if p.is_dir() and (p / "model_scratch_best.pt").exists():
-        return scratch_generator(p / "model_scratch_best.pt")
-    if p.is_dir() or (not p.exists() and not str(path).endswith(".pt")):
+    p = resolve_checkpoint(path)
+    if p.is_dir() or (not p.exists() and p.suffix != ".pt"):
         return hf_generator(str(path))
     return scratch_generator(p)

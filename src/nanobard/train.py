@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nanobard import distributed
-from nanobard.checkpoint import CheckpointError, load_model, save_checkpoint
+from nanobard.checkpoint import BEST_NAME, CheckpointError, load_model, save_checkpoint
 from nanobard.config import ConfigError, ModelConfig, TrainConfig, with_overrides
 from nanobard.data import CorpusSplit, check_fits, get_batch
 from nanobard.model import GPT
@@ -31,7 +31,6 @@ from nanobard.tokenizer import CharTokenizer
 
 logger = logging.getLogger(__name__)
 
-BEST_NAME = "model_scratch_best.pt"
 LAST_NAME = "ckpt_last.pt"
 METRICS_NAME = "metrics.jsonl"
 EVAL_SEED_OFFSET = 1_000_003  # evaluation batches come from their own, fixed stream
