@@ -12,7 +12,7 @@ def test_tiny_benchmark_run_writes_json_and_tables(tmp_path):
     groups = ["matmul", "train", "generate"] + (["time_to_loss"] if SHARED_TINY.exists() else [])
     results = run_benchmarks(groups, repeats=2, tiny=True, data=str(SHARED_TINY) if SHARED_TINY.exists() else None)
     labels = [r["label"] for r in results]
-    assert "peak matmul float32" in labels and "train baby bfloat16" in labels and "generate 10.7M KV cache" in labels
+    assert "peak matmul float32" in labels and "train baby bfloat16" in labels and "generate 10.7M KV cache bfloat16" in labels
     for r in results:
         assert len(r["runs"]) == (1 if r["case"] == "time_to_loss" else 2)
         assert r["peak_rss_mb"]["median"] > 10

@@ -45,6 +45,9 @@ def digest(folder):
 def test_generate_streams_text(trained):
     r = nb("generate", str(trained / "run"), "--prompt", "RO", "--max-new-tokens", "20", "--greedy", cwd=trained)
     assert r.returncode == 0 and r.stdout.startswith("RO") and len(r.stdout) >= 20
+    r = nb("generate", str(trained / "run"), "--prompt", "RO", "--max-new-tokens", "20", "--dtype", "bfloat16",
+           cwd=trained)
+    assert r.returncode == 0 and r.stdout.startswith("RO") and len(r.stdout) >= 20, r.stderr
 
 
 CASES = {

@@ -63,6 +63,23 @@ def test_kv_cache_matches_full_forward_and_uncached_generation():
         assert cached == uncached and len(cached) == 13
 
 
+def test_bfloat16_decoder_tracks_float32_and_leaves_the_model_alone():
+    model = make()
+    ids = [1, 2, 3, 4, 5, 6]
+    with torch.inference_mode():
+        ref = model(torch.tensor([ids])).logits[0, -1]
+        dec = ScratchDecoder(model, dtype=torch.bfloat16)
+        dec.start(ids[:3])
+        for t in ids[3:-1]:
+            dec.advance(t)
+        got = dec.advance(ids[-1])
+    assert next(model.parameters()).dtype == torch.float32  # the decoder ran a copy
+    assert next(dec.model.parameters()).dtype == torch.bfloat16 and dec.cache[0].k.dtype == torch.float32
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), ref, atol=0.05, rtol=0.05)
+    assert not torch.equal(got.float(), ref)  # it really ran in bfloat16
+
+
 def test_generation_beyond_context_keeps_going():
     model = make()
     out = list(generate_ids(ScratchDecoder(model), [1], 40, SamplingConfig(seed=1)))

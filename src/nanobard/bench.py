@@ -82,7 +82,7 @@ def case_train(preset: str, dtype: str, steps: int = 20, warmup: int = 3, compil
             "params": model.num_params(), "flops_per_token": model.flops_per_token(), "batch": B, "context": T}
 
 
-def case_generate(use_cache: bool, new_tokens: int = 500) -> dict[str, Any]:
+def case_generate(use_cache: bool, new_tokens: int = 500, dtype: str = "float32") -> dict[str, Any]:
     from nanobard.config import get_preset, with_overrides
     from nanobard.model import GPT
     from nanobard.sampling import SamplingConfig, ScratchDecoder, generate_ids
@@ -91,7 +91,8 @@ def case_generate(use_cache: bool, new_tokens: int = 500) -> dict[str, Any]:
     torch.manual_seed(0)
     model = GPT(cfg).eval()
     t = time.perf_counter()
-    n = sum(1 for _ in generate_ids(ScratchDecoder(model, use_cache=use_cache), [0], new_tokens,
+    decoder = ScratchDecoder(model, use_cache=use_cache, dtype=getattr(torch, dtype))
+    n = sum(1 for _ in generate_ids(decoder, [0], new_tokens,
                                     SamplingConfig(temperature=1.0, seed=0)))
     s = time.perf_counter() - t
     return {"tokens_per_s": n / s, "params": model.num_params(), "context": cfg.block_size}
@@ -178,9 +179,9 @@ def run_benchmarks(which: list[str], repeats: int = 3, tiny: bool = False, data:
                       "warmup": 1 if tiny else 3}
                 plan.append((f"train {preset} {dt}", "train", kw, repeats))
     if "generate" in which:
-        for cache in (False, True):
-            plan.append((f"generate 10.7M {'KV cache' if cache else 'no cache'}", "generate",
-                         {"use_cache": cache, "new_tokens": 5 if tiny else 500}, repeats))
+        for cache, dt in ((False, "float32"), (True, "float32"), (True, "bfloat16")):
+            plan.append((f"generate 10.7M {'KV cache' if cache else 'no cache'} {dt}", "generate",
+                         {"use_cache": cache, "dtype": dt, "new_tokens": 5 if tiny else 500}, repeats))
     if "finetune" in which:
         for mode in ("float32", "bfloat16", "lora"):
             plan.append((f"finetune smollm2-135m {mode}", "finetune", {"mode": mode, "steps": 1 if tiny else 3}, 1))
@@ -233,19 +234,21 @@ def target_table(results: list[dict[str, Any]]) -> str:
     if fast is not None:
         rows.append(("time to 1.886", f"{fast:.1f} s", f"{base:.1f} s" if base else "-",
                      f"{base / fast:.2f}x faster" if base else ""))
-    gen, gen0 = med("generate 10.7M KV cache", "tokens_per_s"), med("generate 10.7M no cache", "tokens_per_s")
-    if gen is not None:
-        rows.append(("generation", f"{gen:.0f} tokens/s", f"{gen0:.0f} tokens/s (ours, no cache)" if gen0 else "-",
-                     f"{gen / gen0:.1f}x" if gen0 else ""))
+    gen0 = med("generate 10.7M no cache float32", "tokens_per_s")
+    for dt in ("float32", "bfloat16"):
+        gen = med(f"generate 10.7M KV cache {dt}", "tokens_per_s")
+        if gen is not None:
+            rows.append(("generation", f"{gen:.0f} tokens/s (cache, {dt})",
+                         f"{gen0:.0f} tokens/s (ours, no cache)" if gen0 else "-", f"{gen / gen0:.1f}x" if gen0 else ""))
     ft = {m: med(f"finetune smollm2-135m {m}", "tokens_per_s") for m in ("float32", "bfloat16", "lora")}
     if ft["float32"] is not None:
         best = max((v, m) for m, v in ft.items() if v is not None)
         rows.append(("fine-tuning", f"{best[0]:.0f} tokens/s ({best[1]})", f"{ft['float32']:.0f} tokens/s (ours, float32)",
                      f"{best[0] / ft['float32']:.2f}x"))
-    lines = [f"{'target':<20} {'ours':<26} {'our float32 baseline':<34} {'ratio':<14} {'reference (nanoGPT)':<48} goal"]
+    lines = [f"{'target':<20} {'ours':<32} {'our float32 baseline':<34} {'ratio':<14} {'reference (nanoGPT)':<48} goal"]
     for name, ours, baseline, ratio in rows:
         ref, goal = REFERENCES[name]
-        lines.append(f"{name:<20} {ours:<26} {baseline:<34} {ratio:<14} {ref:<48} {goal}")
+        lines.append(f"{name:<20} {ours:<32} {baseline:<34} {ratio:<14} {ref:<48} {goal}")
     return "\n".join(lines)
 
 

@@ -129,10 +129,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_stream(path: Path, prompt: str, n: int, scfg: Any) -> None:
+def _print_stream(path: Path, prompt: str, n: int, scfg: Any, dtype: str = "float32") -> None:
+    import torch
+
     from nanobard.pretrained import open_for_generation
 
-    model = open_for_generation(path)
+    model = open_for_generation(path, dtype=getattr(torch, dtype))
     sys.stdout.write(prompt)
     for piece in model.stream(prompt, n, scfg):
         sys.stdout.write(piece)
@@ -145,7 +147,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     scfg = SamplingConfig(temperature=0.0 if args.greedy else args.temperature,
                           top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    _print_stream(Path(args.model), args.prompt, args.max_new_tokens, scfg)
+    _print_stream(Path(args.model), args.prompt, args.max_new_tokens, scfg, args.dtype)
     return 0
 
 
@@ -307,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "or a Hugging Face model folder (e.g. model_hf_finetuned/).")
     g.add_argument("model", metavar="MODEL", help="model_scratch_best.pt, a run folder, or a model_hf_finetuned/ folder")
     add_sampling_flags(g)
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="precision of the weights while generating. bfloat16 halves the memory read per "
+                        "token, which is what limits a CPU here (~1.7x faster for the 10.7M model on an "
+                        "AVX-512 BF16 CPU); samples differ slightly from float32 (default: float32)")
     g.set_defaults(func=cmd_generate)
 
     from nanobard.finetune import FinetuneConfig

@@ -41,7 +41,8 @@ class KVCache:
         self.pos = 0  # number of positions stored
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, nh, T, hs); return all keys and values so far (B, nh, S, hs)."""
+        """Store k, v (B, nh, T, hs); return all keys and values so far (B, nh, S, hs), in the
+        cache's dtype (which may be wider than the model's, see ``GPT.new_cache``)."""
         t = k.size(2)
         assert self.pos + t <= self.k.size(2), f"cache overflow: {self.pos} + {t} > {self.k.size(2)}"
         self.k[:, :, self.pos : self.pos + t] = k
@@ -72,6 +73,7 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         if cache is not None:
             k, v = cache.append(k, v)  # (B, nh, S, hs)
+            q = q.to(k.dtype)  # attention runs in the cache's dtype
         S = k.size(2)
         # query t (absolute position S - T + t) may see keys 0 .. S - T + t, never a later one
         mask = None if T == 1 else torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
@@ -90,7 +92,7 @@ class CausalSelfAttention(nn.Module):
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
             else:
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
+        y = y.to(x.dtype).transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
         return self.resid_dropout(self.c_proj(y)), weights
 
 
@@ -178,6 +180,9 @@ class GPT(nn.Module):
         return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * c.block_size
 
     def new_cache(self, batch: int, device=None, dtype=None) -> list[KVCache]:
+        """One KVCache per layer, in the parameters' dtype unless told. A float32 cache for a
+        bfloat16 model keeps attention in float32: CPUs have no fast bfloat16 kernels for those
+        small batched matmuls, so it is the faster choice there."""
         c = self.config
         p = next(self.parameters())
         return [

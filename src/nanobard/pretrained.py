@@ -170,9 +170,14 @@ def check_hf_folder(p: Path) -> None:
 # generation from any nanobard model
 
 
-def hf_generator(path_or_name: str | os.PathLike, device: str = "cpu", loaded: Pretrained | None = None) -> TextGenerator:
+def hf_generator(
+    path_or_name: str | os.PathLike, device: str = "cpu", loaded: Pretrained | None = None,
+    dtype: torch.dtype | None = None,
+) -> TextGenerator:
     pre = loaded or load_pretrained(str(path_or_name), device)
     tok, model = pre.tokenizer, pre.model
+    if dtype is not None:
+        model = model.to(dtype)
     model.eval()
     stop = {tok.eos_token_id} if tok.eos_token_id is not None else None
     return TextGenerator(
@@ -184,17 +189,20 @@ def hf_generator(path_or_name: str | os.PathLike, device: str = "cpu", loaded: P
     )
 
 
-def scratch_generator(path: str | os.PathLike, device: str = "cpu") -> TextGenerator:
-    """A TextGenerator for a from-scratch checkpoint; unknown prompt characters raise a clear error."""
+def scratch_generator(path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype | None = None) -> TextGenerator:
+    """A TextGenerator for a from-scratch checkpoint; unknown prompt characters raise a clear error.
+    ``dtype`` (e.g. torch.bfloat16) runs the weights in that precision; see ScratchDecoder."""
     model, tok, _ = load_model(path, device)
+    if dtype is not None:
+        model = model.to(dtype)
     model.eval()
     return TextGenerator(name=str(path), encode=tok.encode, decode=tok.decode,
                          make_decoder=lambda: ScratchDecoder(model))
 
 
-def open_for_generation(path: str | os.PathLike) -> TextGenerator:
+def open_for_generation(path: str | os.PathLike, dtype: torch.dtype | None = None) -> TextGenerator:
     """A from-scratch checkpoint, a run folder holding one, or a Hugging Face model folder/id."""
     p = resolve_checkpoint(path)
     if p.is_dir() or (not p.exists() and p.suffix != ".pt"):
-        return hf_generator(str(path))
-    return scratch_generator(p)
+        return hf_generator(str(path), dtype=dtype)
+    return scratch_generator(p, dtype=dtype)

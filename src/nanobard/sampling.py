@@ -8,6 +8,7 @@ the model, so the from-scratch GPT and a Hugging Face model decode with the same
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -115,11 +116,19 @@ class ScratchDecoder:
     full, the cache restarts from the most recent ``block_size // 2`` tokens (a sliding window
     with absolute positions cannot slide a cache), so later tokens see between half and a full
     window of context. ``use_cache=False`` re-runs the last ``block_size`` tokens every step.
+
+    ``dtype`` runs a copy of the model in that precision (e.g. ``torch.bfloat16``, half the memory
+    traffic per token: single-token decoding on a CPU is bound by reading the weights); on a CPU
+    the cache and attention stay float32. Samples then differ slightly from a float32 run.
     """
 
-    def __init__(self, model: GPT, use_cache: bool = True):
+    def __init__(self, model: GPT, use_cache: bool = True, dtype: torch.dtype | None = None):
+        p = next(model.parameters())
+        if dtype is not None and dtype != p.dtype:
+            model = copy.deepcopy(model).to(dtype)
         self.model, self.use_cache = model, use_cache
-        self.device = next(model.parameters()).device
+        self.device = p.device
+        self.cache_dtype = torch.float32 if p.device.type == "cpu" else None
         self.block = model.config.block_size
         self.ids: list[int] = []
         self.cache = None
@@ -136,7 +145,7 @@ class ScratchDecoder:
         return self._refill() if self.use_cache else self._run(self.ids[-self.block:], None)
 
     def _refill(self) -> torch.Tensor:
-        self.cache = self.model.new_cache(1)
+        self.cache = self.model.new_cache(1, dtype=self.cache_dtype)
         window = self.ids[-self.block:] if len(self.ids) <= self.block else self.ids[-(self.block // 2):]
         return self._run(window, self.cache)
 
