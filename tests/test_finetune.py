@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from nanobard.data import split_text
 from nanobard.finetune import FinetuneConfig, finetune
@@ -72,3 +73,47 @@ def test_lora_is_merged_before_saving(tiny_model, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(path)
     w = "transformer.h.0.mlp.c_fc.weight"
     assert not (reloaded.state_dict()[w] == base.state_dict()[w]).all()
+
+
+def _tiny_causal_lms():
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    yield GPT2LMHeadModel(GPT2Config(vocab_size=500, n_positions=64, n_embd=32, n_layer=2, n_head=4))
+    yield LlamaForCausalLM(LlamaConfig(vocab_size=500, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_chunked_loss_equals_the_models_own_loss_and_gradients(lora):
+    from nanobard.finetune import chunked_lm_loss
+
+    for model in _tiny_causal_lms():
+        model.eval()  # GPT-2's dropout would make two forward passes differ
+        if lora:
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+        ids = torch.randint(0, 500, (3, 40))
+        labels = ids.clone()
+        labels[0, :7] = -100  # ignored positions count in neither
+        ref = model(input_ids=ids, labels=labels).loss
+        ref_grads = torch.autograd.grad(ref, [p for p in model.parameters() if p.requires_grad])
+        got = chunked_lm_loss(model, ids, labels, chunk=16)  # 117 positions: 7 full chunks and a partial one
+        grads = torch.autograd.grad(got, [p for p in model.parameters() if p.requires_grad])
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+        for a, b in zip(grads, ref_grads):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        n = (labels[:, 1:] != -100).sum()
+        torch.testing.assert_close(chunked_lm_loss(model, ids, labels, num_items=2 * n), ref / 2)
+
+
+def test_trainer_takes_the_chunked_loss(tiny_model, tmp_path, monkeypatch):
+    import nanobard.finetune as ft
+
+    calls = []
+    real = ft.chunked_lm_loss
+    monkeypatch.setattr(ft, "chunked_lm_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
+    path, text = tiny_model
+    finetune(cfg(path, max_steps=3, eval_interval=3), split_text(text), tmp_path, progress=False)
+    assert len(calls) == 3  # one per training step; evaluation keeps the Trainer's own loss
