@@ -15,25 +15,26 @@ from torch.profiler import ProfilerActivity, profile
 
 from nanobard.config import get_preset, with_overrides
 from nanobard.model import GPT
-from nanobard.train import autocast_context, make_optimizer
+from nanobard.optim import make_optimizer
+from nanobard.train import autocast_context
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="fast")
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="default: the preset's")
     ap.add_argument("--out", default="bench_results")
     args = ap.parse_args()
     p = get_preset(args.preset)
     mcfg = with_overrides(p.model, {"vocab_size": 65, "dropout": 0.0})
-    tcfg = with_overrides(p.train, {"dtype": args.dtype})
+    tcfg = with_overrides(p.train, {"dtype": args.dtype})  # None keeps the preset's
     model = GPT(mcfg)
     opt = make_optimizer(model, tcfg, torch.device("cpu"))
     x = torch.randint(0, 65, (tcfg.batch_size, mcfg.block_size))
 
     def step() -> None:
-        with autocast_context(torch.device("cpu"), args.dtype):
+        with autocast_context(torch.device("cpu"), tcfg.dtype):
             loss = model(x, x).loss
         loss.backward()
         opt.step()
@@ -48,7 +49,7 @@ def main() -> None:
     print(text)
     out = Path(args.out)
     out.mkdir(exist_ok=True)
-    (out / f"profile-{args.preset}-{args.dtype}.txt").write_text(text)
+    (out / f"profile-{args.preset}-{tcfg.dtype}.txt").write_text(text)
 
 
 if __name__ == "__main__":

@@ -87,3 +87,13 @@ def test_interrupted_study_continues(study, tmp_path):
     run_study(copy, "quick", **kw)
     assert (copy / "report.html").exists()
     assert json.loads((copy / "stages.json").read_text())["scratch"] == state["scratch"]
+
+
+def test_every_study_preset_names_a_scratch_preset():
+    from nanobard.config import PRESETS
+    from nanobard.pipeline import STUDY_PRESETS
+
+    assert {"quick", "cpu-10min", "seed", "gpu"} <= set(STUDY_PRESETS)
+    for name, p in STUDY_PRESETS.items():
+        assert p.name == name and p.scratch in PRESETS
+    assert STUDY_PRESETS["cpu-10min"].scratch == "cpu-10min"

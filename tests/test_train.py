@@ -32,12 +32,14 @@ def test_training_lowers_loss_and_writes_the_run_folder(tmp_path, tiny_text):
     assert json.loads(best["metrics"])["val_loss"] == pytest.approx(res.best_val_loss, abs=1e-9)
 
 
-def test_resume_is_exact(tmp_path, tiny_text):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_is_exact(tmp_path, tiny_text, optimizer):
     split = split_text(tiny_text)
     m = ModelConfig(**{**MODEL.__dict__, "dropout": 0.1})  # dropout: the RNG state must resume too
-    train(m, tcfg(max_steps=40, lr_decay_steps=40), split, tmp_path / "straight", progress=False)
-    train(m, tcfg(max_steps=20, lr_decay_steps=40), split, tmp_path / "split", progress=False)
-    res = train(m, tcfg(max_steps=40, lr_decay_steps=40), split, tmp_path / "split", resume=True, progress=False)
+    kw = dict(lr_decay_steps=40, optimizer=optimizer)  # Muon's momentum buffers must resume too
+    train(m, tcfg(max_steps=40, **kw), split, tmp_path / "straight", progress=False)
+    train(m, tcfg(max_steps=20, **kw), split, tmp_path / "split", progress=False)
+    res = train(m, tcfg(max_steps=40, **kw), split, tmp_path / "split", resume=True, progress=False)
     assert res.steps == 40
     a = torch.load(tmp_path / "straight" / "ckpt_last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "split" / "ckpt_last.pt", weights_only=True)["model"]
@@ -125,7 +127,7 @@ def test_checkpoint_that_runs_code_on_load_is_refused(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kw", [{"lr": 0}, {"lr": -1e-3}, {"batch_size": 0}, {"max_steps": None},
-                                {"patience": 0}])
+                                {"patience": 0}, {"optimizer": "sgd"}])
 def test_invalid_train_configs(kw):
     with pytest.raises(ConfigError):
         tcfg(**kw)

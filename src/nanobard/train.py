@@ -27,6 +27,7 @@ from nanobard.checkpoint import BEST_NAME, CheckpointError, load_model, save_che
 from nanobard.config import ConfigError, ModelConfig, TrainConfig, with_overrides
 from nanobard.data import CorpusSplit, check_fits, get_batch
 from nanobard.model import GPT
+from nanobard.optim import make_optimizer
 from nanobard.tokenizer import CharTokenizer
 
 logger = logging.getLogger(__name__)
@@ -90,19 +91,6 @@ def lr_at(step: int, cfg: TrainConfig, horizon: int | None, time_fraction: float
     else:
         progress = min(1.0, time_fraction)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
-
-
-def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on 2-D+ parameters (matmul weights, embeddings) only."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
 def step_budget(cfg: TrainConfig, n_train_tokens: int, block_size: int) -> tuple[int | None, str]:
@@ -218,7 +206,11 @@ def train(
         loaded, _, ckpt = load_model(last_path, device, expect=model_cfg)
         model.load_state_dict(loaded.state_dict())
         ts = ckpt["train_state"]
-        optimizer.load_state_dict(ts["optimizer"])
+        try:
+            optimizer.load_state_dict(ts["optimizer"])
+        except (KeyError, ValueError) as e:
+            raise ConfigError(f"{last_path} was written with another --optimizer than {cfg.optimizer!r}; resume "
+                              f"with the optimizer it was trained with, or start afresh without --resume") from e
         batch_gen.set_state(ts["batch_rng"])
         rng = ts["torch_rng"]
         torch.set_rng_state(rng[dd.rank] if isinstance(rng, list) and len(rng) == dd.world else
