@@ -1,18 +1,14 @@
 import pytest
 import torch
 
-from nanobard.config import ConfigError, ModelConfig, TrainConfig
+from nanobard.config import ConfigError, ModelConfig
 from nanobard.data import split_text
 from nanobard.model import GPT
 from nanobard.optim import CombinedOptimizer, make_optimizer
 from nanobard.train import train
+from tests.test_train import tcfg
 
 MODEL = ModelConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32)
-
-
-def tcfg(**kw):
-    return TrainConfig(**{**dict(batch_size=8, max_steps=30, lr=3e-3, min_lr=3e-4, warmup_steps=5, eval_interval=10,
-                                 eval_iters=2, seed=7), **kw})
 
 
 def test_adamw_decays_matrices_only():

@@ -247,18 +247,17 @@ def target_table(results: list[dict[str, Any]]) -> str:
     if fast is not None:
         rows.append(("time to 1.886", f"{fast:.1f} s", f"{base:.1f} s" if base else "-",
                      f"{base / fast:.2f}x faster" if base else ""))
+    def vs_baseline(name: str, value: float | None, what: str, base: float | None, base_what: str, digits: int) -> None:
+        if value is not None:
+            rows.append((name, f"{value:.0f} tokens/s ({what})", f"{base:.0f} tokens/s (ours, {base_what})" if base else "-",
+                         f"{value / base:.{digits}f}x" if base else ""))
+
     gen0 = med("generate 10.7M no cache float32", "tokens_per_s")
     for dt in ("float32", "bfloat16"):
-        gen = med(f"generate 10.7M KV cache {dt}", "tokens_per_s")
-        if gen is not None:
-            rows.append(("generation", f"{gen:.0f} tokens/s (cache, {dt})",
-                         f"{gen0:.0f} tokens/s (ours, no cache)" if gen0 else "-", f"{gen / gen0:.1f}x" if gen0 else ""))
+        vs_baseline("generation", med(f"generate 10.7M KV cache {dt}", "tokens_per_s"), f"cache, {dt}", gen0, "no cache", 1)
     ft0 = med("finetune smollm2-135m float32 (model loss)", "tokens_per_s")
-    for mode in ("bfloat16", "lora"):
-        v = med(f"finetune smollm2-135m {mode}", "tokens_per_s")
-        if v is not None:
-            rows.append(("fine-tuning", f"{v:.0f} tokens/s ({'full, bfloat16' if mode == 'bfloat16' else 'LoRA r=8'})",
-                         f"{ft0:.0f} tokens/s (ours, float32)" if ft0 else "-", f"{v / ft0:.2f}x" if ft0 else ""))
+    for mode, what in (("bfloat16", "full, bfloat16"), ("lora", "LoRA r=8")):
+        vs_baseline("fine-tuning", med(f"finetune smollm2-135m {mode}", "tokens_per_s"), what, ft0, "float32", 2)
     lines = [f"{'target':<20} {'ours':<32} {'our float32 baseline':<34} {'ratio':<14} {'reference (nanoGPT)':<48} goal"]
     for name, ours, baseline, ratio in rows:
         ref, goal = REFERENCES[name]

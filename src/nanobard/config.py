@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, fields, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 PosEncoding = Literal["learned", "sinusoidal"]
 DType = Literal["float32", "bfloat16"]
@@ -103,8 +103,8 @@ class TrainConfig:
             raise ConfigError("grad_clip and weight_decay must be >= 0")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ConfigError("beta1 and beta2 must be in [0, 1)")
-        if self.optimizer not in ("adamw", "muon"):
-            raise ConfigError(f"optimizer must be adamw or muon, got {self.optimizer!r}")
+        if self.optimizer not in get_args(OptimizerName):
+            raise ConfigError(f"optimizer must be one of {', '.join(get_args(OptimizerName))}, got {self.optimizer!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
 

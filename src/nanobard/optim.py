@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from nanobard.config import ConfigError, TrainConfig
+from nanobard.config import TrainConfig
 
 
 class CombinedOptimizer:
@@ -67,13 +67,10 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if cfg.optimizer == "adamw":
         return _adamw([p for _, p in named], cfg, device)
-    if cfg.optimizer == "muon":
-        hidden = [p for n, p in named if p.dim() == 2 and ".h." in f".{n}"]  # transformer.h.<i>.*
-        if not hidden:
-            raise ConfigError("--optimizer muon found no 2-D weights inside transformer blocks")
-        ids = {id(p) for p in hidden}
-        rest = [p for _, p in named if id(p) not in ids]
-        muon = torch.optim.Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.95, nesterov=True,
-                                adjust_lr_fn="match_rms_adamw")
-        return CombinedOptimizer([muon, _adamw(rest, cfg, device)])
-    raise ConfigError(f"unknown optimizer {cfg.optimizer!r}")
+    # muon (TrainConfig admits no other name)
+    hidden = [p for n, p in named if p.dim() == 2 and ".h." in f".{n}"]  # transformer.h.<i>.*
+    ids = {id(p) for p in hidden}
+    rest = [p for _, p in named if id(p) not in ids]
+    muon = torch.optim.Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.95, nesterov=True,
+                            adjust_lr_fn="match_rms_adamw")
+    return CombinedOptimizer([muon, _adamw(rest, cfg, device)])
