@@ -35,7 +35,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
 bench: $(STAMP)
-	$(BIN)/nanobard bench $(ARGS)
+	$(BIN)/python benchmarks/bench.py $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -16,14 +16,14 @@ from torch.profiler import ProfilerActivity, profile
 from nanobard.config import get_preset, with_overrides
 from nanobard.model import GPT
 from nanobard.optim import make_optimizer
-from nanobard.train import autocast_context
+from nanobard.train import train_step
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="fast")
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="default: the preset's")
+    ap.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16"], help="default: the preset's")
     ap.add_argument("--out", default="bench_results")
     args = ap.parse_args()
     p = get_preset(args.preset)
@@ -34,11 +34,7 @@ def main() -> None:
     x = torch.randint(0, 65, (tcfg.batch_size, mcfg.block_size))
 
     def step() -> None:
-        with autocast_context(torch.device("cpu"), tcfg.dtype):
-            loss = model(x, x).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        train_step(model, opt, [(x, x)], tcfg, torch.device("cpu"))
 
     for _ in range(5):
         step()

@@ -10,12 +10,18 @@ import pytest
 SHARED_TINY = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory) -> Path:
+    """One cache folder for the session (the embedded model is dequantized into it once)."""
+    return tmp_path_factory.mktemp("cache")
+
+
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path_factory):
+def _offline(monkeypatch, session_cache):
     """Tests never touch the network or the user's cache."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    monkeypatch.setenv("NANOBARD_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("NANOBARD_CACHE", str(session_cache))
     if SHARED_TINY.exists() and "NANOBARD_TINYSHAKESPEARE" not in os.environ:
         monkeypatch.setenv("NANOBARD_TINYSHAKESPEARE", str(SHARED_TINY))
 

@@ -11,7 +11,8 @@ import torch
 
 ARGS = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "16", "--batch-size", "8",
         "--max-steps", "12", "--eval-interval", "6", "--eval-iters", "2", "--warmup-steps", "2",
-        "--lr", "3e-3", "--min-lr", "3e-4", "--sample-tokens", "0", "--no-progress", "--threads", "1"]
+        "--lr", "3e-3", "--min-lr", "3e-4", "--sample-tokens", "0", "--no-progress", "--threads", "1",
+        "--dtype", "float32"]  # the same math in one and two processes: no bfloat16 rounding
 
 
 def free_port() -> int:

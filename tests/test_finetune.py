@@ -86,7 +86,7 @@ def _tiny_causal_lms():
 
 @pytest.mark.parametrize("lora", [False, True])
 def test_chunked_loss_equals_the_models_own_loss_and_gradients(lora):
-    from nanobard.finetune import chunked_lm_loss
+    from nanobard.hf_trainer import chunked_lm_loss
 
     for model in _tiny_causal_lms():
         model.eval()  # GPT-2's dropout would make two forward passes differ
@@ -109,11 +109,21 @@ def test_chunked_loss_equals_the_models_own_loss_and_gradients(lora):
 
 
 def test_trainer_takes_the_chunked_loss(tiny_model, tmp_path, monkeypatch):
-    import nanobard.finetune as ft
+    import nanobard.hf_trainer as ht
 
     calls = []
-    real = ft.chunked_lm_loss
-    monkeypatch.setattr(ft, "chunked_lm_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = ht.chunked_lm_loss
+    monkeypatch.setattr(ht, "chunked_lm_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
     path, text = tiny_model
     finetune(cfg(path, max_steps=3, eval_interval=3), split_text(text), tmp_path, progress=False)
     assert len(calls) == 3  # one per training step; evaluation keeps the Trainer's own loss
+
+
+def test_time_budget_sizes_the_steps_and_ends_on_time(tiny_model, tmp_path):
+    path, text = tiny_model
+    res = finetune(cfg(path, max_steps=None, max_time=10.0, eval_interval=1000), split_text(text), tmp_path,
+                   progress=False)
+    rows = [json.loads(ln) for ln in (tmp_path / "metrics_hf.jsonl").read_text().splitlines()]
+    assert res.steps > 5 and res.train_seconds < 10.0 * 1.5
+    assert rows[-1]["step"] == res.steps  # a final evaluation at the step the budget allowed
+    assert rows[-1]["lr"] < 3e-3 * 0.1  # the schedule was sized to the budget: the cosine had decayed

@@ -4,7 +4,7 @@ import torch
 from nanobard.config import ConfigError, ModelConfig
 from nanobard.data import split_text
 from nanobard.model import GPT
-from nanobard.optim import CombinedOptimizer, make_optimizer
+from nanobard.optim import CombinedOptimizer, Muon, make_optimizer
 from nanobard.train import train
 from tests.test_train import tcfg
 
@@ -24,7 +24,7 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest():
     opt = make_optimizer(model, tcfg(optimizer="muon"), torch.device("cpu"))
     assert isinstance(opt, CombinedOptimizer)
     muon, adamw = opt.optimizers
-    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    assert isinstance(muon, Muon) and isinstance(adamw, torch.optim.AdamW)
     names = {id(p): n for n, p in model.named_parameters()}
     in_muon = {names[id(p)] for g in muon.param_groups for p in g["params"]}
     in_adamw = {names[id(p)] for g in adamw.param_groups for p in g["params"]}

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Literal, get_args
 
 PosEncoding = Literal["learned", "sinusoidal"]
-DType = Literal["float32", "bfloat16"]
+DType = Literal["auto", "float32", "bfloat16"]
 OptimizerName = Literal["adamw", "muon"]
 
 
@@ -72,7 +72,7 @@ class TrainConfig:
     target_loss: float | None = None  # stop at the first evaluation with val loss <= this
     seed: int = 1337
     device: str = "auto"  # auto picks cuda, then mps, then cpu
-    dtype: DType = "float32"  # bfloat16 autocast where the device supports it
+    dtype: DType = "auto"  # auto: bfloat16 autocast where it is native (see hardware.py), else float32
     compile: bool = False  # torch.compile the model (compile time counts in wall time)
     threads: int | None = None  # torch intra-op threads on CPU; None keeps torch's default
 
@@ -105,8 +105,8 @@ class TrainConfig:
             raise ConfigError("beta1 and beta2 must be in [0, 1)")
         if self.optimizer not in get_args(OptimizerName):
             raise ConfigError(f"optimizer must be one of {', '.join(get_args(OptimizerName))}, got {self.optimizer!r}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ConfigError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.dtype not in get_args(DType):
+            raise ConfigError(f"dtype must be one of {', '.join(get_args(DType))}, got {self.dtype!r}")
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
@@ -71,18 +72,26 @@ def load_corpus(corpus: str = "shakespeare", data_path: str | os.PathLike | None
     raise CorpusError(f"unknown corpus {corpus!r}; choose one of {', '.join(CORPORA)} or pass --data PATH")
 
 
-def read_text_file(path: str | os.PathLike) -> str:
-    """Read a UTF-8 text file, with one-line errors for the ways it can be unusable."""
+def check_text_file(path: str | os.PathLike) -> None:
+    """One-line errors for a path that cannot be a corpus (reads at most its first 64 KiB)."""
     p = Path(path)
     if not p.exists():
         raise CorpusError(f"corpus file not found: {p}; check the path given to --data")
     if p.is_dir():
         raise CorpusError(f"{p} is a folder, not a text file; pass a file to --data")
-    raw = p.read_bytes()
-    if not raw.strip():
+    with open(p, "rb") as f:
+        head = f.read(65536)
+    if not head.strip() and (len(head) < 65536 or not p.read_bytes().strip()):
         raise CorpusError(f"corpus file is empty: {p}; give a file with some text in it")
-    if b"\x00" in raw[:65536]:
+    if b"\x00" in head:
         raise CorpusError(f"{p} looks like a binary file (it contains NUL bytes); give a UTF-8 text file")
+
+
+def read_text_file(path: str | os.PathLike) -> str:
+    """Read a UTF-8 text file, with one-line errors for the ways it can be unusable."""
+    p = Path(path)
+    check_text_file(p)
+    raw = p.read_bytes()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -232,13 +241,17 @@ def check_fits(split: CorpusSplit, block_size: int) -> None:
 
 
 def get_batch(
-    data: torch.Tensor, block_size: int, batch_size: int, generator: torch.Generator
+    data: torch.Tensor | np.ndarray, block_size: int, batch_size: int, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random windows of a 1-D token tensor: x (B, T) and y (B, T), y shifted by one.
+    """Random windows of 1-D token ids (a tensor, or a NumPy array such as a memory-mapped token
+    file): x (B, T) and y (B, T) int64 tensors, y shifted by one.
 
-    One gather, no per-example Python work.
+    One gather, no per-example Python work; only the B x (T+1) ids read are loaded from a file.
     """
     ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)  # (B,)
     offsets = ix[:, None] + torch.arange(block_size + 1)[None, :]  # (B, T+1)
-    xy = data[offsets]  # (B, T+1)
+    if isinstance(data, np.ndarray):
+        xy = torch.from_numpy(data[offsets.numpy()].astype(np.int64))  # (B, T+1)
+    else:
+        xy = data[offsets].long()  # (B, T+1)
     return xy[:, :-1], xy[:, 1:]

@@ -2,23 +2,94 @@
 
 ``adamw``: AdamW with weight decay on the 2-D parameters (matmul weights, embeddings) only.
 
-``muon``: ``torch.optim.Muon`` (Jordan et al., 2024) for every 2-D weight inside the transformer
-blocks (attention QKV and output projections, the two feed-forward layers) and AdamW, as above,
-for the rest: the token and position embeddings (which are also the tied output layer), LayerNorm
-gains and biases. Muon orthogonalises each matrix's momentum with five Newton-Schulz iterations,
-so every direction of the update moves at the same rate; per token it learns much faster than
-AdamW (on tiny Shakespeare it reaches AdamW's validation loss in about half the steps). With
-``adjust_lr_fn="match_rms_adamw"`` (Liu et al., 2025, "Muon is Scalable for LLM Training") its
-update has AdamW's RMS size, so one learning rate, one weight decay and one schedule drive both.
+``muon``: Muon (Jordan et al., 2024) for every 2-D weight inside the transformer blocks (attention
+QKV and output projections, the two feed-forward layers) and AdamW, as above, for the rest: the
+token and position embeddings (which are also the tied output layer), LayerNorm gains and biases.
+Muon orthogonalises each matrix's momentum with five Newton-Schulz iterations, so every direction
+of the update moves at the same rate; per token it learns much faster than AdamW (on tiny
+Shakespeare it reaches AdamW's validation loss in about half the steps). Its update is scaled to
+AdamW's RMS size (Liu et al., 2025, "Muon is Scalable for LLM Training"), so one learning rate,
+one weight decay and one schedule drive both.
+
+Our ``Muon`` is ``torch.optim.Muon``'s algorithm with two changes: the Newton-Schulz iterations
+run in a precision the caller chooses (``torch.optim.Muon`` always uses bfloat16, which a CPU
+without AVX-512 BF16 emulates ~30x slower than float32: 89 ms against 2.6 ms for one 128x512
+matrix), and matrices of the same shape (the same layer type in every block) are orthogonalised
+together in one batched matmul, which saves per-call overhead on small matrices.
 """
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
 from typing import Any
 
 import torch
 
 from nanobard.config import TrainConfig
+from nanobard.hardware import resolve_precision
+
+# Keller Jordan's quintic Newton-Schulz coefficients (as torch.optim.Muon).
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+def orthogonalise(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.float32, eps: float = 1e-7) -> torch.Tensor:
+    """Approximately U Vᵀ of g = U S Vᵀ by quintic Newton-Schulz iterations, computed in ``dtype``.
+
+    g: (m, n) or a batch (k, m, n) of matrices of one shape. Returns the same shape and dtype as g.
+    (The singular values come out in roughly [0.5, 1.5] rather than exactly 1, which Muon's
+    authors found does not hurt.)
+    """
+    a, b, c = NS_COEFFICIENTS
+    x = g.to(dtype)
+    tall = x.size(-2) > x.size(-1)
+    if tall:
+        x = x.mT  # iterate on the wide side: (.., min, max)
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm <= Frobenius norm <= 1
+    for _ in range(steps):
+        gram = x @ x.mT  # (.., min, min)
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    if tall:
+        x = x.mT
+    return x.to(g.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon with Nesterov momentum, decoupled weight decay and AdamW-matched update size
+    (``torch.optim.Muon(..., adjust_lr_fn="match_rms_adamw")``), Newton-Schulz in ``ns_dtype``.
+
+    State per parameter: ``momentum_buffer``, as in torch's Muon, so a resumed run is exact.
+    """
+
+    def __init__(self, params: Any, lr: float, weight_decay: float = 0.0, momentum: float = 0.95,
+                 nesterov: bool = True, ns_steps: int = 5, ns_dtype: torch.dtype = torch.float32) -> None:
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
+                                      ns_steps=ns_steps))
+        self.ns_dtype = ns_dtype  # not in the groups: a torch.dtype does not belong in a checkpoint
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        assert closure is None, "Muon here takes no closure"
+        for group in self.param_groups:
+            lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
+            params = [p for p in group["params"] if p.grad is not None]
+            updates = []
+            for p in params:
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - mu)
+                updates.append(p.grad.lerp(buf, mu) if group["nesterov"] else buf)
+            by_shape: dict[torch.Size, list[int]] = defaultdict(list)
+            for i, u in enumerate(updates):
+                by_shape[u.shape].append(i)
+            for shape, idx in by_shape.items():
+                ortho = orthogonalise(torch.stack([updates[i] for i in idx]), group["ns_steps"], self.ns_dtype)
+                scale = lr * 0.2 * math.sqrt(max(shape))  # RMS of AdamW's update (Liu et al., 2025)
+                for j, i in enumerate(idx):
+                    params[i].mul_(1 - lr * wd)
+                    params[i].add_(ortho[j], alpha=-scale)
 
 
 class CombinedOptimizer:
@@ -71,6 +142,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     hidden = [p for n, p in named if p.dim() == 2 and ".h." in f".{n}"]  # transformer.h.<i>.*
     ids = {id(p) for p in hidden}
     rest = [p for _, p in named if id(p) not in ids]
-    muon = torch.optim.Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.95, nesterov=True,
-                            adjust_lr_fn="match_rms_adamw")
+    # Newton-Schulz in bfloat16 only where bfloat16 is native (and the run did not ask for float32)
+    muon = Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.95, nesterov=True,
+                ns_dtype=resolve_precision(cfg.dtype, device, "Newton-Schulz"))
     return CombinedOptimizer([muon, _adamw(rest, cfg, device)])

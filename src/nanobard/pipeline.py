@@ -9,6 +9,7 @@ Each finished stage is recorded in ``stages.json`` with its results; running aga
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,8 +24,8 @@ from typing import Any
 import torch
 
 from nanobard import config as C
-from nanobard.data import CorpusSplit, load_split
 from nanobard.finetune import FINETUNED_NAME, FinetuneConfig
+from nanobard.tokens import TokenCorpus, load_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class StudyPreset:
     scratch: str  # a from-scratch preset name
     finetune: FinetuneConfig
     sample_tokens: int = 200  # from-scratch sample length (characters)
+    scratch_time: float | None = None  # a wall-time budget in seconds that replaces the preset's step budget
 
 
 # Fine-tuning a 135M model on a CPU: 60 steps, scores on the first 20,000 validation characters.
@@ -76,13 +78,16 @@ class Study:
         self.out, self.preset, self.force, self.progress = out, preset, force, progress
         self.corpus, self.data_path = corpus, data_path
         sp = C.get_preset(preset.scratch)
+        train = sp.train
+        if preset.scratch_time is not None:  # steps sized from the measured speed (see train.py)
+            train = dataclasses.replace(train, max_steps=None, epochs=None, max_time=preset.scratch_time)
         self.model_cfg = C.with_overrides(sp.model, scratch_overrides)
-        self.train_cfg = C.with_overrides(sp.train, scratch_overrides)
+        self.train_cfg = C.with_overrides(train, scratch_overrides)
         self.ft_cfg = C.with_overrides(preset.finetune, finetune_overrides)
         self.on_stage = on_stage or (lambda i, s: None)
         self.state_path = out / "stages.json"
         self.state: dict[str, Any] = {}
-        self.split: CorpusSplit | None = None
+        self.corpus_tokens: TokenCorpus | None = None
 
     # ---------------------------------------------------------------------------------------
 
@@ -114,14 +119,14 @@ class Study:
             "finetune": asdict(self.ft_cfg), "attention_text": ATTENTION_TEXT,
         }, indent=2))
 
-    def _split(self) -> CorpusSplit:
-        if self.split is None:
-            self.split = load_split(self.corpus, self.data_path)
-        return self.split
+    def _split(self) -> TokenCorpus:
+        """The corpus as token ids, from the token cache (encoded on the first run)."""
+        if self.corpus_tokens is None:
+            self.corpus_tokens = load_tokens(self.corpus, self.data_path)
+        return self.corpus_tokens
 
     def _score_text(self) -> str:
-        val = self._split().val
-        return val[: self.ft_cfg.score_chars] if self.ft_cfg.score_chars else val
+        return self._split().val_text(self.ft_cfg.score_chars or None)
 
     # ---------------------------------------------------------------------------------------
     # stages
@@ -132,7 +137,7 @@ class Study:
 
         check_fits(s, self.model_cfg.block_size)
         return {"name": s.name, "train_chars": len(s.train), "val_chars": len(s.val),
-                "score_chars": len(self._score_text()), "distinct_chars": len(set(s.train + s.val))}
+                "score_chars": len(self._score_text()), "distinct_chars": s.tokenizer.vocab_size}
 
     def stage_scratch(self) -> dict[str, Any]:
         from nanobard.train import train
@@ -175,7 +180,7 @@ class Study:
         model, tok, _ = load_model(self.out / "model_scratch_best.pt")
         text = ATTENTION_TEXT
         if tok.unknown(text):
-            text = self._split().val[:64]
+            text = self._split().val_text(64)
         maps_s = A.scratch_attention(model, tok, text)
         res_s = A.analysis_dict(maps_s, A.head_statistics(maps_s.weights),
                                 A.causality_check(model, maps_s.ids, "scratch"), "from scratch")

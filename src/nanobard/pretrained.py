@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import urllib.request
 from dataclasses import dataclass
 from importlib import metadata
@@ -24,6 +26,7 @@ from typing import Any
 import torch
 
 from nanobard.checkpoint import load_model, resolve_checkpoint
+from nanobard.data import cache_dir
 from nanobard.sampling import HFDecoder, ScratchDecoder, TextGenerator
 
 logger = logging.getLogger(__name__)
@@ -113,9 +116,7 @@ def load_pretrained(name: str = "auto", device: str | torch.device = "cpu", attn
         mkw["attn_implementation"] = attn
     try:
         if resolved == EMBEDDED:
-            gguf = embedded_gguf_path()
-            kw["gguf_file"] = gguf.name
-            src = str(gguf.parent)
+            src = embedded_folder()
         else:
             src = resolved
             p = Path(resolved)
@@ -138,18 +139,52 @@ def load_pretrained(name: str = "auto", device: str | torch.device = "cpu", attn
             f"cannot load pretrained model {resolved!r} ({first}). Without internet use "
             f"--pretrained {EMBEDDED} (embedded) or a local save_pretrained folder"
         ) from None
-    if resolved == EMBEDDED:
-        # transformers dequantizes GGUF weights to float32 but still marks the model as quantized,
-        # which would stop the Trainer and leak into the saved config: the weights are plain now.
-        quantizer = getattr(model, "hf_quantizer", None)
-        if quantizer is not None:
-            quantizer.remove_quantization_config(model)
-        model.is_quantized = False
-        model.config._is_quantized = False
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model.to(device)
     return Pretrained(model=model, tokenizer=tok, name=resolved, reason=reason)
+
+
+def _load_gguf(gguf: Path) -> tuple[Any, Any]:
+    """Model and tokenizer from a GGUF file, dequantized to float32 by transformers (~17 s)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kw = {"trust_remote_code": False, "gguf_file": gguf.name}
+    tok = AutoTokenizer.from_pretrained(gguf.parent, **kw)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kw)
+    # transformers dequantizes GGUF weights to float32 but still marks the model as quantized,
+    # which would stop the Trainer and leak into the saved config: the weights are plain now.
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    model.is_quantized = False
+    model.config._is_quantized = False
+    return model, tok
+
+
+def embedded_folder() -> str:
+    """The embedded GGUF model as a float32 save_pretrained folder in the user cache, written the
+    first time: dequantizing the GGUF file takes ~17 s, loading the folder ~2 s."""
+    gguf = embedded_gguf_path()
+    st = gguf.stat()
+    root = cache_dir() / "models"
+    folder = root / f"{EMBEDDED}-{st.st_size}-{int(st.st_mtime)}"
+    if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
+        return str(folder)
+    logger.info("dequantizing %s once into %s", gguf.name, folder)
+    model, tok = _load_gguf(gguf)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{EMBEDDED}-"))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process wrote it first
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(folder)
 
 
 def check_hf_folder(p: Path) -> None:
@@ -200,9 +235,10 @@ def scratch_generator(path: str | os.PathLike, device: str = "cpu", dtype: torch
                          make_decoder=lambda: ScratchDecoder(model))
 
 
-def open_for_generation(path: str | os.PathLike, dtype: torch.dtype | None = None) -> TextGenerator:
+def open_for_generation(path: str | os.PathLike, dtype: torch.dtype | None = None,
+                        device: str | torch.device = "cpu") -> TextGenerator:
     """A from-scratch checkpoint, a run folder holding one, or a Hugging Face model folder/id."""
     p = resolve_checkpoint(path)
     if p.is_dir() or (not p.exists() and p.suffix != ".pt"):
-        return hf_generator(str(path), dtype=dtype)
-    return scratch_generator(p, dtype=dtype)
+        return hf_generator(str(path), device=device, dtype=dtype)
+    return scratch_generator(p, device=device, dtype=dtype)

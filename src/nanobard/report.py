@@ -108,6 +108,26 @@ def explorer_data(out: Path, analysis: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def budget_rows(state: dict[str, Any], cfg: dict[str, Any]) -> list[list[str]]:
+    """One row per stage: its wall-time budget (training stages), the time it took, and its result."""
+    s, f = state["scratch"], state["finetune"]
+    s_budget, f_budget = cfg["scratch"]["train"].get("max_time"), cfg["finetune"].get("max_time")
+    bought = {
+        "scratch": f"{s['steps']:,} steps, {s['tokens']:,} tokens, {s['tokens_per_s']:,.0f} tokens/s; "
+                   f"{state['evaluate']['scratch']['bits_per_char']:.3f} bits/char",
+        "finetune": f"{f['steps']:,} steps, {f['tokens']:,} tokens, {f['tokens_per_s']:,.0f} tokens/s; "
+                    f"{f['before']['bits_per_char']:.3f} -> {f['after']['bits_per_char']:.3f} bits/char "
+                    "(scoring and samples before and after included in the time)",
+    }
+    rows = []
+    for stage, res in state.items():
+        if not isinstance(res, dict) or "stage_seconds" not in res:
+            continue
+        budget = {"scratch": s_budget, "finetune": f_budget}.get(stage)
+        rows.append([stage, f"{budget:.0f} s" if budget else "-", f"{res['stage_seconds']:.1f} s", bought.get(stage, "")])
+    return rows
+
+
 def write_report(out: str | os.PathLike, headline: dict[str, Any], state: dict[str, Any],
                  machine: dict[str, Any]) -> Path:
     out = Path(out)
@@ -131,6 +151,8 @@ def write_report(out: str | os.PathLike, headline: dict[str, Any], state: dict[s
         ["tokens/s", f"{s['tokens_per_s']:,.0f}", f"{p['tokens_per_s']:,.0f}"],
     ]))
     parts.append(_table(["machine", "value"], [[k, v] for k, v in machine.items()]))
+    parts.append("<h3 id=budget>Time: what each stage was given and what it bought</h3>")
+    parts.append(_table(["stage", "training budget", "stage took", "what it bought"], budget_rows(state, cfg)))
     parts.append(f"<details><summary>full configuration</summary><pre>{escape(json.dumps(cfg, indent=2))}</pre></details>")
 
     parts.append("<h2 id=comparison>Comparison on the shared validation text</h2>")

@@ -26,9 +26,10 @@ from nanobard import distributed
 from nanobard.checkpoint import BEST_NAME, CheckpointError, load_model, save_checkpoint
 from nanobard.config import ConfigError, ModelConfig, TrainConfig, with_overrides
 from nanobard.data import CorpusSplit, check_fits, get_batch
+from nanobard.hardware import autocast_context, pick_device, resolve_precision
 from nanobard.model import GPT
 from nanobard.optim import make_optimizer
-from nanobard.tokenizer import CharTokenizer
+from nanobard.tokens import TokenCorpus, tokens_from_split
 
 logger = logging.getLogger(__name__)
 
@@ -61,23 +62,6 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA if available, then Apple MPS, else CPU."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def autocast_context(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    if dtype == "bfloat16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def lr_at(step: int, cfg: TrainConfig, horizon: int | None, time_fraction: float) -> float:
     """Linear warmup to ``lr`` then cosine decay to ``min_lr`` over ``horizon`` steps.
 
@@ -104,6 +88,43 @@ def step_budget(cfg: TrainConfig, n_train_tokens: int, block_size: int) -> tuple
     if not options:
         return None, "time"
     return min(options)
+
+
+def train_step(model: GPT, optimizer: Any, batches: list[tuple[torch.Tensor, torch.Tensor]], cfg: TrainConfig,
+               device: torch.device, fwd: torch.nn.Module | None = None) -> float:
+    """One optimizer step: forward and backward over each (x, y) micro-batch (B, T), gradient
+    clipping, the update. ``fwd`` is the model as wrapped for the forward pass (DDP, compiled);
+    under DDP gradients are all-reduced once, on the last micro-batch. Returns the last
+    micro-batch's loss in nats per token (what the progress bar shows)."""
+    fwd = fwd or model
+    for i, (x, y) in enumerate(batches):
+        sync = i == len(batches) - 1 or not isinstance(fwd, torch.nn.parallel.DistributedDataParallel)
+        with autocast_context(device, cfg.dtype), (contextlib.nullcontext() if sync else fwd.no_sync()):
+            loss = fwd(x.to(device), y.to(device)).loss / len(batches)
+            loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item() * len(batches)
+
+
+CALIBRATION_STEPS = (3, 13)  # time steps 3..13 of a run (the first ones are slower)
+
+
+def _size_steps(calibration: list[float], step: int, cfg: TrainConfig, elapsed: float,
+                eval_s: float) -> int | None:
+    """With only a time budget: after timing a few steps, the step count that fills the budget,
+    evaluations included (None until then). Fixing it once keeps the LR schedule a function of
+    the step, so a resumed run follows the same schedule."""
+    calibration.append(time.perf_counter())
+    first, last = CALIBRATION_STEPS
+    if len(calibration) <= last:
+        return None
+    per_step = (calibration[last] - calibration[first]) / (last - first)
+    calibration.append(per_step)
+    left = max(0.0, cfg.max_time - elapsed)
+    return step + int(left / (per_step + eval_s / cfg.eval_interval))
 
 
 @torch.no_grad()
@@ -169,18 +190,20 @@ def _trim_metrics(path: Path, last_step: int) -> None:
 def train(
     model_cfg: ModelConfig,
     cfg: TrainConfig,
-    split: CorpusSplit,
+    data: CorpusSplit | TokenCorpus,
     out_dir: str | os.PathLike,
     *,
     resume: bool = False,
     progress: bool = True,
     config_name: str = "config.json",
 ) -> TrainResult:
-    """Train a GPT on ``split.train``, evaluating on ``split.val``; write checkpoints and metrics
-    into ``out_dir``. Returns a summary; raises TrainingInterrupted on Ctrl-C/SIGTERM."""
+    """Train a GPT on ``data.train``, evaluating on ``data.val``; write checkpoints and metrics
+    into ``out_dir``. ``data`` is text (a CorpusSplit, encoded here) or token ids (a TokenCorpus,
+    e.g. memory-mapped from the token cache). Returns a summary; raises TrainingInterrupted on Ctrl-C/SIGTERM."""
     t_start = time.perf_counter()
     out = Path(out_dir)
-    check_fits(split, model_cfg.block_size)
+    corpus = data if isinstance(data, TokenCorpus) else tokens_from_split(data)
+    check_fits(corpus, model_cfg.block_size)
     device = pick_device(cfg.device)
     dd = distributed.setup(device.type)
     if dd.enabled and device.type == "cuda":
@@ -189,7 +212,7 @@ def train(
         raise ConfigError(f"--batch-size {cfg.batch_size} must be divisible by the {dd.world} processes")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    tok = CharTokenizer.from_text(split.train, split.val)
+    tok = corpus.tokenizer
     model_cfg = with_overrides(model_cfg, {"vocab_size": tok.vocab_size})
     out.mkdir(parents=True, exist_ok=True)
     best_path, last_path, metrics_path = out / BEST_NAME, out / LAST_NAME, out / METRICS_NAME
@@ -198,7 +221,8 @@ def train(
     model = GPT(model_cfg).to(device)
     optimizer = make_optimizer(model, cfg, device)
     batch_gen = torch.Generator().manual_seed(cfg.seed)
-    state = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "best_val": math.inf, "bad_evals": 0, "first_val": None}
+    state = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "best_val": math.inf, "bad_evals": 0, "first_val": None,
+             "horizon": None}
     if dd.enabled:
         torch.manual_seed(cfg.seed + dd.rank)  # dropout masks differ per rank
 
@@ -226,15 +250,17 @@ def train(
                 p.unlink()
     dd.barrier()
 
-    train_ids = torch.tensor(tok.encode(split.train), dtype=torch.long)
-    val_ids = torch.tensor(tok.encode(split.val), dtype=torch.long)
+    train_ids, val_ids = corpus.train, corpus.val
     horizon_steps, budget_kind = step_budget(cfg, len(train_ids), model_cfg.block_size)
+    if horizon_steps is None and state.get("horizon") is not None:  # sized from the throughput before a resume
+        horizon_steps = state["horizon"]
     decay_horizon = cfg.lr_decay_steps or horizon_steps
     tokens_per_step = cfg.batch_size * cfg.grad_accum * model_cfg.block_size
     if dd.is_main:
         (out / config_name).write_text(json.dumps({
-        "model": asdict(model_cfg), "train": asdict(cfg), "corpus": split.name,
-        "n_train_chars": len(split.train), "n_val_chars": len(split.val),
+        "model": asdict(model_cfg), "train": asdict(cfg), "corpus": corpus.name,
+        "n_train_chars": len(train_ids), "n_val_chars": len(val_ids),
+        "precision": str(resolve_precision(cfg.dtype, device)).removeprefix("torch."),
         "num_params": model.num_params(), "device": str(device), "torch": torch.__version__,
         "step_budget": horizon_steps, "budget": budget_kind, "processes": dd.world,
     }, indent=2))
@@ -255,8 +281,11 @@ def train(
     def elapsed() -> float:
         return elapsed_before + time.perf_counter() - t_start
 
+    eval_seconds = [0.0]
+
     def evaluate_and_save(step: int, last_loss: float | None, lr: float) -> str | None:
         """Evaluate, log, checkpoint. Returns why to stop (early stopping, target reached) or None."""
+        t_eval = time.perf_counter()
         ev = dict(block_size=model_cfg.block_size, batch_size=cfg.batch_size, iters=cfg.eval_iters,
                   seed=cfg.seed + EVAL_SEED_OFFSET, device=device, dtype=cfg.dtype)
         val_loss = estimate_loss(eval_model, val_ids, **ev)
@@ -293,6 +322,7 @@ def train(
                 "torch_rng": rng_states if dd.enabled else rng_states[0], "counters": json.dumps(state),
             })
         dd.barrier()
+        eval_seconds[0] = time.perf_counter() - t_eval
         bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_loss:.3f}", refresh=False)
         if cfg.target_loss is not None and val_loss <= cfg.target_loss:
             return "target_loss"
@@ -305,6 +335,7 @@ def train(
                desc="train scratch")
     lr = lr_at(step, cfg, decay_horizon, 0.0)
     loss_val: float | None = None
+    calibration: list[float] = []  # time-only budget: step timings that size the step horizon
     model.train()
     with _StopFlag() as stop:
         if step == 0 and not history:
@@ -319,18 +350,10 @@ def train(
             lr = lr_at(step, cfg, decay_horizon, elapsed() / cfg.max_time if cfg.max_time else 0.0)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            for micro in range(cfg.grad_accum):
-                x, y = get_batch(train_ids, model_cfg.block_size, cfg.batch_size, batch_gen)  # global batch
-                x, y = dd.shard(x), dd.shard(y)  # this rank's rows
-                sync = not dd.enabled or micro == cfg.grad_accum - 1  # all-reduce once per step
-                with autocast_context(device, cfg.dtype), (contextlib.nullcontext() if sync else fwd.no_sync()):
-                    loss = fwd(x.to(device), y.to(device)).loss / cfg.grad_accum
-                    loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_val = loss.item() * cfg.grad_accum
+            batches = [(dd.shard(x), dd.shard(y)) for x, y in  # this rank's rows of each global batch
+                       (get_batch(train_ids, model_cfg.block_size, cfg.batch_size, batch_gen)
+                        for _ in range(cfg.grad_accum))]
+            loss_val = train_step(model, optimizer, batches, cfg, device, fwd)
             if not math.isfinite(loss_val):
                 raise NonFiniteLossError(
                     f"loss became {loss_val} at step {step + 1}; training stopped, the last good checkpoint "
@@ -341,6 +364,12 @@ def train(
             state["tokens"] += tokens_per_step
             session_tokens += tokens_per_step
             bar.update(1)
+            if horizon_steps is None and cfg.max_time is not None:
+                horizon_steps = _size_steps(calibration, step, cfg, elapsed(), eval_seconds[0])
+                if horizon_steps is not None:
+                    state["horizon"], decay_horizon, bar.total = horizon_steps, cfg.lr_decay_steps or horizon_steps, horizon_steps
+                    logger.info("measured %.1f ms/step: %d steps fit the %.0f s budget", calibration[-1] * 1e3,
+                                horizon_steps, cfg.max_time)
             if step % 10 == 0:
                 rate = session_tokens / max(1e-9, time.perf_counter() - session_t0)
                 bar.set_postfix(loss=f"{loss_val:.3f}", val=f"{state['best_val']:.3f}", tok_s=f"{rate:,.0f}")
@@ -372,4 +401,4 @@ def train(
     )
 
 
-__all__ = ["train", "TrainResult", "pick_device", "lr_at", "CheckpointError", "TrainingInterrupted"]
+__all__ = ["train", "TrainResult", "lr_at", "CheckpointError", "TrainingInterrupted"]

@@ -1,0 +1,178 @@
+"""What this machine computes fast, decided in one place.
+
+Every path that chooses a precision asks here: training autocast, Muon's orthogonalisation,
+fine-tuning, generation ``--dtype``, the benchmarks. ``"auto"`` means "bfloat16 where it is native,
+float32 elsewhere":
+
+- **CPU**: bfloat16 matrix multiplication is native only with AVX-512 BF16 or AMX (x86) or the
+  Armv8.6 BF16 extension. Without it torch emulates bfloat16: on an AVX2-only CPU a 1024² bfloat16
+  matmul runs at ~1 GFLOP/s against ~70 in float32, so ``auto`` must never pick it there.
+  ``ATEN_CPU_CAPABILITY`` and ``ONEDNN_MAX_CPU_ISA`` (used to emulate an older CPU) are honoured.
+- **CUDA**: bfloat16 where the GPU supports it (Ampere and newer).
+- **MPS** (Apple GPUs): float32; bfloat16 support depends on the macOS version and gains little at
+  these model sizes.
+
+An explicit ``bfloat16`` on a device without native support still runs, after one warning line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+Precision = Literal["auto", "float32", "bfloat16"]
+PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")
+_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "bf16", "asimd", "sve")
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """The CPU as torch will use it."""
+
+    arch: str  # x86_64, aarch64, arm64
+    model: str  # the marketing name, where the OS says
+    capability: str  # torch.backends.cpu.get_cpu_capability(): AVX512, AVX2, DEFAULT, ...
+    flags: tuple[str, ...]  # the instruction-set flags that decide precision (subset of /proc/cpuinfo)
+    onednn_max_isa: str  # $ONEDNN_MAX_CPU_ISA, or "" when unset
+    threads: int  # torch intra-op threads
+
+    @property
+    def native_bf16(self) -> bool:
+        """Does this CPU multiply bfloat16 matrices in hardware, as torch is configured here?"""
+        if self.arch in ("aarch64", "arm64"):
+            return "bf16" in self.flags
+        if not ("avx512_bf16" in self.flags or "amx_bf16" in self.flags):
+            return False
+        if not self.capability.upper().startswith("AVX512"):  # e.g. ATEN_CPU_CAPABILITY=avx2
+            return False
+        isa = self.onednn_max_isa.upper()
+        return isa in ("", "ALL", "DEFAULT") or any(k in isa for k in ("BF16", "AMX", "FP16", "AVX10"))
+
+    @property
+    def kind(self) -> str:
+        """A short name for benchmark tables: avx512-bf16, avx512, avx2, arm64-bf16, ..."""
+        if self.arch in ("aarch64", "arm64"):
+            return "arm64-bf16" if self.native_bf16 else "arm64"
+        cap = self.capability.lower()
+        if self.native_bf16:
+            return "amx" if "amx_bf16" in self.flags else "avx512-bf16"
+        if cap.startswith("avx512"):
+            return "avx512"
+        return cap or "unknown"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "native_bf16": self.native_bf16, "kind": self.kind}
+
+
+def _cpu_flags_and_model() -> tuple[tuple[str, ...], str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # macOS, Windows: no /proc
+        return (), platform.processor() or platform.machine()
+    flags: set[str] = set()
+    model = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("flags", "features"):
+            flags.update(value.split())
+        elif key == "model name" and not model:
+            model = value.strip()
+    return tuple(f for f in _FLAGS_OF_INTEREST if f in flags), model or platform.machine()
+
+
+@functools.cache
+def cpu_info() -> CpuInfo:
+    """This CPU, read once per process."""
+    flags, model = _cpu_flags_and_model()
+    return CpuInfo(
+        arch=platform.machine().lower(), model=model, capability=torch.backends.cpu.get_cpu_capability(),
+        flags=flags, onednn_max_isa=os.environ.get("ONEDNN_MAX_CPU_ISA", ""), threads=torch.get_num_threads(),
+    )
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA if available, then Apple MPS, else CPU."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Is bfloat16 compute native (fast) on this device?"""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return cpu_info().native_bf16
+    return False  # mps and others: float32
+
+
+def _why_not_bf16(device: torch.device) -> str:
+    if device.type == "cpu":
+        c = cpu_info()
+        return (f"this CPU ({c.kind}, torch capability {c.capability}) has no AVX-512 BF16 or AMX, so torch "
+                "emulates bfloat16: matmuls run tens of times slower than float32")
+    return f"{device.type} has no fast bfloat16 here"
+
+
+@functools.cache
+def _warn_once(device_type: str, what: str) -> None:
+    logger.warning("bfloat16 %s was asked for, but %s; use auto or float32 unless you are testing this",
+                   what, _why_not_bf16(torch.device(device_type)))
+
+
+def resolve_precision(requested: str, device: torch.device | str, what: str = "compute") -> torch.dtype:
+    """``auto`` / ``float32`` / ``bfloat16`` -> the torch dtype to use on ``device``.
+
+    ``what`` names the use in the one-line warning an explicit, non-native ``bfloat16`` gets.
+    """
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    device = torch.device(device)
+    if requested == "float32":
+        return torch.float32
+    if requested == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    if not native_bf16(device):
+        _warn_once(device.type, what)
+    return torch.bfloat16
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast when ``precision`` resolves to bfloat16 on ``device``, else nothing."""
+    if resolve_precision(precision, device, "autocast") == torch.bfloat16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def describe(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Everything a benchmark table or a report needs to say which machine produced a number."""
+    device = torch.device(device)
+    info: dict[str, Any] = {"device": str(device), "torch": torch.__version__, "cpu": cpu_info().as_dict(),
+                            "cpu_count": os.cpu_count(), "native_bf16": native_bf16(device)}
+    if device.type == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def emulation_env(kind: str) -> dict[str, str]:
+    """Environment variables that make torch behave like an older CPU (``avx2``: no AVX-512, so no
+    native bfloat16). Checked by measuring: a bfloat16 matmul becomes ~100x slower under them."""
+    if kind != "avx2":
+        raise ValueError(f"can only emulate 'avx2', not {kind!r}")
+    return {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}

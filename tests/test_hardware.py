@@ -1,0 +1,82 @@
+"""Precision is decided in one place: bfloat16 only where it is native, unless asked for."""
+
+import contextlib
+import json
+import logging
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from nanobard import hardware
+from nanobard.config import ModelConfig
+from nanobard.hardware import CpuInfo, autocast_context, resolve_precision
+from nanobard.model import GPT
+from nanobard.optim import make_optimizer
+from tests.test_train import tcfg
+
+AVX2 = CpuInfo(arch="x86_64", model="test", capability="AVX2", flags=("avx2",), onednn_max_isa="", threads=2)
+AVX512_BF16 = CpuInfo(arch="x86_64", model="test", capability="AVX512", flags=("avx2", "avx512f", "avx512_bf16"),
+                      onednn_max_isa="", threads=2)
+
+
+@pytest.fixture
+def cpu(monkeypatch):
+    def use(info):
+        monkeypatch.setattr(hardware, "cpu_info", lambda: info)
+        hardware._warn_once.cache_clear()
+    return use
+
+
+def test_native_bf16_needs_the_flags_the_capability_and_onednn():
+    assert AVX512_BF16.native_bf16 and AVX512_BF16.kind == "avx512-bf16"
+    assert not AVX2.native_bf16 and AVX2.kind == "avx2"
+    emulated = CpuInfo(**{**AVX512_BF16.__dict__, "capability": "AVX2", "onednn_max_isa": "AVX2"})
+    assert not emulated.native_bf16 and emulated.kind == "avx2"
+    capped = CpuInfo(**{**AVX512_BF16.__dict__, "onednn_max_isa": "AVX512_CORE"})
+    assert not capped.native_bf16 and capped.kind == "avx512"
+    amx = CpuInfo(**{**AVX512_BF16.__dict__, "flags": ("avx512f", "amx_bf16")})
+    assert amx.native_bf16 and amx.kind == "amx"
+    assert CpuInfo("aarch64", "m", "DEFAULT", ("asimd", "bf16"), "", 4).native_bf16
+    assert not CpuInfo("aarch64", "m", "DEFAULT", ("asimd",), "", 4).native_bf16
+
+
+def test_a_cpu_without_bf16_never_autocasts_to_bf16_unless_asked(cpu, caplog):
+    cpu(AVX2)
+    dev = torch.device("cpu")
+    assert resolve_precision("auto", dev) == torch.float32
+    assert isinstance(autocast_context(dev, "auto"), contextlib.nullcontext)
+    assert tcfg().dtype == "auto"  # the default asks the hardware
+    muon = make_optimizer(GPT(ModelConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=16)),
+                          tcfg(optimizer="muon"), dev).optimizers[0]
+    assert muon.ns_dtype == torch.float32  # Newton-Schulz too
+    with caplog.at_level(logging.WARNING, logger="nanobard.hardware"):
+        assert resolve_precision("bfloat16", dev, "autocast") == torch.bfloat16  # asked: it still runs
+        resolve_precision("bfloat16", dev, "autocast")
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "emulates bfloat16" in warnings[0]  # one line, saying why
+
+
+def test_a_cpu_with_native_bf16_takes_it_for_auto(cpu, caplog):
+    cpu(AVX512_BF16)
+    dev = torch.device("cpu")
+    assert resolve_precision("auto", dev) == torch.bfloat16
+    assert isinstance(autocast_context(dev, "auto"), torch.autocast)
+    assert resolve_precision("float32", dev) == torch.float32
+    with caplog.at_level(logging.WARNING):
+        resolve_precision("bfloat16", dev)
+    assert caplog.records == []
+
+
+def test_the_emulation_variables_switch_native_bf16_off():
+    code = "import json; from nanobard.hardware import cpu_info; print(json.dumps(cpu_info().as_dict()))"
+    env = {**hardware.emulation_env("avx2"), "PATH": "/usr/bin:/bin"}
+    info = json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                     check=True).stdout)
+    assert info["capability"] == "AVX2" and info["native_bf16"] is False and info["kind"] == "avx2"
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("float16", "cpu")
