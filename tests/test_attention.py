@@ -28,7 +28,7 @@ def test_scratch_attention_and_causality_check():
     maps = scratch_attention(model, tok, "abc defg")
     assert maps.weights.shape == (2, 2, 8, 8) and maps.tokens[3] == " "
     res = causality_check(model, tok.encode("abc defg"), "scratch")
-    assert res["attention_check"] == "pass" and res["gradient_check"] == "pass"
+    assert res.attention_check == "pass" and res.gradient_check == "pass" and res.passed
 
 
 def test_causality_check_catches_a_leak():
@@ -42,4 +42,4 @@ def test_causality_check_catches_a_leak():
         res = causality_check(model, tok.encode("abcdefgh"), "scratch")
     finally:
         torch.Tensor.tril = orig
-    assert res["attention_check"] == "fail" and res["gradient_check"] == "fail"
+    assert res.attention_check == "fail" and res.gradient_check == "fail" and not res.passed

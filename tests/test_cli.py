@@ -1,5 +1,5 @@
-"""The command line: help, and hostile or broken input ending in one line, a non-zero exit, no
-traceback and no existing file damaged."""
+"""The command line: help without torch, and hostile or broken input ending in one line, a non-zero
+exit, no traceback and no existing file damaged. Most cases call ``main([...])`` in this process."""
 
 import hashlib
 import os
@@ -15,16 +15,31 @@ TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16
 
 
 def nb(*args, cwd=None):
-    """Run the CLI in a subprocess (cwd: a scratch folder, so default run folders stay out of the repo)."""
+    """The CLI in a real process (cwd: a scratch folder, so default run folders stay out of the repo)."""
     return subprocess.run([sys.executable, "-m", "nanobard", *args], capture_output=True, text=True, timeout=300,
                           cwd=cwd)
 
 
-def test_help_explains_every_command(tmp_path):
-    out = nb("--help", cwd=tmp_path).stdout
-    for c in ("train", "generate", "finetune", "evaluate", "run", "attention", "bench"):
+def test_help_explains_every_command_without_importing_torch(tmp_path):
+    code = ("import sys; from nanobard.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "for c in ('train', 'finetune', 'run'):\n"
+            "    try:\n        main([c, '--help'])\n    except SystemExit:\n        pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO TORCH')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path).stdout
+    for c in ("train", "generate", "finetune", "evaluate", "run", "attention", "export", "bench"):
         assert c in out
-    assert "run out of memory" in " ".join(nb("train", "--help", cwd=tmp_path).stdout.split())
+    assert "run out of memory" in " ".join(out.split())  # help text from the dataclass fields
+    assert out.strip().endswith("NO TORCH")
+
+
+def test_each_command_has_its_own_field_help(capsys):
+    for cmd in ("train", "finetune"):
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+    train_help, finetune_help = capsys.readouterr().out.split("usage: nanobard finetune")
+    assert "sized to fit it from the speed measured in the first steps" in " ".join(train_help.split())
+    assert "wall-time budget, e.g. 2m" in " ".join(finetune_help.split())  # not the training help
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +57,20 @@ def digest(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-def test_generate_streams_text(trained):
-    r = nb("generate", str(trained / "run"), "--prompt", "RO", "--max-new-tokens", "20", "--greedy", cwd=trained)
-    assert r.returncode == 0 and r.stdout.startswith("RO") and len(r.stdout) >= 20
-    r = nb("generate", str(trained / "run"), "--prompt", "RO", "--max-new-tokens", "20", "--dtype", "bfloat16",
-           cwd=trained)
-    assert r.returncode == 0 and r.stdout.startswith("RO") and len(r.stdout) >= 20, r.stderr
+def test_train_writes_its_result_json(trained):
+    import json
+
+    res = json.loads((trained / "run" / "train_result.json").read_text())
+    assert res["steps"] == 4 and [r["step"] for r in res["history"]] == [0, 2, 4]
+
+
+def test_generate_streams_text(trained, capsys):
+    assert main(["generate", str(trained / "run"), "--prompt", "RO", "--max-new-tokens", "20", "--greedy"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("RO") and len(out) >= 20
+    assert main(["generate", str(trained / "run"), "--prompt", "RO", "--max-new-tokens", "20", "--dtype", "bfloat16"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("RO") and len(out) >= 20
 
 
 CASES = {
@@ -60,8 +83,8 @@ CASES = {
     "n_embd not divisible": (None, ["train", "--n-embd", "30", "--n-head", "4"], "divisible"),
     "0 layers": (None, ["train", "--n-layer", "0"], "n_layer must be at least 1"),
     "negative learning rate": (None, ["train", "--lr=-1e-3"], "lr must be positive"),
-    "unknown flag": (None, ["train", "--n-layers", "4"], "unrecognized arguments"),
     "batch size 0": (None, ["train", "--batch-size", "0"], "batch_size"),
+    "negative temperature": (None, ["generate", "{run}", "--temperature=-1"], "temperature must be >= 0"),
     "context longer than corpus": (lambda d: (d / "m.txt").write_text("x" * 3000), ["train", "--data", "{d}/m.txt", "--block-size", "4096"], "too short"),
     "prompt with unseen characters": (None, ["generate", "{run}", "--prompt", "ROMEO€✓"], "not in the model's vocabulary"),
     "missing checkpoint": (None, ["generate", "{d}/none.pt"], "not found"),
@@ -75,24 +98,42 @@ CASES = {
     "gpt2 without internet": (None, ["finetune", "--pretrained", "gpt2", "--data", "{d}/c.txt"], "smollm2-135m"),
     "output folder under a file": (None, ["train", "--data", "{d}/c.txt", "--out", "{d}/c.txt/run", *TINY],
                                    "Not a directory"),
+    "export into the run folder itself": (None, ["export", "{run}", "--out", "{run}"], "holds the checkpoint itself"),
     "unwritable output folder": (lambda d: (d / "ro").mkdir(exist_ok=True) or os.chmod(d / "ro", 0o500),
                                  ["train", "--data", "{d}/c.txt", "--out", "{d}/ro/run", *TINY], "ermission"),
 }
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_hostile_input_ends_in_one_line(name, trained):
+def test_hostile_input_ends_in_one_line(name, trained, capsys, monkeypatch):
     setup, args, expect = CASES[name]
     if name == "unwritable output folder" and os.geteuid() == 0:
         pytest.skip("root can write anywhere")
     if setup:
         setup(trained)
+    monkeypatch.chdir(trained)
     before = digest(trained / "run")
-    args = [a.format(d=trained, run=trained / "run") for a in args]
-    r = nb(*args, cwd=trained)
-    assert r.returncode != 0
-    assert "Traceback" not in r.stderr
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("nanobard:")]
-    assert len(lines) == 1 and expect in lines[0], r.stderr[-1500:]
+    code = main([a.format(d=trained, run=trained / "run") for a in args])
+    out, err = capsys.readouterr()
+    assert code != 0
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("nanobard:")]
+    assert len(lines) == 1 and expect in lines[0], err[-1500:]
+    assert out == ""  # nothing printed before the error (e.g. the prompt of a failed generation)
     assert digest(trained / "run") == before
     assert not (trained / "runs").exists()  # a failed command leaves no run folder behind
+
+
+def test_argument_errors_and_a_real_process_end_in_one_line(trained):
+    r = nb("train", "--n-layers", "4", cwd=trained)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unrecognized arguments" in r.stderr
+    r = nb("generate", str(trained / "none.pt"), cwd=trained)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.startswith("nanobard: error:")
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch, trained):
+    """Only user errors become one line: a ValueError from inside nanobard is a bug and propagates."""
+    import nanobard.cli.generate as g
+
+    monkeypatch.setattr(g, "print_stream", lambda *a, **k: (_ for _ in ()).throw(ValueError("a bug")))
+    with pytest.raises(ValueError, match="a bug"):
+        main(["generate", str(trained / "run"), "--prompt", "RO"])

@@ -46,5 +46,5 @@ def test_two_processes_match_one(tmp_path, tiny_file, extra):
     rows = [json.loads(ln) for ln in (two / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 6, 12]  # written once, by rank 0 only
     assert sorted(p.name for p in two.iterdir()) == ["ckpt_last.pt", "config.json", "metrics.jsonl",
-                                                     "model_scratch_best.pt"]
+                                                     "model_scratch_best.pt", "train_result.json"]
     assert json.loads((two / "config.json").read_text())["processes"] == 2

@@ -34,8 +34,8 @@ def test_finetune_end_to_end_loss_falls_and_folder_reloads(tiny_model, tmp_path)
     rows = [json.loads(ln) for ln in (tmp_path / "metrics_hf.jsonl").read_text().splitlines()]
     assert rows[0]["step"] == 0 and rows[-1]["val_loss"] < rows[0]["val_loss"]
     assert {"step", "tokens", "train_loss", "val_loss", "lr", "elapsed_s"} <= rows[-1].keys()
-    assert {(s["model"], s["strategy"]) for s in res.samples} >= {("before", "greedy"), ("after", "top_k"),
-                                                                  ("after", "temperature")}
+    assert {(s.model, s.strategy) for s in res.samples} >= {("before", "greedy"), ("after", "top_k"),
+                                                          ("after", "temperature")}
     folder = tmp_path / "model_hf_finetuned"
     assert (folder / "model.safetensors").exists() and (folder / "generation_config.json").exists()
     # a user loads it with plain transformers, in a fresh process, without nanobard
@@ -44,12 +44,17 @@ def test_finetune_end_to_end_loss_falls_and_folder_reloads(tiny_model, tmp_path)
         "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
         f"m = AutoModelForCausalLM.from_pretrained({str(folder)!r}); t = AutoTokenizer.from_pretrained({str(folder)!r})\n"
         "ids = t('ROMEO:', return_tensors='pt').input_ids\n"
-        "out = m.generate(ids, max_new_tokens=5, do_sample=False)\n"
+        "out = m.generate(ids, max_new_tokens=5, min_new_tokens=5, do_sample=False)\n"
         "print(out.shape[1] - ids.shape[1])\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip().splitlines()[-1] in {"5", "1", "2", "3", "4"}
+    assert proc.stdout.strip().splitlines()[-1] == "5"
+    saved = json.loads((tmp_path / "finetune_result.json").read_text())  # the whole result, reloadable
+    assert saved["after"]["bits_per_char"] == pytest.approx(res.after.bits_per_char)
+    from nanobard.finetune import FinetuneResult
+
+    assert FinetuneResult.load(tmp_path / "finetune_result.json") == res
 
 
 def test_finetune_resume_continues_from_checkpoint(tiny_model, tmp_path):
@@ -126,4 +131,4 @@ def test_time_budget_sizes_the_steps_and_ends_on_time(tiny_model, tmp_path):
     rows = [json.loads(ln) for ln in (tmp_path / "metrics_hf.jsonl").read_text().splitlines()]
     assert res.steps > 5 and res.train_seconds < 10.0 * 1.5
     assert rows[-1]["step"] == res.steps  # a final evaluation at the step the budget allowed
-    assert rows[-1]["lr"] < 3e-3 * 0.1  # the schedule was sized to the budget: the cosine had decayed
+    assert rows[-1]["lr"] < 3e-3 * 0.3  # the schedule was sized to the budget: the cosine had (nearly) decayed

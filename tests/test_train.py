@@ -30,6 +30,31 @@ def test_training_lowers_loss_and_writes_the_run_folder(tmp_path, tiny_text):
     assert cfg["model"]["n_embd"] == 32 and cfg["train"]["max_steps"] == 60
     best = torch.load(tmp_path / "model_scratch_best.pt", weights_only=True)
     assert json.loads(best["metrics"])["val_loss"] == pytest.approx(res.best_val_loss, abs=1e-9)
+    from nanobard.train import TrainResult
+
+    assert TrainResult.load(tmp_path / "train_result.json") == res  # the result, reloadable as a record
+    assert all(len(r.heads["induction"]) == 2 for r in res.history)  # head scores at every evaluation
+
+
+def test_a_time_only_budget_is_sized_from_the_measured_speed(tmp_path, tiny_text):
+    res = train(MODEL, tcfg(max_steps=None, max_time=4.0, eval_interval=1000), split_text(tiny_text), tmp_path,
+                progress=False)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    counters = json.loads(torch.load(tmp_path / "ckpt_last.pt", weights_only=True)["train_state"]["counters"])
+    assert counters["horizon"] is not None and counters["horizon"] > 13  # sized after timing steps 3..13
+    assert res.stopped in ("time", "steps") and res.steps <= counters["horizon"]
+    assert res.history[-1].step == res.steps  # the final evaluation, once, at the last step
+    assert cfg["budget"] == "time" and res.time_budget_s == 4.0
+
+
+def test_resolve_budget_overrides():
+    from nanobard.config import TrainConfig, resolve
+
+    base = TrainConfig(max_steps=100, max_time=60.0)
+    assert resolve(base, {"max_time": 30.0}).max_steps is None  # time alone: time is the budget
+    assert resolve(base, {"max_steps": 7}) == TrainConfig(max_steps=7, max_time=60.0)  # steps, time still caps
+    assert resolve(base, {"epochs": 2.0}).max_steps is None
+    assert resolve(base, {"lr": None}) == base  # unset flags change nothing
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])

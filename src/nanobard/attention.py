@@ -8,12 +8,13 @@ attention path; a Hugging Face model through ``output_attentions=True`` (eager a
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from nanobard.model import GPT
+from nanobard.rundir import Record
 
 
 @dataclass
@@ -24,7 +25,7 @@ class AttentionMaps:
 
 
 @dataclass
-class HeadStats:
+class HeadStats(Record):
     layer: int
     head: int
     self_attention: float  # mean weight on the diagonal (a token attending to itself)
@@ -110,7 +111,41 @@ def most_interesting_layer(stats: list[HeadStats]) -> int:
     return max(stats, key=lambda s: s.previous_token).layer
 
 
-def causality_check(model: Any, ids: list[int], kind: str) -> dict[str, Any]:
+@dataclass
+class Causality(Record):
+    """Can any position depend on a later one? Both maxima must be exactly zero."""
+
+    tokens: int
+    attention_above_diagonal_max: float
+    attention_check: str  # "pass" or "fail"
+    future_gradient_max: float
+    gradient_check: str
+
+    @property
+    def passed(self) -> bool:
+        return self.attention_check == "pass" and self.gradient_check == "pass"
+
+
+@dataclass
+class AttentionAnalysis(Record):
+    """One model's attention on one text: per-head statistics, findings, the causality check."""
+
+    model: str
+    layers: int
+    heads: int
+    tokens: list[str]
+    heads_stats: list[HeadStats]
+    findings: list[str]
+    causality: Causality
+    mean_entropy_bits: float
+    uniform_entropy_bits: float
+
+    @property
+    def strongest_previous_token_layer(self) -> int:
+        return most_interesting_layer(self.heads_stats)
+
+
+def causality_check(model: Any, ids: list[int], kind: str) -> Causality:
     """Two independent checks that no position depends on a later one.
 
     1. Every attention weight above the diagonal is exactly zero.
@@ -139,20 +174,16 @@ def causality_check(model: Any, ids: list[int], kind: str) -> dict[str, Any]:
     for t in range(T - 1):
         (g,) = torch.autograd.grad(logits[0, t].float().sum(), emb, retain_graph=t < T - 2)
         max_grad = max(max_grad, g[0, t + 1 :].abs().max().item())
-    return {
-        "tokens": T,
-        "attention_above_diagonal_max": above,
-        "attention_check": "pass" if above == 0.0 else "fail",
-        "future_gradient_max": max_grad,
-        "gradient_check": "pass" if max_grad == 0.0 else "fail",
-    }
+    return Causality(T, above, "pass" if above == 0.0 else "fail", max_grad, "pass" if max_grad == 0.0 else "fail")
 
 
-def analysis_dict(maps: AttentionMaps, stats: list[HeadStats], causality: dict[str, Any], name: str) -> dict[str, Any]:
+def analyse_attention(model: Any, maps: AttentionMaps, kind: str, name: str) -> AttentionAnalysis:
+    """Statistics, findings and the causality check of one model's attention maps."""
     L, H, T, _ = maps.weights.shape
-    return {
-        "model": name, "layers": L, "heads": H, "tokens": maps.tokens,
-        "heads_stats": [asdict(s) for s in stats], "findings": findings(stats, name), "causality": causality,
-        "mean_entropy_bits": sum(s.entropy_bits for s in stats) / len(stats),
-        "uniform_entropy_bits": sum(math.log2(i + 1) for i in range(1, T)) / (T - 1),
-    }
+    stats = head_statistics(maps.weights)
+    return AttentionAnalysis(
+        model=name, layers=L, heads=H, tokens=maps.tokens, heads_stats=stats, findings=findings(stats, name),
+        causality=causality_check(model, maps.ids, kind),
+        mean_entropy_bits=sum(s.entropy_bits for s in stats) / len(stats),
+        uniform_entropy_bits=sum(math.log2(i + 1) for i in range(1, T)) / (T - 1),
+    )

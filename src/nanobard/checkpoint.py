@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from nanobard.config import ModelConfig
+from nanobard.errors import NanobardError
 from nanobard.model import GPT
 from nanobard.tokenizer import CharTokenizer
 
@@ -34,7 +35,7 @@ FORMAT = "nanobard-scratch-v1"
 BEST_NAME = "model_scratch_best.pt"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(NanobardError, ValueError):
     """A checkpoint is missing, damaged, unsafe or of another model; the message says what to do."""
 
 

@@ -1,37 +1,44 @@
-"""Typed configs for the from-scratch track, validated on construction, and the named presets.
+"""Typed configs, validated on construction, and the named presets: the from-scratch model and its
+training, fine-tuning, and the study.
 
 Every field can be overridden from the command line with a kebab-case flag of the same name
-(`n_embd` -> `--n-embd`). A run writes the full config it used into its folder as `config.json`.
+(`n_embd` -> `--n-embd`); its help text is the field's ``metadata["help"]``. A run writes the full
+config it used into its folder as `config.json`. Nothing here imports torch, so `--help` is fast.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, get_args
+
+from nanobard.errors import ConfigError  # noqa: F401  (re-exported: config.ConfigError)
 
 PosEncoding = Literal["learned", "sinusoidal"]
 DType = Literal["auto", "float32", "bfloat16"]
 OptimizerName = Literal["adamw", "muon"]
 
 
-class ConfigError(ValueError):
-    """A configuration value a user chose is unusable; the message says what to change."""
+def opt(default: Any, help: str) -> Any:
+    """A config field with its ``--help`` text (the CLI builds one flag per field from these)."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Shape of the from-scratch GPT."""
 
-    vocab_size: int = 65  # set from the tokenizer when a run starts
-    block_size: int = 64  # context length in tokens (characters)
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
-    bias: bool = False  # biases in Linear layers and LayerNorms (GPT-2 has them; nanoGPT finds none a bit better)
-    pos_encoding: PosEncoding = "learned"  # or "sinusoidal" (Vaswani et al. 2017)
-    tie_weights: bool = True  # share the token embedding with the LM head, as GPT-2
+    vocab_size: int = opt(65, "set from the tokenizer when a run starts")
+    block_size: int = opt(64, "context length in characters; reduce if you run out of memory")
+    n_layer: int = opt(4, "transformer blocks")
+    n_head: int = opt(4, "attention heads per block (must divide --n-embd)")
+    n_embd: int = opt(128, "embedding width; reduce (e.g. 128 -> 64) if you run out of memory")
+    dropout: float = opt(0.0, "dropout probability (0 for small data/short runs)")
+    bias: bool = opt(False, "biases in Linear layers and LayerNorms (GPT-2 has them; nanoGPT finds none a bit better)")
+    pos_encoding: PosEncoding = opt("learned", "learned (GPT-2) or sinusoidal (Vaswani et al.)")
+    tie_weights: bool = opt(True, "share token embedding and output layer weights, as GPT-2")
+    causal: bool = opt(True, "causal attention mask (--no-causal trains an encoder-style model that sees the "
+                             "future: for the notebook's lesson, not for generating text)")
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -44,7 +51,7 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.pos_encoding not in ("learned", "sinusoidal"):
+        if self.pos_encoding not in get_args(PosEncoding):
             raise ConfigError(f"pos_encoding must be 'learned' or 'sinusoidal', got {self.pos_encoding!r}")
 
 
@@ -52,29 +59,34 @@ class ModelConfig:
 class TrainConfig:
     """How the from-scratch model is trained. Budgets: the first of steps/epochs/time reached ends it."""
 
-    batch_size: int = 12
-    grad_accum: int = 1  # micro-batches per optimizer step; global batch = batch_size * grad_accum
-    max_steps: int | None = 2000
-    epochs: float | None = None  # passes over the training text, converted to steps
-    max_time: float | None = None  # seconds of wall time (CLI accepts 90s, 5m, 1h)
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 100
-    lr_decay_steps: int | None = None  # cosine horizon; defaults to the step budget
-    weight_decay: float = 0.1  # applied to 2-D parameters (matmul weights, embeddings) only
-    optimizer: OptimizerName = "adamw"  # muon: Muon for the matrices inside the blocks (see optim.py)
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0  # 0 disables clipping
-    eval_interval: int = 250
-    eval_iters: int = 20  # batches averaged per evaluation (same batches every time)
-    patience: int | None = None  # evaluations without improvement before stopping early
-    target_loss: float | None = None  # stop at the first evaluation with val loss <= this
-    seed: int = 1337
-    device: str = "auto"  # auto picks cuda, then mps, then cpu
-    dtype: DType = "auto"  # auto: bfloat16 autocast where it is native (see hardware.py), else float32
-    compile: bool = False  # torch.compile the model (compile time counts in wall time)
-    threads: int | None = None  # torch intra-op threads on CPU; None keeps torch's default
+    batch_size: int = opt(12, "sequences per micro-batch; reduce (16 -> 8 -> 4) if you run out of memory")
+    grad_accum: int = opt(1, "micro-batches per optimizer step; global batch = batch_size * grad_accum")
+    max_steps: int | None = opt(2000, "optimizer steps to run")
+    epochs: float | None = opt(None, "passes over the training text (converted to steps)")
+    max_time: float | None = opt(None, "wall-time budget, e.g. 90s, 5m, 1h; alone, the step count is sized "
+                                       "to fit it from the speed measured in the first steps")
+    lr: float = opt(1e-3, "peak learning rate after warmup")
+    min_lr: float = opt(1e-4, "learning rate at the end of the cosine decay")
+    warmup_steps: int = opt(100, "steps of linear warmup")
+    lr_decay_steps: int | None = opt(None, "length of the cosine decay (default: the step budget)")
+    weight_decay: float = opt(0.1, "applied to 2-D parameters (matmul weights, embeddings) only")
+    optimizer: OptimizerName = opt("adamw", "adamw, or muon: Muon for the matrices inside the blocks, AdamW for "
+                                            "embeddings and norms (learns about twice as fast per step; same --lr "
+                                            "and schedule)")
+    beta1: float = opt(0.9, "AdamW beta1")
+    beta2: float = opt(0.99, "AdamW beta2")
+    grad_clip: float = opt(1.0, "clip the gradient norm to this (0 disables)")
+    eval_interval: int = opt(250, "steps between evaluations (and checkpoints)")
+    eval_iters: int = opt(20, "batches averaged per evaluation (the same batches every time)")
+    patience: int | None = opt(None, "evaluations without val-loss improvement before stopping early")
+    target_loss: float | None = opt(None, "stop at the first evaluation with val loss <= this")
+    seed: int = opt(1337, "random seed (weights, batches, dropout)")
+    device: str = opt("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    dtype: DType = opt("auto", "auto: bfloat16 autocast where it is native (CPUs with AVX-512 BF16 or AMX, "
+                               "recent GPUs), float32 elsewhere; or force float32 / bfloat16 (very slow on CPUs "
+                               "without native bfloat16)")
+    compile: bool = opt(False, "torch.compile the model (compile time counts in the wall time)")
+    threads: int | None = opt(None, "CPU threads for torch (default: torch's choice)")
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -85,14 +97,7 @@ class TrainConfig:
             raise ConfigError(f"lr must be positive, got {self.lr}; try --lr 1e-3")
         if self.min_lr < 0 or self.min_lr > self.lr:
             raise ConfigError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"max_steps must be at least 1, got {self.max_steps}")
-        if self.epochs is not None and not self.epochs > 0:
-            raise ConfigError(f"epochs must be positive, got {self.epochs}")
-        if self.max_time is not None and not self.max_time > 0:
-            raise ConfigError(f"max_time must be positive, got {self.max_time}")
-        if self.max_steps is None and self.epochs is None and self.max_time is None:
-            raise ConfigError("give a budget: --max-steps, --epochs or --max-time")
+        _check_budget(self.max_steps, self.epochs, self.max_time)
         if self.warmup_steps < 0:
             raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.eval_interval < 1 or self.eval_iters < 1:
@@ -107,6 +112,63 @@ class TrainConfig:
             raise ConfigError(f"optimizer must be one of {', '.join(get_args(OptimizerName))}, got {self.optimizer!r}")
         if self.dtype not in get_args(DType):
             raise ConfigError(f"dtype must be one of {', '.join(get_args(DType))}, got {self.dtype!r}")
+
+
+def _check_budget(max_steps: int | None, epochs: float | None, max_time: float | None) -> None:
+    if max_steps is not None and max_steps < 1:
+        raise ConfigError(f"max_steps must be at least 1, got {max_steps}")
+    if epochs is not None and not epochs > 0:
+        raise ConfigError(f"epochs must be positive, got {epochs}")
+    if max_time is not None and not max_time > 0:
+        raise ConfigError(f"max_time must be positive, got {max_time}")
+    if max_steps is None and epochs is None and max_time is None:
+        raise ConfigError("give a budget: --max-steps, --epochs or --max-time")
+
+
+SHAKESPEARE_PROMPTS = ("ROMEO:\n", "To be, or not to be", "KING HENRY:\nNow, my lords,")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """How the pretrained model is fine-tuned (with the Hugging Face Trainer) and scored."""
+
+    pretrained: str = opt("auto", "auto (gpt2 if cached/reachable, else smollm2-135m), a hub id, a local folder, "
+                                  "or smollm2-135m")
+    block_size: int = opt(128, "tokens per training example")
+    batch_size: int = opt(8, "examples per step; reduce if you run out of memory")
+    grad_accum: int = opt(1, "micro-batches per optimizer step")
+    max_steps: int | None = opt(60, "optimizer steps")
+    epochs: float | None = opt(None, "passes over the tokenized training text (the seed uses 3)")
+    max_time: float | None = opt(None, "wall-time budget, e.g. 2m; alone, the step count is sized to fit it "
+                                       "from the speed of the first steps; with steps or epochs, a cap")
+    lr: float = opt(1e-4, "peak learning rate")
+    warmup_steps: int = opt(6, "steps of linear warmup")
+    weight_decay: float = opt(0.01, "AdamW weight decay")
+    grad_clip: float = opt(1.0, "clip the gradient norm to this")
+    eval_interval: int = opt(20, "steps between evaluations (and checkpoints)")
+    eval_blocks: int = opt(16, "validation blocks averaged for the periodic val loss")
+    patience: int | None = opt(3, "evaluations without improvement before stopping early")
+    lora_r: int = opt(0, "LoRA rank (0 = full fine-tuning); merged into the weights before saving")
+    lora_alpha: int = opt(32, "LoRA scaling")
+    precision: DType = opt("auto", "auto (bfloat16 where the CPU/GPU has it natively), float32 or bfloat16")
+    seed: int = opt(1337, "random seed")
+    train_chars: int | None = opt(None, "use only the first N characters of the training text")
+    score_chars: int | None = opt(20_000, "score bits/char on the first N validation characters (0 = all)")
+    sample_tokens: int = opt(80, "tokens per before/after sample")
+    device: str = opt("auto", "auto (cuda > mps > cpu), cpu, cuda, mps")
+    prompts: tuple[str, ...] = opt(SHAKESPEARE_PROMPTS, "prompts of the before/after samples")
+
+    def __post_init__(self) -> None:
+        for name in ("block_size", "batch_size", "grad_accum", "eval_interval", "eval_blocks"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        _check_budget(self.max_steps, self.epochs, self.max_time)
+        if self.precision not in get_args(DType):
+            raise ConfigError(f"precision must be auto, float32 or bfloat16, got {self.precision!r}")
+        if self.lora_r < 0:
+            raise ConfigError(f"lora_r must be >= 0, got {self.lora_r}")
 
 
 @dataclass(frozen=True)
@@ -152,19 +214,19 @@ PRESETS: dict[str, Preset] = {
     "cpu-10min": Preset(
         "cpu-10min",
         "best validation loss in 10 minutes of CPU wall time: a wider model, Muon, weight decay 0.3, bfloat16 "
-        "autocast, cosine decay over 2,500 steps (~5 epochs of tiny Shakespeare, after which validation loss rises), "
+        "autocast where it is native, cosine decay over 2,500 steps (~5 epochs of tiny Shakespeare, after which validation loss rises), "
         "stops when it has not improved for 2 evaluations or at 570 s",
         ModelConfig(block_size=128, n_layer=4, n_head=6, n_embd=192),
         TrainConfig(batch_size=16, max_steps=None, max_time=570.0, lr=2e-3, min_lr=2e-4, warmup_steps=100,
                     lr_decay_steps=2500, weight_decay=0.3, eval_interval=500, eval_iters=20, patience=2,
-                    dtype="bfloat16", optimizer="muon"),
+                    optimizer="muon"),
     ),
     "baby": Preset(
         "baby",
         "nanoGPT's CPU 'baby' configuration: 4 layers, 4 heads, 128 dims, context 64, 2,000 steps",
         ModelConfig(block_size=64, n_layer=4, n_head=4, n_embd=128),
         TrainConfig(batch_size=12, max_steps=2000, lr=1e-3, min_lr=1e-4, warmup_steps=100,
-                    eval_interval=250, eval_iters=20),
+                    eval_interval=250, eval_iters=20, dtype="float32"),  # as nanoGPT runs it on a CPU
     ),
 }
 
@@ -192,7 +254,80 @@ def with_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
     return replace(cfg, **chosen)
 
 
+_BUDGET = ("max_steps", "epochs", "max_time")
+
+
+def resolve(cfg: Any, overrides: dict[str, Any]) -> Any:
+    """A config with overrides (None values ignored), where a budget given alone replaces the
+    config's budget: ``max_time`` alone makes time the budget (steps are sized from the measured
+    speed), ``epochs`` alone replaces the step count, ``max_steps`` alone the epoch count; a time
+    given with steps or epochs caps them. Used by every command and by the study."""
+    names = {f.name for f in fields(cfg)}
+    chosen = {k: v for k, v in overrides.items() if k in names and v is not None}
+    given = {k for k in _BUDGET if k in chosen}
+    if given == {"max_time"}:
+        chosen.update(max_steps=None, epochs=None)
+    elif "epochs" in given and "max_steps" not in given:
+        chosen["max_steps"] = None
+    elif "max_steps" in given and "epochs" not in given and "epochs" in names:
+        chosen["epochs"] = None
+    return replace(cfg, **chosen)
+
+
+def resolve_preset(name: str, overrides: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
+    """A from-scratch preset's model and training configs with overrides (see ``resolve``)."""
+    preset = get_preset(name)
+    return resolve(preset.model, overrides), resolve(preset.train, overrides)
+
+
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+# --------------------------------------------------------------------------------------------
+# the study (`nanobard run`)
+
+
+@dataclass(frozen=True)
+class StudyPreset:
+    name: str
+    description: str
+    scratch: str  # a from-scratch preset name
+    finetune: FinetuneConfig
+    sample_tokens: int = 200  # from-scratch sample length (characters)
+    scratch_time: float | None = None  # a wall-time budget (s) that replaces the scratch preset's step budget
+
+
+# Fine-tuning a 135M model on a CPU, by wall time; scores on the first 20,000 validation characters.
+_CPU_FINETUNE = FinetuneConfig(max_steps=None, max_time=75.0, eval_interval=20, score_chars=20_000, sample_tokens=60)
+
+STUDY_PRESETS: dict[str, StudyPreset] = {
+    "quick": StudyPreset(
+        "quick", "the whole study in about 5 minutes on 2 CPU cores: 75 s of from-scratch training and 75 s of "
+        "fine-tuning, whatever the machine", "quick", _CPU_FINETUNE, scratch_time=75.0,
+    ),
+    "cpu-10min": StudyPreset(
+        "cpu-10min", "the quick study with the best from-scratch model that 10 minutes of CPU buy (the cpu-10min "
+        "preset): about 15 minutes on 2 CPU cores", "cpu-10min", _CPU_FINETUNE,
+    ),
+    "seed": StudyPreset(
+        "seed", "the seed notebook's scale: scratch ~690K parameters for 10 epochs, fine-tuning 3 epochs "
+        "(hours on a CPU)", "seed",
+        FinetuneConfig(max_steps=None, epochs=3.0, eval_interval=200, eval_blocks=64, patience=3,
+                       score_chars=None, sample_tokens=100),
+    ),
+    "gpu": StudyPreset(
+        "gpu", "larger, for a CUDA machine: the 10.7M scratch model, 1 epoch of fine-tuning, whole-text scores",
+        "gpu",
+        FinetuneConfig(max_steps=None, epochs=1.0, batch_size=16, block_size=256, eval_interval=200,
+                       eval_blocks=64, score_chars=None, sample_tokens=100),
+    ),
+}
+
+
+def get_study_preset(name: str) -> StudyPreset:
+    if name not in STUDY_PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(STUDY_PRESETS)}")
+    return STUDY_PRESETS[name]

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nanobard.errors import NanobardError
+
 logger = logging.getLogger(__name__)
 
 TINY_SHAKESPEARE_URL = (
@@ -40,7 +42,7 @@ VAL_FRACTION = 0.1
 CORPORA = ("shakespeare", "tinyshakespeare")
 
 
-class CorpusError(ValueError):
+class CorpusError(NanobardError, ValueError):
     """The corpus cannot be used; the message says why and what to do."""
 
 

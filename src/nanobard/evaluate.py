@@ -18,18 +18,22 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from nanobard.rundir import Record
+
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]  # (B, T) ids -> (B, T, V) logits
 
 
 @dataclass(frozen=True)
-class Score:
+class Score(Record):
+    """A model's score on a text: total NLL and what it was divided by."""
+
     model: str
     chars: int  # characters scored
     tokens: int  # tokens scored
@@ -46,8 +50,8 @@ class Score:
     def bits_per_char(self) -> float:
         return bits_per_char(self.nll_nats, self.chars)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "nats_per_token": self.nats_per_token, "bits_per_char": self.bits_per_char}
+    def to_dict(self) -> dict[str, Any]:  # the derived figures too, for a reader of the JSON
+        return {**super().to_dict(), "nats_per_token": self.nats_per_token, "bits_per_char": self.bits_per_char}
 
 
 def bits_per_char(nll_nats: float, n_chars: int) -> float:
@@ -89,7 +93,7 @@ def sliding_nll(
             chunk = wins[i : i + batch_size]
             x = torch.stack([data[b:e] for b, e, _ in chunk]).to(device)  # (B, L)
             logits = logits_fn(x[:, :-1]).float()  # (B, L-1, V): position j predicts x[:, j+1]
-            nll = F.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")  # (B, L-1)
+            nll = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="none").view(x.size(0), -1)  # (B, L-1)
             for row, (b, _, f) in enumerate(chunk):
                 scored = nll[row, f - b - 1 :]  # targets f..e-1
                 total += scored.sum().item()

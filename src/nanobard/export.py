@@ -29,6 +29,7 @@ import torch
 
 from nanobard.checkpoint import load_model, resolve_checkpoint
 from nanobard.config import ModelConfig
+from nanobard.errors import NanobardError
 from nanobard.model import GPT
 from nanobard.tokenizer import CharTokenizer
 
@@ -44,7 +45,7 @@ GGUF_LAYER_NAMES = {
 }
 
 
-class ExportError(ValueError):
+class ExportError(NanobardError, ValueError):
     """The model cannot be exported as asked; the message says what to do."""
 
 

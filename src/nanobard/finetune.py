@@ -23,71 +23,35 @@ from typing import Any
 import numpy as np
 import torch
 
-from nanobard.config import ConfigError
+from nanobard.config import SHAKESPEARE_PROMPTS as PROMPTS
+from nanobard.config import ConfigError, FinetuneConfig
 from nanobard.data import CorpusSplit
 from nanobard.evaluate import Score, score_hf
 from nanobard.hardware import pick_device, resolve_precision
 from nanobard.hf_trainer import TimeBudget, metrics_callback, trainer_class
 from nanobard.pretrained import Pretrained, hf_generator, load_pretrained
-from nanobard.sampling import STRATEGIES
+from nanobard.rundir import EvalRow, Record, RunDir
+from nanobard.sampling import STRATEGIES, TextGenerator
+from nanobard.tokenizer import UnknownCharactersError
 from nanobard.tokens import TokenCorpus
 
 logger = logging.getLogger(__name__)
 
-FINETUNED_NAME = "model_hf_finetuned"
-BEFORE_NAME = "finetune_before.json"
-METRICS_HF_NAME = "metrics_hf.jsonl"
-PROMPTS = ("ROMEO:\n", "To be, or not to be", "KING HENRY:\nNow, my lords,")
-
-
 @dataclass(frozen=True)
-class FinetuneConfig:
-    pretrained: str = "auto"
-    block_size: int = 128  # tokens per training example
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_steps: int | None = 60  # optimizer steps; the CPU default finishes in well under 10 minutes
-    epochs: float | None = None  # passes over the tokenized training text (the seed uses 3)
-    max_time: float | None = None  # seconds; alone: the step count is sized to fit it; with steps: a cap
-    lr: float = 1e-4
-    warmup_steps: int = 6
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    eval_interval: int = 20
-    eval_blocks: int = 16  # validation blocks averaged for the periodic val loss
-    patience: int | None = 3
-    lora_r: int = 0  # 0 = full fine-tuning
-    lora_alpha: int = 32
-    precision: str = "auto"  # float32, bfloat16 (autocast), or auto: bfloat16 where it is native (hardware.py)
-    seed: int = 1337
-    train_chars: int | None = None  # use only the first N characters of the training split
-    score_chars: int | None = 20_000  # bits/char on the first N validation characters (None = all)
-    sample_tokens: int = 80
-    device: str = "auto"
-    prompts: tuple[str, ...] = PROMPTS  # before/after samples
+class Sample(Record):
+    """One generated continuation: same prompts, settings and seeds for every model."""
 
-    def __post_init__(self) -> None:
-        for name in ("block_size", "batch_size", "grad_accum", "eval_interval", "eval_blocks"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
-        if self.max_steps is None and self.epochs is None and self.max_time is None:
-            raise ConfigError("give a fine-tuning budget: --max-steps, --epochs or --max-time")
-        if self.max_time is not None and not self.max_time > 0:
-            raise ConfigError(f"max_time must be positive, got {self.max_time}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"max_steps must be at least 1, got {self.max_steps}")
-        if self.epochs is not None and not self.epochs > 0:
-            raise ConfigError(f"epochs must be positive, got {self.epochs}")
-        if self.precision not in ("auto", "float32", "bfloat16"):
-            raise ConfigError(f"precision must be auto, float32 or bfloat16, got {self.precision!r}")
-        if self.lora_r < 0:
-            raise ConfigError(f"lora_r must be >= 0, got {self.lora_r}")
+    model: str  # "scratch", "before", "after"
+    strategy: str  # a key of sampling.STRATEGIES
+    prompt: str
+    text: str  # the continuation, without the prompt
 
 
 @dataclass
-class FinetuneResult:
+class FinetuneResult(Record):
+    """What fine-tuning did (also written to ``finetune_result.json``); scores on the shared
+    validation text before and after."""
+
     out_dir: Path
     model_name: str
     reason: str
@@ -99,8 +63,9 @@ class FinetuneResult:
     tokens_per_s: float
     before: Score
     after: Score
-    history: list[dict[str, Any]] = field(default_factory=list)
-    samples: list[dict[str, str]] = field(default_factory=list)
+    history: list[EvalRow] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+    time_budget_s: float | None = None
 
 
 class BlockDataset(torch.utils.data.Dataset):
@@ -117,14 +82,20 @@ class BlockDataset(torch.utils.data.Dataset):
         return {"input_ids": self.data[i], "labels": self.data[i]}
 
 
-def make_samples(pre: Pretrained, when: str, n_tokens: int, prompts: tuple[str, ...] = PROMPTS) -> list[dict[str, str]]:
-    """Same prompts, same decoding settings and seeds, for before/after comparison."""
-    gen = hf_generator(pre.name, loaded=pre)
+SAMPLE_STRATEGIES = ("greedy", "top_k", "temperature")  # the seed's three
+
+
+def make_samples(gen: TextGenerator, when: str, n_tokens: int, prompts: tuple[str, ...] = PROMPTS) -> list[Sample]:
+    """Same prompts, same decoding settings and seeds, for comparing models. A prompt the model
+    cannot encode (characters the from-scratch vocabulary lacks) gives a sample saying so."""
     rows = []
     for prompt in prompts:
-        for strategy in ("greedy", "top_k", "temperature"):
-            text = gen.complete(prompt, n_tokens, STRATEGIES[strategy])
-            rows.append({"model": when, "strategy": strategy, "prompt": prompt, "text": text})
+        for strategy in SAMPLE_STRATEGIES:
+            try:
+                text = gen.complete(prompt, n_tokens, STRATEGIES[strategy])
+            except UnknownCharactersError as e:
+                text = f"[cannot encode this prompt: {e}]"
+            rows.append(Sample(when, strategy, prompt, text))
     return rows
 
 
@@ -136,15 +107,15 @@ def is_main_process() -> bool:
 def _score_before(pre: Pretrained, text: str, cfg: FinetuneConfig, out: Path, resume: bool,
                   progress: bool) -> tuple[Score, list[dict[str, str]]]:
     """The pretrained model's score and samples before fine-tuning (kept in finetune_before.json)."""
-    path = out / BEFORE_NAME
+    path = out / RunDir.BEFORE
     if resume and path.exists():
         saved = json.loads(path.read_text())
-        return Score(**{k: saved["score"][k] for k in Score.__dataclass_fields__}), saved["samples"]
+        return Score.from_dict(saved["score"]), [Sample.from_dict(r) for r in saved["samples"]]
     logger.info("scoring %s before fine-tuning on %d validation characters", pre.name, len(text))
     before = score_hf(pre.model, pre.tokenizer, text, f"{pre.name} (before)", progress=progress)
-    samples = make_samples(pre, "before", cfg.sample_tokens, cfg.prompts)
+    samples = make_samples(hf_generator(pre.name, loaded=pre), "before", cfg.sample_tokens, cfg.prompts)
     if is_main_process():
-        path.write_text(json.dumps({"score": before.as_dict(), "samples": samples}, indent=2))
+        path.write_text(json.dumps({"score": before.to_dict(), "samples": [r.to_dict() for r in samples]}, indent=2))
     return before, samples
 
 
@@ -207,13 +178,14 @@ def _with_lora(model: Any, cfg: FinetuneConfig) -> tuple[Any, int]:
     return model, sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def _step_plan(cfg: FinetuneConfig, tokens_per_step: int, device: torch.device) -> tuple[int | None, TimeBudget | None]:
-    """(optimizer steps, time budget): the steps the config asks for, or, with only a time budget,
-    an upper bound that the TimeBudget replaces once it has timed a few steps."""
+def _step_plan(cfg: FinetuneConfig, tokens_per_step: int, device: torch.device) -> tuple[int, int | None, TimeBudget | None]:
+    """(optimizer steps, training tokens to tokenize, time budget). With only a time budget the
+    steps are an upper bound that the TimeBudget replaces once it has timed a few steps, and the
+    data is what a fast machine of this kind would use (fewer tokens repeat, more are not read)."""
     if cfg.max_steps is None and cfg.epochs is None:
-        fastest = 0.02 if device.type == "cuda" else 0.2  # seconds per step no machine beats here
-        return int(cfg.max_time / fastest) + 1, TimeBudget(cfg.max_time)
-    return cfg.max_steps, None
+        tokens_per_s = 20_000 if device.type == "cuda" else 2_000  # well above what a 135M model trains at
+        return 1_000_000, int(cfg.max_time * tokens_per_s), TimeBudget(cfg.max_time)
+    return cfg.max_steps, None if cfg.epochs else cfg.max_steps * tokens_per_step, None
 
 
 def _training_args(cfg: FinetuneConfig, device: torch.device, ckpt_dir: Path, max_steps: int, resume: bool,
@@ -238,7 +210,7 @@ def _save(model: Any, pre: Pretrained, cfg: FinetuneConfig, out: Path, steps: in
     """Merge LoRA adapters if any and write ``model_hf_finetuned/`` (plain transformers can load it)."""
     if cfg.lora_r > 0:
         model = model.merge_and_unload()
-    final_dir = out / FINETUNED_NAME
+    final_dir = out / RunDir.FINETUNED
     if is_main_process():
         model.save_pretrained(final_dir)
         pre.tokenizer.save_pretrained(final_dir)
@@ -259,7 +231,6 @@ def finetune(
     """Score before, fine-tune, save ``model_hf_finetuned/``, score after. See module docstring."""
     from transformers import EarlyStoppingCallback
 
-    from nanobard.train import read_metrics
 
     out = Path(out_dir)
     device = pick_device(cfg.device)
@@ -270,14 +241,15 @@ def finetune(
 
     world = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun each process takes batch_size blocks
     tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.block_size * world
-    max_steps, budget = _step_plan(cfg, tokens_per_step, device)
-    train_ds, val_ds = _datasets(pre.tokenizer, data, cfg, None if cfg.epochs else max_steps * tokens_per_step)
+    max_steps, tokens_needed, budget = _step_plan(cfg, tokens_per_step, device)
+    train_ds, val_ds = _datasets(pre.tokenizer, data, cfg, tokens_needed)
     if cfg.epochs is not None:
         by_epochs = math.ceil(cfg.epochs * len(train_ds) / (cfg.batch_size * cfg.grad_accum))
         max_steps = min(max_steps or by_epochs, by_epochs)
     model, trainable = _with_lora(pre.model, cfg)
 
-    ckpt_dir, metrics_path = out / "hf_checkpoints", out / METRICS_HF_NAME
+    run = RunDir(out)
+    ckpt_dir, metrics_path = run / RunDir.HF_CHECKPOINTS, run / RunDir.METRICS_HF
     if not resume and metrics_path.exists() and is_main_process():
         metrics_path.unlink()
     t0 = time.perf_counter()
@@ -294,15 +266,19 @@ def finetune(
     logger.info("scoring the fine-tuned model")
     after = score_hf(model, pre.tokenizer, score_text, f"{pre.name} (after)", progress=progress)
     after_pre = Pretrained(model=model, tokenizer=pre.tokenizer, name=str(final_dir), reason="fine-tuned")
-    samples = samples_before + make_samples(after_pre, "after", cfg.sample_tokens, cfg.prompts)
+    samples = samples_before + make_samples(hf_generator(after_pre.name, loaded=after_pre), "after",
+                                            cfg.sample_tokens, cfg.prompts)
     session_tokens = (steps - (steps_before or 0)) * tokens_per_step
-    return FinetuneResult(
+    res = FinetuneResult(
         out_dir=out, model_name=pre.name, reason=pre.reason, num_params=pre.num_params, trainable_params=trainable,
         steps=steps, tokens=steps * tokens_per_step, train_seconds=train_seconds,
         tokens_per_s=session_tokens / train_seconds if train_seconds > 0 else 0.0,
-        before=before, after=after, history=read_metrics(metrics_path) if metrics_path.exists() else cb.rows,
-        samples=samples,
+        before=before, after=after, history=run.read_metrics(RunDir.METRICS_HF) if metrics_path.exists() else cb.rows,
+        samples=samples, time_budget_s=cfg.max_time,
     )
+    if is_main_process():
+        res.save(run / RunDir.FINETUNE_RESULT)
+    return res
 
 
 def _val_text(data: CorpusSplit | TokenCorpus, n: int | None) -> str:

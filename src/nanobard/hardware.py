@@ -28,7 +28,10 @@ from typing import Any, Literal
 
 import torch
 
+from nanobard.errors import ConfigError
+
 logger = logging.getLogger(__name__)
+
 
 Precision = Literal["auto", "float32", "bfloat16"]
 PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")
@@ -142,7 +145,7 @@ def resolve_precision(requested: str, device: torch.device | str, what: str = "c
     ``what`` names the use in the one-line warning an explicit, non-native ``bfloat16`` gets.
     """
     if requested not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
     device = torch.device(device)
     if requested == "float32":
         return torch.float32

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -21,6 +20,8 @@ from typing import Any
 
 import torch
 from torch.nn import functional as F
+
+from nanobard.rundir import EvalRow, RunDir
 
 logger = logging.getLogger(__name__)
 
@@ -65,15 +66,16 @@ class TimeBudget:
     sized: bool = False
     margin: float = 0.1
     stamps: list[float] = field(default_factory=list)
-    CALIBRATE = (1, 3)  # time steps 1..3 (step 0 includes warm-up costs)
+    MIN_STEPS = 2  # timed steps after the first (which includes warm-up costs)...
+    MIN_FRACTION = 0.05  # ...covering at least this fraction of the budget, so tiny steps are timed well
 
     def observe(self, step: int, elapsed: float) -> None:
         """Called at the end of every step with the seconds since fine-tuning started."""
         self.stamps.append(time.perf_counter())
-        first, last = self.CALIBRATE
-        if self.sized or len(self.stamps) <= last:
+        timed = len(self.stamps) - 1
+        if self.sized or timed < self.MIN_STEPS or self.stamps[-1] - self.stamps[0] < self.MIN_FRACTION * self.seconds:
             return
-        per_step = (self.stamps[last] - self.stamps[first]) / (last - first)
+        per_step = (self.stamps[-1] - self.stamps[0]) / timed
         left = max(0.0, self.seconds * (1 - self.margin) - elapsed)
         self.steps = max(step + 1, step + int(left / per_step))
         self.sized = True
@@ -125,7 +127,7 @@ def metrics_callback(path: Path, tokens_per_step: int, t0: float, max_time: floa
     class MetricsCallback(TrainerCallback):
         def __init__(self) -> None:
             self.last: dict[str, float] = {}
-            self.rows: list[dict[str, Any]] = []
+            self.rows: list[EvalRow] = []
 
         def on_log(self, args, state, control, logs=None, **kw):
             for k in ("loss", "learning_rate"):
@@ -134,15 +136,12 @@ def metrics_callback(path: Path, tokens_per_step: int, t0: float, max_time: floa
 
         def on_evaluate(self, args, state, control, metrics=None, lr_scheduler=None, **kw):
             lr = lr_scheduler.get_last_lr()[0] if lr_scheduler is not None else self.last.get("learning_rate")
-            row = {
-                "step": state.global_step, "tokens": state.global_step * tokens_per_step,
-                "train_loss": self.last.get("loss"), "val_loss": round(metrics["eval_loss"], 5),
-                "lr": lr, "elapsed_s": round(time.perf_counter() - t0, 3),
-            }
+            row = EvalRow(step=state.global_step, tokens=state.global_step * tokens_per_step,
+                          val_loss=round(metrics["eval_loss"], 5), train_loss=self.last.get("loss"), lr=lr,
+                          elapsed_s=round(time.perf_counter() - t0, 3))
             self.rows.append(row)
             if state.is_world_process_zero:  # under torchrun only rank 0 writes
-                with open(path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                RunDir(path.parent).append_metrics(row, path.name)
 
         def on_step_end(self, args, state, control, **kw):
             elapsed = time.perf_counter() - t0

@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -29,6 +29,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from nanobard.lens import Lens, LensError, eval_mode, make_lens
+from nanobard.rundir import Record
 
 logger = logging.getLogger(__name__)
 LN2 = math.log(2)
@@ -38,13 +39,7 @@ class InterpretError(LensError):
     """An analysis cannot run on the text or settings given; the message says what to change."""
 
 
-class _Result:
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload]
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]):
-        return cls(**{f.name: d[f.name] for f in fields(cls)})  # type: ignore[arg-type]
+_Result = Record  # every result here is a Record: to_dict() / from_dict() through JSON
 
 
 @dataclass
@@ -389,7 +384,7 @@ def _span(layers: list[int]) -> str:
 
 
 @dataclass
-class Analysis:
+class Analysis(Record):
     """All of the analyses above for one model, with the settings used and their run times."""
 
     model: str
@@ -400,15 +395,6 @@ class Analysis:
     lens: LogitLensResult
     positions: PositionLoss
     findings: list[str]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Analysis:
-        return cls(d["model"], d["settings"], d["seconds"], InductionResult.from_dict(d["induction"]),
-                   AblationResult.from_dict(d["ablation"]), LogitLensResult.from_dict(d["lens"]),
-                   PositionLoss.from_dict(d["positions"]), d["findings"])
 
 
 def analyse(

@@ -20,12 +20,13 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from nanobard.errors import NanobardError
 from nanobard.model import GPT
 
 Kind = Literal["scratch", "llama", "gpt2"]
 
 
-class LensError(ValueError):
+class LensError(NanobardError, ValueError):
     """The model is not one the lens can open, or an analysis was asked for something it lacks."""
 
 

@@ -56,7 +56,7 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_head, self.n_embd, self.dropout = cfg.n_head, cfg.n_embd, cfg.dropout
+        self.n_head, self.n_embd, self.dropout, self.causal = cfg.n_head, cfg.n_embd, cfg.dropout, cfg.causal
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # Q, K, V in one matmul
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)  # W^O
         self.attn_dropout = nn.Dropout(cfg.dropout)
@@ -76,7 +76,8 @@ class CausalSelfAttention(nn.Module):
             q = q.to(k.dtype)  # attention runs in the cache's dtype
         S = k.size(2)
         # query t (absolute position S - T + t) may see keys 0 .. S - T + t, never a later one
-        mask = None if T == 1 else torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
+        # (without the causal mask, an encoder-style model, every query sees every key)
+        mask = None if T == 1 or not self.causal else torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
 
         weights = None
         if need_weights:  # the readable path: every step written out, weights returned
@@ -89,7 +90,7 @@ class CausalSelfAttention(nn.Module):
         else:  # the fast path: same math, fused kernel (flash / memory-efficient where available)
             drop = self.dropout if self.training else 0.0
             if T == S:
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=self.causal)
             else:
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
         y = y.to(x.dtype).transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side

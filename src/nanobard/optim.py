@@ -46,9 +46,10 @@ def orthogonalise(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.fl
     if tall:
         x = x.mT  # iterate on the wide side: (.., min, max)
     x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm <= Frobenius norm <= 1
+    mm_add = torch.baddbmm if x.dim() == 3 else torch.addmm  # fused multiply-adds, as torch's Muon
     for _ in range(steps):
         gram = x @ x.mT  # (.., min, min)
-        x = a * x + (b * gram + c * gram @ gram) @ x
+        x = mm_add(x, mm_add(gram, gram, gram, beta=b, alpha=c), x, beta=a)  # a x + (b G + c G²) x
     if tall:
         x = x.mT
     return x.to(g.dtype)

@@ -5,13 +5,18 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+
+from nanobard.rundir import EvalRow  # noqa: E402
+
+if TYPE_CHECKING:
+    from nanobard.study import Headline, InterpretStudy
 
 DPI = 110
 
@@ -23,17 +28,16 @@ def _save(fig: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def training_progress(history: list[dict[str, Any]], title: str, path: str | os.PathLike) -> Path:
-    """Train/val loss against steps and against tokens seen, and the learning rate."""
-    rows = [r for r in history if r.get("val_loss") is not None]
-    steps = [r["step"] for r in rows]
+def training_progress(history: list[EvalRow], title: str, path: str | os.PathLike) -> Path:
+    """Train/val loss (nats per token) against steps and against tokens seen, and the learning rate."""
+    rows = list(history)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for ax, xkey, xlabel in ((axes[0], "step", "optimizer step"), (axes[1], "tokens", "tokens seen")):
-        xs = [r[xkey] for r in rows]
-        tr = [(x, r["train_loss"]) for x, r in zip(xs, rows) if r.get("train_loss") is not None]
+        xs = [getattr(r, xkey) for r in rows]
+        tr = [(x, r.train_loss) for x, r in zip(xs, rows) if r.train_loss is not None]
         if tr:
             ax.plot(*zip(*tr), "o-", label="train loss", color="tab:blue")
-        ax.plot(xs, [r["val_loss"] for r in rows], "s-", label="validation loss", color="tab:orange")
+        ax.plot(xs, [r.val_loss for r in rows], "s-", label="validation loss", color="tab:orange")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("cross-entropy (nats per token)")
         ax.grid(alpha=0.3)
@@ -41,7 +45,7 @@ def training_progress(history: list[dict[str, Any]], title: str, path: str | os.
     axes[0].set_title("loss by step")
     axes[1].set_title("loss by tokens seen")
     axes[1].ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
-    lrs = [(r["step"], r["lr"]) for r in rows if r.get("lr") is not None]
+    lrs = [(r.step, r.lr) for r in rows if r.lr is not None]
     if lrs:
         axes[2].plot(*zip(*lrs), "o-", color="tab:green")
     axes[2].set_title("learning rate")
@@ -49,7 +53,7 @@ def training_progress(history: list[dict[str, Any]], title: str, path: str | os.
     axes[2].set_ylabel("learning rate")
     axes[2].ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     axes[2].grid(alpha=0.3)
-    if len(steps) == 1:
+    if len(rows) == 1:
         for ax in axes:
             ax.margins(x=0.5)
     fig.suptitle(title, fontsize=13)
@@ -57,56 +61,51 @@ def training_progress(history: list[dict[str, Any]], title: str, path: str | os.
     return _save(fig, path)
 
 
-def model_comparison(summary: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Side by side: parameters (log scale), bits/char on the shared text, loss reduction %,
-    training time with tokens/s.
-
-    ``summary`` keys: scratch/pretrained dicts with num_params, loss_reduction_pct, train_seconds,
-    tokens_per_s; bpc: {label: value}; score_chars.
-    """
-    s, p = summary["scratch"], summary["pretrained"]
+def model_comparison(head: Headline, path: str | os.PathLike) -> Path:
+    """Side by side: parameters (log scale), bits/char on the shared validation text, validation
+    loss reduction (%), training wall time with tokens/s."""
+    s, p = head.scratch, head.pretrained
     fig, axes = plt.subplots(1, 4, figsize=(18, 4.6))
-    names = ["from scratch", p["name"]]
+    names = [s.name, p.name]
     colors = ["tab:blue", "tab:purple"]
 
-    ax = axes[0]
-    bars = ax.bar(names, [s["num_params"], p["num_params"]], color=colors)
-    ax.set_yscale("log")
-    ax.set_ylabel("parameters (log scale)")
-    ax.set_title(f"model size ({p['num_params'] / s['num_params']:.0f}x larger)")
-    for b, v in zip(bars, [s["num_params"], p["num_params"]]):
-        ax.annotate(_human(v), (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom")
+    params = [s.num_params, p.num_params]
+    axes[0].set_yscale("log")
+    _bars(axes[0], names, params, colors, [_human(v) for v in params])
+    axes[0].set_ylabel("parameters (log scale)")
+    axes[0].set_title(f"model size ({p.num_params / s.num_params:.0f}x larger)")
 
-    ax = axes[1]
-    labels, values = list(summary["bpc"].keys()), list(summary["bpc"].values())
-    bars = ax.bar(labels, values, color=["tab:blue", "tab:gray", "tab:purple"][: len(values)])
-    ax.set_ylabel("bits per character (lower is better)")
-    ax.set_title(f"same validation text ({summary['score_chars']:,} chars)")
-    for b, v in zip(bars, values):
-        ax.annotate(f"{v:.3f}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom")
-    ax.set_ylim(0, max(values) * 1.18)
-    ax.tick_params(axis="x", labelrotation=12)
+    bpc = {k: v for k, v in head.bpc.items() if v is not None}
+    _bars(axes[1], list(bpc), list(bpc.values()), ["tab:blue", "tab:gray", "tab:purple"][: len(bpc)],
+          [f"{v:.3f}" for v in bpc.values()])
+    axes[1].set_ylabel("bits per character (lower is better)")
+    axes[1].set_title(f"same validation text ({head.score_chars:,} chars)")
+    axes[1].tick_params(axis="x", labelrotation=12)
 
-    ax = axes[2]
-    red = [s["loss_reduction_pct"], p["loss_reduction_pct"]]
-    bars = ax.bar(names, red, color=colors)
-    ax.set_ylabel("validation loss reduction (%)")
-    ax.set_title("first -> last evaluation")
-    for b, v in zip(bars, red):
-        ax.annotate(f"{v:.1f}%", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom")
-    ax.set_ylim(0, max(max(red), 1) * 1.18)
+    red = [s.loss_reduction_pct, p.loss_reduction_pct]
+    _bars(axes[2], names, red, colors, [f"{v:.1f}%" for v in red])
+    axes[2].set_ylabel("validation loss reduction (%)")
+    axes[2].set_title("first -> last evaluation")
+    axes[2].set_ylim(min(0, min(red) * 1.18), max(max(red), 1) * 1.18)
 
-    ax = axes[3]
-    secs = [s["train_seconds"], p["train_seconds"]]
-    bars = ax.bar(names, secs, color=colors)
-    ax.set_ylabel("training wall time (s)")
-    ax.set_title("training time and throughput")
-    for b, v, tps in zip(bars, secs, [s["tokens_per_s"], p["tokens_per_s"]]):
-        ax.annotate(f"{v:.0f} s\n{tps:,.0f} tokens/s", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom")
-    ax.set_ylim(0, max(secs) * 1.3)
-    fig.suptitle("From-scratch GPT vs fine-tuned pretrained model", fontsize=13)
+    secs = [s.train_seconds, p.train_seconds]
+    _bars(axes[3], names, secs, colors,
+          [f"{v:.0f} s\n{t:,.0f} tokens/s" for v, t in zip(secs, [s.tokens_per_s, p.tokens_per_s])], top=1.3)
+    axes[3].set_ylabel("training wall time (s)")
+    axes[3].set_title("training time and throughput")
+    fig.suptitle(f"From-scratch GPT vs fine-tuned {p.name}", fontsize=13)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _bars(ax: Any, names: list[str], values: list[float], colors: list[str], notes: list[str],
+          top: float = 1.18) -> None:
+    """A bar chart with each bar's value written above it."""
+    bars = ax.bar(names, values, color=colors)
+    for b, v, note in zip(bars, values, notes):
+        ax.annotate(note, (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom")
+    if ax.get_yscale() == "linear" and values and max(values) > 0:
+        ax.set_ylim(0, max(values) * top)
 
 
 def attention_heads(
@@ -144,6 +143,26 @@ def attention_heads(
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.7, label="attention weight")
     fig.suptitle(title, fontsize=12)
     return _save(fig, path)
+
+
+def interpretability_figures(interp: InterpretStudy, history: list[EvalRow], out_dir: str | os.PathLike,
+                             ) -> list[Path]:
+    """Every interpretability figure of a study (names in ``plots_interpret``): induction heads and
+    head ablation per model, the logit lens and loss by position of all models on one axis each
+    (the pretrained model before fine-tuning too, when analysed), and head formation from the
+    per-head scores in the from-scratch training ``history`` (left out when it has none)."""
+    from nanobard import plots_interpret as P
+
+    out = Path(out_dir)
+    made = []
+    for track, a in (("scratch", interp.scratch), ("pretrained", interp.pretrained)):
+        made.append(P.induction_heads(a.induction, out / P.FIG_INDUCTION[track]))
+        made.append(P.head_ablation(a.ablation, out / P.FIG_ABLATION[track]))
+    models = [a for a in (interp.scratch, interp.pretrained_before, interp.pretrained) if a is not None]
+    made.append(P.logit_lens([a.lens for a in models], out / P.FIG_LOGIT_LENS))
+    made.append(P.loss_by_position([a.positions for a in models], out / P.FIG_LOSS_BY_POSITION))
+    formed = P.head_formation(history, out / P.FIG_HEAD_FORMATION)
+    return made + ([formed] if formed else [])
 
 
 def _label(token: str) -> str:

@@ -27,6 +27,7 @@ import torch
 
 from nanobard.checkpoint import load_model, resolve_checkpoint
 from nanobard.data import cache_dir
+from nanobard.errors import NanobardError
 from nanobard.sampling import HFDecoder, ScratchDecoder, TextGenerator
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ HUB_PROBE_URL = "https://huggingface.co/api/models/gpt2"
 HF_REQUIRED = ("config.json",)
 
 
-class PretrainedError(ValueError):
+class PretrainedError(NanobardError, ValueError):
     """A pretrained model cannot be loaded; the message names the alternatives."""
 
 
@@ -235,10 +236,40 @@ def scratch_generator(path: str | os.PathLike, device: str = "cpu", dtype: torch
                          make_decoder=lambda: ScratchDecoder(model))
 
 
+@dataclass
+class OpenedModel:
+    """Any model nanobard can read, with its tokenizer."""
+
+    kind: str  # "scratch" (our GPT, a CharTokenizer) or "hf" (a transformers causal LM and tokenizer)
+    model: Any
+    tokenizer: Any
+    name: str
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def is_scratch(path: str | os.PathLike) -> bool:
+    """A from-scratch checkpoint (``.pt``, or a run folder holding ``model_scratch_best.pt``)? Anything
+    else is a Hugging Face model: a save_pretrained folder, a hub id or ``smollm2-135m``. The one
+    place that decides."""
+    p = resolve_checkpoint(path)
+    return not p.is_dir() and (p.exists() or p.suffix == ".pt")
+
+
+def open_model(path: str | os.PathLike, device: str | torch.device = "cpu", attn: str | None = None) -> OpenedModel:
+    """Open a from-scratch checkpoint, a run folder, a Hugging Face folder or hub id (see is_scratch)."""
+    if is_scratch(path):
+        model, tok, _ = load_model(resolve_checkpoint(path), device)
+        return OpenedModel("scratch", model, tok, str(path))
+    pre = load_pretrained(str(path), device, attn=attn)
+    return OpenedModel("hf", pre.model, pre.tokenizer, pre.name)
+
+
 def open_for_generation(path: str | os.PathLike, dtype: torch.dtype | None = None,
                         device: str | torch.device = "cpu") -> TextGenerator:
     """A from-scratch checkpoint, a run folder holding one, or a Hugging Face model folder/id."""
-    p = resolve_checkpoint(path)
-    if p.is_dir() or (not p.exists() and p.suffix != ".pt"):
-        return hf_generator(str(path), device=device, dtype=dtype)
-    return scratch_generator(p, device=device, dtype=dtype)
+    if is_scratch(path):
+        return scratch_generator(resolve_checkpoint(path), device=device, dtype=dtype)
+    return hf_generator(str(path), device=device, dtype=dtype)

@@ -1,232 +1,347 @@
-"""The self-contained HTML report: images embedded, style and script inline, no network request.
+"""The self-contained HTML report: the study's records rendered with ``templates/report.html.j2``.
 
-Every string that comes from the corpus, a prompt or a model goes through ``html.escape`` (in
-HTML) or is embedded as JSON with ``<``, ``>`` and ``&`` escaped and inserted with ``textContent``
-(in the explorer), so text such as ``<script>`` shows as text and never runs.
+Images are embedded as base64 PNG, style and script are inline, nothing is fetched. Jinja2's
+autoescape escapes every string that comes from the corpus, a prompt or a model; the attention
+explorer's data is JSON inside ``<script type=application/json>`` with ``<``, ``>`` and ``&``
+escaped, and the page inserts its strings with ``textContent``, so text such as ``<script>``
+shows as text and never runs.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
-from html import escape
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import torch
+from markupsafe import Markup
 
+from nanobard import interpret
+from nanobard import plots_interpret as P
+from nanobard.interpret import Analysis
+from nanobard.rundir import EvalRow, RunDir
+from nanobard.study import STAGES, AttentionStudy, Headline, InterpretStudy, StudyState
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+TEMPLATE = "report.html.j2"
+SAMPLE_COLUMNS = ("scratch", "before", "after")  # Sample.model, in column order
 FIGURES = (
-    ("training_progress_scratch.png", "From-scratch training: loss by step and by tokens, learning rate"),
-    ("finetuning_progress_hf.png", "Fine-tuning: loss by step and by tokens, learning rate"),
-    ("model_comparison.png", "Side by side: size, bits per character, loss reduction, training time"),
-    ("attention_weights_scratch.png", "Attention of the from-scratch GPT"),
-    ("attention_weights_hf.png", "Attention of the fine-tuned pretrained model"),
+    (RunDir.FIG_TRAINING_SCRATCH, "From-scratch training: loss by step and by tokens, learning rate"),
+    (RunDir.FIG_TRAINING_HF, "Fine-tuning: loss by step and by tokens, learning rate"),
+    (RunDir.FIG_COMPARISON, "Side by side: size, bits per character, loss reduction, training time"),
+    (RunDir.FIG_ATTENTION_SCRATCH, "Attention of the from-scratch GPT"),
+    (RunDir.FIG_ATTENTION_HF, "Attention of the fine-tuned pretrained model"),
 )
 
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-h1{margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;margin:1em 0} td,th{border:1px solid #ccc;padding:.35em .7em;text-align:right}
-th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
-img{max-width:100%;border:1px solid #eee} figure{margin:1.5em 0} figcaption{color:#555;font-size:.95em}
-pre{white-space:pre-wrap;background:#f8f8f8;padding:.6em;border-radius:4px;font-size:.85em;margin:0}
-.samples td{vertical-align:top;text-align:left;width:33%} .pass{color:#0a7d28;font-weight:bold} .fail{color:#b00020;font-weight:bold}
-#explorer .tok{display:inline-block;padding:2px 3px;margin:1px;border:1px solid #ddd;border-radius:3px;cursor:pointer;font-family:monospace;white-space:pre}
-#explorer .tok.sel{outline:2px solid #d33} #explorer select{margin-right:1em} #heat{border:1px solid #ccc;margin-top:.8em}
-.muted{color:#666;font-size:.9em}
-"""
 
-SCRIPT = r"""
-(function(){
-  const data = JSON.parse(document.getElementById('attn-data').textContent);
-  const $ = id => document.getElementById(id);
-  const modelSel = $('ex-model'), layerSel = $('ex-layer'), headSel = $('ex-head');
-  let selected = null;
-  function fill(sel, n, prefix){ sel.innerHTML=''; for(let i=0;i<n;i++){const o=document.createElement('option');o.value=i;o.textContent=prefix+' '+i;sel.appendChild(o);} }
-  function current(){ const m=data[modelSel.value]; return {m, w:m.weights[+layerSel.value][+headSel.value]}; }
-  function label(t){ return t.replace(/\n/g,'\u21b5').replace(/ /g,'\u00b7') || '\u2205'; }
-  function renderTokens(){
-    const {m} = current(); const box=$('ex-tokens'); box.innerHTML='';
-    m.tokens.forEach((t,i)=>{ const s=document.createElement('span'); s.className='tok';
-      s.textContent=label(t); s.dataset.i=i;
-      s.addEventListener('mouseenter',()=>highlight(i));
-      s.addEventListener('click',()=>highlight(i));
-      box.appendChild(s); });
-    highlight(selected);
-  }
-  function highlight(i){
-    selected = i; const {m,w} = current();
-    document.querySelectorAll('#ex-tokens .tok').forEach((s,j)=>{
-      s.classList.toggle('sel', j===i);
-      const a = (i===null || j>i) ? 0 : w[i][j];
-      s.style.background = i===null ? '' : 'rgba(220,60,40,'+a.toFixed(3)+')';
-      s.title = i===null ? '' : 'attention '+a.toFixed(3); });
-    $('ex-status').textContent = i===null ? 'Hover or click a token to see what it attends to.' :
-      'Token '+i+' ('+label(m.tokens[i])+') attends most to token '+argmax(w[i])+' ('+label(m.tokens[argmax(w[i])])+').';
-    renderHeat(w);
-  }
-  function argmax(r){ let b=0; r.forEach((v,i)=>{ if(v>r[b]) b=i; }); return b; }
-  function renderHeat(w){
-    const c=$('heat'), n=w.length, cell=Math.max(4,Math.floor(360/n)); c.width=c.height=n*cell;
-    const g=c.getContext('2d');
-    for(let i=0;i<n;i++) for(let j=0;j<n;j++){ const v=w[i][j]; g.fillStyle='rgb('+Math.round(255-200*v)+','+Math.round(255-160*v)+','+Math.round(255-40*v)+')'; g.fillRect(j*cell,i*cell,cell,cell); }
-    if(selected!==null){ g.strokeStyle='#d33'; g.strokeRect(0,selected*cell,n*cell,cell); }
-    c.dataset.signature = n+':'+w.map(r=>r.map(v=>v.toFixed(3)).join(',')).join(';').length+':'+w.flat().reduce((a,b)=>a+b*b,0).toFixed(6);
-  }
-  function onModel(){ const m=data[modelSel.value]; fill(layerSel,m.weights.length,'layer'); fill(headSel,m.weights[0].length,'head'); if(selected!==null && selected>=m.tokens.length) selected=null; renderTokens(); }
-  Object.keys(data).forEach(k=>{const o=document.createElement('option');o.value=k;o.textContent=data[k].name;modelSel.appendChild(o);});
-  modelSel.addEventListener('change',onModel); layerSel.addEventListener('change',renderTokens); headSel.addEventListener('change',renderTokens);
-  onModel();
-})();
-"""
+def write_report(run: RunDir, state: StudyState, head: Headline, machine: dict[str, Any]) -> Path:
+    """Render the report of a finished study (every stage up to the figures) to ``run/report.html``."""
+    path = run / RunDir.REPORT
+    path.write_text(render_report(run, state, head, machine), encoding="utf-8")
+    return path
 
 
-def _img(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+def render_report(run: RunDir, state: StudyState, head: Headline, machine: dict[str, Any]) -> str:
+    """The report's HTML (see ``write_report``)."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    e, a = state.evaluate, state.attention
+    return env.get_template(TEMPLATE).render(
+        corpus=state.corpus, head=head, machine=machine,
+        run_rows=run_rows(run, state, head), budget_rows=budget_rows(state),
+        config=_config_text(run), comparison_rows=comparison_rows(state, head),
+        figures=[f for f in (_figure(run, n, c) for n, c in FIGURES) if f],
+        samples=sample_tables(state), attention=a,
+        top_heads=[(x.model, sorted(x.heads_stats, key=lambda h: -h.previous_token)[:6])
+                   for x in (a.scratch, a.pretrained)],
+        sections=interpret_sections(run, state), score_chars=e.score_chars,
+        explorer_json=Markup(json_for_script(explorer_data(run, a, state.interpret))),
+    )
 
 
-def _json_for_script(obj: Any) -> str:
-    """JSON safe inside <script type=application/json>: no '<', '>' or '&' survive."""
-    return json.dumps(obj).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+# ---------------------------------------------------------------------------------------------
+# what was run
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    h = "".join(f"<th>{escape(str(c))}</th>" for c in header)
-    body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{h}</tr>{body}</table>"
+def _config(run: RunDir) -> dict[str, Any]:
+    p = run / RunDir.CONFIG
+    return json.loads(p.read_text()) if p.exists() else {}
 
 
-def explorer_data(out: Path, analysis: dict[str, Any]) -> dict[str, Any]:
-    w = torch.load(out / "attention_weights.pt", weights_only=True)
-    data = {}
-    for key, wkey in (("scratch", "scratch"), ("pretrained", "hf")):
-        weights = w[wkey].float()
-        data[key] = {"name": analysis[key]["model"], "tokens": analysis[key]["tokens"],
-                     "weights": [[[[round(float(v), 3) for v in row] for row in head] for head in layer]
-                                 for layer in weights.tolist()]}
-    return data
+def _config_text(run: RunDir) -> str:
+    return json.dumps(_config(run), indent=2, ensure_ascii=False)
 
 
-def budget_rows(state: dict[str, Any], cfg: dict[str, Any]) -> list[list[str]]:
-    """One row per stage: its wall-time budget (training stages), the time it took, and its result."""
-    s, f = state["scratch"], state["finetune"]
-    s_budget, f_budget = cfg["scratch"]["train"].get("max_time"), cfg["finetune"].get("max_time")
+def run_rows(run: RunDir, state: StudyState, head: Headline) -> list[list[Any]]:
+    """The two tracks side by side: model, corpus, size, steps, time."""
+    s, p, c = head.scratch, head.pretrained, state.corpus
+    m = _config(run).get("scratch", {}).get("model")
+    a = state.attention.scratch
+    scratch_model = (f"character GPT, {m['n_layer']} layers, {m['n_head']} heads, {m['n_embd']} dims, "
+                     f"context {m['block_size']}" if m else f"character GPT, {a.layers} layers, {a.heads} heads")
+    return [
+        ["model", scratch_model, f"{p.name} ({p.reason})" if p.reason else p.name],
+        ["corpus", f"{c.name}: {c.train_chars:,} training and {c.val_chars:,} validation characters, "
+                   f"{c.distinct_chars} distinct", "the same text, through the model's own tokenizer"],
+        ["parameters", f"{s.num_params:,}", f"{p.num_params:,}"],
+        ["optimizer steps", f"{s.steps:,}", f"{p.steps:,}"],
+        ["training wall time", f"{s.train_seconds:.1f} s", f"{p.train_seconds:.1f} s"],
+        ["tokens/s", f"{s.tokens_per_s:,.0f}", f"{p.tokens_per_s:,.0f}"],
+    ]
+
+
+def budget_rows(state: StudyState) -> list[list[str]]:
+    """One row per finished stage, in study order: its wall-time budget (the training stages),
+    the time it took (StudyState.seconds), and what that time bought; then the total."""
+    s, f, e, i = state.scratch, state.finetune, state.evaluate, state.interpret
+    budgets = {"scratch": s and s.time_budget_s, "finetune": f and f.time_budget_s}
     bought = {
-        "scratch": f"{s['steps']:,} steps, {s['tokens']:,} tokens, {s['tokens_per_s']:,.0f} tokens/s; "
-                   f"{state['evaluate']['scratch']['bits_per_char']:.3f} bits/char",
-        "finetune": f"{f['steps']:,} steps, {f['tokens']:,} tokens, {f['tokens_per_s']:,.0f} tokens/s; "
-                    f"{f['before']['bits_per_char']:.3f} -> {f['after']['bits_per_char']:.3f} bits/char "
-                    "(scoring and samples before and after included in the time)",
+        "corpus": state.corpus and f"{state.corpus.train_chars + state.corpus.val_chars:,} characters read",
+        "scratch": s and (f"{s.steps:,} steps, {s.tokens:,} tokens, {s.tokens_per_s:,.0f} tokens/s"
+                          + (f"; {e.scratch.bits_per_char:.3f} bits/char" if e else "")),
+        "finetune": f and (f"{f.steps:,} steps, {f.tokens:,} tokens, {f.tokens_per_s:,.0f} tokens/s; "
+                           f"{f.before.bits_per_char:.3f} -> {f.after.bits_per_char:.3f} bits/char (scoring and "
+                           "samples before and after included in the time)"),
+        "evaluate": e and f"the from-scratch model scored on {e.score_chars:,} characters",
+        "attention": state.attention and "attention maps, head statistics and the causality check of both models",
+        "interpret": i and "induction, head ablation, logit lens and loss by position of "
+                           f"{3 if i.pretrained_before else 2} models",
+        "samples": state.samples and f"{len(state.samples)} samples",
+        "figures": state.figures and f"{len(state.figures)} figures",
     }
+    order = [st for st in STAGES if st in state.seconds] + [st for st in state.seconds if st not in STAGES]
     rows = []
-    for stage, res in state.items():
-        if not isinstance(res, dict) or "stage_seconds" not in res:
-            continue
-        budget = {"scratch": s_budget, "finetune": f_budget}.get(stage)
-        rows.append([stage, f"{budget:.0f} s" if budget else "-", f"{res['stage_seconds']:.1f} s", bought.get(stage, "")])
+    for stage in order:
+        budget = budgets.get(stage)
+        rows.append([stage, f"{budget:.0f} s" if budget else "-", f"{state.seconds[stage]:.1f} s",
+                     bought.get(stage) or ""])
+    rows.append(["total", "", f"{sum(state.seconds.values()):.1f} s", ""])
     return rows
 
 
-def write_report(out: str | os.PathLike, headline: dict[str, Any], state: dict[str, Any],
-                 machine: dict[str, Any]) -> Path:
-    out = Path(out)
-    s, p = headline["scratch"], headline["pretrained"]
-    analysis = json.loads((out / "attention_analysis.json").read_text())
-    cfg = json.loads((out / "config.json").read_text())
-    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>nanobard report</title>"
-             f"<meta name=viewport content='width=device-width, initial-scale=1'><style>{CSS}</style></head><body>"]
-    parts.append("<h1>nanobard study report</h1>"
-                 f"<p class=muted>A character-level GPT trained from scratch and a pretrained causal LM "
-                 f"fine-tuned on the same text ({escape(headline['corpus'])}), scored on the same validation text.</p>")
+def comparison_rows(state: StudyState, head: Headline) -> list[list[Any]]:
+    """Every model on the shared validation text: tokens scored, nats/token, bits/char."""
+    e, p = state.evaluate, head.pretrained
+    return [[label, f"{n:,}", f"{sc.tokens:,}", f"{sc.nats_per_token:.4f}", f"{sc.bits_per_char:.4f}"]
+            for label, n, sc in (("from scratch (best checkpoint)", head.scratch.num_params, e.scratch),
+                                 (f"{p.name} before fine-tuning", p.num_params, e.pretrained_before),
+                                 (f"{p.name} after fine-tuning", p.num_params, e.pretrained_after))]
 
-    parts.append("<h2 id=run>What was run</h2>")
-    parts.append(_table(["", "from scratch", "pretrained"], [
-        ["model", f"character GPT, {cfg['scratch']['model']['n_layer']} layers, {cfg['scratch']['model']['n_head']} heads, "
-                  f"{cfg['scratch']['model']['n_embd']} dims, context {cfg['scratch']['model']['block_size']}",
-         f"{p['name']} ({p['reason']})"],
-        ["parameters", f"{s['num_params']:,}", f"{p['num_params']:,}"],
-        ["optimizer steps", s["steps"], p["steps"]],
-        ["training wall time", f"{s['train_seconds']:.1f} s", f"{p['train_seconds']:.1f} s"],
-        ["tokens/s", f"{s['tokens_per_s']:,.0f}", f"{p['tokens_per_s']:,.0f}"],
-    ]))
-    parts.append(_table(["machine", "value"], [[k, v] for k, v in machine.items()]))
-    parts.append("<h3 id=budget>Time: what each stage was given and what it bought</h3>")
-    parts.append(_table(["stage", "training budget", "stage took", "what it bought"], budget_rows(state, cfg)))
-    parts.append(f"<details><summary>full configuration</summary><pre>{escape(json.dumps(cfg, indent=2))}</pre></details>")
 
-    parts.append("<h2 id=comparison>Comparison on the shared validation text</h2>")
-    parts.append(f"<p>Bits per character on the first {headline['score_chars']:,} characters of the validation "
-                 "text (the last 10% of the corpus), sliding window with stride half the window; lower is better. "
-                 "Loss reduction: first to last validation loss during training.</p>")
-    e = state["evaluate"]
-    parts.append(_table(["model", "parameters", "tokens scored", "nats/token (own tokenizer)", "bits/char"], [
-        ["from scratch (best checkpoint)", f"{s['num_params']:,}", e["scratch"]["tokens"],
-         f"{e['scratch']['nats_per_token']:.4f}", f"{e['scratch']['bits_per_char']:.4f}"],
-        [f"{p['name']} before fine-tuning", f"{p['num_params']:,}", e["pretrained_before"]["tokens"],
-         f"{e['pretrained_before']['nats_per_token']:.4f}", f"{e['pretrained_before']['bits_per_char']:.4f}"],
-        [f"{p['name']} after fine-tuning", f"{p['num_params']:,}", e["pretrained_after"]["tokens"],
-         f"{e['pretrained_after']['nats_per_token']:.4f}", f"{e['pretrained_after']['bits_per_char']:.4f}"],
-    ]))
-    parts.append(_table(["track", "loss reduction"], [["from scratch", f"{s['loss_reduction_pct']:.1f}%"],
-                                                       [p["name"], f"{p['loss_reduction_pct']:.1f}%"]]))
+def sample_tables(state: StudyState) -> list[dict[str, Any]]:
+    """Per prompt: one row per strategy, the from-scratch / before / after continuations side by
+    side (each with its prompt; empty where a model has none)."""
+    samples = state.samples or []
+    tables = []
+    for prompt in dict.fromkeys(r.prompt for r in samples):
+        mine = [r for r in samples if r.prompt == prompt]
+        rows = []
+        for strategy in dict.fromkeys(r.strategy for r in mine):
+            texts = {r.model: prompt + r.text for r in mine if r.strategy == strategy}
+            rows.append({"strategy": strategy, "cells": [texts.get(m, "") for m in SAMPLE_COLUMNS]})
+        tables.append({"prompt": prompt, "rows": rows})
+    return tables
 
-    parts.append("<h2 id=figures>Figures</h2>")
-    for name, caption in FIGURES:
-        if (out / name).exists():
-            parts.append(f"<figure><img alt='{escape(name)}' src='{_img(out / name)}'>"
-                         f"<figcaption>{escape(caption)} ({escape(name)})</figcaption></figure>")
 
-    parts.append("<h2 id=samples>Samples</h2><p>Same prompt, decoding settings and seed in each row.</p>")
-    samples = state["samples"]["samples"]
-    for prompt in dict.fromkeys(r["prompt"] for r in samples):
-        parts.append(f"<h3>Prompt: <code>{escape(prompt)}</code></h3><table class=samples>"
-                     "<tr><th>strategy</th><th>from scratch</th><th>pretrained, before</th><th>pretrained, after</th></tr>")
-        for strategy in ("greedy", "top_k", "temperature"):
-            cells = []
-            for model in ("scratch", "before", "after"):
-                txt = next((r["text"] for r in samples if r["prompt"] == prompt and r["strategy"] == strategy
-                            and r["model"] == model), "")
-                cells.append(f"<td><pre>{escape(prompt + txt)}</pre></td>")
-            parts.append(f"<tr><td>{escape(strategy)}</td>{''.join(cells)}</tr>")
-        parts.append("</table>")
+def _figure(run: RunDir, name: str, caption: str) -> dict[str, str] | None:
+    path = run / name
+    if not path.exists():
+        return None
+    uri = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    return {"name": name, "uri": uri, "caption": caption}
 
-    parts.append("<h2 id=attention>Attention findings</h2><ul>")
+
+# ---------------------------------------------------------------------------------------------
+# interpretability: one section per analysis, with what this run found
+
+
+def _heads(table: list[list[float | None]]) -> list[tuple[float, int, int]]:
+    """(value, layer, head) of every measured head, largest first."""
+    return sorted(((v, i, h) for i, row in enumerate(table) for h, v in enumerate(row) if v is not None),
+                  reverse=True)
+
+
+def _cost(a: Analysis, layer: int, head: int) -> str:
+    rows = a.ablation.delta_bpc
+    v = rows[layer][head] if layer < len(rows) and head < len(rows[layer]) else None
+    return "which was not ablated" if v is None else f"whose ablation costs {_bits(v)} bits/char"
+
+
+def _bits(v: float) -> str:
+    """A signed cost in bits/char, with a third decimal when two would round it to zero."""
+    return f"{v:+.2f}" if abs(v) >= 0.005 else f"{v:+.3f}"
+
+
+def _models(interp: InterpretStudy) -> list[Analysis]:
+    return [a for a in (interp.scratch, interp.pretrained_before, interp.pretrained) if a is not None]
+
+
+def induction_found(a: Analysis) -> list[str]:
+    """The strongest induction head and whether the model copies; the strongest previous-token head."""
+    _, li, hi = _heads(a.induction.induction)[0]
+    p, lp, hp = _heads(a.induction.previous_token)[0]
+    return interpret.findings(induction=a.induction) + [
+        f"{a.model}: the strongest previous-token head on the same random tokens is L{lp}H{hp} (score {p:.2f})"
+        + ("; it is also the strongest induction head" if (lp, hp) == (li, hi) else "")]
+
+
+def ablation_found(a: Analysis) -> list[str]:
+    """The costliest head, and what removing the strongest previous-token and induction heads costs."""
+    _, li, hi = _heads(a.induction.induction)[0]
+    _, lp, hp = _heads(a.induction.previous_token)[0]
+    n = sum(len(row) for row in a.ablation.delta_bpc)
+    done = sum(v is not None for row in a.ablation.delta_bpc for v in row)
+    return interpret.findings(ablation=a.ablation) + [
+        f"{a.model}: the heatmaps single out L{lp}H{hp} as the strongest previous-token head, "
+        f"{_cost(a, lp, hp)}, and L{li}H{hi} as the strongest induction head, {_cost(a, li, hi)}"
+        + (f" ({n - done} of {n} heads were not ablated, to save time)" if done < n else "")]
+
+
+def lens_found(interp: InterpretStudy) -> list[str]:
+    """Where each model's prediction forms, its biggest layer-to-layer step, what fine-tuning moved."""
+    out = interpret.findings(lens=interp.scratch.lens) + interpret.findings(lens=interp.pretrained.lens)
+    for a in _models(interp):
+        r = a.lens
+        k = max(range(1, len(r.bpc)), key=lambda j: r.bpc[j - 1] - r.bpc[j])
+        out.append(f"{a.model}: the biggest step is from layer {r.layers[k - 1]} to {r.layers[k]} "
+                   f"({r.bpc[k - 1]:.2f} -> {r.bpc[k]:.2f} bits/char); the layer before the output agrees with "
+                   f"the output's top-1 token at {r.top1_agreement[-2]:.0%} of positions")
+    if interp.pretrained_before is not None:
+        b, f = interp.pretrained_before.lens, interp.pretrained.lens
+        out.append(f"Fine-tuning moved the pretrained model's output on this text from {b.bpc[-1]:.2f} to "
+                   f"{f.bpc[-1]:.2f} bits/char, and its embedding layer read through the unembedding from "
+                   f"{b.bpc[0]:.2f} to {f.bpc[0]:.2f}")
+    return out
+
+
+def positions_found(interp: InterpretStudy) -> list[str]:
+    """Bits/char at a few positions, and how much less the second half of the window costs than
+    its first characters."""
+    out = []
+    for a in _models(interp):
+        r = a.positions
+        pts = [(x, b, c) for x, (b, c) in enumerate(zip(r.bpc, r.chars)) if b is not None and c]
+        if len(pts) < 8:
+            continue
+        early, late = pts[:4], pts[len(pts) // 2:]
+        e = sum(b * c for _, b, c in early) / sum(c for *_, c in early)
+        lt = sum(b * c for _, b, c in late) / sum(c for *_, c in late)
+        out.append(f"{a.model}: the first characters it scores (positions {early[0][0]}-{early[-1][0]}) cost "
+                   f"{e:.2f} bits/char, the second half of the window (positions {late[0][0]}-{late[-1][0]}) "
+                   f"{lt:.2f}: having read more of the text saves {e - lt:.2f} bits/char")
+    return interpret.findings(positions=interp.scratch.positions) + interpret.findings(
+        positions=interp.pretrained.positions) + out
+
+
+def formation_found(history: list[EvalRow]) -> list[str]:
+    """When the from-scratch model's strongest heads formed, and whether that lines up with the
+    largest drop of the validation loss."""
+    rows = [r for r in history if r.heads]
+    if len(rows) < 2:
+        return ["Per-head scores were recorded at fewer than two evaluations, so there is no formation "
+                "curve (they are recorded at each evaluation of the from-scratch training)."]
+    k = max(range(1, len(rows)), key=lambda j: rows[j - 1].val_loss - rows[j].val_loss)
+    drop = (rows[k - 1], rows[k])
+    out = []
+    for key, kind in (("previous_token", "previous-token"), ("induction", "induction")):
+        final, i, h = _heads(rows[-1].heads[key])[0]
+        first = next(r for r in rows if r.heads[key][i][h] >= final / 2)
+        when = ("already at the first evaluation" if first is rows[0] else
+                f"by {first.tokens:,} tokens seen, when the validation loss was {first.val_loss:.2f} nats/token")
+        lines_up = " — during the largest loss drop" if first is drop[1] else ""
+        out.append(f"L{i}H{h}, the strongest {kind} head at the end (score {final:.2f}), passed half that "
+                   f"score {when}{lines_up}")
+    out.append(f"The validation loss fell most between {drop[0].tokens:,} and {drop[1].tokens:,} tokens seen "
+               f"({drop[0].val_loss:.2f} -> {drop[1].val_loss:.2f} nats/token; {rows[0].val_loss:.2f} at the "
+               f"first evaluation with head scores, {rows[-1].val_loss:.2f} at the last)")
+    return out
+
+
+HOW = {
+    "induction": "Each cell is one head (layers down, heads across) on random tokens repeated twice: the left "
+                 "map is how much a token in the second copy attends to the token that followed it in the first "
+                 "copy (an induction head, which lets a model continue a repeat), the right map how much a token "
+                 "attends to the one just before it (the previous-token heads that induction heads build on).",
+    "ablation": "Each cell is the bits per character a model loses on the validation slice when that one head's "
+                "output is replaced by its average: red means the model needs the head, white that it could do "
+                "without it, and hatched cells were not ablated, to save time.",
+    "lens": "Each point reads a model's prediction off its residual stream after that layer (through the final "
+            "norm and the unembedding): on the left the bits per character if the model stopped there, on the "
+            "right how often its top-1 guess is already the final one.",
+    "positions": "Each curve is the bits per character a model pays for a character against how many characters "
+                 "of the same context window it has read before it: a falling curve means it uses what it has "
+                 "read (in-context learning).",
+    "formation": "Each line is one head of the from-scratch model, its previous-token (left) or induction (right) "
+                 "score measured at each evaluation, against tokens seen, with the validation loss dashed on the "
+                 "right axis, so you can see whether a head forming coincides with a drop of the loss.",
+}
+
+
+def interpret_sections(run: RunDir, state: StudyState) -> list[dict[str, Any]]:
+    """Induction heads, head ablation, logit lens, loss by position, head formation: each with its
+    figures, how to read them, and what this run found (empty when the stage has not run)."""
+    interp = state.interpret
+    if interp is None:
+        return []
+    tracks = (("scratch", interp.scratch, "from-scratch GPT"), ("pretrained", interp.pretrained, "fine-tuned model"))
+    history = state.scratch.history if state.scratch else []
+
+    def figs(*named: tuple[str, str]) -> list[dict[str, str]]:
+        return [f for f in (_figure(run, n, c) for n, c in named) if f]
+
+    return [
+        {"id": "induction", "title": "Induction heads", "how": HOW["induction"],
+         "figures": figs(*((P.FIG_INDUCTION[t], f"Induction and previous-token scores, {w}") for t, _, w in tracks)),
+         "found": [s for _, a, _ in tracks for s in induction_found(a)]},
+        {"id": "ablation", "title": "Head ablation", "how": HOW["ablation"],
+         "figures": figs(*((P.FIG_ABLATION[t], f"Cost of removing each head, {w}") for t, _, w in tracks)),
+         "found": [s for _, a, _ in tracks for s in ablation_found(a)]},
+        {"id": "logit-lens", "title": "Logit lens", "how": HOW["lens"],
+         "figures": figs((P.FIG_LOGIT_LENS, "Bits/char and top-1 agreement read off each layer")),
+         "found": lens_found(interp)},
+        {"id": "loss-by-position", "title": "Loss by position", "how": HOW["positions"],
+         "figures": figs((P.FIG_LOSS_BY_POSITION, "Bits/char by position in the context window")),
+         "found": positions_found(interp)},
+        {"id": "head-formation", "title": "Head formation", "how": HOW["formation"],
+         "figures": figs((P.FIG_HEAD_FORMATION, "Per-head scores and validation loss during training")),
+         "found": formation_found(history)},
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# the attention explorer
+
+
+def json_for_script(obj: Any) -> str:
+    """JSON safe inside <script type=application/json>: no '<', '>' or '&' survive."""
+    return json.dumps(obj, ensure_ascii=False).replace("<", "\\u003c").replace(">", "\\u003e").replace(
+        "&", "\\u0026")
+
+
+def _rounded(table: list[list[float | None]] | None, digits: int = 3) -> list[list[float | None]] | None:
+    return None if table is None else [[None if v is None else round(v, digits) for v in row] for row in table]
+
+
+def explorer_data(run: RunDir, attention: AttentionStudy, interp: InterpretStudy | None) -> dict[str, Any]:
+    """Per model: its name, the attention text's tokens, the weights ``# [layer][head][query][key]``
+    (from run/attention_weights.pt) and per-head scores ``# [layer][head]``: previous-token share
+    on this text, induction score and ablation cost in bits/char (None: not measured / not ablated)."""
+    weights = torch.load(run / RunDir.ATTENTION_WEIGHTS, weights_only=True)
+    data = {}
     for key in ("scratch", "pretrained"):
-        for f in analysis[key]["findings"]:
-            parts.append(f"<li>{escape(f)}</li>")
-    parts.append("</ul>")
-    for key in ("scratch", "pretrained"):
-        a = analysis[key]
-        top = sorted(a["heads_stats"], key=lambda h: -h["previous_token"])[:6]
-        parts.append(f"<h3>{escape(a['model'])}: heads with most previous-token attention</h3>")
-        parts.append(_table(["layer", "head", "self", "previous token", "mean distance", "entropy (bits)"],
-                            [[h["layer"], h["head"], f"{h['self_attention']:.2f}", f"{h['previous_token']:.2f}",
-                              f"{h['mean_distance']:.1f}", f"{h['entropy_bits']:.2f}"] for h in top]))
-
-    parts.append("<h2 id=explorer-h>Attention explorer</h2>"
-                 f"<p class=muted>Text: <code>{escape(analysis['text'])}</code></p>"
-                 "<div id=explorer><label>model <select id=ex-model></select></label>"
-                 "<label>layer <select id=ex-layer></select></label><label>head <select id=ex-head></select></label>"
-                 "<div id=ex-tokens></div><p id=ex-status></p><canvas id=heat></canvas></div>")
-
-    parts.append("<h2 id=causality>Causality check</h2><p>Can any position depend on a later one? Two ways: "
-                 "attention weights above the diagonal, and the gradient of each position's output with respect "
-                 "to the input embeddings of all later positions. Both must be exactly zero.</p>")
-    rows = []
-    for key in ("scratch", "pretrained"):
-        c = analysis[key]["causality"]
-        rows.append((analysis[key]["model"], c))
-    parts.append("<table><tr><th>model</th><th>attention above diagonal (max)</th><th>result</th>"
-                 "<th>future gradient (max)</th><th>result</th></tr>")
-    for name, c in rows:
-        parts.append(f"<tr><td>{escape(name)}</td><td>{c['attention_above_diagonal_max']:.3g}</td>"
-                     f"<td class={c['attention_check']}>{c['attention_check']}</td><td>{c['future_gradient_max']:.3g}</td>"
-                     f"<td class={c['gradient_check']}>{c['gradient_check']}</td></tr>")
-    parts.append("</table>")
-
-    parts.append(f"<script type='application/json' id=attn-data>{_json_for_script(explorer_data(out, analysis))}</script>")
-    parts.append(f"<script>{SCRIPT}</script></body></html>")
-    path = out / "report.html"
-    path.write_text("".join(parts), encoding="utf-8")
-    return path
+        a = getattr(attention, key)
+        w = weights[key].double()  # [layer, head, T, T]
+        prev: list[list[float | None]] = [[None] * w.shape[1] for _ in range(w.shape[0])]
+        for s in a.heads_stats:
+            prev[s.layer][s.head] = s.previous_token
+        an = getattr(interp, key) if interp is not None else None
+        data[key] = {
+            "name": a.model, "tokens": a.tokens,
+            "weights": ((w * 1000).round() / 1000).tolist(),
+            "scores": {"previous_token": _rounded(prev),
+                       "induction": _rounded(an.induction.induction if an else None),
+                       "ablation": _rounded(an.ablation.delta_bpc if an else None, 4)},
+        }
+    return data

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import torch
 from torch.nn import functional as F
 
+from nanobard.config import ConfigError
 from nanobard.model import GPT
 
 
@@ -31,11 +32,11 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+            raise ConfigError(f"top_k must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 # The decoding settings every comparison in nanobard uses (the seed's three, plus nucleus).
@@ -139,7 +140,7 @@ class ScratchDecoder:
 
     def start(self, prompt_ids: list[int]) -> torch.Tensor:
         if not prompt_ids:
-            raise ValueError("the prompt is empty; give at least one character")
+            raise ConfigError("the prompt is empty; give at least one character")
         self.model.eval()
         self.ids = list(prompt_ids)
         return self._refill() if self.use_cache else self._run(self.ids[-self.block:], None)
@@ -180,7 +181,7 @@ class HFDecoder:
 
     def start(self, prompt_ids: list[int]) -> torch.Tensor:
         if not prompt_ids:
-            raise ValueError("the prompt is empty")
+            raise ConfigError("the prompt is empty; give at least one character")
         self.model.eval()
         self.past, self.length = None, 0
         self.ids = list(prompt_ids)[-self.max_len:]

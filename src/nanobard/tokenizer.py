@@ -6,8 +6,10 @@ import json
 import os
 from pathlib import Path
 
+from nanobard.errors import NanobardError
 
-class UnknownCharactersError(ValueError):
+
+class UnknownCharactersError(NanobardError, ValueError):
     """Text contains characters outside the vocabulary."""
 
     def __init__(self, chars: list[str]):

@@ -9,6 +9,7 @@ validation loss (``model_scratch_best.pt``) and a latest checkpoint (``ckpt_last
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -23,31 +24,39 @@ import torch
 from tqdm.auto import tqdm
 
 from nanobard import distributed
-from nanobard.checkpoint import BEST_NAME, CheckpointError, load_model, save_checkpoint
+from nanobard.checkpoint import CheckpointError, load_model, save_checkpoint
 from nanobard.config import ConfigError, ModelConfig, TrainConfig, with_overrides
 from nanobard.data import CorpusSplit, check_fits, get_batch
+from nanobard.errors import NanobardError
 from nanobard.hardware import autocast_context, pick_device, resolve_precision
 from nanobard.model import GPT
-from nanobard.optim import make_optimizer
+from nanobard.optim import Optimizer, make_optimizer
+from nanobard.rundir import EvalRow, Record, RunDir
+from nanobard.tokenizer import CharTokenizer
 from nanobard.tokens import TokenCorpus, tokens_from_split
 
 logger = logging.getLogger(__name__)
 
-LAST_NAME = "ckpt_last.pt"
-METRICS_NAME = "metrics.jsonl"
 EVAL_SEED_OFFSET = 1_000_003  # evaluation batches come from their own, fixed stream
 
 
-class TrainingInterrupted(RuntimeError):
+class TrainingInterrupted(NanobardError):
     """Ctrl-C or SIGTERM stopped training after a resumable checkpoint was written."""
 
+    exit_code = 130
 
-class NonFiniteLossError(RuntimeError):
+
+class NonFiniteLossError(NanobardError):
     """The loss became NaN or infinite; the last good checkpoint was kept."""
+
+    exit_code = 3
 
 
 @dataclass
-class TrainResult:
+class TrainResult(Record):
+    """What a from-scratch training run did (also written to ``train_result.json``). Losses in
+    nats per character."""
+
     out_dir: Path
     num_params: int
     steps: int
@@ -59,7 +68,21 @@ class TrainResult:
     final_val_loss: float
     final_train_loss: float
     stopped: str  # "steps", "epochs", "time", "early_stopping", "target_loss"
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[EvalRow] = field(default_factory=list)
+    time_budget_s: float | None = None  # the wall-time budget, when there was one
+
+
+@dataclass
+class RunState(Record):
+    """The loop's counters, saved in every checkpoint so a resumed run continues exactly."""
+
+    step: int = 0
+    tokens: int = 0
+    elapsed_s: float = 0.0  # wall time of all sessions of this run
+    best_val: float = math.inf
+    bad_evals: int = 0  # evaluations since the best one
+    first_val: float | None = None
+    horizon: int | None = None  # steps a time-only budget was sized to (see size_steps)
 
 
 def lr_at(step: int, cfg: TrainConfig, horizon: int | None, time_fraction: float) -> float:
@@ -109,22 +132,34 @@ def train_step(model: GPT, optimizer: Any, batches: list[tuple[torch.Tensor, tor
     return loss.item() * len(batches)
 
 
-CALIBRATION_STEPS = (3, 13)  # time steps 3..13 of a run (the first ones are slower)
+CALIBRATION_STEPS = (3, 13)  # time steps 3..13 of a session (the first ones are slower)
 
 
-def _size_steps(calibration: list[float], step: int, cfg: TrainConfig, elapsed: float,
-                eval_s: float) -> int | None:
-    """With only a time budget: after timing a few steps, the step count that fills the budget,
-    evaluations included (None until then). Fixing it once keeps the LR schedule a function of
-    the step, so a resumed run follows the same schedule."""
-    calibration.append(time.perf_counter())
-    first, last = CALIBRATION_STEPS
-    if len(calibration) <= last:
-        return None
-    per_step = (calibration[last] - calibration[first]) / (last - first)
-    calibration.append(per_step)
-    left = max(0.0, cfg.max_time - elapsed)
-    return step + int(left / (per_step + eval_s / cfg.eval_interval))
+@dataclass
+class Clock:
+    """Wall time of the run across sessions, and the step timings that size a time-only budget."""
+
+    before_s: float = 0.0  # elapsed in earlier sessions (resume)
+    t0: float = field(default_factory=time.perf_counter)
+    stamps: list[float] = field(default_factory=list)
+    eval_s: float = 0.0  # the last evaluation's duration
+
+    def elapsed(self) -> float:
+        return self.before_s + time.perf_counter() - self.t0
+
+    def size_steps(self, step: int, cfg: TrainConfig) -> int | None:
+        """With only a time budget: once a few steps are timed, the step count that fills the
+        budget, evaluations included (None until then). Fixing it once keeps the LR schedule a
+        function of the step, so a resumed run follows the same schedule."""
+        self.stamps.append(time.perf_counter())
+        first, last = CALIBRATION_STEPS
+        if len(self.stamps) != last + 1:
+            return None
+        per_step = (self.stamps[last] - self.stamps[first]) / (last - first)
+        left = max(0.0, cfg.max_time - self.elapsed())
+        horizon = step + int(left / (per_step + self.eval_s / cfg.eval_interval))
+        logger.info("measured %.1f ms/step: %d steps fit the %.0f s budget", per_step * 1e3, horizon, cfg.max_time)
+        return horizon
 
 
 @torch.no_grad()
@@ -171,37 +206,36 @@ class _StopFlag:
             signal.signal(s, h)
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of a run's ``metrics.jsonl`` (empty when there is none)."""
+def read_metrics(path: str | os.PathLike) -> list[EvalRow]:
+    """The rows of a metrics file (``metrics.jsonl``); empty when there is none."""
     p = Path(path)
-    if not p.exists():
-        return []
-    return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
+    return RunDir(p.parent).read_metrics(p.name)
 
 
-def _trim_metrics(path: Path, last_step: int) -> None:
-    """On resume, drop metric lines written after the checkpoint we resume from."""
-    if not path.exists():
-        return
-    keep = [row for row in read_metrics(path) if row["step"] <= last_step]
-    path.write_text("".join(json.dumps(row) + "\n" for row in keep))
+# --------------------------------------------------------------------------------------------
+# setup, in named steps
 
 
-def train(
-    model_cfg: ModelConfig,
-    cfg: TrainConfig,
-    data: CorpusSplit | TokenCorpus,
-    out_dir: str | os.PathLike,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    config_name: str = "config.json",
-) -> TrainResult:
-    """Train a GPT on ``data.train``, evaluating on ``data.val``; write checkpoints and metrics
-    into ``out_dir``. ``data`` is text (a CorpusSplit, encoded here) or token ids (a TokenCorpus,
-    e.g. memory-mapped from the token cache). Returns a summary; raises TrainingInterrupted on Ctrl-C/SIGTERM."""
-    t_start = time.perf_counter()
-    out = Path(out_dir)
+@dataclass
+class Setup:
+    """Everything the loop needs, built once by ``_setup``."""
+
+    run: RunDir
+    model: GPT
+    fwd: torch.nn.Module  # the model as the forward pass sees it (DDP, torch.compile)
+    optimizer: Optimizer
+    batch_gen: torch.Generator  # draws training batches; its state is checkpointed
+    tokenizer: CharTokenizer
+    corpus: TokenCorpus
+    device: torch.device
+    dd: distributed.Dist
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        return self.model if self.dd.enabled else self.fwd  # every rank evaluates the same batches
+
+
+def _setup(model_cfg: ModelConfig, cfg: TrainConfig, data: CorpusSplit | TokenCorpus, out: Path) -> Setup:
     corpus = data if isinstance(data, TokenCorpus) else tokens_from_split(data)
     check_fits(corpus, model_cfg.block_size)
     device = pick_device(cfg.device)
@@ -212,193 +246,207 @@ def train(
         raise ConfigError(f"--batch-size {cfg.batch_size} must be divisible by the {dd.world} processes")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    tok = corpus.tokenizer
-    model_cfg = with_overrides(model_cfg, {"vocab_size": tok.vocab_size})
-    out.mkdir(parents=True, exist_ok=True)
-    best_path, last_path, metrics_path = out / BEST_NAME, out / LAST_NAME, out / METRICS_NAME
-
+    model_cfg = with_overrides(model_cfg, {"vocab_size": corpus.tokenizer.vocab_size})
     torch.manual_seed(cfg.seed)
     model = GPT(model_cfg).to(device)
     optimizer = make_optimizer(model, cfg, device)
-    batch_gen = torch.Generator().manual_seed(cfg.seed)
-    state = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "best_val": math.inf, "bad_evals": 0, "first_val": None,
-             "horizon": None}
     if dd.enabled:
         torch.manual_seed(cfg.seed + dd.rank)  # dropout masks differ per rank
-
-    if resume and last_path.exists():
-        loaded, _, ckpt = load_model(last_path, device, expect=model_cfg)
-        model.load_state_dict(loaded.state_dict())
-        ts = ckpt["train_state"]
-        try:
-            optimizer.load_state_dict(ts["optimizer"])
-        except (KeyError, ValueError) as e:
-            raise ConfigError(f"{last_path} was written with another --optimizer than {cfg.optimizer!r}; resume "
-                              f"with the optimizer it was trained with, or start afresh without --resume") from e
-        batch_gen.set_state(ts["batch_rng"])
-        rng = ts["torch_rng"]
-        torch.set_rng_state(rng[dd.rank] if isinstance(rng, list) and len(rng) == dd.world else
-                            rng[0] if isinstance(rng, list) else rng)
-        state = json.loads(ts["counters"])
-        _trim_metrics(metrics_path, state["step"])
-        logger.info("resuming from %s at step %d", last_path, state["step"])
-    elif resume:
-        logger.info("no %s in %s; starting from scratch", LAST_NAME, out)
-    elif dd.is_main:
-        for p in (last_path, metrics_path):  # a fresh run never appends to an old one's files
-            if p.exists():
-                p.unlink()
-    dd.barrier()
-
-    train_ids, val_ids = corpus.train, corpus.val
-    horizon_steps, budget_kind = step_budget(cfg, len(train_ids), model_cfg.block_size)
-    if horizon_steps is None and state.get("horizon") is not None:  # sized from the throughput before a resume
-        horizon_steps = state["horizon"]
-    decay_horizon = cfg.lr_decay_steps or horizon_steps
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * model_cfg.block_size
-    if dd.is_main:
-        (out / config_name).write_text(json.dumps({
-        "model": asdict(model_cfg), "train": asdict(cfg), "corpus": corpus.name,
-        "n_train_chars": len(train_ids), "n_val_chars": len(val_ids),
-        "precision": str(resolve_precision(cfg.dtype, device)).removeprefix("torch."),
-        "num_params": model.num_params(), "device": str(device), "torch": torch.__version__,
-        "step_budget": horizon_steps, "budget": budget_kind, "processes": dd.world,
-    }, indent=2))
-    logger.info("model: %s parameters on %s; %s training tokens", f"{model.num_params():,}", device, f"{len(train_ids):,}")
-
-    fwd = model
+    fwd: torch.nn.Module = model
     if dd.enabled:
-        fwd = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dd.local_rank] if device.type == "cuda" else None)
+        fwd = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dd.local_rank] if device.type == "cuda" else None)
     if cfg.compile:
         fwd = torch.compile(fwd)
-    eval_model = model if dd.enabled else fwd  # every rank evaluates the same fixed batches
-    history = read_metrics(metrics_path) if resume else []
-    session_t0, session_tokens = time.perf_counter(), 0
-    elapsed_before = state["elapsed_s"]
-    stopped = budget_kind
+    return Setup(RunDir(out).ensure(), model, fwd, optimizer, torch.Generator().manual_seed(cfg.seed),
+                 corpus.tokenizer, corpus, device, dd)
 
-    def elapsed() -> float:
-        return elapsed_before + time.perf_counter() - t_start
 
-    eval_seconds = [0.0]
+def _restore(s: Setup, cfg: TrainConfig, resume: bool) -> tuple[RunState, list[EvalRow]]:
+    """The state to start from: the last checkpoint's when resuming, else a fresh one (and a
+    fresh run never appends to an old run's files)."""
+    last = s.run / RunDir.LAST
+    if resume and last.exists():
+        loaded, _, ckpt = load_model(last, s.device, expect=s.model.config)
+        s.model.load_state_dict(loaded.state_dict())
+        ts = ckpt["train_state"]
+        try:
+            s.optimizer.load_state_dict(ts["optimizer"])
+        except (KeyError, ValueError) as e:
+            raise ConfigError(f"{last} was written with another --optimizer than {cfg.optimizer!r}; resume "
+                              f"with the optimizer it was trained with, or start afresh without --resume") from e
+        s.batch_gen.set_state(ts["batch_rng"])
+        rng, dd = ts["torch_rng"], s.dd
+        torch.set_rng_state(rng[dd.rank] if isinstance(rng, list) and len(rng) == dd.world else
+                            rng[0] if isinstance(rng, list) else rng)
+        state = RunState.from_dict(json.loads(ts["counters"]))
+        s.run.trim_metrics(state.step)
+        logger.info("resuming from %s at step %d", last, state.step)
+        return state, s.run.read_metrics()
+    if resume:
+        logger.info("no %s in %s; starting from scratch", RunDir.LAST, s.run.path)
+    elif s.dd.is_main:
+        for p in (last, s.run / RunDir.METRICS):
+            p.unlink(missing_ok=True)
+    s.dd.barrier()
+    return RunState(), []
 
-    def evaluate_and_save(step: int, last_loss: float | None, lr: float) -> str | None:
-        """Evaluate, log, checkpoint. Returns why to stop (early stopping, target reached) or None."""
-        t_eval = time.perf_counter()
-        ev = dict(block_size=model_cfg.block_size, batch_size=cfg.batch_size, iters=cfg.eval_iters,
-                  seed=cfg.seed + EVAL_SEED_OFFSET, device=device, dtype=cfg.dtype)
-        val_loss = estimate_loss(eval_model, val_ids, **ev)
-        train_loss = estimate_loss(eval_model, train_ids, **ev)
-        if not math.isfinite(val_loss) or not math.isfinite(train_loss):
-            raise NonFiniteLossError(
-                f"loss became {val_loss} at step {step}; training stopped, the last good checkpoint is kept. "
-                "Lower --lr or raise --warmup-steps"
-            )
-        if state["first_val"] is None:
-            state["first_val"] = val_loss
-        session_s = time.perf_counter() - session_t0
-        row = {
-            "step": step, "tokens": state["tokens"], "train_loss": round(train_loss, 5),
-            "val_loss": round(val_loss, 5), "lr": lr, "elapsed_s": round(elapsed(), 3),
-            "tokens_per_s": round(session_tokens / session_s, 1) if session_s > 0 and session_tokens else None,
-            "last_batch_loss": None if last_loss is None else round(last_loss, 5),
-        }
-        history.append(row)
-        improved = val_loss < state["best_val"]
+
+def _write_config(s: Setup, model_cfg: ModelConfig, cfg: TrainConfig, config_name: str, budget: tuple) -> None:
+    if not s.dd.is_main:
+        return
+    (s.run / config_name).write_text(json.dumps({
+        "model": asdict(s.model.config), "train": asdict(cfg), "corpus": s.corpus.name,
+        "n_train_chars": len(s.corpus.train), "n_val_chars": len(s.corpus.val),
+        "precision": str(resolve_precision(cfg.dtype, s.device)).removeprefix("torch."),
+        "num_params": s.model.num_params(), "device": str(s.device), "torch": torch.__version__,
+        "step_budget": budget[0], "budget": budget[1], "processes": s.dd.world,
+    }, indent=2))
+    logger.info("model: %s parameters on %s; %s training tokens", f"{s.model.num_params():,}", s.device,
+                f"{len(s.corpus.train):,}")
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation and checkpoints
+
+
+def _evaluate(s: Setup, cfg: TrainConfig, state: RunState, lr: float, last_loss: float | None,
+              session: tuple[float, int]) -> EvalRow:
+    """Loss on fixed train and validation batches; raises NonFiniteLossError on NaN/inf."""
+    ev = dict(block_size=s.model.config.block_size, batch_size=cfg.batch_size, iters=cfg.eval_iters,
+              seed=cfg.seed + EVAL_SEED_OFFSET, device=s.device, dtype=cfg.dtype)
+    val_loss = estimate_loss(s.eval_model, s.corpus.val, **ev)
+    train_loss = estimate_loss(s.eval_model, s.corpus.train, **ev)
+    if not (math.isfinite(val_loss) and math.isfinite(train_loss)):
+        raise NonFiniteLossError(f"loss became {val_loss} at step {state.step}; training stopped, the last good "
+                                 "checkpoint is kept. Lower --lr or raise --warmup-steps")
+    session_s, session_tokens = time.perf_counter() - session[0], session[1]
+    return EvalRow(step=state.step, tokens=state.tokens, val_loss=round(val_loss, 5), train_loss=round(train_loss, 5),
+                   lr=lr, elapsed_s=round(state.elapsed_s, 3),
+                   tokens_per_s=round(session_tokens / session_s, 1) if session_tokens else None,
+                   last_batch_loss=None if last_loss is None else round(last_loss, 5))
+
+
+def _head_scores(model: GPT) -> dict[str, list[list[float]]]:
+    """Previous-token and induction score of every head (interpret.head_scores, a few ms): kept at
+    each evaluation, they show when each behaviour forms during training."""
+    from nanobard.interpret import head_scores
+
+    r = head_scores(model)
+    return {"previous_token": r.previous_token, "induction": r.induction}
+
+
+def _record(s: Setup, state: RunState, row: EvalRow) -> None:
+    """Update the best/patience counters with an evaluation, append it to metrics.jsonl and write
+    the checkpoints: the best when it improved, the last (with optimizer and RNG state) always."""
+    improved = row.val_loss < state.best_val
+    state.first_val = row.val_loss if state.first_val is None else state.first_val
+    state.best_val, state.bad_evals = (row.val_loss, 0) if improved else (state.best_val, state.bad_evals + 1)
+    rng_states = s.dd.gather_rng_states()
+    if s.dd.is_main:  # only rank 0 writes; every rank holds the same weights
+        s.run.append_metrics(row)
         if improved:
-            state["best_val"], state["bad_evals"] = val_loss, 0
-        else:
-            state["bad_evals"] += 1
-        state["elapsed_s"] = elapsed()
-        rng_states = dd.gather_rng_states()
-        if dd.is_main:  # only rank 0 writes; every rank holds the same weights
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            if improved:
-                save_checkpoint(best_path, model, tok, metrics={"step": step, "val_loss": val_loss})
-            save_checkpoint(last_path, model, tok, train_state={
-                "optimizer": optimizer.state_dict(), "batch_rng": batch_gen.get_state(),
-                "torch_rng": rng_states if dd.enabled else rng_states[0], "counters": json.dumps(state),
-            })
-        dd.barrier()
-        eval_seconds[0] = time.perf_counter() - t_eval
-        bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_loss:.3f}", refresh=False)
-        if cfg.target_loss is not None and val_loss <= cfg.target_loss:
-            return "target_loss"
-        if cfg.patience is not None and state["bad_evals"] >= cfg.patience:
-            return "early_stopping"
-        return None
+            save_checkpoint(s.run / RunDir.BEST, s.model, s.tokenizer, metrics={"step": row.step, "val_loss": row.val_loss})
+        save_checkpoint(s.run / RunDir.LAST, s.model, s.tokenizer, train_state={
+            "optimizer": s.optimizer.state_dict(), "batch_rng": s.batch_gen.get_state(),
+            "torch_rng": rng_states if s.dd.enabled else rng_states[0], "counters": json.dumps(state.to_dict()),
+        })
+    s.dd.barrier()
 
-    step = state["step"]
-    bar = tqdm(total=horizon_steps, initial=step, disable=not progress or not dd.is_main, unit="step", dynamic_ncols=True,
-               desc="train scratch")
-    lr = lr_at(step, cfg, decay_horizon, 0.0)
-    loss_val: float | None = None
-    calibration: list[float] = []  # time-only budget: step timings that size the step horizon
-    model.train()
+
+def _stop_after_eval(cfg: TrainConfig, state: RunState, row: EvalRow) -> str | None:
+    if cfg.target_loss is not None and row.val_loss <= cfg.target_loss:
+        return "target_loss"
+    if cfg.patience is not None and state.bad_evals >= cfg.patience:
+        return "early_stopping"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# the loop
+
+
+def train(
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    data: CorpusSplit | TokenCorpus,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    config_name: str = RunDir.CONFIG,
+) -> TrainResult:
+    """Train a GPT on ``data.train``, evaluating on ``data.val``; write checkpoints, metrics and
+    ``train_result.json`` into ``out_dir``. ``data`` is text (a CorpusSplit, encoded here) or token
+    ids (a TokenCorpus, e.g. memory-mapped from the token cache). Raises TrainingInterrupted after
+    writing a resumable checkpoint on Ctrl-C/SIGTERM."""
+    s = _setup(model_cfg, cfg, data, Path(out_dir))
+    state, history = _restore(s, cfg, resume)
+    horizon, budget_kind = step_budget(cfg, len(s.corpus.train), s.model.config.block_size)
+    horizon = horizon if horizon is not None else state.horizon  # a time budget sized before a resume
+    _write_config(s, model_cfg, cfg, config_name, (horizon, budget_kind))
+    clock, session = Clock(before_s=state.elapsed_s), [time.perf_counter(), 0]
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * s.model.config.block_size
+    evaluated = state.step if history else None  # a resumed run was evaluated at its checkpoint
+    lr, loss, stopped = lr_at(state.step, cfg, cfg.lr_decay_steps or horizon, 0.0), None, None
+    bar = tqdm(total=horizon, initial=state.step, disable=not progress or not s.dd.is_main, unit="step",
+               dynamic_ncols=True, desc="train scratch")
+    s.model.train()
     with _StopFlag() as stop:
-        if step == 0 and not history:
-            evaluate_and_save(0, None, lr)
         while True:
-            if horizon_steps is not None and step >= horizon_steps:
-                stopped = budget_kind
+            state.elapsed_s = clock.elapsed()
+            # last_step: a budget is spent or a signal came; the final evaluation and save happen here, once
+            stopped = (budget_kind if horizon is not None and state.step >= horizon else
+                       "time" if cfg.max_time is not None and state.elapsed_s >= cfg.max_time else
+                       "interrupted" if stop.signum is not None else None)
+            if (stopped or state.step % cfg.eval_interval == 0) and evaluated != state.step:
+                t_eval = time.perf_counter()
+                row = _evaluate(s, cfg, state, lr, loss, tuple(session))
+                row = dataclasses.replace(row, heads=_head_scores(s.model))
+                history.append(row)
+                _record(s, state, row)
+                evaluated, clock.eval_s = state.step, time.perf_counter() - t_eval
+                stopped = stopped or _stop_after_eval(cfg, state, row)
+                bar.set_postfix(loss=f"{row.train_loss:.3f}", val=f"{row.val_loss:.3f}", refresh=False)
+            if stopped:
                 break
-            if cfg.max_time is not None and elapsed() >= cfg.max_time:
-                stopped = "time"
-                break
-            lr = lr_at(step, cfg, decay_horizon, elapsed() / cfg.max_time if cfg.max_time else 0.0)
-            for group in optimizer.param_groups:
+            lr = lr_at(state.step, cfg, cfg.lr_decay_steps or horizon,
+                       clock.elapsed() / cfg.max_time if cfg.max_time else 0.0)
+            for group in s.optimizer.param_groups:
                 group["lr"] = lr
-            batches = [(dd.shard(x), dd.shard(y)) for x, y in  # this rank's rows of each global batch
-                       (get_batch(train_ids, model_cfg.block_size, cfg.batch_size, batch_gen)
+            batches = [(s.dd.shard(x), s.dd.shard(y)) for x, y in  # this rank's rows of each global batch
+                       (get_batch(s.corpus.train, s.model.config.block_size, cfg.batch_size, s.batch_gen)
                         for _ in range(cfg.grad_accum))]
-            loss_val = train_step(model, optimizer, batches, cfg, device, fwd)
-            if not math.isfinite(loss_val):
-                raise NonFiniteLossError(
-                    f"loss became {loss_val} at step {step + 1}; training stopped, the last good checkpoint "
-                    f"({last_path}) is kept. Lower --lr or raise --warmup-steps"
-                )
-            step += 1
-            state["step"] = step
-            state["tokens"] += tokens_per_step
-            session_tokens += tokens_per_step
+            loss = train_step(s.model, s.optimizer, batches, cfg, s.device, s.fwd)
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(f"loss became {loss} at step {state.step + 1}; training stopped, the last "
+                                         f"good checkpoint ({s.run / RunDir.LAST}) is kept. Lower --lr or raise --warmup-steps")
+            state.step, state.tokens, session[1] = state.step + 1, state.tokens + tokens_per_step, session[1] + tokens_per_step
             bar.update(1)
-            if horizon_steps is None and cfg.max_time is not None:
-                horizon_steps = _size_steps(calibration, step, cfg, elapsed(), eval_seconds[0])
-                if horizon_steps is not None:
-                    state["horizon"], decay_horizon, bar.total = horizon_steps, cfg.lr_decay_steps or horizon_steps, horizon_steps
-                    logger.info("measured %.1f ms/step: %d steps fit the %.0f s budget", calibration[-1] * 1e3,
-                                horizon_steps, cfg.max_time)
-            if step % 10 == 0:
-                rate = session_tokens / max(1e-9, time.perf_counter() - session_t0)
-                bar.set_postfix(loss=f"{loss_val:.3f}", val=f"{state['best_val']:.3f}", tok_s=f"{rate:,.0f}")
-            if step % cfg.eval_interval == 0:
-                why = evaluate_and_save(step, loss_val, lr)
-                if why:
-                    stopped = why
-                    break
-            if stop.signum is not None:
-                if not history or history[-1]["step"] != step:
-                    evaluate_and_save(step, loss_val, lr)
-                bar.close()
-                raise TrainingInterrupted(
-                    f"stopped by signal {signal.Signals(stop.signum).name} at step {step}; "
-                    f"checkpoint written to {last_path}; continue with the same command plus --resume"
-                )
-        if not history or history[-1]["step"] != step:
-            evaluate_and_save(step, loss_val, lr)
+            if horizon is None and cfg.max_time is not None and (sized := clock.size_steps(state.step, cfg)):
+                horizon = state.horizon = bar.total = sized
+            if state.step % 10 == 0:
+                bar.set_postfix(loss=f"{loss:.3f}", val=f"{state.best_val:.3f}",
+                                tok_s=f"{session[1] / max(1e-9, time.perf_counter() - session[0]):,.0f}")
     bar.close()
-    distributed.teardown(dd)
+    distributed.teardown(s.dd)
+    if stopped == "interrupted":
+        raise TrainingInterrupted(f"stopped by signal {signal.Signals(stop.signum).name} at step {state.step}; "
+                                  f"checkpoint written to {s.run / RunDir.LAST}; continue with the same command plus --resume")
+    return _result(s, cfg, state, history, stopped, session)
 
-    session_s = time.perf_counter() - session_t0
-    return TrainResult(
-        out_dir=out, num_params=model.num_params(), steps=step, tokens=state["tokens"],
-        elapsed_s=elapsed(), tokens_per_s=session_tokens / session_s if session_s > 0 else 0.0,
-        first_val_loss=state["first_val"], best_val_loss=state["best_val"],
-        final_val_loss=history[-1]["val_loss"], final_train_loss=history[-1]["train_loss"],
-        stopped=stopped, history=history,
+
+def _result(s: Setup, cfg: TrainConfig, state: RunState, history: list[EvalRow], stopped: str,
+            session: list) -> TrainResult:
+    session_s = time.perf_counter() - session[0]
+    res = TrainResult(
+        out_dir=s.run.path, num_params=s.model.num_params(), steps=state.step, tokens=state.tokens,
+        elapsed_s=state.elapsed_s, tokens_per_s=session[1] / session_s if session_s > 0 else 0.0,
+        first_val_loss=state.first_val, best_val_loss=state.best_val, final_val_loss=history[-1].val_loss,
+        final_train_loss=history[-1].train_loss, stopped=stopped, history=history, time_budget_s=cfg.max_time,
     )
+    if s.dd.is_main:
+        res.save(s.run / RunDir.TRAIN_RESULT)
+    return res
 
 
-__all__ = ["train", "TrainResult", "lr_at", "CheckpointError", "TrainingInterrupted"]
+__all__ = ["train", "train_step", "TrainResult", "RunState", "lr_at", "CheckpointError", "TrainingInterrupted"]

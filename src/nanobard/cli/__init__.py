@@ -1,0 +1,52 @@
+"""Command-line front end: ``nanobard <command>``, one module per command (its flags and its
+handler). The only package that prints.
+
+An error the user can cause (a ``NanobardError``, or a file the OS refuses) ends as one line on
+stderr and a non-zero exit code; any other exception is a bug in nanobard and keeps its
+traceback. Building the parser imports no torch, so ``nanobard --help`` is quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from nanobard.cli import attention, bench, evaluate, export, finetune, generate, run, train
+from nanobard.cli.common import Parser
+from nanobard.errors import NanobardError
+
+COMMANDS = (train, generate, finetune, evaluate, run, attention, export, bench)
+_OS_USER_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="nanobard", description="Build a GPT from scratch, fine-tune a pretrained one, and look inside both.",
+               epilog="Run `nanobard COMMAND --help` for the options of each command.")
+    p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    for command in COMMANDS:
+        command.add(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.handler(args)
+    except NanobardError as e:  # 130: interrupted with a checkpoint written, not an error
+        print(f"nanobard: {'' if e.exit_code == 130 else 'error: '}{e}", file=sys.stderr)
+        return e.exit_code
+    except _OS_USER_ERRORS as e:
+        print(f"nanobard: error: {e.strerror or e}{': ' + str(e.filename) if e.filename else ''}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nanobard: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

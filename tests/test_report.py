@@ -1,0 +1,171 @@
+"""The report rendered from a synthetic study state: sections, escaping, self-containment and the
+explorer's data. ``synthetic_study`` builds the state (used by test_browser.py too)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import torch
+
+from nanobard import plots_interpret as P
+from nanobard.attention import AttentionAnalysis, Causality, findings, head_statistics
+from nanobard.evaluate import Score
+from nanobard.finetune import FinetuneResult, Sample
+from nanobard.report import budget_rows, explorer_data, write_report
+from nanobard.rundir import RunDir
+from nanobard.study import AttentionStudy, CorpusInfo, Headline, Scores, StudyState
+from nanobard.train import TrainResult
+from tests.test_plots import synthetic_headline, synthetic_history, synthetic_interpret
+
+EVIL = "<script>alert(1)</script>"
+ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
+HF = f"tiny-gpt2 {EVIL}"  # a model name is outside text too
+TEXT = f"ROMEO:\nBut soft {EVIL} light"
+# a 1 x 1 PNG: the report embeds whatever figures the run folder has
+PNG_1PX = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d4944415478"
+                        "da63f8cfc0f01f0005000201d1b6a0a00000000049454e44ae426082")
+
+
+def _causal_weights(L: int, H: int, T: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(L, H, T, T, generator=g).masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf"))
+    return scores.softmax(-1)  # [layer, head, T, T], rows sum to 1
+
+
+def _attention(name: str, tokens: list[str], weights: torch.Tensor) -> AttentionAnalysis:
+    L, H, T, _ = weights.shape
+    stats = head_statistics(weights)
+    return AttentionAnalysis(name, L, H, tokens, stats, findings(stats, name), Causality(T, 0.0, "pass", 0.0, "pass"),
+                             2.0, 2.5)
+
+
+def _score(model: str, bpc: float) -> Score:
+    return Score(model, 1500, 1500 if model == "scratch" else 400, bpc * 1500 * math.log(2), 32, 16, 0.5)
+
+
+def _samples(prompts: list[str]) -> list[Sample]:
+    return [Sample(m, s, p, f" {m} continues with {s} {EVIL if m == 'after' else ''}")
+            for p in prompts for s in ("greedy", "top_k", "temperature") for m in ("scratch", "before", "after")]
+
+
+def synthetic_study(out: Path, *, figures: bool = True, heads: bool = True) -> tuple[RunDir, StudyState, Headline]:
+    """A finished study's records in ``out``: a 2-layer x 4-head scratch model, a 6 x 3 pretrained
+    one (the ablation skipped some of its layers), an evil string in the corpus text, a prompt, a
+    sample and the pretrained model's name; attention_weights.pt and, with ``figures``, one 1-pixel
+    PNG per figure name."""
+    run = RunDir(out).ensure()
+    prompts = ["ROMEO:\n", f"{EVIL} "]
+    hf_tokens = ["ROMEO", ":\n", "But", " soft", " <", "script", ">", "alert", "(1)", "</", "script", ">", " light"]
+    w_s, w_h = _causal_weights(2, 4, len(TEXT), 0), _causal_weights(6, 3, len(hf_tokens), 1)
+    torch.save({"scratch": w_s, "pretrained": w_h}, run / RunDir.ATTENTION_WEIGHTS)
+    history = synthetic_history(heads=heads)
+    state = StudyState(
+        corpus=CorpusInfo(f"corpus {EVIL}", 9000, 1000, 1500, 60, prompts, TEXT),
+        scratch=TrainResult(out, 12_000, 40, 10_240, 12.5, 9000.0, 4.2, 2.2, 2.2, 2.1, "time", history, 15.0),
+        finetune=FinetuneResult(out, HF, "a tiny local model", 135_000, 135_000, 6, 768, 30.0, 800.0,
+                                _score("before", 2.3), _score("after", 1.9), synthetic_history(3, heads=False),
+                                [s for s in _samples(prompts) if s.model != "scratch"], 20.0),
+        evaluate=Scores(_score("scratch", 2.6), _score("before", 2.3), _score("after", 1.9), 1500),
+        attention=AttentionStudy(TEXT, _attention("from scratch", list(TEXT), w_s),
+                                 _attention(f"{HF} fine-tuned", hf_tokens, w_h)),
+        interpret=synthetic_interpret(hf_name=HF),
+        samples=_samples(prompts),
+        seconds={"corpus": 0.1, "scratch": 16.2, "finetune": 24.0, "evaluate": 1.0, "attention": 0.5,
+                 "interpret": 3.0, "samples": 2.0, "figures": 4.0},
+    )
+    names = [RunDir.FIG_TRAINING_SCRATCH, RunDir.FIG_TRAINING_HF, RunDir.FIG_COMPARISON,
+             RunDir.FIG_ATTENTION_SCRATCH, RunDir.FIG_ATTENTION_HF, *P.FIG_INDUCTION.values(),
+             *P.FIG_ABLATION.values(), P.FIG_LOGIT_LENS, P.FIG_LOSS_BY_POSITION] + ([P.FIG_HEAD_FORMATION] * heads)
+    for name in names if figures else []:
+        (run / name).write_bytes(PNG_1PX)
+    state.figures = names if figures else []
+    return run, state, synthetic_headline(HF)
+
+
+def _render(tmp_path, **kw) -> tuple[str, RunDir, StudyState]:
+    run, state, head = synthetic_study(tmp_path / "run", **kw)
+    path = write_report(run, state, head, {"python": "3.11", "cpu": f"cpu {EVIL}"})
+    assert path == run / RunDir.REPORT
+    return path.read_text(encoding="utf-8"), run, state
+
+
+def _data_block(html: str) -> str:
+    m = re.search(r'<script type="application/json" id="attn-data">(.*?)</script>', html, re.S)
+    assert m, "no explorer data block"
+    return m.group(1)
+
+
+def test_report_has_every_section_and_embeds_every_figure(tmp_path):
+    html, run, state = _render(tmp_path)
+    for section in ("What was run", "Comparison", "Figures", "Samples", "Attention findings",
+                    "Attention explorer", "Induction heads", "Head ablation", "Logit lens", "Loss by position",
+                    "Head formation", "Causality check", "What this run found"):
+        assert section in html, section
+    assert html.count("data:image/png;base64,") == len(state.figures) == 12
+    for finding in state.interpret.scratch.findings:  # the analyses' own sentences, escaped
+        assert finding.replace("<", "&lt;").replace(">", "&gt;") in html.replace("&#39;", "'")
+    assert re.search(r"strongest induction head, (whose ablation costs [+-]\d\.\d\d bits/char|which was not "
+                     r"ablated)", html)
+    assert "passed half that score" in html  # head formation, from the history's per-head scores
+    assert "2.6000" in html and "1.9000" in html  # bits/char in the comparison table
+    assert html.count('<table class="samples">') == 2  # one per prompt
+    assert "16.2 s" in html and "15 s" in html  # scratch stage: took, and its budget
+
+
+def test_budget_rows_follow_the_stage_order_with_a_total(tmp_path):
+    _, state, _ = synthetic_study(tmp_path, figures=False)
+    rows = budget_rows(state)
+    assert [r[0] for r in rows] == [*state.seconds, "total"]
+    assert rows[1][1] == "15 s" and rows[2][1] == "20 s" and rows[3][1] == "-"
+    assert "40 steps" in rows[1][3] and "2.300 -> 1.900 bits/char" in rows[2][3]
+    assert rows[-1][2] == f"{sum(state.seconds.values()):.1f} s"
+
+
+def test_evil_strings_are_escaped_everywhere(tmp_path):
+    html, _, _ = _render(tmp_path)
+    assert EVIL not in html  # corpus name and text, prompt, sample, model name, machine
+    assert html.count(ESCAPED) >= 6
+    assert "<script>" in html  # the report's own script, exactly once
+    assert html.count("<script>") == 1
+
+
+def test_report_is_self_contained(tmp_path):
+    html, _, _ = _render(tmp_path)
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
+    assert not re.search(r"https?://", html)
+    assert "@import" not in html and "url(" not in html
+
+
+def test_explorer_data_is_escaped_json_with_per_head_scores(tmp_path):
+    html, run, state = _render(tmp_path)
+    block = _data_block(html)
+    assert "<" not in block and ">" not in block and "&" not in block
+    data = json.loads(block)
+    assert data == json.loads(json.dumps(explorer_data(run, state.attention, state.interpret)))
+    assert data["scratch"]["tokens"] == list(TEXT)  # the evil text survives as data, decoded
+    assert EVIL in "".join(data["pretrained"]["tokens"])
+    for key, L, H in (("scratch", 2, 4), ("pretrained", 6, 3)):
+        d = data[key]
+        assert len(d["weights"]) == L and len(d["weights"][0]) == H
+        for name in ("previous_token", "induction", "ablation"):
+            assert len(d["scores"][name]) == L and all(len(row) == H for row in d["scores"][name]), name
+    an = state.interpret.pretrained
+    assert data["pretrained"]["scores"]["induction"][4][2] == round(an.induction.induction[4][2], 3)
+    assert data["pretrained"]["scores"]["ablation"][1] == [None, None, None]  # layer 1 was not ablated
+    assert data["pretrained"]["scores"]["ablation"][3][0] == round(an.ablation.delta_bpc[3][0], 4)
+    prev = {(s.layer, s.head): s.previous_token for s in state.attention.scratch.heads_stats}
+    assert data["scratch"]["scores"]["previous_token"][1][3] == round(prev[1, 3], 3)
+
+
+def test_report_without_interpretability_or_head_scores(tmp_path):
+    run, state, head = synthetic_study(tmp_path / "run", figures=False, heads=False)
+    html = write_report(run, state, head, {}).read_text()
+    assert "fewer than two evaluations" in html  # head formation says why it has no curve
+    state.interpret = None
+    html = write_report(run, state, head, {}).read_text()
+    assert "Induction heads" not in html
+    data = json.loads(_data_block(html))
+    assert data["scratch"]["scores"]["induction"] is None
