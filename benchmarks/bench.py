@@ -87,12 +87,9 @@ def plan(which: list[str], tiny: bool, native_bf16: bool, data: str | None, nano
                 kw = {"preset": preset, "dtype": dt, "steps": 2 if tiny else (5 if preset == "gpu" else 20),
                       "warmup": 1 if tiny else 3}
                 items.append((f"train {preset} {dt}", "train", kw, repeats))
-    if "generate" in which:
-        for cache, dt in ((False, "float32"), (True, "float32"), (True, "bfloat16")):
+    if "generate" in which:  # decoding reads the weights: bfloat16/int8 weights pay on any CPU (hardware.py)
+        for cache, dt in ((False, "float32"), (True, "float32"), (True, "bfloat16"), (True, "int8")):
             label = f"generate 10.7M {'KV cache' if cache else 'no cache'} {dt}"
-            if dt == "bfloat16" and not native_bf16 and not tiny:
-                items.append((label, slow_bf16))
-                continue
             items.append((label, "generate", {"use_cache": cache, "dtype": dt, "new_tokens": 5 if tiny else 500}, repeats))
     if "finetune" in which:
         for mode, loss in (("float32", "hf"), ("float32", "chunked"), ("bfloat16", "hf"), ("bfloat16", "chunked"),
@@ -195,7 +192,7 @@ def ratios(bench: dict[str, Any]) -> str:
         if fast and b:
             lines.append(f"time to {TARGET}: fast {fast:.1f} s / {base} {b:.1f} s = {fast / b:.2f}x")
     gen0 = med("generate 10.7M no cache float32", "tokens_per_s")
-    for dt in ("float32", "bfloat16"):
+    for dt in ("float32", "bfloat16", "int8"):
         g = med(f"generate 10.7M KV cache {dt}", "tokens_per_s")
         if g and gen0:
             lines.append(f"generation, KV cache {dt}: {g:.0f} tokens/s ({g / gen0:.1f}x no cache, {gen0:.0f})")

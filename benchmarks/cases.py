@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}
 
 
 def case_matmul(dtype: str, n: int = 2048, reps: int = 10) -> dict[str, Any]:

@@ -32,6 +32,7 @@ def test_without_native_bfloat16_the_slow_cases_are_skipped_or_shrunk():
     native = {item[0]: item for item in plan(["matmul", "train", "generate", "finetune"], False, True, None, None, 3)}
     emulated = {item[0]: item for item in plan(["matmul", "train", "generate", "finetune"], False, False, None, None, 3)}
     assert native["peak matmul bfloat16"][2]["n"] == 2048 and emulated["peak matmul bfloat16"][2]["n"] == 256
-    for label in ("train gpu bfloat16", "generate 10.7M KV cache bfloat16", "finetune smollm2-135m bfloat16"):
+    for label in ("train gpu bfloat16", "finetune smollm2-135m bfloat16"):
         assert len(native[label]) == 4 and len(emulated[label]) == 2 and "emulated" in emulated[label][1]
+    assert len(emulated["generate 10.7M KV cache bfloat16"]) == 4  # memory-bound decoding gains anyway
     assert len(emulated["train gpu float32"]) == 4

@@ -80,3 +80,13 @@ def test_the_emulation_variables_switch_native_bf16_off():
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("float16", "cpu")
+
+
+def test_generation_precision_follows_the_memory_bound_rule(cpu):
+    from nanobard.hardware import generation_dtype
+
+    cpu(AVX2)  # decoding reads weights: bfloat16 pays even without native bfloat16 arithmetic
+    assert generation_dtype("auto", "cpu") == torch.bfloat16
+    assert generation_dtype("float32", "cpu") == torch.float32 and generation_dtype("int8", "cpu") == torch.int8
+    with pytest.raises(ValueError, match="int8 is for generating on a CPU"):
+        generation_dtype("int8", "meta")

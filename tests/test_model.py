@@ -108,3 +108,36 @@ def test_hf_gpt2_weights_give_identical_logits():
 def test_invalid_model_configs(kw):
     with pytest.raises(ConfigError):
         ModelConfig(**kw)
+
+
+def test_decode_step_equals_the_cached_forward_pass():
+    model = make()
+    idx = torch.randint(0, 17, (1, 12))
+    cache_a, cache_b = model.new_cache(1), model.new_cache(1)
+    model(idx[:, :4], kv_cache=cache_a)
+    model(idx[:, :4], kv_cache=cache_b)
+    with torch.no_grad():
+        for t in range(4, 12):
+            ref = model(idx[:, t : t + 1], kv_cache=cache_a).logits[0, -1]
+            torch.testing.assert_close(model.decode_step(int(idx[0, t]), cache_b), ref, atol=1e-6, rtol=1e-6)
+
+
+def test_int8_weights_track_float32_and_generate():
+    from nanobard.quantize import Int8Linear
+
+    model = make()
+    ids = [1, 2, 3, 4, 5, 6, 7, 8]
+    with torch.inference_mode():
+        ref = model(torch.tensor([ids])).logits[0, -1]
+        dec = ScratchDecoder(model, dtype=torch.int8)
+        dec.start(ids[:3])
+        for t in ids[3:-1]:
+            dec.advance(t)
+        got = dec.advance(ids[-1])
+    assert isinstance(dec.model.transformer.h[0].mlp.c_fc, Int8Linear)
+    assert dec.model.transformer.h[0].mlp.c_fc.weight_int8.dtype == torch.int8
+    assert isinstance(model.transformer.h[0].mlp.c_fc, torch.nn.Linear)  # the decoder quantized a copy
+    torch.testing.assert_close(got.float(), ref, atol=0.08, rtol=0.08)
+    assert not torch.equal(got.float(), ref)
+    out = list(generate_ids(ScratchDecoder(model, dtype=torch.int8), [1], 40, SamplingConfig(seed=1)))
+    assert len(out) == 40

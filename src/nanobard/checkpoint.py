@@ -32,7 +32,7 @@ from nanobard.model import GPT
 from nanobard.tokenizer import CharTokenizer
 
 FORMAT = "nanobard-scratch-v1"
-BEST_NAME = "model_scratch_best.pt"
+BEST_NAME = "model_scratch_best.pt"  # = RunDir.BEST (rundir.py names every file of a run)
 
 
 class CheckpointError(NanobardError, ValueError):

@@ -357,14 +357,14 @@ def findings(
     return out
 
 
-def _best(table: list[list[float | None]]) -> tuple[int, int, float]:
+def strongest_head(table: list[list[float | None]]) -> tuple[int, int, float]:
     """(layer, head, value) of the largest entry of a [layer, head] table."""
     v, i, h = max((v, i, h) for i, row in enumerate(table) for h, v in enumerate(row) if v is not None)
     return i, h, v
 
 
 def _induction_sentence(r: InductionResult) -> str:
-    i, h, s = _best(r.induction)
+    i, h, s = strongest_head(r.induction)
     copies = r.loss_second_nats < 0.5 * r.loss_first_nats
     return (f"{r.model}: the strongest induction head is L{i}H{h} (score {s:.2f}); on random tokens repeated "
             f"twice the loss goes from {r.loss_first_bits:.2f} to {r.loss_second_bits:.2f} bits/token, so the "
@@ -372,7 +372,7 @@ def _induction_sentence(r: InductionResult) -> str:
 
 
 def _ablation_sentence(r: AblationResult) -> str:
-    i, h, cost = _best(r.delta_bpc)
+    i, h, cost = strongest_head(r.delta_bpc)
     n = sum(v is not None for row in r.delta_bpc for v in row)
     big = sum(v is not None and v > 0.01 for row in r.delta_bpc for v in row)
     return (f"{r.model}: {r.method}-ablating L{i}H{h} costs {cost:+.2f} bits/char, the largest of the {n} heads "
@@ -438,6 +438,6 @@ def _settings(lens: Lens, ind: InductionResult, big: bool) -> dict[str, dict[str
         return {"induction": {"batch": 8}, "ablation": {"max_tokens": 1024}, "lens": {"max_tokens": 1024},
                 "positions": {"max_tokens": 8192}}
     L = lens.n_layers
-    layers = set(range(0, L, max(1, L // 5))) | {_best(ind.induction)[0], _best(ind.previous_token)[0]}
+    layers = set(range(0, L, max(1, L // 5))) | {strongest_head(ind.induction)[0], strongest_head(ind.previous_token)[0]}
     return {"induction": {"batch": 4}, "ablation": {"layers": sorted(layers), "max_tokens": 128},
             "lens": {"max_tokens": 128}, "positions": {"max_tokens": 1024}}

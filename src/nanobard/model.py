@@ -20,6 +20,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from nanobard.config import ModelConfig
+from nanobard.hardware import attention_precision
 
 
 def sinusoidal_encoding(block_size: int, n_embd: int) -> torch.Tensor:
@@ -89,10 +90,13 @@ class CausalSelfAttention(nn.Module):
             y = self.attn_dropout(att) @ v  # (B, nh, T, hs)
         else:  # the fast path: same math, fused kernel (flash / memory-efficient where available)
             drop = self.dropout if self.training else 0.0
-            if T == S:
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=self.causal)
-            else:
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+            if q.is_cpu:  # on a CPU, attention runs in float32 (faster there, see hardware.py)
+                q, k, v = q.float(), k.float(), v.float()
+            with attention_precision(q):
+                if T == S:
+                    y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=self.causal)
+                else:
+                    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
         y = y.to(x.dtype).transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
         return self.resid_dropout(self.c_proj(y)), weights
 
@@ -226,6 +230,31 @@ class GPT(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
         return GPTOutput(logits=logits, loss=loss, attentions=attentions)
+
+    @torch.inference_mode()
+    def decode_step(self, token: int, cache: list[KVCache]) -> torch.Tensor:
+        """Logits (V,) for the next token after feeding one ``token`` at the cache's next position:
+        the same math as ``forward`` with a KV cache (batch 1, eval mode), written with functional
+        calls. Generating on a CPU, a small model spends most of each token on dispatching modules
+        and dropout layers that do nothing at inference; this path skips them."""
+        c, t = self.config, self.transformer
+        C, nh = c.n_embd, c.n_head
+        pos = cache[0].pos
+        if pos >= c.block_size:
+            raise ValueError(f"sequence of {pos + 1} tokens exceeds the context length {c.block_size}")
+        x = t["wte"].weight[token] + (t["wpe"].weight[pos] if c.pos_encoding == "learned" else self.pe[pos])
+        x = x.view(1, 1, C)  # (1, 1, C)
+        for block, kv in zip(t["h"], cache):
+            a = block.attn
+            h = F.layer_norm(x, (C,), block.ln_1.weight, block.ln_1.bias)
+            q, k, v = a.c_attn(h).view(1, 1, 3, nh, C // nh).unbind(2)  # 3 x (1, 1, nh, hs)
+            keys, values = kv.append(k.transpose(1, 2), v.transpose(1, 2))  # (1, nh, S, hs)
+            y = F.scaled_dot_product_attention(q.transpose(1, 2).to(keys.dtype), keys, values)  # (1, nh, 1, hs)
+            x = x + a.c_proj(y.to(x.dtype).reshape(1, 1, C))
+            h = F.layer_norm(x, (C,), block.ln_2.weight, block.ln_2.bias)
+            x = x + block.mlp.c_proj(F.gelu(block.mlp.c_fc(h)))  # the linear layers may be Int8Linear (quantize.py)
+        x = F.layer_norm(x, (C,), t["ln_f"].weight, t["ln_f"].bias)
+        return F.linear(x, self.lm_head.weight)[0, 0]  # (V,)
 
     @classmethod
     def from_hf_gpt2(cls, hf_model: nn.Module) -> GPT:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -136,9 +135,8 @@ class Study:
 
         resume = not self.force and (self.run_dir / RunDir.BEFORE).exists()
         cfg = C.resolve(self.ft_cfg, {"prompts": tuple(self.state.corpus.prompts)})
-        res = finetune(cfg, self._corpus(), self.out, resume=resume, progress=self.progress)
-        shutil.rmtree(self.run_dir / RunDir.HF_CHECKPOINTS, ignore_errors=True)  # 1.6 GB of optimizer state
-        return res
+        return finetune(cfg, self._corpus(), self.out, resume=resume, progress=self.progress,
+                        keep_checkpoints=False)  # 1.6 GB of optimizer state
 
     def stage_evaluate(self) -> Scores:
         from nanobard.checkpoint import load_model

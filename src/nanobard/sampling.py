@@ -125,7 +125,11 @@ class ScratchDecoder:
 
     def __init__(self, model: GPT, use_cache: bool = True, dtype: torch.dtype | None = None):
         p = next(model.parameters())
-        if dtype is not None and dtype != p.dtype:
+        if dtype == torch.int8:  # weight-only int8 (quantize.py), CPU only
+            from nanobard.quantize import quantize_int8
+
+            model = quantize_int8(model)
+        elif dtype is not None and dtype != p.dtype:
             model = copy.deepcopy(model).to(dtype)
         self.model, self.use_cache = model, use_cache
         self.device = p.device
@@ -156,7 +160,7 @@ class ScratchDecoder:
             return self._run(self.ids[-self.block:], None)
         if self.cache[0].pos >= self.block:
             return self._refill()
-        return self._run([token], self.cache)
+        return self.model.decode_step(token, self.cache)
 
 
 class HFDecoder:

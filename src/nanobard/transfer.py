@@ -141,7 +141,7 @@ def crossover(
     data: Data, *, fractions: Sequence[float] = (0.01, 0.1, 1.0), budget_s: float, scratch_preset: str = "quick",
     pretrained: str = "smollm2-135m", score_chars: int = 20_000, out_dir: str | os.PathLike,
     scratch_overrides: dict[str, Any] | None = None, finetune_overrides: dict[str, Any] | None = None,
-    progress: bool = False,
+    progress: bool = False, keep_models: bool = False,
 ) -> CrossoverResult:
     """When does transfer learning pay? For each fraction of the training text (its first
     ``fraction * len(train)`` characters), train the from-scratch preset and fine-tune ``pretrained``,
@@ -149,7 +149,8 @@ def crossover(
     characters. The pretrained model is scored once before any fine-tuning (the zero-shot line);
     that score is handed to every fine-tuning run as its "before" instead of scoring it again.
     Overrides change the configs (e.g. a smaller model); the budget stays time. Writes
-    ``crossover.json`` and one folder per run into ``out_dir``."""
+    ``crossover.json`` and one folder per run into ``out_dir`` (the fine-tuned models themselves
+    only with ``keep_models``: 540 MB each for SmolLM2)."""
     if not fractions or any(not 0 < f <= 1 for f in fractions):
         raise ConfigError(f"fractions must be in (0, 1], got {list(fractions)}")
     out = Path(out_dir)
@@ -174,7 +175,10 @@ def crossover(
         (ft_dir / RunDir.BEFORE).write_text(json.dumps({"score": zero.to_dict(), "samples": []}))
         cfg = resolve(FinetuneConfig(pretrained=pretrained, score_chars=score_chars, prompts=()),
                       {**(finetune_overrides or {}), "max_time": budget_s, "train_chars": n})
-        ft = finetune(cfg, part, ft_dir, resume=True, progress=progress)  # resume: reads the "before" above
+        ft = finetune(cfg, part, ft_dir, resume=True, progress=progress,  # resume: reads the "before" above
+                      keep_checkpoints=False)
+        if not keep_models:
+            shutil.rmtree(ft_dir / RunDir.FINETUNED, ignore_errors=True)  # 540 MB each; only the score is needed
         result.points.append(CrossoverPoint(f, n, scratch.bits_per_char, ft.after.bits_per_char, run.steps, ft.steps))
         logger.info("fraction %g: scratch %.3f, fine-tuned %.3f bits/char", f, scratch.bits_per_char,
                     ft.after.bits_per_char)
