@@ -21,7 +21,7 @@ run: $(STAMP)
 	$(BIN)/nanobard run $(ARGS)
 
 test: $(STAMP) chromium
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks notebooks
 	$(BIN)/python -m pytest $(ARGS)
 
 # The report's browser test uses Debian's headless Chromium. Installed when we can (root + apt);
@@ -32,7 +32,7 @@ chromium:
 	  echo "chromium is not installed: the browser test will be skipped"
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks notebooks
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(ARGS)

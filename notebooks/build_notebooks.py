@@ -1515,16 +1515,38 @@ def write(names: list[str]) -> list[Path]:
 
 def execute(paths: list[Path], timeout: int) -> None:
     """Run each notebook at default sizes in the repository root and store its outputs in place."""
+    import time
+
     import nbformat
     from nbclient import NotebookClient
+
+    from nanobard.hardware import cpu_info
 
     os.environ.pop("NANOBARD_NOTEBOOK_TINY", None)  # the stored outputs are the default sizes'
     for path in paths:
         print(f"executing {path.name} ...", flush=True)
         nb = nbformat.read(path, as_version=4)
+        t0 = time.perf_counter()
         NotebookClient(nb, timeout=timeout, kernel_name="python3",
                        resources={"metadata": {"path": str(ROOT)}}).execute()
+        seconds = time.perf_counter() - t0
+        nb.metadata["nanobard"] = {"run_seconds": round(seconds), "cpu": cpu_info().kind, "cores": os.cpu_count(),
+                                   "run": time.strftime("%Y-%m-%d")}
         nbformat.write(nb, path)
+        print(f"  {seconds:.0f} s, {path.stat().st_size / 1e6:.2f} MB", flush=True)
+        render_html(path)
+
+
+def render_html(path: Path) -> Path:
+    """The executed notebook as a standalone HTML page in docs/notebooks/ (readable without Jupyter)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    html, _ = HTMLExporter().from_notebook_node(nbformat.read(path, as_version=4))
+    out = ROOT / "docs" / "notebooks" / f"{path.stem}.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(html, encoding="utf-8")
+    return out
 
 
 def main() -> None:

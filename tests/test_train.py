@@ -37,11 +37,12 @@ def test_training_lowers_loss_and_writes_the_run_folder(tmp_path, tiny_text):
 
 
 def test_a_time_only_budget_is_sized_from_the_measured_speed(tmp_path, tiny_text):
-    res = train(MODEL, tcfg(max_steps=None, max_time=4.0, eval_interval=1000), split_text(tiny_text), tmp_path,
+    res = train(MODEL, tcfg(max_steps=None, max_time=4.0, eval_interval=50), split_text(tiny_text), tmp_path,
                 progress=False)
     cfg = json.loads((tmp_path / "config.json").read_text())
     counters = json.loads(torch.load(tmp_path / "ckpt_last.pt", weights_only=True)["train_state"]["counters"])
     assert counters["horizon"] is not None and counters["horizon"] > 13  # sized after timing steps 3..13
+    assert counters["horizon_refined"]  # and again at the first evaluation after that
     assert res.stopped in ("time", "steps") and res.steps <= counters["horizon"]
     assert res.history[-1].step == res.steps  # the final evaluation, once, at the last step
     assert cfg["budget"] == "time" and res.time_budget_s == 4.0

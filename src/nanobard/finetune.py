@@ -28,7 +28,7 @@ from nanobard.config import SHAKESPEARE_PROMPTS as PROMPTS
 from nanobard.config import ConfigError, FinetuneConfig
 from nanobard.data import CorpusSplit
 from nanobard.evaluate import Score, score_hf
-from nanobard.hardware import pick_device, resolve_precision
+from nanobard.hardware import generation_dtype, pick_device, resolve_precision
 from nanobard.hf_trainer import TimeBudget, metrics_callback, trainer_class
 from nanobard.pretrained import Pretrained, hf_generator, load_pretrained
 from nanobard.rundir import EvalRow, Record, RunDir
@@ -114,10 +114,17 @@ def _score_before(pre: Pretrained, text: str, cfg: FinetuneConfig, out: Path, re
         return Score.from_dict(saved["score"]), [Sample.from_dict(r) for r in saved["samples"]]
     logger.info("scoring %s before fine-tuning on %d validation characters", pre.name, len(text))
     before = score_hf(pre.model, pre.tokenizer, text, f"{pre.name} (before)", progress=progress)
-    samples = make_samples(hf_generator(pre.name, loaded=pre), "before", cfg.sample_tokens, cfg.prompts)
+    samples = make_samples(_sampler(pre), "before", cfg.sample_tokens, cfg.prompts)
     if is_main_process():
         path.write_text(json.dumps({"score": before.to_dict(), "samples": [r.to_dict() for r in samples]}, indent=2))
     return before, samples
+
+
+def _sampler(pre: Pretrained) -> TextGenerator:
+    """Samples come from a bfloat16 copy on a CPU: decoding a 135M model reads every weight once per
+    token, and half the bytes is ~1.7x faster on any CPU (hardware.generation_dtype)."""
+    device = next(pre.model.parameters()).device
+    return hf_generator(pre.name, loaded=pre, dtype=generation_dtype("auto", device) if device.type == "cpu" else None)
 
 
 def tokenize_blocks(tok: Any, chunks: Iterator[str], block_size: int, max_tokens: int | None = None) -> BlockDataset:
@@ -271,8 +278,7 @@ def finetune(
     logger.info("scoring the fine-tuned model")
     after = score_hf(model, pre.tokenizer, score_text, f"{pre.name} (after)", progress=progress)
     after_pre = Pretrained(model=model, tokenizer=pre.tokenizer, name=str(final_dir), reason="fine-tuned")
-    samples = samples_before + make_samples(hf_generator(after_pre.name, loaded=after_pre), "after",
-                                            cfg.sample_tokens, cfg.prompts)
+    samples = samples_before + make_samples(_sampler(after_pre), "after", cfg.sample_tokens, cfg.prompts)
     session_tokens = (steps - (steps_before or 0)) * tokens_per_step
     res = FinetuneResult(
         out_dir=out, model_name=pre.name, reason=pre.reason, num_params=pre.num_params, trainable_params=trainable,

@@ -13,6 +13,7 @@ Remote code is never trusted (``trust_remote_code=False`` everywhere).
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shutil
@@ -210,10 +211,13 @@ def hf_generator(
     path_or_name: str | os.PathLike, device: str = "cpu", loaded: Pretrained | None = None,
     dtype: torch.dtype | None = None,
 ) -> TextGenerator:
+    """A TextGenerator for a Hugging Face causal LM. ``dtype`` (e.g. torch.bfloat16, see
+    hardware.generation_dtype) runs a copy of the weights in that precision; the model given in
+    ``loaded`` is left as it is (it may be trained next)."""
     pre = loaded or load_pretrained(str(path_or_name), device)
     tok, model = pre.tokenizer, pre.model
-    if dtype is not None:
-        model = model.to(dtype)
+    if dtype is not None and dtype != next(model.parameters()).dtype:
+        model = (copy.deepcopy(model) if loaded is not None else model).to(dtype)
     model.eval()
     stop = {tok.eos_token_id} if tok.eos_token_id is not None else None
     return TextGenerator(

@@ -82,7 +82,8 @@ class RunState(Record):
     best_val: float = math.inf
     bad_evals: int = 0  # evaluations since the best one
     first_val: float | None = None
-    horizon: int | None = None  # steps a time-only budget was sized to (see size_steps)
+    horizon: int | None = None  # steps a time-only budget was sized to (see Clock.size_steps)
+    horizon_refined: bool = False  # re-sized at the first evaluation after sizing (Clock.refine)
 
 
 def lr_at(step: int, cfg: TrainConfig, horizon: int | None, time_fraction: float) -> float:
@@ -143,22 +144,36 @@ class Clock:
     t0: float = field(default_factory=time.perf_counter)
     stamps: list[float] = field(default_factory=list)
     eval_s: float = 0.0  # the last evaluation's duration
+    sized_at: tuple[int, float] = (0, 0.0)  # (step, elapsed) when the horizon was first sized
 
     def elapsed(self) -> float:
         return self.before_s + time.perf_counter() - self.t0
 
     def size_steps(self, step: int, cfg: TrainConfig) -> int | None:
         """With only a time budget: once a few steps are timed, the step count that fills the
-        budget, evaluations included (None until then). Fixing it once keeps the LR schedule a
-        function of the step, so a resumed run follows the same schedule."""
+        budget, evaluations included (None until then). The LR schedule stays a function of the
+        step (the horizon is saved in RunState), so a resumed run follows the same schedule."""
         self.stamps.append(time.perf_counter())
         first, last = CALIBRATION_STEPS
         if len(self.stamps) != last + 1:
             return None
         per_step = (self.stamps[last] - self.stamps[first]) / (last - first)
+        self.sized_at = (step, self.elapsed())
+        return self._fit(step, per_step, cfg, "measured")
+
+    def refine(self, step: int, cfg: TrainConfig, eval_s: float) -> int:
+        """At the first evaluation after sizing: the horizon again, from the steps timed since and
+        that evaluation's real cost (the first steps and the step-0 evaluation run slower, so the
+        first estimate leaves time unused)."""
+        sized_step, sized_elapsed = self.sized_at
+        per_step = (self.elapsed() - eval_s - sized_elapsed) / max(1, step - sized_step)
+        self.eval_s = eval_s
+        return self._fit(step, per_step, cfg, "refined")
+
+    def _fit(self, step: int, per_step: float, cfg: TrainConfig, how: str) -> int:
         left = max(0.0, cfg.max_time - self.elapsed())
         horizon = step + int(left / (per_step + self.eval_s / cfg.eval_interval))
-        logger.info("measured %.1f ms/step: %d steps fit the %.0f s budget", per_step * 1e3, horizon, cfg.max_time)
+        logger.info("%s %.1f ms/step: %d steps fit the %.0f s budget", how, per_step * 1e3, horizon, cfg.max_time)
         return horizon
 
 
@@ -405,6 +420,9 @@ def train(
                 history.append(row)
                 _record(s, state, row)
                 evaluated, clock.eval_s = state.step, time.perf_counter() - t_eval
+                if budget_kind == "time" and clock.sized_at[0] and not state.horizon_refined and not stopped:
+                    horizon = state.horizon = bar.total = clock.refine(state.step, cfg, clock.eval_s)
+                    state.horizon_refined = True  # saved with the next checkpoint
                 stopped = stopped or _stop_after_eval(cfg, state, row)
                 bar.set_postfix(loss=f"{row.train_loss:.3f}", val=f"{row.val_loss:.3f}", refresh=False)
             if stopped:
