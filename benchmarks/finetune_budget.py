@@ -20,6 +20,9 @@ VARIANTS = {
     "block64": {"block_size": 64, "batch_size": 16},  # the same tokens per step in shorter blocks
     "lora": {"lora_r": 8, "lr": 1e-3},  # LoRA rank 8 on every linear layer (a higher lr, as usual for LoRA)
     "lora16": {"lora_r": 16, "lr": 1e-3},
+    # a budget of ~10 steps leaves the defaults (lr 1e-4, 6 warmup steps) little room to move:
+    "full-hi": {"lr": 3e-4, "warmup_steps": 2},  # full fine-tuning, short warmup, higher lr
+    "lora-hi": {"lora_r": 8, "lr": 3e-3, "warmup_steps": 2},
 }
 
 

@@ -111,7 +111,7 @@ OUT.mkdir(parents=True, exist_ok=True)
 
 Attention only shows something once a model has learned. So we first train a small one: the
 `fast` preset, nanoGPT's CPU "baby" model (4 layers, 4 heads, 128-dimensional vectors, a context
-of 64 characters) for 450 steps, about 30 seconds. How that training works is the subject of
+of 64 characters) for 380 steps, about 30 seconds. How that training works is the subject of
 `02_training.ipynb`; here we only use the result.
 '''),
     code(r'''
@@ -629,22 +629,28 @@ around or blow up. The best value is usually just below the largest rate that st
 smoothly. A short sweep is biased toward larger rates (a long run has time to make up for a slow
 start), so after choosing, confirm with a full-length run.
 
-**How nanobard's presets were chosen.** The `fast` and `cpu-10min` presets (`src/nanobard/config.py`)
-came from measurements on a 2-core CPU, recorded in `benchmarks/README.md`, not from guesses:
+**How nanobard's presets were chosen.** The `quick`, `fast` and `cpu-10min` presets
+(`src/nanobard/config.py`) came from measurements on 2-core CPUs of both kinds (AVX-512 BF16, and
+AVX2 without native bfloat16), recorded in `benchmarks/README.md`, not from guesses:
 
+- `quick` asks: what do 75 s buy the 0.8M-parameter model of the default study? Muon at lr 1e-2
+  reached validation loss 1.674 where AdamW at lr 2e-3 reached 2.026 (AVX-512 BF16; 1.722 against
+  2.164 on AVX2).
 - `fast` asks: what reaches nanoGPT's baby-config validation loss (1.886 on tiny Shakespeare) in
   the least wall time? Timed runs of batch sizes and learning rates with AdamW found batch 16,
-  lr 4e-3 best (40.1 s); switching the block matrices to the Muon optimizer at lr 1e-2 with a
-  450-step schedule got there in 26.2 s (3 runs each).
+  lr 4e-3 best; switching the block matrices to the Muon optimizer, then re-tuning on both CPU
+  kinds, gave lr 1.4e-2, 30 warmup steps and a 380-step schedule (times against nanoGPT in
+  `benchmarks/README.md`).
 - `cpu-10min` asks: what is the lowest validation loss ten minutes buy? A wider model (4 layers ×
-  192, context 128), Muon, its cosine stretched over 2,500 steps and weight decay 0.3 reached 1.499
-  (AdamW's best in ten minutes: 1.543). Dropout, `torch.compile` and the tanh approximation of GELU
-  were measured and dropped. Re-scored on 200 validation batches × 3 seeds, the two best settings
-  were within noise of each other — step 4 above.
+  192, context 128), Muon and weight decay 0.3 (AdamW's best in ten minutes: 1.543). Dropout,
+  `torch.compile` and the tanh approximation of GELU were measured and dropped. A cosine over a
+  fixed 2,500 steps left a slower CPU with its learning rate still high when time ran out, so the
+  schedule is now sized to the 570 s budget from the speed of the first steps. Re-scored on 200
+  validation batches × 3 seeds, the best settings were within noise of each other — step 4 above.
 '''),
     code(r'''
 default_model, default_train = asdict(ModelConfig()), asdict(TrainConfig())
-for name in ("baby", "fast", "cpu-10min"):
+for name in ("quick", "baby", "fast", "cpu-10min"):
     p = PRESETS[name]
     print(f"{name}: {p.description}")
     print("   model:", {k: v for k, v in asdict(p.model).items() if v != default_model[k]})
@@ -1195,7 +1201,7 @@ OUT.mkdir(parents=True, exist_ok=True)
 
 ''' + SHOW + LOAD_DATA),
     md(r'''
-The two models: the `fast` preset trained from scratch for 450 steps (about 30 s; see
+The two models: the `fast` preset trained from scratch for 380 steps (about 30 s; see
 `02_training.ipynb`), and SmolLM2-135M as it was pretrained. The pretrained model is loaded with
 `attn="eager"`: the fused attention kernels that make it fast never form the weight matrix, so
 only the explicit ("eager") path can return it.

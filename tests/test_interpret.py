@@ -12,17 +12,15 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from nanobard.analysis import Analysis, _settings, analyse
 from nanobard.config import ModelConfig
 from nanobard.interpret import (
     AblationResult,
-    Analysis,
     InductionResult,
     InterpretError,
     LogitLensResult,
     PositionLoss,
-    _settings,
     _spread,
-    analyse,
     attention_text,
     corpus_prompts,
     findings,

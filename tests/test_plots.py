@@ -10,9 +10,9 @@ import pytest
 
 from nanobard import plots
 from nanobard import plots_interpret as P
+from nanobard.analysis import Analysis
 from nanobard.interpret import (
     AblationResult,
-    Analysis,
     InductionResult,
     LogitLensResult,
     PositionLoss,
@@ -117,7 +117,7 @@ def test_head_formation_skips_rows_without_heads(tmp_path):
 
 @pytest.mark.parametrize("heads", [True, False])
 def test_interpretability_figures_names_every_file(tmp_path, heads):
-    made = plots.interpretability_figures(synthetic_interpret(), synthetic_history(heads=heads), tmp_path)
+    made = P.interpretability_figures(synthetic_interpret(), synthetic_history(heads=heads), tmp_path)
     expected = {*P.FIG_INDUCTION.values(), *P.FIG_ABLATION.values(), P.FIG_LOGIT_LENS, P.FIG_LOSS_BY_POSITION}
     if heads:
         expected.add(P.FIG_HEAD_FORMATION)

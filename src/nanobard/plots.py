@@ -16,7 +16,7 @@ import torch  # noqa: E402
 from nanobard.rundir import EvalRow  # noqa: E402
 
 if TYPE_CHECKING:
-    from nanobard.study import Headline, InterpretStudy
+    from nanobard.study import Headline
 
 DPI = 110
 
@@ -143,26 +143,6 @@ def attention_heads(
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.7, label="attention weight")
     fig.suptitle(title, fontsize=12)
     return _save(fig, path)
-
-
-def interpretability_figures(interp: InterpretStudy, history: list[EvalRow], out_dir: str | os.PathLike,
-                             ) -> list[Path]:
-    """Every interpretability figure of a study (names in ``plots_interpret``): induction heads and
-    head ablation per model, the logit lens and loss by position of all models on one axis each
-    (the pretrained model before fine-tuning too, when analysed), and head formation from the
-    per-head scores in the from-scratch training ``history`` (left out when it has none)."""
-    from nanobard import plots_interpret as P
-
-    out = Path(out_dir)
-    made = []
-    for track, a in (("scratch", interp.scratch), ("pretrained", interp.pretrained)):
-        made.append(P.induction_heads(a.induction, out / P.FIG_INDUCTION[track]))
-        made.append(P.head_ablation(a.ablation, out / P.FIG_ABLATION[track]))
-    models = [a for a in (interp.scratch, interp.pretrained_before, interp.pretrained) if a is not None]
-    made.append(P.logit_lens([a.lens for a in models], out / P.FIG_LOGIT_LENS))
-    made.append(P.loss_by_position([a.positions for a in models], out / P.FIG_LOSS_BY_POSITION))
-    formed = P.head_formation(history, out / P.FIG_HEAD_FORMATION)
-    return made + ([formed] if formed else [])
 
 
 def _label(token: str) -> str:

@@ -2,7 +2,7 @@
 
 Per-head tables are drawn as heatmaps ``# [layer, head]`` (layers down, heads across). Losses on
 text are in bits per character, so the character model and a BPE model share one axis.
-``plots.interpretability_figures`` draws all of them for a study.
+``interpretability_figures`` draws all of them for a study.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.patches import Rectangle
@@ -19,6 +19,9 @@ from matplotlib.ticker import FuncFormatter
 from nanobard.interpret import AblationResult, InductionResult, LogitLensResult, PositionLoss
 from nanobard.plots import _save, plt
 from nanobard.rundir import EvalRow
+
+if TYPE_CHECKING:
+    from nanobard.study import InterpretStudy
 
 FIG_INDUCTION = {"scratch": "induction_heads_scratch.png", "pretrained": "induction_heads_pretrained.png"}
 FIG_ABLATION = {"scratch": "head_ablation_scratch.png", "pretrained": "head_ablation_pretrained.png"}
@@ -207,3 +210,21 @@ def _formation_panel(ax: Any, tokens: list[int], tables: list[np.ndarray], name:
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     ax.legend(handles[::-1], labels[::-1], loc="upper left", fontsize=8)  # strongest first
+
+
+def interpretability_figures(interp: InterpretStudy, history: list[EvalRow], out_dir: str | os.PathLike,
+                             ) -> list[Path]:
+    """Every interpretability figure of a study (names in ``plots_interpret``): induction heads and
+    head ablation per model, the logit lens and loss by position of all models on one axis each
+    (the pretrained model before fine-tuning too, when analysed), and head formation from the
+    per-head scores in the from-scratch training ``history`` (left out when it has none)."""
+    out = Path(out_dir)
+    made = []
+    for track, a in (("scratch", interp.scratch), ("pretrained", interp.pretrained)):
+        made.append(induction_heads(a.induction, out / FIG_INDUCTION[track]))
+        made.append(head_ablation(a.ablation, out / FIG_ABLATION[track]))
+    models = [a for a in (interp.scratch, interp.pretrained_before, interp.pretrained) if a is not None]
+    made.append(logit_lens([a.lens for a in models], out / FIG_LOGIT_LENS))
+    made.append(loss_by_position([a.positions for a in models], out / FIG_LOSS_BY_POSITION))
+    formed = head_formation(history, out / FIG_HEAD_FORMATION)
+    return made + ([formed] if formed else [])

@@ -20,7 +20,7 @@ from markupsafe import Markup
 
 from nanobard import interpret
 from nanobard import plots_interpret as P
-from nanobard.interpret import Analysis
+from nanobard.analysis import Analysis
 from nanobard.rundir import EvalRow, RunDir
 from nanobard.study import STAGES, AttentionStudy, Headline, InterpretStudy, StudyState
 

@@ -49,8 +49,8 @@ def interpret_stage(run: RunDir, state: StudyState, corpus: TokenCorpus, base_mo
     """Induction heads, head ablation, the logit lens and loss by position for the from-scratch
     model and for the pretrained model after and before fine-tuning, on the same validation text
     (the characters the from-scratch vocabulary has, so both read the same slice)."""
+    from nanobard.analysis import analyse
     from nanobard.checkpoint import load_model
-    from nanobard.interpret import analyse
     from nanobard.lens import make_lens
     from nanobard.pretrained import load_pretrained
     from nanobard.study import InterpretStudy
@@ -72,7 +72,7 @@ def interpret_stage(run: RunDir, state: StudyState, corpus: TokenCorpus, base_mo
 
 def figures_stage(run: RunDir, state: StudyState, head: Headline) -> list[str]:
     """Every figure of the study as a PNG in the run folder; returns their file names."""
-    from nanobard import plots
+    from nanobard import plots, plots_interpret
 
     s, f, a = state.scratch, state.finetune, state.attention
     made = [
@@ -91,5 +91,5 @@ def figures_stage(run: RunDir, state: StudyState, head: Headline) -> list[str]:
         made.append(plots.attention_heads(w[key], analysis.tokens, layer,
                                           f"{analysis.model}: {shown} of layer {layer} (the layer of its strongest "
                                           "previous-token head)", run / fig))
-    made += plots.interpretability_figures(state.interpret, s.history, run.path)
+    made += plots_interpret.interpretability_figures(state.interpret, s.history, run.path)
     return [p.name for p in made]

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nanobard.analysis import Analysis
 from nanobard.attention import AttentionAnalysis
 from nanobard.evaluate import Score
 from nanobard.finetune import FinetuneResult, Sample
-from nanobard.interpret import Analysis
 from nanobard.rundir import Record
 from nanobard.train import TrainResult
 

@@ -24,7 +24,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--scratch-time", type=C.parse_duration, default=None, help="from-scratch time budget, e.g. 2m")
     r.add_argument("--finetune-steps", type=int, default=None, help="fine-tuning step budget (replaces its time budget)")
     r.add_argument("--finetune-time", type=C.parse_duration, default=None, help="fine-tuning time budget, e.g. 2m")
-    r.add_argument("--lora-r", type=int, default=None, help="fine-tune with LoRA of this rank (merged on save)")
+    r.add_argument("--lora-r", type=int, default=None, help="LoRA rank of the fine-tuning (merged on save); 0 = full fine-tuning (the CPU study presets use 8)")
     r.add_argument("--score-chars", type=int, default=None, help="validation characters to score (0 = all)")
     r.add_argument("--prompt", action="append", default=None, metavar="TEXT",
                    help="a sample prompt (repeat for several); default: Shakespeare prompts for Shakespeare, "
