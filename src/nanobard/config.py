@@ -304,7 +304,9 @@ class StudyPreset:
 # LoRA rank 8 at lr 3e-3: in the same 75 s it takes ~1.5x the steps of full fine-tuning and ends lower
 # on both CPU kinds (benchmarks/finetune_budget.py: 1.544 vs 1.561 bits/char with AVX-512 BF16,
 # 1.542 vs 1.590 without).
-_CPU_FINETUNE = FinetuneConfig(max_steps=None, max_time=75.0, eval_interval=20, score_chars=20_000, sample_tokens=60,
+# Samples: 3 prompts x 3 strategies x 40 tokens, before and after (720 tokens decoded by a 135M model,
+# a large part of the stage's time beyond training on a CPU).
+_CPU_FINETUNE = FinetuneConfig(max_steps=None, max_time=75.0, eval_interval=20, score_chars=20_000, sample_tokens=40,
                                lora_r=8, lr=3e-3, warmup_steps=2)
 
 STUDY_PRESETS: dict[str, StudyPreset] = {
