@@ -14,7 +14,7 @@ from nanobard import plots_interpret as P
 from nanobard.attention import AttentionAnalysis, Causality, findings, head_statistics
 from nanobard.evaluate import Score
 from nanobard.finetune import FinetuneResult, Sample
-from nanobard.report import budget_rows, explorer_data, write_report
+from nanobard.report import budget_rows, explorer_data, formation_found, write_report
 from nanobard.rundir import RunDir
 from nanobard.study import AttentionStudy, CorpusInfo, Headline, Scores, StudyState
 from nanobard.train import TrainResult
@@ -169,3 +169,15 @@ def test_report_without_interpretability_or_head_scores(tmp_path):
     assert "Induction heads" not in html
     data = json.loads(_data_block(html))
     assert data["scratch"]["scores"]["induction"] is None
+
+
+def test_formation_says_so_when_no_head_formed():
+    from tests.test_plots import synthetic_history
+
+    rows = synthetic_history()
+    for r in rows:  # no induction head ever forms: every score stays at random-init level
+        r.heads["induction"] = [[0.01 for _ in row] for row in r.heads["induction"]]
+    said = formation_found(rows)
+    assert any(line.startswith("No induction head formed: the strongest at the end, L") for line in said)
+    assert any("previous-token head at the end" in line and "passed half that score" in line for line in said)
+    assert not any("induction head at the end" in line for line in said)

@@ -235,6 +235,9 @@ def positions_found(interp: InterpretStudy) -> list[str]:
         positions=interp.pretrained.positions) + out
 
 
+FORMED = 0.2  # a head scoring below this at the end of training has not taken up the behaviour
+
+
 def formation_found(history: list[EvalRow]) -> list[str]:
     """When the from-scratch model's strongest heads formed, and whether that lines up with the
     largest drop of the validation loss."""
@@ -247,6 +250,10 @@ def formation_found(history: list[EvalRow]) -> list[str]:
     out = []
     for key, kind in (("previous_token", "previous-token"), ("induction", "induction")):
         final, i, h = _heads(rows[-1].heads[key])[0]
+        if final < FORMED:
+            out.append(f"No {kind} head formed: the strongest at the end, L{i}H{h}, scores {final:.2f} (a head "
+                       f"that does this job scores near 1)")
+            continue
         first = next(r for r in rows if r.heads[key][i][h] >= final / 2)
         when = ("already at the first evaluation" if first is rows[0] else
                 f"by {first.tokens:,} tokens seen, when the validation loss was {first.val_loss:.2f} nats/token")
