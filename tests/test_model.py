@@ -63,16 +63,21 @@ def test_kv_cache_matches_full_forward_and_uncached_generation():
         assert cached == uncached and len(cached) == 13
 
 
-def test_bfloat16_decoder_tracks_float32_and_leaves_the_model_alone():
-    model = make()
-    ids = [1, 2, 3, 4, 5, 6]
+def _last_logits(model, ids: list[int], dtype: torch.dtype):
+    """(the float32 model's last logits, a decoder in ``dtype``, its logits after feeding ``ids``
+    three at the start and then one at a time)."""
     with torch.inference_mode():
         ref = model(torch.tensor([ids])).logits[0, -1]
-        dec = ScratchDecoder(model, dtype=torch.bfloat16)
+        dec = ScratchDecoder(model, dtype=dtype)
         dec.start(ids[:3])
         for t in ids[3:-1]:
             dec.advance(t)
-        got = dec.advance(ids[-1])
+        return ref, dec, dec.advance(ids[-1])
+
+
+def test_bfloat16_decoder_tracks_float32_and_leaves_the_model_alone():
+    model = make()
+    ref, dec, got = _last_logits(model, [1, 2, 3, 4, 5, 6], torch.bfloat16)
     assert next(model.parameters()).dtype == torch.float32  # the decoder ran a copy
     assert next(dec.model.parameters()).dtype == torch.bfloat16 and dec.cache[0].k.dtype == torch.float32
     assert got.dtype == torch.bfloat16
@@ -126,14 +131,7 @@ def test_int8_weights_track_float32_and_generate():
     from nanobard.quantize import Int8Linear
 
     model = make()
-    ids = [1, 2, 3, 4, 5, 6, 7, 8]
-    with torch.inference_mode():
-        ref = model(torch.tensor([ids])).logits[0, -1]
-        dec = ScratchDecoder(model, dtype=torch.int8)
-        dec.start(ids[:3])
-        for t in ids[3:-1]:
-            dec.advance(t)
-        got = dec.advance(ids[-1])
+    ref, dec, got = _last_logits(model, [1, 2, 3, 4, 5, 6, 7, 8], torch.int8)
     assert isinstance(dec.model.transformer.h[0].mlp.c_fc, Int8Linear)
     assert dec.model.transformer.h[0].mlp.c_fc.weight_int8.dtype == torch.int8
     assert isinstance(model.transformer.h[0].mlp.c_fc, torch.nn.Linear)  # the decoder quantized a copy

@@ -121,8 +121,8 @@ def _score_before(pre: Pretrained, text: str, cfg: FinetuneConfig, out: Path, re
 
 
 def _sampler(pre: Pretrained) -> TextGenerator:
-    """Samples come from a bfloat16 copy on a CPU: decoding a 135M model reads every weight once per
-    token, and half the bytes is ~1.7x faster on any CPU (hardware.generation_dtype)."""
+    """Samples come from a bfloat16 copy on a CPU: decoding reads every weight once per token, and
+    half the bytes is faster on both CPU kinds measured (hardware.generation_dtype; benchmarks/README.md)."""
     device = next(pre.model.parameters()).device
     return hf_generator(pre.name, loaded=pre, dtype=generation_dtype("auto", device) if device.type == "cpu" else None)
 
