@@ -12,6 +12,10 @@ would take minutes on a CPU without native bfloat16 are shrunk (matmul) or skipp
 generation and fine-tuning in bfloat16), and the table says so.
 
 Utilisation = achieved GFLOP/s / measured peak matmul GFLOP/s of the same dtype (see cases.py).
+
+``--device cuda`` (or ``mps``) runs the matmul, training, generation and fine-tuning cases on that
+device (``auto``: the one nanobard would pick); int8 generation is a CPU path and is skipped there.
+The time-to-loss and 10-minute cases compare CPU configurations and always run on the CPU.
 """
 
 from __future__ import annotations
@@ -36,10 +40,11 @@ SCRATCH_CONFIGS = ("baby", "quick", "gpu")
 TARGET = 1.886  # nanoGPT's baby-config validation loss after 2,000 steps
 
 
-def machine(env: dict[str, str]) -> dict[str, Any]:
+def machine(env: dict[str, str], device: str = "cpu") -> dict[str, Any]:
     """hardware.describe() as a process with ``env`` sees it (emulation included)."""
-    code = "import json; from nanobard.hardware import describe; print(json.dumps(describe()))"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    code = ("import json, sys; from nanobard.hardware import describe, pick_device; "
+            "print(json.dumps(describe(pick_device(sys.argv[1]))))")
+    out = subprocess.run([sys.executable, "-c", code, device], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
 
@@ -71,27 +76,34 @@ def _case_main(name: str, kwargs: str) -> None:
 
 
 def plan(which: list[str], tiny: bool, native_bf16: bool, data: str | None, nanogpt: str | None,
-         repeats: int) -> list[tuple[str, str, dict[str, Any], int] | tuple[str, str]]:
-    """(label, case, kwargs, repeats) per case to run, or (label, why) for a case skipped here."""
+         repeats: int, device: str = "cpu") -> list[tuple[str, str, dict[str, Any], int] | tuple[str, str]]:
+    """(label, case, kwargs, repeats) per case to run, or (label, why) for a case skipped here.
+    ``device``: where the matmul, train, generate and finetune cases run (a torch device string)."""
     items: list[Any] = []
-    slow_bf16 = "skipped: bfloat16 is emulated on this CPU (tens of times slower than float32)"
+    slow_bf16 = f"skipped: bfloat16 is emulated on this {'CPU' if device == 'cpu' else device} (tens of times slower than float32)"
+    on = {} if device == "cpu" else {"device": device}
+    big = 2048 if device == "cpu" else 8192
     if "matmul" in which:
-        items.append(("peak matmul float32", "matmul", {"dtype": "float32", "n": 256 if tiny else 2048}, repeats))
-        n, reps = (256, 10) if tiny or not native_bf16 else (2048, 10)
-        items.append(("peak matmul bfloat16", "matmul", {"dtype": "bfloat16", "n": n, "reps": reps}, repeats))
+        items.append(("peak matmul float32", "matmul", {"dtype": "float32", "n": 256 if tiny else big, **on}, repeats))
+        n, reps = (256, 10) if tiny or not native_bf16 else (big, 10)
+        items.append(("peak matmul bfloat16", "matmul", {"dtype": "bfloat16", "n": n, "reps": reps, **on}, repeats))
     if "train" in which:
         for preset in ("baby",) if tiny else SCRATCH_CONFIGS:
             for dt in ("float32", "bfloat16"):
                 if dt == "bfloat16" and not native_bf16 and not tiny:
                     items.append((f"train {preset} {dt}", slow_bf16))
                     continue
-                kw = {"preset": preset, "dtype": dt, "steps": 2 if tiny else (5 if preset == "gpu" else 20),
-                      "warmup": 1 if tiny else 3}
+                kw = {"preset": preset, "dtype": dt, "steps": 2 if tiny else (5 if preset == "gpu" and device == "cpu" else 20),
+                      "warmup": 1 if tiny else 3, **on}
                 items.append((f"train {preset} {dt}", "train", kw, repeats))
     if "generate" in which:  # decoding reads the weights: bfloat16/int8 weights pay on any CPU (hardware.py)
         for cache, dt in ((False, "float32"), (True, "float32"), (True, "bfloat16"), (True, "int8")):
             label = f"generate 10.7M {'KV cache' if cache else 'no cache'} {dt}"
-            items.append((label, "generate", {"use_cache": cache, "dtype": dt, "new_tokens": 5 if tiny else 500}, repeats))
+            if dt == "int8" and device != "cpu":
+                items.append((label, "skipped: weight-only int8 is a CPU path"))
+                continue
+            items.append((label, "generate", {"use_cache": cache, "dtype": dt, "new_tokens": 5 if tiny else 500, **on},
+                          repeats))
     if "finetune" in which:
         for mode, loss in (("float32", "hf"), ("float32", "chunked"), ("bfloat16", "hf"), ("bfloat16", "chunked"),
                            ("lora", "chunked")):
@@ -99,7 +111,7 @@ def plan(which: list[str], tiny: bool, native_bf16: bool, data: str | None, nano
             if mode == "bfloat16" and not native_bf16:
                 items.append((label, slow_bf16))
                 continue
-            items.append((label, "finetune", {"mode": mode, "loss": loss, "steps": 1 if tiny else 3},
+            items.append((label, "finetune", {"mode": mode, "loss": loss, "steps": 1 if tiny else 3, **on},
                           1 if tiny else repeats))
     if "time_to_loss" in which or "ten_minutes" in which:
         if not data:
@@ -121,14 +133,14 @@ def plan(which: list[str], tiny: bool, native_bf16: bool, data: str | None, nano
 
 
 def run_benchmarks(which: list[str], repeats: int = 3, tiny: bool = False, data: str | None = None,
-                   emulate: str | None = None, nanogpt: str | None = None) -> dict[str, Any]:
+                   emulate: str | None = None, nanogpt: str | None = None, device: str = "cpu") -> dict[str, Any]:
     """Run the named groups. ``tiny`` checks the harness only (seconds). Returns {"meta", "results"}."""
     from nanobard.hardware import emulation_env
 
     env = {**os.environ, **(emulation_env(emulate) if emulate else {})}
-    meta = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "emulate": emulate, **machine(env)}
+    meta = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "emulate": emulate, **machine(env, device)}
     results = []
-    for item in plan(which, tiny, meta["native_bf16"], data, nanogpt, repeats):
+    for item in plan(which, tiny, meta["native_bf16"], data, nanogpt, repeats, meta["device"]):
         if len(item) == 2:
             results.append({"label": item[0], "case": "skipped", "skipped": item[1]})
             continue
@@ -153,7 +165,7 @@ def table(bench: dict[str, Any]) -> str:
     cpu = m["cpu"]
     head = (f"{cpu['model']}: {cpu['kind']}{' (emulated with --emulate ' + m['emulate'] + ')' if m.get('emulate') else ''}, "
             f"torch capability {cpu['capability']}, flags {' '.join(cpu['flags'])}, {cpu['threads']} threads, "
-            f"torch {m['torch']}, {m['time']}")
+            f"torch {m['torch']}, {m['time']}" + (f"\non {m['device']}: {m['gpu']}" if m.get("gpu") else ""))
     results = bench["results"]
     peaks = {r["args"]["dtype"]: r["gflops"]["median"] for r in results if r["case"] == "matmul"}
     lines = [head, f"{'benchmark':<44} {'median':>14} {'min-max':>21} {'util':>6} {'peak RSS':>9}"]
@@ -224,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", metavar="PATH", help="tiny Shakespeare for time-to-loss (or NANOBARD_TINYSHAKESPEARE)")
     ap.add_argument("--emulate", choices=["avx2"], help="run every case as on a CPU without AVX-512 (see above)")
     ap.add_argument("--nanogpt", metavar="DIR", help="a nanoGPT checkout: time its baby config alongside ours")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu (default), cuda, mps or auto: where the matmul/train/generate/finetune cases run")
     ap.add_argument("--out", default="bench_results", help="folder for the JSON results")
     ap.add_argument("--case", nargs=2, metavar=("NAME", "JSON"), help=argparse.SUPPRESS)  # one case, in a subprocess
     args = ap.parse_args(argv)
@@ -239,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         from nanobard.data import tiny_shakespeare_path
 
         data = str(tiny_shakespeare_path())
-    bench = run_benchmarks(which, args.repeats, args.tiny, data, args.emulate, args.nanogpt)
+    bench = run_benchmarks(which, args.repeats, args.tiny, data, args.emulate, args.nanogpt, args.device)
     path = write_results(bench, args.out)
     print(table(bench), ratios(bench), f"results: {path}", sep="\n\n")
     return 0

@@ -24,16 +24,31 @@ import torch
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}
 
 
-def case_matmul(dtype: str, n: int = 2048, reps: int = 10) -> dict[str, Any]:
-    a, b = torch.randn(n, n, dtype=DTYPES[dtype]), torch.randn(n, n, dtype=DTYPES[dtype])
+def _clock(device: torch.device) -> float:
+    """perf_counter after the device has finished its queued work (GPUs run asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+    return time.perf_counter()
+
+
+def _gpu_memory(device: torch.device) -> dict[str, float]:
+    return {"peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20} if device.type == "cuda" else {}
+
+
+def case_matmul(dtype: str, n: int = 2048, reps: int = 10, device: str = "cpu") -> dict[str, Any]:
+    dev = torch.device(device)
+    a, b = (torch.randn(n, n, dtype=DTYPES[dtype], device=dev) for _ in range(2))
     a @ b
-    t = time.perf_counter()
+    t = _clock(dev)
     for _ in range(reps):
         a @ b
-    return {"gflops": 2 * n**3 / ((time.perf_counter() - t) / reps) / 1e9, "n": n}
+    return {"gflops": 2 * n**3 / ((_clock(dev) - t) / reps) / 1e9, "n": n}
 
 
-def case_train(preset: str, dtype: str, steps: int = 20, warmup: int = 3, batch_size: int | None = None) -> dict[str, Any]:
+def case_train(preset: str, dtype: str, steps: int = 20, warmup: int = 3, batch_size: int | None = None,
+               device: str = "cpu") -> dict[str, Any]:
     """Training steps of a preset's model and optimizer on random tokens (the trainer's own step)."""
     from nanobard.config import get_preset, with_overrides
     from nanobard.model import GPT
@@ -44,20 +59,20 @@ def case_train(preset: str, dtype: str, steps: int = 20, warmup: int = 3, batch_
     mcfg = with_overrides(p.model, {"vocab_size": 65, "dropout": 0.0})
     tcfg = with_overrides(p.train, {"dtype": dtype, "batch_size": batch_size})
     torch.manual_seed(0)
-    model = GPT(mcfg)
-    device = torch.device("cpu")
-    opt = make_optimizer(model, tcfg, device)
-    x = torch.randint(0, 65, (tcfg.batch_size, mcfg.block_size))
+    dev = torch.device(device)
+    model = GPT(mcfg).to(dev)
+    opt = make_optimizer(model, tcfg, dev)
+    x = torch.randint(0, 65, (tcfg.batch_size, mcfg.block_size), device=dev)
     for i in range(warmup + steps):
         if i == warmup:
-            t0 = time.perf_counter()
-        train_step(model, opt, [(x, x)], tcfg, device)
-    tps = steps * x.numel() / (time.perf_counter() - t0)
+            t0 = _clock(dev)
+        train_step(model, opt, [(x, x)], tcfg, dev)
+    tps = steps * x.numel() / (_clock(dev) - t0)
     return {"tokens_per_s": tps, "gflops": tps * model.flops_per_token() / 1e9, "params": model.num_params(),
-            "flops_per_token": model.flops_per_token(), "batch": x.size(0), "context": x.size(1)}
+            "flops_per_token": model.flops_per_token(), "batch": x.size(0), "context": x.size(1), **_gpu_memory(dev)}
 
 
-def case_generate(use_cache: bool, new_tokens: int = 500, dtype: str = "float32") -> dict[str, Any]:
+def case_generate(use_cache: bool, new_tokens: int = 500, dtype: str = "float32", device: str = "cpu") -> dict[str, Any]:
     """The 10.7M (`gpu` preset) model generating ``new_tokens`` tokens after a 1-token prompt."""
     from nanobard.config import get_preset, with_overrides
     from nanobard.model import GPT
@@ -65,14 +80,16 @@ def case_generate(use_cache: bool, new_tokens: int = 500, dtype: str = "float32"
 
     cfg = with_overrides(get_preset("gpu").model, {"vocab_size": 65, "dropout": 0.0})
     torch.manual_seed(0)
-    model = GPT(cfg).eval()
-    t = time.perf_counter()
+    dev = torch.device(device)
+    model = GPT(cfg).to(dev).eval()
+    t = _clock(dev)
     decoder = ScratchDecoder(model, use_cache=use_cache, dtype=DTYPES[dtype])
     n = sum(1 for _ in generate_ids(decoder, [0], new_tokens, SamplingConfig(temperature=1.0, seed=0)))
-    return {"tokens_per_s": n / (time.perf_counter() - t), "params": model.num_params(), "context": cfg.block_size}
+    return {"tokens_per_s": n / (_clock(dev) - t), "params": model.num_params(), "context": cfg.block_size}
 
 
-def case_finetune(mode: str, steps: int = 3, batch: int = 8, block: int = 128, loss: str = "chunked") -> dict[str, Any]:
+def case_finetune(mode: str, steps: int = 3, batch: int = 8, block: int = 128, loss: str = "chunked",
+                  device: str = "cpu") -> dict[str, Any]:
     """Training steps of the embedded SmolLM2-135M as ``nanobard finetune`` runs them: fused AdamW
     and, with ``loss="chunked"``, the chunked loss. ``mode``: float32, bfloat16 (autocast) or
     lora (rank 8, in the precision ``auto`` picks)."""
@@ -80,30 +97,31 @@ def case_finetune(mode: str, steps: int = 3, batch: int = 8, block: int = 128, l
     from nanobard.hf_trainer import chunked_lm_loss
     from nanobard.pretrained import EMBEDDED, load_pretrained
 
-    pre = load_pretrained(EMBEDDED)
+    dev = torch.device(device)
+    pre = load_pretrained(EMBEDDED, device=dev)
     model = pre.model
     if mode == "lora":
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
-    bf16 = mode == "bfloat16" or (mode == "lora" and resolve_precision("auto", "cpu") == torch.bfloat16)
+    bf16 = mode == "bfloat16" or (mode == "lora" and resolve_precision("auto", dev) == torch.bfloat16)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=True)
-    x = torch.randint(0, 1000, (batch, block))
+    x = torch.randint(0, 1000, (batch, block), device=dev)
     times = []
     for _ in range(steps + 1):
-        t = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        t = _clock(dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             out = chunked_lm_loss(model, x, x) if loss == "chunked" else model(input_ids=x, labels=x).loss
         out.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t)
+        times.append(_clock(dev) - t)
     s = statistics.median(times[1:])
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     flops = 6 * pre.num_params if mode != "lora" else 4 * pre.num_params + 6 * trainable
     return {"tokens_per_s": batch * block / s, "gflops": batch * block / s * flops / 1e9, "params": pre.num_params,
-            "bfloat16": bf16}
+            "bfloat16": bf16, **_gpu_memory(dev)}
 
 
 def _first_eval_at_or_below(cmd: list[str], env: dict[str, str], target: float, parse: Any) -> dict[str, Any]:
@@ -132,7 +150,7 @@ def case_time_to_loss(target: float, data: str, args: list[str]) -> dict[str, An
     """Wall time of a real `nanobard train` process until val loss <= target (from process start)."""
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "nanobard", "train", "--corpus", "tinyshakespeare", "--out", out,
-               "--target-loss", str(target), "--sample-tokens", "0", "--no-progress", *args]
+               "--target-loss", str(target), "--sample-tokens", "0", "--no-progress", "--device", "cpu", *args]
         env = {**os.environ, "NANOBARD_TINYSHAKESPEARE": data}
         t = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -186,7 +204,8 @@ def case_ten_minutes(data: str, seed: int = 1337, preset: str = "cpu-10min", res
 
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "nanobard", "-q", "train", "--preset", preset, "--corpus", "tinyshakespeare",
-               "--out", out, "--seed", str(seed), "--sample-tokens", "0", "--no-progress", *(extra or [])]
+               "--out", out, "--seed", str(seed), "--sample-tokens", "0", "--no-progress", "--device", "cpu",
+               *(extra or [])]
         t = time.perf_counter()
         proc = subprocess.run(cmd, env={**os.environ, "NANOBARD_TINYSHAKESPEARE": data}, capture_output=True, text=True)
         seconds = time.perf_counter() - t

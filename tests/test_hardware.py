@@ -90,3 +90,16 @@ def test_generation_precision_follows_the_memory_bound_rule(cpu):
     assert generation_dtype("float32", "cpu") == torch.float32 and generation_dtype("int8", "cpu") == torch.int8
     with pytest.raises(ValueError, match="int8 is for generating on a CPU"):
         generation_dtype("int8", "meta")
+
+
+def test_decoding_on_cuda_keeps_cudnn_attention_out():
+    from types import SimpleNamespace
+
+    from nanobard.hardware import decode_attention
+
+    assert isinstance(decode_attention(torch.zeros(1)), contextlib.nullcontext)  # a CPU tensor: nothing changes
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with decode_attention(SimpleNamespace(is_cuda=True)):  # what a CUDA tensor gets
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before

@@ -18,6 +18,7 @@ import torch
 from torch.nn import functional as F
 
 from nanobard.config import ConfigError
+from nanobard.hardware import decode_attention
 from nanobard.model import GPT
 
 
@@ -178,7 +179,8 @@ class HFDecoder:
 
     def _run(self, ids: list[int]) -> torch.Tensor:
         x = torch.tensor([ids], dtype=torch.long, device=self.device)
-        out = self.model(input_ids=x, use_cache=True, **{self.cache_kw: self.past})
+        with decode_attention(x):
+            out = self.model(input_ids=x, use_cache=True, **{self.cache_kw: self.past})
         self.past = getattr(out, self.cache_kw)
         self.length += len(ids)
         return out.logits[0, -1]

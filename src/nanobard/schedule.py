@@ -1,6 +1,6 @@
 """How long a from-scratch run trains and at what learning rate: the step budget a config allows,
 the wall-time clock that sizes a time-only budget from the speed of the first steps (and refines it
-at the first evaluation), and the warmup + cosine schedule over that horizon."""
+at every evaluation after), and the warmup + cosine schedule over that horizon."""
 
 from __future__ import annotations
 
@@ -54,6 +54,7 @@ class Clock:
     stamps: list[float] = field(default_factory=list)
     eval_s: float = 0.0  # the last evaluation's duration
     sized_at: tuple[int, float] = (0, 0.0)  # (step, elapsed) when the horizon was first sized
+    evals_since_sized_s: float = 0.0  # time spent evaluating since then
 
     def elapsed(self) -> float:
         return self.before_s + time.perf_counter() - self.t0
@@ -71,11 +72,15 @@ class Clock:
         return self._fit(step, per_step, cfg, "measured")
 
     def refine(self, step: int, cfg: TrainConfig, eval_s: float) -> int:
-        """At the first evaluation after sizing: the horizon again, from the steps timed since and
-        that evaluation's real cost (the first steps and the step-0 evaluation run slower, so the
-        first estimate leaves time unused)."""
+        """At each evaluation after sizing: the horizon again, from the mean step time since sizing
+        and the last evaluation's real cost. The first steps and the step-0 evaluation run slower,
+        so the first estimate leaves time unused; and a machine that is busy with something else for
+        a while (a learner's browser, a second job) slows some steps, so a horizon fitted once to
+        that stretch would stop the run minutes early (measured: 395 s of a 570 s budget) -- or,
+        after a fast stretch, overrun it. Re-fitting at every evaluation keeps both in check."""
         sized_step, sized_elapsed = self.sized_at
-        per_step = (self.elapsed() - eval_s - sized_elapsed) / max(1, step - sized_step)
+        self.evals_since_sized_s += eval_s
+        per_step = (self.elapsed() - self.evals_since_sized_s - sized_elapsed) / max(1, step - sized_step)
         self.eval_s = eval_s
         return self._fit(step, per_step, cfg, "refined")
 

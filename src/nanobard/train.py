@@ -84,7 +84,7 @@ class RunState(Record):
     bad_evals: int = 0  # evaluations since the best one
     first_val: float | None = None
     horizon: int | None = None  # steps a time-only budget was sized to (see Clock.size_steps)
-    horizon_refined: bool = False  # re-sized at the first evaluation after sizing (Clock.refine)
+    horizon_refined: bool = False  # re-sized at an evaluation after sizing (Clock.refine)
 
 
 def train_step(model: GPT, optimizer: Any, batches: list[tuple[torch.Tensor, torch.Tensor]], cfg: TrainConfig,
@@ -349,7 +349,7 @@ def train(
                 history.append(row)
                 _record(s, state, row)
                 evaluated, clock.eval_s = state.step, time.perf_counter() - t_eval
-                if budget_kind == "time" and clock.sized_at[0] and not state.horizon_refined and not stopped:
+                if budget_kind == "time" and clock.sized_at[0] and not stopped:
                     horizon = state.horizon = bar.total = clock.refine(state.step, cfg, clock.eval_s)
                     state.horizon_refined = True  # saved with the next checkpoint
                 stopped = stopped or _stop_after_eval(cfg, state, row)
