@@ -44,7 +44,9 @@ def machine(env: dict[str, str], device: str = "cpu") -> dict[str, Any]:
     """hardware.describe() as a process with ``env`` sees it (emulation included)."""
     code = ("import json, sys; from nanobard.hardware import describe, pick_device; "
             "print(json.dumps(describe(pick_device(sys.argv[1]))))")
-    out = subprocess.run([sys.executable, "-c", code, device], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code, device], env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"--device {device}: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else 'failed'}")
     return json.loads(out.stdout)
 
 
@@ -80,7 +82,8 @@ def plan(which: list[str], tiny: bool, native_bf16: bool, data: str | None, nano
     """(label, case, kwargs, repeats) per case to run, or (label, why) for a case skipped here.
     ``device``: where the matmul, train, generate and finetune cases run (a torch device string)."""
     items: list[Any] = []
-    slow_bf16 = f"skipped: bfloat16 is emulated on this {'CPU' if device == 'cpu' else device} (tens of times slower than float32)"
+    slow_bf16 = ("skipped: bfloat16 is emulated on this CPU (tens of times slower than float32)" if device == "cpu"
+                 else f"skipped: bfloat16 is not native on {device}")
     on = {} if device == "cpu" else {"device": device}
     big = 2048 if device == "cpu" else 8192
     if "matmul" in which:
@@ -165,7 +168,8 @@ def table(bench: dict[str, Any]) -> str:
     cpu = m["cpu"]
     head = (f"{cpu['model']}: {cpu['kind']}{' (emulated with --emulate ' + m['emulate'] + ')' if m.get('emulate') else ''}, "
             f"torch capability {cpu['capability']}, flags {' '.join(cpu['flags'])}, {cpu['threads']} threads, "
-            f"torch {m['torch']}, {m['time']}" + (f"\non {m['device']}: {m['gpu']}" if m.get("gpu") else ""))
+            f"torch {m['torch']}, {m['time']}" + (f"\ncases on {m['device']}" if m.get("device", "cpu") != "cpu" else "")
+            + (f": {m['gpu']}" if m.get("gpu") else ""))
     results = bench["results"]
     peaks = {r["args"]["dtype"]: r["gflops"]["median"] for r in results if r["case"] == "matmul"}
     lines = [head, f"{'benchmark':<44} {'median':>14} {'min-max':>21} {'util':>6} {'peak RSS':>9}"]
@@ -185,6 +189,8 @@ def table(bench: dict[str, Any]) -> str:
             extra = f"  best val {r['best_val_loss']['median']:.3f}" + ("" if all(x["reached"] for x in r["runs"]) else " (not reached)")
         if r["case"] == "ten_minutes":
             extra = f"  in-run best {r['best_val_loss']['median']:.4f} at step {r['runs'][0]['best_step']}"
+        if "peak_gpu_mb" in r:
+            extra = f"  peak GPU memory {r['peak_gpu_mb']['median']:.0f} MB"
         lines.append(f"{r['label']:<44} {m_['median']:>9.4g} {unit:<5}{m_['min']:>10.4g}-{m_['max']:<10.4g}"
                      f"{util:>6} {r['peak_rss_mb']['median']:>7.0f}MB{extra}")
     return "\n".join(lines)
@@ -221,7 +227,8 @@ def write_results(bench: dict[str, Any], out: str | os.PathLike) -> Path:
     p = Path(out)
     p.mkdir(parents=True, exist_ok=True)
     bench["meta"]["maxrss_parent_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    path = p / f"bench-{bench['meta']['cpu']['kind']}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    where = bench["meta"]["cpu"]["kind"] + ("" if bench["meta"].get("device", "cpu") == "cpu" else "-" + bench["meta"]["device"])
+    path = p / f"bench-{where.replace(':', '')}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(bench, indent=2))
     (p / "latest.txt").write_text(table(bench) + "\n\n" + ratios(bench) + "\n")
     return path

@@ -92,14 +92,23 @@ def test_generation_precision_follows_the_memory_bound_rule(cpu):
         generation_dtype("int8", "meta")
 
 
+@pytest.mark.skipif(not hasattr(torch.backends.cuda, "cudnn_sdp_enabled"), reason="torch without cuDNN attention")
 def test_decoding_on_cuda_keeps_cudnn_attention_out():
-    from types import SimpleNamespace
-
     from nanobard.hardware import decode_attention
 
-    assert isinstance(decode_attention(torch.zeros(1)), contextlib.nullcontext)  # a CPU tensor: nothing changes
+    assert isinstance(decode_attention(torch.device("cpu")), contextlib.nullcontext)  # nothing changes on a CPU
     before = torch.backends.cuda.cudnn_sdp_enabled()
-    with decode_attention(SimpleNamespace(is_cuda=True)):  # what a CUDA tensor gets
+    with decode_attention(torch.device("cuda")):  # sets torch's flags only: no GPU needed to check them
         assert not torch.backends.cuda.cudnn_sdp_enabled()
         assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
     assert torch.backends.cuda.cudnn_sdp_enabled() == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_a_named_device_that_is_absent_is_refused_in_one_line():
+    from nanobard.errors import ConfigError
+    from nanobard.hardware import pick_device
+
+    with pytest.raises(ConfigError, match="--device cuda: torch sees no CUDA GPU"):
+        pick_device("cuda")
+    assert pick_device("cpu") == torch.device("cpu") and pick_device("auto").type in ("cpu", "mps")

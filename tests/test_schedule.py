@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from nanobard import schedule
@@ -12,7 +14,7 @@ from nanobard.schedule import CALIBRATION_STEPS, Clock
 @pytest.fixture
 def fake_time(monkeypatch):
     now = [0.0]
-    monkeypatch.setattr(schedule.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(schedule, "time", SimpleNamespace(perf_counter=lambda: now[0]))
     return now
 
 

@@ -36,13 +36,20 @@ def test_training_lowers_loss_and_writes_the_run_folder(tmp_path, tiny_text):
     assert all(len(r.heads["induction"]) == 2 for r in res.history)  # head scores at every evaluation
 
 
-def test_a_time_only_budget_is_sized_from_the_measured_speed(tmp_path, tiny_text):
-    res = train(MODEL, tcfg(max_steps=None, max_time=4.0, eval_interval=50), split_text(tiny_text), tmp_path,
+def test_a_time_only_budget_is_sized_from_the_measured_speed(tmp_path, tiny_text, monkeypatch):
+    from nanobard.schedule import Clock
+
+    refits = []
+    refine = Clock.refine
+    monkeypatch.setattr(Clock, "refine", lambda self, step, *a: refits.append(step) or refine(self, step, *a))
+    res = train(MODEL, tcfg(max_steps=None, max_time=4.0, eval_interval=20), split_text(tiny_text), tmp_path,
                 progress=False)
     cfg = json.loads((tmp_path / "config.json").read_text())
     counters = json.loads(torch.load(tmp_path / "ckpt_last.pt", weights_only=True)["train_state"]["counters"])
     assert counters["horizon"] is not None and counters["horizon"] > 13  # sized after timing steps 3..13
-    assert counters["horizon_refined"]  # and again at the first evaluation after that
+    assert counters["horizon_refined"]
+    # re-fitted at every evaluation after sizing, except the final one (the budget is spent there)
+    assert refits == [r.step for r in res.history if r.step > 13][:-1] and len(refits) >= 2
     assert res.stopped in ("time", "steps") and res.steps <= counters["horizon"]
     assert res.history[-1].step == res.steps  # the final evaluation, once, at the last step
     assert cfg["budget"] == "time" and res.time_budget_s == 4.0

@@ -41,6 +41,15 @@ class Dist:
         if self.enabled:
             dist.barrier()
 
+    def from_main(self, value: int | None) -> int | None:
+        """Rank 0's ``value`` on every rank (e.g. a step horizon each rank fitted to its own clock:
+        ranks that disagreed on when to stop would wait for each other forever)."""
+        if not self.enabled:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def gather_rng_states(self) -> list[torch.Tensor]:
         """The CPU RNG state of every rank (dropout masks differ per rank), in rank order."""
         if not self.enabled:

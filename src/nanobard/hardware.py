@@ -32,6 +32,14 @@ from nanobard.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
+try:  # torch >= 2.3
+    from torch.nn.attention import SDPBackend
+    from torch.nn.attention import sdpa_kernel as _sdpa_kernel
+
+    _DECODE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+except ImportError:  # pragma: no cover
+    _sdpa_kernel = None
+
 
 Precision = Literal["auto", "float32", "bfloat16"]
 PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")
@@ -105,9 +113,16 @@ def cpu_info() -> CpuInfo:
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA if available, then Apple MPS, else CPU."""
+    """``auto``: CUDA if available, then Apple MPS, else CPU. A device named but absent is refused
+    here, in one line, rather than by the first tensor sent to it."""
     if name != "auto":
-        return torch.device(name)
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: torch sees no CUDA GPU here (torch {torch.__version__}); "
+                              "use --device auto or cpu")
+        if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ConfigError(f"--device {name}: Apple's MPS backend is not available here; use --device auto or cpu")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -187,7 +202,7 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
     return contextlib.nullcontext()
 
 
-def decode_attention(q: torch.Tensor) -> contextlib.AbstractContextManager:
+def decode_attention(device: torch.device) -> contextlib.AbstractContextManager:
     """Attention kernels for decoding one token at a time (the key length grows by one per token).
 
     On CUDA, torch may pick cuDNN's attention for bfloat16, which builds an execution plan for each
@@ -195,13 +210,9 @@ def decode_attention(q: torch.Tensor) -> contextlib.AbstractContextManager:
     weights against 574 in float32, and the bfloat16 process held 450 MB more host memory (cuDNN's
     libraries). Decoding therefore asks for flash / memory-efficient / math kernels only. This
     remedy is reasoned from those two measurements, not yet re-measured on a GPU."""
-    if not q.is_cuda:
+    if device.type != "cuda" or _sdpa_kernel is None:
         return contextlib.nullcontext()
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # torch < 2.3
-        return contextlib.nullcontext()
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+    return _sdpa_kernel(_DECODE_BACKENDS)
 
 
 def attention_precision(q: torch.Tensor) -> contextlib.AbstractContextManager:

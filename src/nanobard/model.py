@@ -20,7 +20,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from nanobard.config import ModelConfig
-from nanobard.hardware import attention_precision, decode_attention
+from nanobard.hardware import attention_precision
 
 
 def sinusoidal_encoding(block_size: int, n_embd: int) -> torch.Tensor:
@@ -249,8 +249,7 @@ class GPT(nn.Module):
             h = F.layer_norm(x, (C,), block.ln_1.weight, block.ln_1.bias)
             q, k, v = a.c_attn(h).view(1, 1, 3, nh, C // nh).unbind(2)  # 3 x (1, 1, nh, hs)
             keys, values = kv.append(k.transpose(1, 2), v.transpose(1, 2))  # (1, nh, S, hs)
-            with decode_attention(q):
-                y = F.scaled_dot_product_attention(q.transpose(1, 2).to(keys.dtype), keys, values)  # (1, nh, 1, hs)
+            y = F.scaled_dot_product_attention(q.transpose(1, 2).to(keys.dtype), keys, values)  # (1, nh, 1, hs)
             x = x + a.c_proj(y.to(x.dtype).reshape(1, 1, C))
             h = F.layer_norm(x, (C,), block.ln_2.weight, block.ln_2.bias)
             x = x + block.mlp.c_proj(F.gelu(block.mlp.c_fc(h)))  # the linear layers may be Int8Linear (quantize.py)

@@ -141,7 +141,8 @@ class ScratchDecoder:
 
     def _run(self, ids: list[int], cache) -> torch.Tensor:
         x = torch.tensor([ids], dtype=torch.long, device=self.device)
-        return self.model(x, kv_cache=cache).logits[0, -1]
+        with decode_attention(self.device):
+            return self.model(x, kv_cache=cache).logits[0, -1]
 
     def start(self, prompt_ids: list[int]) -> torch.Tensor:
         if not prompt_ids:
@@ -161,7 +162,8 @@ class ScratchDecoder:
             return self._run(self.ids[-self.block:], None)
         if self.cache[0].pos >= self.block:
             return self._refill()
-        return self.model.decode_step(token, self.cache)
+        with decode_attention(self.device):
+            return self.model.decode_step(token, self.cache)
 
 
 class HFDecoder:
@@ -179,7 +181,7 @@ class HFDecoder:
 
     def _run(self, ids: list[int]) -> torch.Tensor:
         x = torch.tensor([ids], dtype=torch.long, device=self.device)
-        with decode_attention(x):
+        with decode_attention(self.device):
             out = self.model(input_ids=x, use_cache=True, **{self.cache_kw: self.past})
         self.past = getattr(out, self.cache_kw)
         self.length += len(ids)

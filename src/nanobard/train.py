@@ -350,7 +350,7 @@ def train(
                 _record(s, state, row)
                 evaluated, clock.eval_s = state.step, time.perf_counter() - t_eval
                 if budget_kind == "time" and clock.sized_at[0] and not stopped:
-                    horizon = state.horizon = bar.total = clock.refine(state.step, cfg, clock.eval_s)
+                    horizon = state.horizon = bar.total = s.dd.from_main(clock.refine(state.step, cfg, clock.eval_s))
                     state.horizon_refined = True  # saved with the next checkpoint
                 stopped = stopped or _stop_after_eval(cfg, state, row)
                 bar.set_postfix(loss=f"{row.train_loss:.3f}", val=f"{row.val_loss:.3f}", refresh=False)
@@ -369,8 +369,9 @@ def train(
                                          f"good checkpoint ({s.run / RunDir.LAST}) is kept. Lower --lr or raise --warmup-steps")
             state.step, state.tokens, session[1] = state.step + 1, state.tokens + tokens_per_step, session[1] + tokens_per_step
             bar.update(1)
-            if horizon is None and cfg.max_time is not None and (sized := clock.size_steps(state.step, cfg)):
-                horizon = state.horizon = bar.total = sized
+            # a time-only budget: sized from this session's speed (after a resume too: the machine may differ)
+            if budget_kind == "time" and not clock.sized_at[0] and (sized := clock.size_steps(state.step, cfg)):
+                horizon = state.horizon = bar.total = s.dd.from_main(sized)
             if state.step % 10 == 0:
                 bar.set_postfix(loss=f"{loss:.3f}", val=f"{state.best_val:.3f}",
                                 tok_s=f"{session[1] / max(1e-9, time.perf_counter() - session[0]):,.0f}")
