@@ -48,8 +48,9 @@ def test_a_time_only_budget_is_sized_from_the_measured_speed(tmp_path, tiny_text
     counters = json.loads(torch.load(tmp_path / "ckpt_last.pt", weights_only=True)["train_state"]["counters"])
     assert counters["horizon"] is not None and counters["horizon"] > 13  # sized after timing steps 3..13
     assert counters["horizon_refined"]
-    # re-fitted at every evaluation after sizing, except the final one (the budget is spent there)
-    assert refits == [r.step for r in res.history if r.step > 13][:-1] and len(refits) >= 2
+    # re-fitted at every evaluation after sizing, except a final one made because the budget was spent
+    after_sizing = [r.step for r in res.history if r.step > 13]
+    assert refits in (after_sizing, after_sizing[:-1]) and len(refits) >= 2
     assert res.stopped in ("time", "steps") and res.steps <= counters["horizon"]
     assert res.history[-1].step == res.steps  # the final evaluation, once, at the last step
     assert cfg["budget"] == "time" and res.time_budget_s == 4.0

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -41,9 +44,9 @@ class Dist:
         if self.enabled:
             dist.barrier()
 
-    def from_main(self, value: int | None) -> int | None:
-        """Rank 0's ``value`` on every rank (e.g. a step horizon each rank fitted to its own clock:
-        ranks that disagreed on when to stop would wait for each other forever)."""
+    def from_main(self, value: T) -> T:
+        """Rank 0's ``value`` on every rank (a step horizon each rank fitted to its own clock, the
+        decision to stop: ranks that disagreed on when to stop would wait for each other forever)."""
         if not self.enabled:
             return value
         box = [value]

@@ -1,9 +1,8 @@
 """Training loop for the from-scratch GPT.
 
-AdamW (weight decay on matrices only), linear warmup + cosine decay, gradient clipping and
-accumulation, periodic evaluation on fixed batches, early stopping, the best checkpoint by
-validation loss (``model_scratch_best.pt``) and a latest checkpoint (``ckpt_last.pt``) from which
-``resume=True`` continues exactly (same batches, same dropout masks, same weights).
+AdamW or Muon (optim.py), warmup + cosine decay, gradient clipping and accumulation, periodic evaluation
+on fixed batches, early stopping, the best checkpoint by validation loss (``model_scratch_best.pt``) and a
+latest one (``ckpt_last.pt``) from which ``resume=True`` continues exactly (same batches, masks, weights).
 """
 
 from __future__ import annotations
@@ -339,19 +338,21 @@ def train(
         while True:
             state.elapsed_s = clock.elapsed()
             # last_step: a budget is spent or a signal came; the final evaluation and save happen here, once
-            stopped = (budget_kind if horizon is not None and state.step >= horizon else
-                       "time" if cfg.max_time is not None and state.elapsed_s >= cfg.max_time else
-                       "interrupted" if stop.signum is not None else None)
+            stopped = s.dd.from_main(  # clocks and signals differ a little between ranks: rank 0 decides
+                budget_kind if horizon is not None and state.step >= horizon else
+                "time" if cfg.max_time is not None and state.elapsed_s >= cfg.max_time else
+                "interrupted" if stop.signum is not None else None)
             if (stopped or state.step % cfg.eval_interval == 0) and evaluated != state.step:
                 t_eval = time.perf_counter()
                 row = _evaluate(s, cfg, state, lr, loss, tuple(session))
                 row = dataclasses.replace(row, heads=_head_scores(s.model))
                 history.append(row)
-                _record(s, state, row)
                 evaluated, clock.eval_s = state.step, time.perf_counter() - t_eval
                 if budget_kind == "time" and clock.sized_at[0] and not stopped:
                     horizon = state.horizon = bar.total = s.dd.from_main(clock.refine(state.step, cfg, clock.eval_s))
-                    state.horizon_refined = True  # saved with the next checkpoint
+                    state.horizon_refined = True
+                    stopped = budget_kind if state.step >= horizon else None  # no time left: this evaluation is the last
+                _record(s, state, row)  # the checkpoint carries the re-fitted horizon
                 stopped = stopped or _stop_after_eval(cfg, state, row)
                 bar.set_postfix(loss=f"{row.train_loss:.3f}", val=f"{row.val_loss:.3f}", refresh=False)
             if stopped:
@@ -369,16 +370,15 @@ def train(
                                          f"good checkpoint ({s.run / RunDir.LAST}) is kept. Lower --lr or raise --warmup-steps")
             state.step, state.tokens, session[1] = state.step + 1, state.tokens + tokens_per_step, session[1] + tokens_per_step
             bar.update(1)
-            # a time-only budget: sized from this session's speed (after a resume too: the machine may differ)
             if budget_kind == "time" and not clock.sized_at[0] and (sized := clock.size_steps(state.step, cfg)):
-                horizon = state.horizon = bar.total = s.dd.from_main(sized)
+                horizon = state.horizon = bar.total = s.dd.from_main(sized)  # this session's speed (resumed too)
             if state.step % 10 == 0:
                 bar.set_postfix(loss=f"{loss:.3f}", val=f"{state.best_val:.3f}",
                                 tok_s=f"{session[1] / max(1e-9, time.perf_counter() - session[0]):,.0f}")
     bar.close()
     distributed.teardown(s.dd)
     if stopped == "interrupted":
-        raise TrainingInterrupted(f"stopped by signal {signal.Signals(stop.signum).name} at step {state.step}; "
+        raise TrainingInterrupted(f"stopped by signal {signal.Signals(stop.signum or signal.SIGTERM).name} at step {state.step}; "
                                   f"checkpoint written to {s.run / RunDir.LAST}; continue with the same command plus --resume")
     return _result(s, cfg, state, history, stopped, session)
 
