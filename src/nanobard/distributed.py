@@ -53,6 +53,16 @@ class Dist:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def choice_from_main(self, choice: T, options: tuple[T, ...]) -> T:
+        """``from_main`` for one of a few known ``options``: a one-integer broadcast, cheap enough
+        to run at every training step."""
+        if not self.enabled:
+            return choice
+        on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        code = torch.tensor([options.index(choice)], device=on)
+        dist.broadcast(code, src=0)
+        return options[int(code.item())]
+
     def gather_rng_states(self) -> list[torch.Tensor]:
         """The CPU RNG state of every rank (dropout masks differ per rank), in rank order."""
         if not self.enabled:

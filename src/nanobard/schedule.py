@@ -42,6 +42,8 @@ def step_budget(cfg: TrainConfig, n_train_tokens: int, block_size: int) -> tuple
     return min(options)
 
 
+# why a run stops at the top of a step: a budget step_budget names, the clock, or a signal
+STOP_REASONS = (None, "steps", "epochs", "time", "interrupted")
 CALIBRATION_STEPS = (3, 13)  # time steps 3..13 of a session (the first ones are slower)
 
 

@@ -31,7 +31,7 @@ from nanobard.hardware import autocast_context, pick_device, resolve_precision
 from nanobard.model import GPT
 from nanobard.optim import Optimizer, make_optimizer
 from nanobard.rundir import EvalRow, Record, RunDir
-from nanobard.schedule import Clock, lr_at, step_budget
+from nanobard.schedule import STOP_REASONS, Clock, lr_at, step_budget
 from nanobard.tokenizer import CharTokenizer
 from nanobard.tokens import TokenCorpus, tokens_from_split
 
@@ -338,10 +338,10 @@ def train(
         while True:
             state.elapsed_s = clock.elapsed()
             # last_step: a budget is spent or a signal came; the final evaluation and save happen here, once
-            stopped = s.dd.from_main(  # clocks and signals differ a little between ranks: rank 0 decides
+            stopped = s.dd.choice_from_main(  # clocks and signals differ a little between ranks: rank 0 decides
                 budget_kind if horizon is not None and state.step >= horizon else
                 "time" if cfg.max_time is not None and state.elapsed_s >= cfg.max_time else
-                "interrupted" if stop.signum is not None else None)
+                "interrupted" if stop.signum is not None else None, STOP_REASONS)
             if (stopped or state.step % cfg.eval_interval == 0) and evaluated != state.step:
                 t_eval = time.perf_counter()
                 row = _evaluate(s, cfg, state, lr, loss, tuple(session))
