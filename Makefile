@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test lint bench clean-venv chromium
+.PHONY: run test lint bench clean-venv chromium notebooks notebooks-html
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(BIN)/nanobard run $(ARGS)
 
-test: $(STAMP) chromium
-	$(BIN)/ruff check src tests benchmarks notebooks
+test: lint chromium
 	$(BIN)/python -m pytest $(ARGS)
 
 # The report's browser test uses Debian's headless Chromium. Installed when we can (root + apt);
@@ -31,11 +30,23 @@ chromium:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "chromium is not installed: the browser test will be skipped"
 
+# Style, the layer contract (pyproject.toml's [tool.importlinter]) and types.
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks notebooks
+	$(BIN)/lint-imports --no-cache
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Re-run the four notebooks at default sizes and store their outputs (about 11 minutes on 2 cores).
+# Their sources are notebooks/NN_name.py; the .ipynb files are refreshed from them first.
+notebooks: $(STAMP)
+	cd notebooks && for nb in 0*.py; do ../$(BIN)/jupytext --update --to notebook "$$nb" -q; done
+	$(BIN)/jupyter execute --inplace notebooks/0*.ipynb
+
+# HTML copies of the stored notebooks, figures included, for reading in a browser (seconds; not in git).
+notebooks-html: $(STAMP)
+	$(BIN)/jupyter nbconvert --to html --output-dir docs/notebooks notebooks/0*.ipynb

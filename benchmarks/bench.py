@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         which = [*which, "time_to_loss"]
     data = args.data or os.environ.get("NANOBARD_TINYSHAKESPEARE")
     if ("time_to_loss" in which or "ten_minutes" in which) and not data:
-        from nanobard.data import tiny_shakespeare_path
+        from nanobard.data.corpus import tiny_shakespeare_path
 
         data = str(tiny_shakespeare_path())
     bench = run_benchmarks(which, args.repeats, args.tiny, data, args.emulate, args.nanogpt, args.device)

@@ -51,9 +51,9 @@ def case_train(preset: str, dtype: str, steps: int = 20, warmup: int = 3, batch_
                device: str = "cpu") -> dict[str, Any]:
     """Training steps of a preset's model and optimizer on random tokens (the trainer's own step)."""
     from nanobard.config import get_preset, with_overrides
-    from nanobard.model import GPT
-    from nanobard.optim import make_optimizer
-    from nanobard.train import train_step
+    from nanobard.model.gpt import GPT
+    from nanobard.train.loop import train_step
+    from nanobard.train.optim import make_optimizer
 
     p = get_preset(preset)
     mcfg = with_overrides(p.model, {"vocab_size": 65, "dropout": 0.0})
@@ -75,8 +75,8 @@ def case_train(preset: str, dtype: str, steps: int = 20, warmup: int = 3, batch_
 def case_generate(use_cache: bool, new_tokens: int = 500, dtype: str = "float32", device: str = "cpu") -> dict[str, Any]:
     """The 10.7M (`gpu` preset) model generating ``new_tokens`` tokens after a 1-token prompt."""
     from nanobard.config import get_preset, with_overrides
-    from nanobard.model import GPT
-    from nanobard.sampling import SamplingConfig, ScratchDecoder, generate_ids
+    from nanobard.model.gpt import GPT
+    from nanobard.model.sampling import SamplingConfig, ScratchDecoder, generate_ids
 
     cfg = with_overrides(get_preset("gpu").model, {"vocab_size": 65, "dropout": 0.0})
     torch.manual_seed(0)
@@ -97,8 +97,8 @@ def case_finetune(mode: str, steps: int = 3, batch: int = 8, block: int = 128, l
     and, with ``loss="chunked"``, the chunked loss. ``mode``: float32, bfloat16 (autocast) or
     lora (rank 8, in the precision ``auto`` picks)."""
     from nanobard.hardware import resolve_precision
-    from nanobard.hf_trainer import chunked_lm_loss
-    from nanobard.pretrained import EMBEDDED, load_pretrained
+    from nanobard.hf.pretrained import EMBEDDED, load_pretrained
+    from nanobard.hf.trainer import chunked_lm_loss
 
     dev = torch.device(device)
     pre = load_pretrained(EMBEDDED, device=dev)
@@ -201,9 +201,9 @@ def case_ten_minutes(data: str, seed: int = 1337, preset: str = "cpu-10min", res
                      extra: list[str] | None = None) -> dict[str, Any]:
     """`nanobard train --preset cpu-10min` on tiny Shakespeare, then its best checkpoint re-scored on
     ``rescore_batches`` validation batches x 3 seeds (the in-run figure averages 20 batches)."""
-    from nanobard.checkpoint import load_model
-    from nanobard.data import load_split
-    from nanobard.train import EVAL_SEED_OFFSET, estimate_loss
+    from nanobard.data.corpus import load_split
+    from nanobard.model.checkpoint import load_model
+    from nanobard.train.loop import EVAL_SEED_OFFSET, estimate_loss
 
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "nanobard", "-q", "train", "--preset", preset, "--corpus", "tinyshakespeare",

@@ -34,9 +34,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from nanobard.config import FinetuneConfig
-    from nanobard.finetune import finetune
+    from nanobard.data.tokens import load_tokens
     from nanobard.hardware import cpu_info
-    from nanobard.tokens import load_tokens
+    from nanobard.hf.finetune import finetune
 
     corpus = load_tokens("shakespeare")
     out = Path(args.out)

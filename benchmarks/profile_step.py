@@ -14,9 +14,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from nanobard.config import get_preset, with_overrides
-from nanobard.model import GPT
-from nanobard.optim import make_optimizer
-from nanobard.train import train_step
+from nanobard.model.gpt import GPT
+from nanobard.train.loop import train_step
+from nanobard.train.optim import make_optimizer
 
 
 def main() -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures import study_kwargs
+
 SHARED_TINY = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
@@ -34,7 +36,7 @@ def tiny_text() -> str:
     tests that train on it prove nothing."""
     if SHARED_TINY.exists():
         return SHARED_TINY.read_text(encoding="utf-8")[:20_000]
-    from nanobard.data import load_corpus
+    from nanobard.data.corpus import load_corpus
 
     _, plays = load_corpus("shakespeare")
     start = plays.index("\n\n", 100_000) + 2  # a speech boundary past the first play's opening
@@ -48,35 +50,10 @@ def tiny_file(tmp_path, tiny_text) -> Path:
     return p
 
 
-EVIL = "<script>alert(1)</script>"
-
-
-def study_kwargs(tmp_path: Path, text: str, evil: bool = True, **extra) -> dict:
-    """A whole study in seconds: a tiny corpus (with a hostile string in it), a tiny scratch model
-    and a tiny local GPT-2 (nothing downloaded)."""
-    from tests.hf_tiny import build_tiny_hf_model
-
-    if evil:
-        text = text[:12_000] + f"\n\nROMEO:\nWhat is this {EVIL} in my text?\n\n" + text[12_000:16_000]
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(text)
-    hf = build_tiny_hf_model(tmp_path / "tiny_gpt2", text)
-    return dict(
-        data_path=str(corpus),
-        scratch_overrides=dict(n_layer=2, n_head=4, n_embd=16, block_size=32, batch_size=8, max_steps=20,
-                               eval_interval=10, eval_iters=2, warmup_steps=2),
-        finetune_overrides=dict(pretrained=str(hf), block_size=32, batch_size=4, max_steps=6, eval_interval=3,
-                                eval_blocks=2, score_chars=1500, sample_tokens=8, precision="float32",
-                                warmup_steps=1),
-        prompts=("ROMEO:\n", f"{EVIL} "),
-        progress=False, **extra,
-    )
-
-
 @pytest.fixture(scope="session")
 def study(tmp_path_factory, tiny_text, session_cache):
     """One tiny study for every test that reads a study folder: (out, outcome, kwargs)."""
-    from nanobard.pipeline import run_study
+    from nanobard.study.pipeline import run_study
 
     tmp = tmp_path_factory.mktemp("study")
     kw = study_kwargs(tmp, tiny_text)

@@ -12,9 +12,9 @@ import torch
 from nanobard import hardware
 from nanobard.config import ModelConfig
 from nanobard.hardware import CpuInfo, autocast_context, resolve_precision
-from nanobard.model import GPT
-from nanobard.optim import make_optimizer
-from tests.test_train import tcfg
+from nanobard.model.gpt import GPT
+from nanobard.train.optim import make_optimizer
+from tests.fixtures import tcfg
 
 AVX2 = CpuInfo(arch="x86_64", model="test", capability="AVX2", flags=("avx2",), onednn_max_isa="", threads=2)
 AVX512_BF16 = CpuInfo(arch="x86_64", model="test", capability="AVX512", flags=("avx2", "avx512f", "avx512_bf16"),

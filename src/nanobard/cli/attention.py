@@ -19,9 +19,9 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from nanobard import attention as A
-    from nanobard import plots
-    from nanobard.pretrained import open_model
+    from nanobard.hf.pretrained import open_model
+    from nanobard.interp import attention as A
+    from nanobard.study import plots
 
     m = open_model(args.model, attn="eager")
     maps = (A.scratch_attention if m.kind == "scratch" else A.hf_attention)(m.model, m.tokenizer, args.text)

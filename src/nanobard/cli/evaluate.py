@@ -16,9 +16,9 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from nanobard.evaluate import score_hf, score_scratch
-    from nanobard.pretrained import open_model
-    from nanobard.tokens import load_tokens
+    from nanobard.data.tokens import load_tokens
+    from nanobard.hf.pretrained import open_model
+    from nanobard.model.evaluate import score_hf, score_scratch
 
     corpus = load_tokens(args.corpus, args.data)
     text = corpus.val_text(args.score_chars or None)

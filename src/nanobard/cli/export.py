@@ -18,7 +18,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from nanobard.export import export_hf
+    from nanobard.model.export import export_hf
 
     print(export_hf(args.model, args.out, gguf=args.gguf).summary())
     return 0

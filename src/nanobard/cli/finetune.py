@@ -27,9 +27,9 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from nanobard.finetune import finetune
+    from nanobard.data.tokens import load_tokens
+    from nanobard.hf.finetune import finetune
     from nanobard.rundir import RunDir
-    from nanobard.tokens import load_tokens
 
     cfg = C.resolve(C.FinetuneConfig(), overrides(args, C.FinetuneConfig))
     out = run_folder(args, "finetune")

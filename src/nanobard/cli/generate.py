@@ -32,7 +32,7 @@ def default_prompt(gen: Any, corpus: Any = None) -> str:
     except ValueError:
         pass
     if corpus is not None:
-        from nanobard.interpret import corpus_prompts
+        from nanobard.data.prompts import corpus_prompts
 
         return corpus_prompts(corpus.val_text(100_000), corpus.tokenizer.chars, n=1)[0]
     try:
@@ -44,8 +44,8 @@ def default_prompt(gen: Any, corpus: Any = None) -> str:
 
 def handle(args: argparse.Namespace) -> int:
     from nanobard.hardware import generation_dtype, pick_device
-    from nanobard.pretrained import open_for_generation
-    from nanobard.sampling import SamplingConfig
+    from nanobard.hf.pretrained import open_for_generation
+    from nanobard.model.sampling import SamplingConfig
 
     scfg = SamplingConfig(temperature=0.0 if args.greedy else args.temperature,
                           top_k=args.top_k, top_p=args.top_p, seed=args.seed)

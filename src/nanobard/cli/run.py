@@ -34,8 +34,8 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from nanobard.pipeline import run_study
-    from nanobard.study import STAGES
+    from nanobard.study.pipeline import run_study
+    from nanobard.study.records import STAGES
 
     t0 = time.perf_counter()
 

@@ -31,11 +31,11 @@ def add(sub: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace) -> int:
     from nanobard.cli.common import print_stream
     from nanobard.cli.generate import default_prompt
-    from nanobard.pretrained import scratch_generator
+    from nanobard.data.tokens import load_tokens
+    from nanobard.hf.pretrained import scratch_generator
+    from nanobard.model.sampling import SamplingConfig
     from nanobard.rundir import RunDir
-    from nanobard.sampling import SamplingConfig
-    from nanobard.tokens import load_tokens
-    from nanobard.train import train
+    from nanobard.train.loop import train
 
     model_cfg, train_cfg = C.resolve_preset(args.preset, overrides(args, C.ModelConfig, C.TrainConfig))
     corpus = load_tokens(args.corpus, args.data)  # encoded once, then memory-mapped from the cache

@@ -1,0 +1,297 @@
+"""Fine-tune a pretrained causal LM on the corpus with the Hugging Face ``Trainer``, and measure it
+before and after on the same validation text as the from-scratch track.
+
+The model's tokenizer cuts the (character-level) training split into non-overlapping blocks of
+``block_size`` tokens. The Trainer provides AdamW, warmup + cosine decay, gradient accumulation
+and clipping, periodic evaluation, early stopping, keeping the best model and resuming from its
+last checkpoint. With ``lora_r > 0`` only LoRA adapters train (peft); they are merged into the
+weights before saving, so ``model_hf_finetuned/`` loads with plain ``transformers``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nanobard.config import SHAKESPEARE_PROMPTS as PROMPTS
+from nanobard.config import ConfigError, FinetuneConfig
+from nanobard.data.corpus import CorpusSplit
+from nanobard.data.tokenizer import UnknownCharactersError
+from nanobard.data.tokens import TokenCorpus
+from nanobard.hardware import generation_dtype, pick_device, resolve_precision
+from nanobard.hf.pretrained import Pretrained, hf_generator, load_pretrained
+from nanobard.hf.trainer import TimeBudget, metrics_callback, trainer_class
+from nanobard.model.evaluate import Score, score_hf
+from nanobard.model.sampling import STRATEGIES, TextGenerator
+from nanobard.records import EvalRow, Record
+from nanobard.rundir import RunDir
+
+logger = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class Sample(Record):
+    """One generated continuation: same prompts, settings and seeds for every model."""
+
+    model: str  # "scratch", "before", "after"
+    strategy: str  # a key of sampling.STRATEGIES
+    prompt: str
+    text: str  # the continuation, without the prompt
+
+
+@dataclass
+class FinetuneResult(Record):
+    """What fine-tuning did (also written to ``finetune_result.json``); scores on the shared
+    validation text before and after."""
+
+    out_dir: Path
+    model_name: str
+    reason: str
+    num_params: int
+    trainable_params: int
+    steps: int
+    tokens: int
+    train_seconds: float
+    tokens_per_s: float
+    before: Score
+    after: Score
+    history: list[EvalRow] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+    time_budget_s: float | None = None
+
+
+class BlockDataset(torch.utils.data.Dataset):
+    """Non-overlapping blocks of a token list; labels = inputs (the model shifts them)."""
+
+    def __init__(self, ids: list[int] | np.ndarray, block_size: int):
+        n = len(ids) // block_size
+        self.data = torch.as_tensor(np.asarray(ids[: n * block_size], dtype=np.int64)).view(n, block_size)
+
+    def __len__(self) -> int:
+        return self.data.size(0)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.data[i], "labels": self.data[i]}
+
+
+SAMPLE_STRATEGIES = ("greedy", "top_k", "temperature")  # the seed's three
+
+
+def make_samples(gen: TextGenerator, when: str, n_tokens: int, prompts: tuple[str, ...] = PROMPTS) -> list[Sample]:
+    """Same prompts, same decoding settings and seeds, for comparing models. A prompt the model
+    cannot encode (characters the from-scratch vocabulary lacks) gives a sample saying so."""
+    rows = []
+    for prompt in prompts:
+        for strategy in SAMPLE_STRATEGIES:
+            try:
+                text = gen.complete(prompt, n_tokens, STRATEGIES[strategy])
+            except UnknownCharactersError as e:
+                text = f"[cannot encode this prompt: {e}]"
+            rows.append(Sample(when, strategy, prompt, text))
+    return rows
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun (the Trainer's multi-process mode), or a single process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _score_before(pre: Pretrained, text: str, cfg: FinetuneConfig, out: Path, resume: bool,
+                  progress: bool) -> tuple[Score, list[dict[str, str]]]:
+    """The pretrained model's score and samples before fine-tuning (kept in finetune_before.json)."""
+    path = out / RunDir.BEFORE
+    if resume and path.exists():
+        saved = json.loads(path.read_text())
+        return Score.from_dict(saved["score"]), [Sample.from_dict(r) for r in saved["samples"]]
+    logger.info("scoring %s before fine-tuning on %d validation characters", pre.name, len(text))
+    before = score_hf(pre.model, pre.tokenizer, text, f"{pre.name} (before)", progress=progress)
+    samples = make_samples(_sampler(pre), "before", cfg.sample_tokens, cfg.prompts)
+    if is_main_process():
+        path.write_text(json.dumps({"score": before.to_dict(), "samples": [r.to_dict() for r in samples]}, indent=2))
+    return before, samples
+
+
+def _sampler(pre: Pretrained) -> TextGenerator:
+    """Samples come from a bfloat16 copy on a CPU: decoding reads every weight once per token, and
+    half the bytes is faster on both CPU kinds measured (hardware.generation_dtype; benchmarks/README.md)."""
+    device = next(pre.model.parameters()).device
+    return hf_generator(pre.name, loaded=pre, dtype=generation_dtype("auto", device) if device.type == "cpu" else None)
+
+
+def tokenize_blocks(tok: Any, chunks: Iterator[str], block_size: int, max_tokens: int | None = None) -> BlockDataset:
+    """Blocks of ``block_size`` tokens from text chunks, tokenized one chunk at a time (never the
+    whole text as one list of ids), stopping once ``max_tokens`` are in hand."""
+    parts: list[np.ndarray] = []
+    n = 0
+    for chunk in chunks:
+        ids = np.asarray(tok(chunk, add_special_tokens=False)["input_ids"], dtype=np.int64)
+        parts.append(ids)
+        n += len(ids)
+        if max_tokens is not None and n >= max_tokens:
+            break
+    ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    return BlockDataset(ids[:max_tokens] if max_tokens else ids, block_size)
+
+
+def _text_chunks(data: CorpusSplit | TokenCorpus, part: str, limit: int | None, size: int = 1 << 18,
+                 spread: int | None = None) -> Iterator[str]:
+    """The first ``limit`` characters of ``data.<part>`` (all when None), ``size`` at a time; with
+    ``spread``, only about that many characters, in pieces spaced evenly over the whole text (a
+    short fine-tuning run then still sees every part of the corpus, not only its opening)."""
+    seq = getattr(data, part)
+    end = len(seq) if limit is None else min(limit, len(seq))
+    starts = range(0, end, size)
+    if spread is not None and spread < end:
+        size = min(size, 8192)
+        starts = np.linspace(0, end - size, max(1, math.ceil(spread / size))).astype(int).tolist()
+    for i in starts:
+        piece = seq[i : min(i + size, end)]
+        yield piece if isinstance(piece, str) else data.tokenizer.decode(piece.tolist())
+
+
+CHARS_PER_TOKEN_SPREAD = 6  # characters tokenized per training token needed: ~1.5x the data a BPE needs
+
+
+def _datasets(tok: Any, data: CorpusSplit | TokenCorpus, cfg: FinetuneConfig, tokens_needed: int | None,
+              ) -> tuple[BlockDataset, BlockDataset]:
+    """Training blocks (all of the text for an epoch budget, else about 1.5x the tokens the steps
+    use, from across the text) and the first ``eval_blocks`` validation blocks."""
+    spread = None if tokens_needed is None else tokens_needed * CHARS_PER_TOKEN_SPREAD
+    train_ds = tokenize_blocks(tok, _text_chunks(data, "train", cfg.train_chars, spread=spread), cfg.block_size)
+    # the periodic val loss uses the first eval_blocks blocks
+    val_ds = tokenize_blocks(tok, _text_chunks(data, "val", cfg.eval_blocks * cfg.block_size * 16), cfg.block_size,
+                             cfg.eval_blocks * cfg.block_size)
+    if len(train_ds) < 1 or len(val_ds) < 1:
+        raise ConfigError(f"the text is too short for one block of {cfg.block_size} tokens; use --block-size smaller")
+    return train_ds, val_ds
+
+
+def _with_lora(model: Any, cfg: FinetuneConfig) -> tuple[Any, int]:
+    """The model to train and its trainable parameter count (LoRA adapters when lora_r > 0)."""
+    if cfg.lora_r == 0:
+        return model, sum(p.numel() for p in model.parameters())
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                             target_modules="all-linear", task_type="CAUSAL_LM"))
+    return model, sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _step_plan(cfg: FinetuneConfig, tokens_per_step: int, device: torch.device) -> tuple[int, int | None, TimeBudget | None]:
+    """(optimizer steps, training tokens to tokenize, time budget). With only a time budget the
+    steps are an upper bound that the TimeBudget replaces once it has timed a few steps, and the
+    data is what a fast machine of this kind would use (fewer tokens repeat, more are not read)."""
+    if cfg.max_steps is None and cfg.epochs is None:
+        tokens_per_s = 20_000 if device.type == "cuda" else 2_000  # well above what a 135M model trains at
+        return 1_000_000, int(cfg.max_time * tokens_per_s), TimeBudget(cfg.max_time)
+    return cfg.max_steps, None if cfg.epochs else cfg.max_steps * tokens_per_step, None
+
+
+def _training_args(cfg: FinetuneConfig, device: torch.device, ckpt_dir: Path, max_steps: int, resume: bool,
+                   progress: bool) -> Any:
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(ckpt_dir), per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        max_steps=max_steps, learning_rate=cfg.lr, lr_scheduler_type="cosine", warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay, max_grad_norm=cfg.grad_clip, eval_strategy="steps",
+        eval_steps=cfg.eval_interval, save_strategy="steps", save_steps=cfg.eval_interval, save_total_limit=1,
+        load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
+        logging_steps=max(1, min(10, cfg.eval_interval)), report_to=[], seed=cfg.seed, data_seed=cfg.seed,
+        bf16=resolve_precision(cfg.precision, device, "fine-tuning") == torch.bfloat16,
+        use_cpu=device.type == "cpu", dataloader_num_workers=0, disable_tqdm=not progress,
+        eval_on_start=not resume, save_only_model=False,
+    )
+
+
+def _save(model: Any, pre: Pretrained, cfg: FinetuneConfig, out: Path, steps: int) -> tuple[Any, Path]:
+    """Merge LoRA adapters if any and write ``model_hf_finetuned/`` (plain transformers can load it)."""
+    if cfg.lora_r > 0:
+        model = model.merge_and_unload()
+    final_dir = out / RunDir.FINETUNED
+    if is_main_process():
+        model.save_pretrained(final_dir)
+        pre.tokenizer.save_pretrained(final_dir)
+        (final_dir / "nanobard.json").write_text(json.dumps(
+            {"base_model": pre.name, "config": asdict(cfg), "steps": steps}, indent=2))
+    return model, final_dir
+
+
+def _last_checkpoint_step(ckpt_dir: Path, resume: bool) -> int | None:
+    found = list(ckpt_dir.glob("checkpoint-*")) if resume and ckpt_dir.exists() else []
+    return max(int(p.name.split("-")[1]) for p in found) if found else None
+
+
+def finetune(
+    cfg: FinetuneConfig, data: CorpusSplit | TokenCorpus, out_dir: str | os.PathLike, *, resume: bool = False,
+    progress: bool = True, keep_checkpoints: bool = True,
+) -> FinetuneResult:
+    """Score before, fine-tune, save ``model_hf_finetuned/``, score after. See module docstring.
+    ``keep_checkpoints=False`` deletes the Trainer's resumable checkpoints (weights and optimizer
+    state, ~1.6 GB for a 135M model) once the fine-tuned model is saved."""
+    from transformers import EarlyStoppingCallback
+
+
+    out = Path(out_dir)
+    device = pick_device(cfg.device)
+    pre = load_pretrained(cfg.pretrained, device)  # fails before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    score_text = _val_text(data, cfg.score_chars)
+    before, samples_before = _score_before(pre, score_text, cfg, out, resume, progress)
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun each process takes batch_size blocks
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.block_size * world
+    max_steps, tokens_needed, budget = _step_plan(cfg, tokens_per_step, device)
+    train_ds, val_ds = _datasets(pre.tokenizer, data, cfg, tokens_needed)
+    if cfg.epochs is not None:
+        by_epochs = math.ceil(cfg.epochs * len(train_ds) / (cfg.batch_size * cfg.grad_accum))
+        max_steps = min(max_steps or by_epochs, by_epochs)
+    model, trainable = _with_lora(pre.model, cfg)
+
+    run = RunDir(out)
+    ckpt_dir, metrics_path = run / RunDir.HF_CHECKPOINTS, run / RunDir.METRICS_HF
+    if not resume and metrics_path.exists() and is_main_process():
+        metrics_path.unlink()
+    t0 = time.perf_counter()
+    cb = metrics_callback(metrics_path, tokens_per_step, t0, cfg.max_time, budget)
+    callbacks = [cb] + ([EarlyStoppingCallback(cfg.patience)] if cfg.patience else [])
+    trainer = trainer_class(budget)(model=model, args=_training_args(cfg, device, ckpt_dir, max_steps, resume, progress),
+                                    train_dataset=train_ds, eval_dataset=val_ds, callbacks=callbacks)
+    steps_before = _last_checkpoint_step(ckpt_dir, resume)
+    trainer.train(resume_from_checkpoint=steps_before is not None or None)
+    train_seconds = time.perf_counter() - t0
+    steps = trainer.state.global_step
+    model, final_dir = _save(trainer.model, pre, cfg, out, steps)
+    if not keep_checkpoints and is_main_process():
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+    logger.info("scoring the fine-tuned model")
+    after = score_hf(model, pre.tokenizer, score_text, f"{pre.name} (after)", progress=progress)
+    after_pre = Pretrained(model=model, tokenizer=pre.tokenizer, name=str(final_dir), reason="fine-tuned")
+    samples = samples_before + make_samples(_sampler(after_pre), "after", cfg.sample_tokens, cfg.prompts)
+    session_tokens = (steps - (steps_before or 0)) * tokens_per_step
+    res = FinetuneResult(
+        out_dir=out, model_name=pre.name, reason=pre.reason, num_params=pre.num_params, trainable_params=trainable,
+        steps=steps, tokens=steps * tokens_per_step, train_seconds=train_seconds,
+        tokens_per_s=session_tokens / train_seconds if train_seconds > 0 else 0.0,
+        before=before, after=after, history=run.read_metrics(RunDir.METRICS_HF) if metrics_path.exists() else cb.rows,
+        samples=samples, time_budget_s=cfg.max_time,
+    )
+    if is_main_process():
+        res.save(run / RunDir.FINETUNE_RESULT)
+    return res
+
+
+def _val_text(data: CorpusSplit | TokenCorpus, n: int | None) -> str:
+    return "".join(_text_chunks(data, "val", n or None))

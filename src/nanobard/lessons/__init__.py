@@ -1,0 +1,1 @@
+"""The notebooks' measured lessons (small experiments returning records) and their figures."""

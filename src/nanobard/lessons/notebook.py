@@ -1,0 +1,55 @@
+"""What every learner notebook starts with, in one place: its output folder, the tiny mode (toy
+sizes, for a quick check; the tests set ``NANOBARD_NOTEBOOK_TINY=1``), the corpus, and a way to show
+the figures the package writes.
+
+    nb = start("01_transformers")
+    TINY, OUT, show = nb.tiny, nb.out, nb.show
+    data = nb.corpus()
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from nanobard.data.corpus import CorpusSplit, load_split
+from nanobard.data.tokens import TokenCorpus, load_tokens, tokens_from_split
+
+TINY_ENV = "NANOBARD_NOTEBOOK_TINY"
+TINY_CHARS = (100_000, 20_000)  # training and validation characters of the tiny mode's corpus slice
+
+
+def tiny_mode() -> bool:
+    """Are the notebooks to run at toy sizes (``NANOBARD_NOTEBOOK_TINY=1``)?"""
+    return os.environ.get(TINY_ENV) == "1"
+
+
+@dataclass(frozen=True)
+class Notebook:
+    name: str
+    out: Path  # runs/notebooks/<name>/, relative to the working directory
+    tiny: bool
+
+    def show(self, path: str | os.PathLike) -> None:
+        """Display a PNG the package wrote (figures are files under ``out``; the notebook only shows them)."""
+        from IPython.display import Image, display
+
+        display(Image(filename=str(path)))
+
+    def corpus(self, name: str = "shakespeare") -> TokenCorpus:
+        """The corpus every notebook uses: the 38 plays shipped with nanobard, encoded once and
+        cached; in tiny mode a slice of the same text."""
+        if self.tiny:
+            full = load_split(name)
+            data = tokens_from_split(CorpusSplit(full.name, full.train[: TINY_CHARS[0]], full.val[: TINY_CHARS[1]]))
+        else:
+            data = load_tokens(name)
+        return data
+
+
+def start(name: str) -> Notebook:
+    """The notebook ``name``'s setup: its output folder (created) and the tiny mode."""
+    out = Path("runs/notebooks") / name
+    out.mkdir(parents=True, exist_ok=True)
+    return Notebook(name, out, tiny_mode())

@@ -1,0 +1,229 @@
+"""Decoding for both tracks: greedy, temperature, top-k and top-p (nucleus) sampling, seeded and
+streamed token by token.
+
+A model is wrapped in a *decoder* that turns "here is the prompt / here is one more token" into
+next-token logits, reusing its key/value cache. The sampling code below knows nothing else about
+the model, so the from-scratch GPT and a Hugging Face model decode with the same code.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch.nn import functional as F
+
+from nanobard.config import ConfigError
+from nanobard.hardware import decode_attention
+from nanobard.model.gpt import GPT
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """temperature 0 means greedy (argmax). top_k 0 and top_p 1.0 disable those filters."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 1337
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+# The decoding settings every comparison in nanobard uses (the seed's three, plus nucleus).
+STRATEGIES: dict[str, SamplingConfig] = {
+    "greedy": SamplingConfig(temperature=0.0),
+    "top_k": SamplingConfig(temperature=1.0, top_k=40),
+    "temperature": SamplingConfig(temperature=0.8),
+    "top_p": SamplingConfig(temperature=1.0, top_p=0.9),
+}
+
+
+class Decoder(Protocol):
+    def start(self, prompt_ids: list[int]) -> torch.Tensor:
+        """Feed the prompt; return logits (V,) for the next token."""
+
+    def advance(self, token: int) -> torch.Tensor:
+        """Feed one sampled token; return logits (V,) for the next."""
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set to -inf every logit outside the top-k and outside the smallest set whose probability
+    mass reaches top_p (the most likely token is always kept). logits: (V,)."""
+    logits = logits.clone()
+    if top_k > 0 and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k).values[-1]
+        logits[logits < kth] = float("-inf")
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cum = torch.cumsum(F.softmax(sorted_logits, dim=-1), dim=-1)
+        drop = cum - F.softmax(sorted_logits, dim=-1) >= top_p  # mass before this token already enough
+        logits[order[drop]] = float("-inf")
+    return logits
+
+
+def pick_token(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator) -> int:
+    """One next token from logits (V,)."""
+    logits = logits.float().cpu()
+    if cfg.temperature == 0:
+        return int(torch.argmax(logits))
+    probs = F.softmax(filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p), dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def generate_ids(
+    decoder: Decoder, prompt_ids: list[int], max_new_tokens: int, cfg: SamplingConfig,
+    stop_ids: set[int] | None = None,
+) -> Iterator[int]:
+    """Yield up to ``max_new_tokens`` new token ids, one at a time (stops early on a stop id)."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    with torch.inference_mode():
+        logits = decoder.start(prompt_ids)
+        for _ in range(max_new_tokens):
+            tok = pick_token(logits, cfg, g)
+            yield tok
+            if stop_ids and tok in stop_ids:
+                return
+            logits = decoder.advance(tok)
+
+
+def stream_text(decode: Any, ids: Iterator[int]) -> Iterator[str]:
+    """Turn a token stream into text pieces; decodes the whole tail so multi-byte BPE pieces
+    appear only once complete."""
+    out: list[int] = []
+    shown = ""
+    for i in ids:
+        out.append(i)
+        text = decode(out)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+            continue
+        yield text[len(shown):]
+        shown = text
+
+
+class ScratchDecoder:
+    """KV-cached decoding for the from-scratch GPT.
+
+    Identical to re-running the full context while it fits in ``block_size``; once the context is
+    full, the cache restarts from the most recent ``block_size // 2`` tokens (a sliding window
+    with absolute positions cannot slide a cache), so later tokens see between half and a full
+    window of context. ``use_cache=False`` re-runs the last ``block_size`` tokens every step.
+
+    ``dtype`` runs a copy of the model in that precision (e.g. ``torch.bfloat16``, half the memory
+    traffic per token: single-token decoding on a CPU is bound by reading the weights); on a CPU
+    the cache and attention stay float32. Samples then differ slightly from a float32 run.
+    """
+
+    def __init__(self, model: GPT, use_cache: bool = True, dtype: torch.dtype | None = None):
+        p = next(model.parameters())
+        if dtype == torch.int8:  # weight-only int8 (quantize.py), CPU only
+            from nanobard.model.quantize import quantize_int8
+
+            model = quantize_int8(model)
+        elif dtype is not None and dtype != p.dtype:
+            model = copy.deepcopy(model).to(dtype)
+        self.model, self.use_cache = model, use_cache
+        self.device = p.device
+        self.cache_dtype = torch.float32 if p.device.type == "cpu" else None
+        self.block = model.config.block_size
+        self.ids: list[int] = []
+        self.cache = None
+
+    def _run(self, ids: list[int], cache) -> torch.Tensor:
+        x = torch.tensor([ids], dtype=torch.long, device=self.device)
+        with decode_attention(self.device):
+            return self.model(x, kv_cache=cache).logits[0, -1]
+
+    def start(self, prompt_ids: list[int]) -> torch.Tensor:
+        if not prompt_ids:
+            raise ConfigError("the prompt is empty; give at least one character")
+        self.model.eval()
+        self.ids = list(prompt_ids)
+        return self._refill() if self.use_cache else self._run(self.ids[-self.block:], None)
+
+    def _refill(self) -> torch.Tensor:
+        self.cache = self.model.new_cache(1, dtype=self.cache_dtype)
+        window = self.ids[-self.block:] if len(self.ids) <= self.block else self.ids[-(self.block // 2):]
+        return self._run(window, self.cache)
+
+    def advance(self, token: int) -> torch.Tensor:
+        self.ids.append(token)
+        if not self.use_cache:
+            return self._run(self.ids[-self.block:], None)
+        if self.cache[0].pos >= self.block:
+            return self._refill()
+        with decode_attention(self.device):
+            return self.model.decode_step(token, self.cache)
+
+
+class HFDecoder:
+    """KV-cached decoding for a Hugging Face causal LM (``past_key_values``)."""
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.max_len = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 1024)
+        self.past = None
+        self.length = 0
+        # transformers >= 5.2x names the KV cache `cache`; earlier versions `past_key_values`
+        params = inspect.signature(model.forward).parameters
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    def _run(self, ids: list[int]) -> torch.Tensor:
+        x = torch.tensor([ids], dtype=torch.long, device=self.device)
+        with decode_attention(self.device):
+            out = self.model(input_ids=x, use_cache=True, **{self.cache_kw: self.past})
+        self.past = getattr(out, self.cache_kw)
+        self.length += len(ids)
+        return out.logits[0, -1]
+
+    def start(self, prompt_ids: list[int]) -> torch.Tensor:
+        if not prompt_ids:
+            raise ConfigError("the prompt is empty; give at least one character")
+        self.model.eval()
+        self.past, self.length = None, 0
+        self.ids = list(prompt_ids)[-self.max_len:]
+        return self._run(self.ids)
+
+    def advance(self, token: int) -> torch.Tensor:
+        self.ids.append(token)
+        if self.length >= self.max_len:  # context full: restart from the last half
+            self.past, self.length = None, 0
+            return self._run(self.ids[-(self.max_len // 2):])
+        return self._run([token])
+
+
+def generate_text(
+    decoder: Decoder, encode: Any, decode: Any, prompt: str, max_new_tokens: int, cfg: SamplingConfig,
+    stop_ids: set[int] | None = None,
+) -> Iterator[str]:
+    """Encode ``prompt``, decode ``max_new_tokens`` tokens and yield the new text as it comes."""
+    ids = generate_ids(decoder, encode(prompt), max_new_tokens, cfg, stop_ids)
+    return stream_text(decode, ids)
+
+
+@dataclass
+class TextGenerator:
+    """A model with its tokenizer, ready to stream text with any SamplingConfig."""
+
+    name: str
+    encode: Any  # str -> list[int]
+    decode: Any  # list[int] -> str
+    make_decoder: Any  # () -> Decoder
+    stop_ids: set[int] | None = None
+
+    def stream(self, prompt: str, max_new_tokens: int, cfg: SamplingConfig) -> Iterator[str]:
+        return generate_text(self.make_decoder(), self.encode, self.decode, prompt, max_new_tokens, cfg, self.stop_ids)
+
+    def complete(self, prompt: str, max_new_tokens: int, cfg: SamplingConfig) -> str:
+        return "".join(self.stream(prompt, max_new_tokens, cfg))

@@ -1,0 +1,92 @@
+"""Typed results: a dataclass that derives from ``Record`` is written as plain JSON by
+``to_dict()``/``save()`` and rebuilt, nested records and paths included, by ``from_dict()``/``load()``.
+Every JSON file of a run folder is one of these (rundir.py names the files).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+R = TypeVar("R", bound="Record")
+
+
+class Record:
+    """Mixin for result dataclasses: JSON in, JSON out."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return _fields(self)
+
+    @classmethod
+    def from_dict(cls: type[R], data: dict[str, Any]) -> R:
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: _decode(hints[k], v) for k, v in data.items() if k in known})
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+    @classmethod
+    def load(cls: type[R], path: str | os.PathLike) -> R:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _encode(obj: Any) -> Any:
+    if isinstance(obj, Record) and type(obj).to_dict is not Record.to_dict:
+        return obj.to_dict()  # a record that adds derived figures to its JSON
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _fields(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _encode(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_encode(v) for v in obj]
+    return obj
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    return {f.name: _encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+
+
+def _decode(tp: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _decode(inner[0], value) if len(inner) == 1 else value
+    if origin in (list, tuple) and args:
+        items = [_decode(args[0], v) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict and len(args) == 2:
+        return {k: _decode(args[1], v) for k, v in value.items()}
+    if isinstance(tp, type) and issubclass(tp, Record):
+        return tp.from_dict(value)
+    if tp is Path:
+        return Path(value)
+    return value
+
+
+@dataclass(frozen=True)
+class EvalRow(Record):
+    """One evaluation during training (a line of metrics.jsonl / metrics_hf.jsonl). Losses in nats
+    per token of the model's own tokenizer."""
+
+    step: int
+    tokens: int
+    val_loss: float
+    train_loss: float | None = None
+    lr: float | None = None
+    elapsed_s: float = 0.0
+    tokens_per_s: float | None = None
+    last_batch_loss: float | None = None
+    heads: dict[str, list[list[float]]] | None = None  # per-head scores [layer][head] (from-scratch track)

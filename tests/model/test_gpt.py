@@ -1,0 +1,141 @@
+import pytest
+import torch
+
+from nanobard.config import ConfigError, ModelConfig
+from nanobard.model.gpt import GPT
+from nanobard.model.sampling import SamplingConfig, ScratchDecoder, generate_ids
+
+CFG = ModelConfig(vocab_size=17, block_size=16, n_layer=2, n_head=4, n_embd=32)
+
+
+def make(cfg=CFG, seed=0):
+    torch.manual_seed(seed)
+    return GPT(cfg).eval()
+
+
+@pytest.mark.parametrize("pos", ["learned", "sinusoidal"])
+def test_shapes_loss_and_attention(pos):
+    model = make(ModelConfig(**{**CFG.__dict__, "pos_encoding": pos}))
+    idx = torch.randint(0, 17, (3, 10))
+    out = model(idx, targets=idx, return_attention=True)
+    assert out.logits.shape == (3, 10, 17)
+    assert out.loss.ndim == 0 and 2.0 < out.loss.item() < 4.0  # ~ln(17) = 2.83 at init
+    assert len(out.attentions) == 2 and out.attentions[0].shape == (3, 4, 10, 10)
+    assert torch.allclose(out.attentions[0].sum(-1), torch.ones(3, 4, 10))
+
+
+def test_readable_and_fast_attention_paths_agree():
+    model = make()
+    idx = torch.randint(0, 17, (2, 16))
+    fast = model(idx).logits
+    readable = model(idx, return_attention=True).logits
+    torch.testing.assert_close(fast, readable, atol=1e-5, rtol=1e-5)
+
+
+def test_causal_masking_future_tokens_never_change_earlier_logits():
+    model = make()
+    idx = torch.randint(0, 17, (1, 16))
+    base = model(idx).logits
+    for t in range(15):
+        changed = idx.clone()
+        changed[0, t + 1 :] = (changed[0, t + 1 :] + 5) % 17
+        out = model(changed).logits
+        assert torch.equal(out[0, : t + 1], base[0, : t + 1]), f"position {t} saw the future"
+        assert not torch.equal(out[0, t + 1 :], base[0, t + 1 :])
+    att = model(idx, return_attention=True).attentions
+    for a in att:
+        assert torch.count_nonzero(torch.triu(a[0], diagonal=1)) == 0
+
+
+def test_kv_cache_matches_full_forward_and_uncached_generation():
+    model = make()
+    idx = torch.randint(0, 17, (1, 12))
+    cache = model.new_cache(1)
+    step_logits = [model(idx[:, :5], kv_cache=cache).logits[:, -1]]
+    for t in range(5, 12):
+        step_logits.append(model(idx[:, t : t + 1], kv_cache=cache).logits[:, -1])
+    full = model(idx).logits
+    torch.testing.assert_close(torch.cat(step_logits), full[0, 4:], atol=1e-5, rtol=1e-5)
+
+    for cfg in (SamplingConfig(temperature=0.0), SamplingConfig(temperature=1.0, top_k=5, seed=3)):
+        cached = list(generate_ids(ScratchDecoder(model, use_cache=True), [1, 2, 3], 13, cfg))
+        uncached = list(generate_ids(ScratchDecoder(model, use_cache=False), [1, 2, 3], 13, cfg))
+        assert cached == uncached and len(cached) == 13
+
+
+def _last_logits(model, ids: list[int], dtype: torch.dtype):
+    """(the float32 model's last logits, a decoder in ``dtype``, its logits after feeding ``ids``
+    three at the start and then one at a time)."""
+    with torch.inference_mode():
+        ref = model(torch.tensor([ids])).logits[0, -1]
+        dec = ScratchDecoder(model, dtype=dtype)
+        dec.start(ids[:3])
+        for t in ids[3:-1]:
+            dec.advance(t)
+        return ref, dec, dec.advance(ids[-1])
+
+
+def test_bfloat16_decoder_tracks_float32_and_leaves_the_model_alone():
+    model = make()
+    ref, dec, got = _last_logits(model, [1, 2, 3, 4, 5, 6], torch.bfloat16)
+    assert next(model.parameters()).dtype == torch.float32  # the decoder ran a copy
+    assert next(dec.model.parameters()).dtype == torch.bfloat16 and dec.cache[0].k.dtype == torch.float32
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), ref, atol=0.05, rtol=0.05)
+    assert not torch.equal(got.float(), ref)  # it really ran in bfloat16
+
+
+def test_generation_beyond_context_keeps_going():
+    model = make()
+    out = list(generate_ids(ScratchDecoder(model), [1], 40, SamplingConfig(seed=1)))
+    assert len(out) == 40 and all(0 <= t < 17 for t in out)
+
+
+def test_context_overflow_is_a_clear_error():
+    with pytest.raises(ValueError, match="exceeds the context length"):
+        make()(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_hf_gpt2_weights_give_identical_logits():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=24, n_embd=32, n_layer=2, n_head=4,
+                                    activation_function="gelu", resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)).eval()
+    ours = GPT.from_hf_gpt2(hf).eval()
+    idx = torch.randint(0, 50, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx).logits, hf(idx).logits, atol=1e-5, rtol=1e-4)
+    assert ours.num_params() == sum(p.numel() for p in hf.parameters())
+
+
+@pytest.mark.parametrize("kw", [{"n_embd": 30, "n_head": 4}, {"n_layer": 0}, {"dropout": 1.5}])
+def test_invalid_model_configs(kw):
+    with pytest.raises(ConfigError):
+        ModelConfig(**kw)
+
+
+def test_decode_step_equals_the_cached_forward_pass():
+    model = make()
+    idx = torch.randint(0, 17, (1, 12))
+    cache_a, cache_b = model.new_cache(1), model.new_cache(1)
+    model(idx[:, :4], kv_cache=cache_a)
+    model(idx[:, :4], kv_cache=cache_b)
+    with torch.no_grad():
+        for t in range(4, 12):
+            ref = model(idx[:, t : t + 1], kv_cache=cache_a).logits[0, -1]
+            torch.testing.assert_close(model.decode_step(int(idx[0, t]), cache_b), ref, atol=1e-6, rtol=1e-6)
+
+
+def test_int8_weights_track_float32_and_generate():
+    from nanobard.model.quantize import Int8Linear
+
+    model = make()
+    ref, dec, got = _last_logits(model, [1, 2, 3, 4, 5, 6, 7, 8], torch.int8)
+    assert isinstance(dec.model.transformer.h[0].mlp.c_fc, Int8Linear)
+    assert dec.model.transformer.h[0].mlp.c_fc.weight_int8.dtype == torch.int8
+    assert isinstance(model.transformer.h[0].mlp.c_fc, torch.nn.Linear)  # the decoder quantized a copy
+    torch.testing.assert_close(got.float(), ref, atol=0.08, rtol=0.08)
+    assert not torch.equal(got.float(), ref)
+    out = list(generate_ids(ScratchDecoder(model, dtype=torch.int8), [1], 40, SamplingConfig(seed=1)))
+    assert len(out) == 40

@@ -1,0 +1,177 @@
+import json
+import os
+import pickle
+
+import pytest
+import torch
+
+from nanobard.config import ConfigError, ModelConfig, TrainConfig
+from nanobard.data.corpus import split_text
+from nanobard.model import checkpoint
+from nanobard.model.checkpoint import CheckpointError, load_model, read_checkpoint
+from nanobard.train.loop import lr_at, train
+from tests.fixtures import TINY_MODEL, tcfg
+
+
+def test_training_lowers_loss_and_writes_the_run_folder(tmp_path, tiny_text):
+    res = train(TINY_MODEL, tcfg(max_steps=60), split_text(tiny_text), tmp_path, progress=False)
+    assert res.steps == 60 and res.best_val_loss < res.first_val_loss - 0.5
+    rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 10, 20, 30, 40, 50, 60]
+    assert {"step", "tokens", "train_loss", "val_loss", "lr", "elapsed_s"} <= rows[-1].keys()
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["model"]["n_embd"] == 32 and cfg["train"]["max_steps"] == 60
+    best = torch.load(tmp_path / "model_scratch_best.pt", weights_only=True)
+    assert json.loads(best["metrics"])["val_loss"] == pytest.approx(res.best_val_loss, abs=1e-9)
+    from nanobard.train.loop import TrainResult
+
+    assert TrainResult.load(tmp_path / "train_result.json") == res  # the result, reloadable as a record
+    assert all(r.heads is None for r in res.history)  # plain training runs no analysis
+
+
+def test_on_eval_callbacks_fill_the_recorded_rows(tmp_path, tiny_text):
+    from nanobard.interp.circuits import record_head_scores
+
+    seen = []
+
+    def spy(model, row):
+        seen.append((row.step, model.training))
+        return row
+
+    res = train(TINY_MODEL, tcfg(max_steps=20, eval_interval=10), split_text(tiny_text), tmp_path,
+                progress=False, on_eval=[spy, record_head_scores])
+    assert seen == [(0, True), (10, True), (20, True)]  # every evaluation, the model in training mode
+    assert all(len(r.heads["induction"]) == TINY_MODEL.n_layer for r in res.history)
+    rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [len(r["heads"]["previous_token"][0]) for r in rows] == [TINY_MODEL.n_head] * 3  # recorded as returned
+
+
+def test_a_time_only_budget_is_sized_from_the_measured_speed(tmp_path, tiny_text, monkeypatch):
+    from nanobard.train.schedule import Clock
+
+    refits = []
+    refine = Clock.refine
+    monkeypatch.setattr(Clock, "refine", lambda self, step, *a: refits.append(step) or refine(self, step, *a))
+    res = train(TINY_MODEL, tcfg(max_steps=None, max_time=4.0, eval_interval=20), split_text(tiny_text), tmp_path,
+                progress=False)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    counters = json.loads(torch.load(tmp_path / "ckpt_last.pt", weights_only=True)["train_state"]["counters"])
+    assert counters["horizon"] is not None and counters["horizon"] > 13  # sized after timing steps 3..13
+    assert counters["horizon_refined"]
+    # re-fitted at every evaluation after sizing, except a final one made because the budget was spent
+    after_sizing = [r.step for r in res.history if r.step > 13]
+    assert refits in (after_sizing, after_sizing[:-1]) and len(refits) >= 2
+    assert res.stopped in ("time", "steps") and res.steps <= counters["horizon"]
+    assert res.history[-1].step == res.steps  # the final evaluation, once, at the last step
+    assert cfg["budget"] == "time" and res.time_budget_s == 4.0
+
+
+def test_resolve_budget_overrides():
+    from nanobard.config import resolve
+
+    base = TrainConfig(max_steps=100, max_time=60.0)
+    assert resolve(base, {"max_time": 30.0}).max_steps is None  # time alone: time is the budget
+    assert resolve(base, {"max_steps": 7}) == TrainConfig(max_steps=7, max_time=60.0)  # steps, time still caps
+    assert resolve(base, {"epochs": 2.0}).max_steps is None
+    assert resolve(base, {"lr": None}) == base  # unset flags change nothing
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_is_exact(tmp_path, tiny_text, optimizer):
+    split = split_text(tiny_text)
+    m = ModelConfig(**{**TINY_MODEL.__dict__, "dropout": 0.1})  # dropout: the RNG state must resume too
+    kw = dict(lr_decay_steps=40, optimizer=optimizer)  # Muon's momentum buffers must resume too
+    train(m, tcfg(max_steps=40, **kw), split, tmp_path / "straight", progress=False)
+    train(m, tcfg(max_steps=20, **kw), split, tmp_path / "split", progress=False)
+    res = train(m, tcfg(max_steps=40, **kw), split, tmp_path / "split", resume=True, progress=False)
+    assert res.steps == 40
+    a = torch.load(tmp_path / "straight" / "ckpt_last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "split" / "ckpt_last.pt", weights_only=True)["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    steps = [json.loads(ln)["step"] for ln in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 10, 20, 30, 40]
+
+
+def test_early_stopping(tmp_path, tiny_text):
+    # a learning rate so small that validation loss cannot improve by the float32 resolution
+    res = train(TINY_MODEL, tcfg(max_steps=500, lr=1e-12, min_lr=0, warmup_steps=0, patience=2),
+                split_text(tiny_text), tmp_path, progress=False)
+    assert res.stopped == "early_stopping" and res.steps < 500
+
+
+def test_time_budget(tmp_path, tiny_text):
+    res = train(TINY_MODEL, tcfg(max_steps=None, max_time=3.0), split_text(tiny_text), tmp_path, progress=False)
+    assert res.stopped == "time" and res.steps > 0 and res.elapsed_s < 15
+
+
+def test_epoch_budget(tmp_path, tiny_text):
+    split = split_text(tiny_text)
+    res = train(TINY_MODEL, tcfg(max_steps=None, epochs=0.5), split, tmp_path, progress=False)
+    assert res.steps == -(-int(0.5 * len(split.train)) // (8 * 16))
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = tcfg(lr=1.0, min_lr=0.1, warmup_steps=10)
+    assert lr_at(0, cfg, 110, 0) == pytest.approx(1 / 11)
+    assert lr_at(10, cfg, 110, 0) == pytest.approx(1.0)
+    assert lr_at(60, cfg, 110, 0) == pytest.approx(0.55)
+    assert lr_at(110, cfg, 110, 0) == pytest.approx(0.1)
+    assert lr_at(50, cfg, None, 0.5) == pytest.approx(0.55)  # time-only budget follows time
+
+
+def test_atomic_checkpoint_write_keeps_previous_on_failure(tmp_path, tiny_text, monkeypatch):
+    train(TINY_MODEL, tcfg(max_steps=10), split_text(tiny_text), tmp_path, progress=False)
+    path = tmp_path / "model_scratch_best.pt"
+    before = path.read_bytes()
+
+    def boom(obj, f):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", boom)
+    model, tok, _ = load_model(path)
+    with pytest.raises(CheckpointError, match="No space left on device.*previous checkpoint is intact"):
+        checkpoint.save_checkpoint(path, model, tok)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_damaged_and_foreign_checkpoints(tmp_path, tiny_text):
+    train(TINY_MODEL, tcfg(max_steps=10), split_text(tiny_text), tmp_path, progress=False)
+    good = (tmp_path / "model_scratch_best.pt").read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(good[: len(good) // 2])
+    (tmp_path / "random.pt").write_bytes(os.urandom(4096))
+    for name in ("trunc.pt", "random.pt"):
+        with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+            read_checkpoint(tmp_path / name)
+    with pytest.raises(CheckpointError, match="not found"):
+        read_checkpoint(tmp_path / "missing.pt")
+    other = ModelConfig(**{**TINY_MODEL.__dict__, "vocab_size": 65, "n_embd": 64})
+    with pytest.raises(CheckpointError, match="different model"):
+        load_model(tmp_path / "model_scratch_best.pt", expect=other)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_checkpoint_that_runs_code_on_load_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"format": "nanobard-scratch-v1", "model": _Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="refused"):
+        read_checkpoint(tmp_path / "evil.pt")
+    assert not (tmp_path / "pwned").exists()
+    with open(tmp_path / "evil.pkl", "wb") as f:
+        pickle.dump(_Evil(), f)
+    with pytest.raises(CheckpointError):
+        read_checkpoint(tmp_path / "evil.pkl")
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("kw", [{"lr": 0}, {"lr": -1e-3}, {"batch_size": 0}, {"max_steps": None},
+                                {"patience": 0}, {"optimizer": "sgd"}])
+def test_invalid_train_configs(kw):
+    with pytest.raises(ConfigError):
+        tcfg(**kw)
