@@ -33,6 +33,7 @@ chromium:
 # Style, the layer contract (pyproject.toml's [tool.importlinter]) and types.
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks notebooks
+	$(BIN)/ruff format --check src tests benchmarks notebooks
 	$(BIN)/lint-imports --no-cache
 
 bench: $(STAMP)

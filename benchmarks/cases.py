@@ -34,7 +34,11 @@ def _clock(device: torch.device) -> float:
 
 
 def _gpu_memory(device: torch.device) -> dict[str, float]:
-    return {"peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20} if device.type == "cuda" else {}
+    return (
+        {"peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20}
+        if device.type == "cuda"
+        else {}
+    )
 
 
 def case_matmul(dtype: str, n: int = 2048, reps: int = 10, device: str = "cpu") -> dict[str, Any]:
@@ -47,8 +51,14 @@ def case_matmul(dtype: str, n: int = 2048, reps: int = 10, device: str = "cpu") 
     return {"gflops": 2 * n**3 / ((_clock(dev) - t) / reps) / 1e9, "n": n}
 
 
-def case_train(preset: str, dtype: str, steps: int = 20, warmup: int = 3, batch_size: int | None = None,
-               device: str = "cpu") -> dict[str, Any]:
+def case_train(
+    preset: str,
+    dtype: str,
+    steps: int = 20,
+    warmup: int = 3,
+    batch_size: int | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """Training steps of a preset's model and optimizer on random tokens (the trainer's own step)."""
     from nanobard.config import get_preset, with_overrides
     from nanobard.model.gpt import GPT
@@ -68,11 +78,20 @@ def case_train(preset: str, dtype: str, steps: int = 20, warmup: int = 3, batch_
             t0 = _clock(dev)
         train_step(model, opt, [(x, x)], tcfg, dev)
     tps = steps * x.numel() / (_clock(dev) - t0)
-    return {"tokens_per_s": tps, "gflops": tps * model.flops_per_token() / 1e9, "params": model.num_params(),
-            "flops_per_token": model.flops_per_token(), "batch": x.size(0), "context": x.size(1), **_gpu_memory(dev)}
+    return {
+        "tokens_per_s": tps,
+        "gflops": tps * model.flops_per_token() / 1e9,
+        "params": model.num_params(),
+        "flops_per_token": model.flops_per_token(),
+        "batch": x.size(0),
+        "context": x.size(1),
+        **_gpu_memory(dev),
+    }
 
 
-def case_generate(use_cache: bool, new_tokens: int = 500, dtype: str = "float32", device: str = "cpu") -> dict[str, Any]:
+def case_generate(
+    use_cache: bool, new_tokens: int = 500, dtype: str = "float32", device: str = "cpu"
+) -> dict[str, Any]:
     """The 10.7M (`gpu` preset) model generating ``new_tokens`` tokens after a 1-token prompt."""
     from nanobard.config import get_preset, with_overrides
     from nanobard.model.gpt import GPT
@@ -82,17 +101,38 @@ def case_generate(use_cache: bool, new_tokens: int = 500, dtype: str = "float32"
     torch.manual_seed(0)
     dev = torch.device(device)
     model = GPT(cfg).to(dev).eval()
-    if dev.type != "cpu":  # start the GPU's libraries outside the timing (a CPU has nothing to start)
-        sum(1 for _ in generate_ids(ScratchDecoder(model, use_cache=use_cache, dtype=DTYPES[dtype]), [0], 8,
-                                    SamplingConfig(temperature=1.0, seed=1)))
+    if (
+        dev.type != "cpu"
+    ):  # start the GPU's libraries outside the timing (a CPU has nothing to start)
+        sum(
+            1
+            for _ in generate_ids(
+                ScratchDecoder(model, use_cache=use_cache, dtype=DTYPES[dtype]),
+                [0],
+                8,
+                SamplingConfig(temperature=1.0, seed=1),
+            )
+        )
     t = _clock(dev)
     decoder = ScratchDecoder(model, use_cache=use_cache, dtype=DTYPES[dtype])
-    n = sum(1 for _ in generate_ids(decoder, [0], new_tokens, SamplingConfig(temperature=1.0, seed=0)))
-    return {"tokens_per_s": n / (_clock(dev) - t), "params": model.num_params(), "context": cfg.block_size}
+    n = sum(
+        1 for _ in generate_ids(decoder, [0], new_tokens, SamplingConfig(temperature=1.0, seed=0))
+    )
+    return {
+        "tokens_per_s": n / (_clock(dev) - t),
+        "params": model.num_params(),
+        "context": cfg.block_size,
+    }
 
 
-def case_finetune(mode: str, steps: int = 3, batch: int = 8, block: int = 128, loss: str = "chunked",
-                  device: str = "cpu") -> dict[str, Any]:
+def case_finetune(
+    mode: str,
+    steps: int = 3,
+    batch: int = 8,
+    block: int = 128,
+    loss: str = "chunked",
+    device: str = "cpu",
+) -> dict[str, Any]:
     """Training steps of the embedded SmolLM2-135M as ``nanobard finetune`` runs them: fused AdamW
     and, with ``loss="chunked"``, the chunked loss. ``mode``: float32, bfloat16 (autocast) or
     lora (rank 8, in the precision ``auto`` picks)."""
@@ -106,8 +146,13 @@ def case_finetune(mode: str, steps: int = 3, batch: int = 8, block: int = 128, l
     if mode == "lora":
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
-    bf16 = mode == "bfloat16" or (mode == "lora" and resolve_precision("auto", dev) == torch.bfloat16)
+        model = get_peft_model(
+            model,
+            LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"),
+        )
+    bf16 = mode == "bfloat16" or (
+        mode == "lora" and resolve_precision("auto", dev) == torch.bfloat16
+    )
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=True)
     x = torch.randint(0, 1000, (batch, block), device=dev)
@@ -115,7 +160,11 @@ def case_finetune(mode: str, steps: int = 3, batch: int = 8, block: int = 128, l
     for _ in range(steps + 1):
         t = _clock(dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            out = chunked_lm_loss(model, x, x) if loss == "chunked" else model(input_ids=x, labels=x).loss
+            out = (
+                chunked_lm_loss(model, x, x)
+                if loss == "chunked"
+                else model(input_ids=x, labels=x).loss
+            )
         out.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -123,15 +172,24 @@ def case_finetune(mode: str, steps: int = 3, batch: int = 8, block: int = 128, l
     s = statistics.median(times[1:])
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     flops = 6 * pre.num_params if mode != "lora" else 4 * pre.num_params + 6 * trainable
-    return {"tokens_per_s": batch * block / s, "gflops": batch * block / s * flops / 1e9, "params": pre.num_params,
-            "bfloat16": bf16, **_gpu_memory(dev)}
+    return {
+        "tokens_per_s": batch * block / s,
+        "gflops": batch * block / s * flops / 1e9,
+        "params": pre.num_params,
+        "bfloat16": bf16,
+        **_gpu_memory(dev),
+    }
 
 
-def _first_eval_at_or_below(cmd: list[str], env: dict[str, str], target: float, parse: Any) -> dict[str, Any]:
+def _first_eval_at_or_below(
+    cmd: list[str], env: dict[str, str], target: float, parse: Any
+) -> dict[str, Any]:
     """Run ``cmd``, read evaluations from its stdout with ``parse(line) -> (step, val) | None``, and
     stop it at the first val <= target. Seconds are counted from process start."""
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     best, step, seconds = float("inf"), 0, None
     for line in proc.stdout:
         got = parse(line)
@@ -152,8 +210,24 @@ def _first_eval_at_or_below(cmd: list[str], env: dict[str, str], target: float, 
 def case_time_to_loss(target: float, data: str, args: list[str]) -> dict[str, Any]:
     """Wall time of a real `nanobard train` process until val loss <= target (from process start)."""
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "-m", "nanobard", "train", "--corpus", "tinyshakespeare", "--out", out,
-               "--target-loss", str(target), "--sample-tokens", "0", "--no-progress", "--device", "cpu", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "nanobard",
+            "train",
+            "--corpus",
+            "tinyshakespeare",
+            "--out",
+            out,
+            "--target-loss",
+            str(target),
+            "--sample-tokens",
+            "0",
+            "--no-progress",
+            "--device",
+            "cpu",
+            *args,
+        ]
         env = {**os.environ, "NANOBARD_TINYSHAKESPEARE": data}
         t = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -162,15 +236,34 @@ def case_time_to_loss(target: float, data: str, args: list[str]) -> dict[str, An
             raise RuntimeError(proc.stderr[-500:])
         rows = [json.loads(ln) for ln in Path(out, "metrics.jsonl").read_text().splitlines()]
     best = min(r["val_loss"] for r in rows)
-    return {"seconds": s, "best_val_loss": best, "reached": best <= target, "steps": rows[-1]["step"]}
+    return {
+        "seconds": s,
+        "best_val_loss": best,
+        "reached": best <= target,
+        "steps": rows[-1]["step"],
+    }
 
 
-NANOGPT_BABY = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20",
-                "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4",
-                "--n_embd=128", "--max_iters=2000", "--lr_decay_iters=2000", "--dropout=0.0"]
+NANOGPT_BABY = [
+    "config/train_shakespeare_char.py",
+    "--device=cpu",
+    "--compile=False",
+    "--eval_iters=20",
+    "--log_interval=1",
+    "--block_size=64",
+    "--batch_size=12",
+    "--n_layer=4",
+    "--n_head=4",
+    "--n_embd=128",
+    "--max_iters=2000",
+    "--lr_decay_iters=2000",
+    "--dropout=0.0",
+]
 
 
-def case_nanogpt_time_to_loss(target: float, data: str, nanogpt: str, max_iters: int = 2000) -> dict[str, Any]:
+def case_nanogpt_time_to_loss(
+    target: float, data: str, nanogpt: str, max_iters: int = 2000
+) -> dict[str, Any]:
     """nanoGPT's CPU "baby" configuration (its README), run from a checkout at ``nanogpt``, timed
     the same way: from process start to the first evaluation with val loss <= target."""
     import re
@@ -187,7 +280,10 @@ def case_nanogpt_time_to_loss(target: float, data: str, nanogpt: str, max_iters:
         return (int(m.group(1)), float(m.group(2))) if m else None
 
     with tempfile.TemporaryDirectory() as out:
-        args = [a if not a.startswith("--max_iters") else f"--max_iters={max_iters}" for a in NANOGPT_BABY]
+        args = [
+            a if not a.startswith("--max_iters") else f"--max_iters={max_iters}"
+            for a in NANOGPT_BABY
+        ]
         cmd = [sys.executable, "train.py", *args, f"--out_dir={out}"]
         old = os.getcwd()
         os.chdir(root)
@@ -197,8 +293,13 @@ def case_nanogpt_time_to_loss(target: float, data: str, nanogpt: str, max_iters:
             os.chdir(old)
 
 
-def case_ten_minutes(data: str, seed: int = 1337, preset: str = "cpu-10min", rescore_batches: int = 200,
-                     extra: list[str] | None = None) -> dict[str, Any]:
+def case_ten_minutes(
+    data: str,
+    seed: int = 1337,
+    preset: str = "cpu-10min",
+    rescore_batches: int = 200,
+    extra: list[str] | None = None,
+) -> dict[str, Any]:
     """`nanobard train --preset cpu-10min` on tiny Shakespeare, then its best checkpoint re-scored on
     ``rescore_batches`` validation batches x 3 seeds (the in-run figure averages 20 batches)."""
     from nanobard.data.corpus import load_split
@@ -206,11 +307,34 @@ def case_ten_minutes(data: str, seed: int = 1337, preset: str = "cpu-10min", res
     from nanobard.train.loop import EVAL_SEED_OFFSET, estimate_loss
 
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "-m", "nanobard", "-q", "train", "--preset", preset, "--corpus", "tinyshakespeare",
-               "--out", out, "--seed", str(seed), "--sample-tokens", "0", "--no-progress", "--device", "cpu",
-               *(extra or [])]
+        cmd = [
+            sys.executable,
+            "-m",
+            "nanobard",
+            "-q",
+            "train",
+            "--preset",
+            preset,
+            "--corpus",
+            "tinyshakespeare",
+            "--out",
+            out,
+            "--seed",
+            str(seed),
+            "--sample-tokens",
+            "0",
+            "--no-progress",
+            "--device",
+            "cpu",
+            *(extra or []),
+        ]
         t = time.perf_counter()
-        proc = subprocess.run(cmd, env={**os.environ, "NANOBARD_TINYSHAKESPEARE": data}, capture_output=True, text=True)
+        proc = subprocess.run(
+            cmd,
+            env={**os.environ, "NANOBARD_TINYSHAKESPEARE": data},
+            capture_output=True,
+            text=True,
+        )
         seconds = time.perf_counter() - t
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr[-500:])
@@ -218,13 +342,37 @@ def case_ten_minutes(data: str, seed: int = 1337, preset: str = "cpu-10min", res
         model, tok, _ = load_model(Path(out, "model_scratch_best.pt"))
         val = torch.tensor(tok.encode(load_split("tinyshakespeare").val))
         cfg = json.loads(Path(out, "config.json").read_text())["train"]
-        rescored = [estimate_loss(model, val, model.config.block_size, cfg["batch_size"], rescore_batches,
-                                  s + EVAL_SEED_OFFSET, torch.device("cpu"), "float32") for s in (1, 2, 3)]
+        rescored = [
+            estimate_loss(
+                model,
+                val,
+                model.config.block_size,
+                cfg["batch_size"],
+                rescore_batches,
+                s + EVAL_SEED_OFFSET,
+                torch.device("cpu"),
+                "float32",
+            )
+            for s in (1, 2, 3)
+        ]
     best = min(rows, key=lambda r: r["val_loss"])
-    return {"seconds": seconds, "best_val_loss": best["val_loss"], "best_step": best["step"],
-            "best_at_s": best["elapsed_s"], "steps": rows[-1]["step"], "rescored_val_loss": statistics.mean(rescored),
-            "rescored": rescored}
+    return {
+        "seconds": seconds,
+        "best_val_loss": best["val_loss"],
+        "best_step": best["step"],
+        "best_at_s": best["elapsed_s"],
+        "steps": rows[-1]["step"],
+        "rescored_val_loss": statistics.mean(rescored),
+        "rescored": rescored,
+    }
 
 
-CASES = {"matmul": case_matmul, "train": case_train, "generate": case_generate, "finetune": case_finetune,
-         "time_to_loss": case_time_to_loss, "nanogpt": case_nanogpt_time_to_loss, "ten_minutes": case_ten_minutes}
+CASES = {
+    "matmul": case_matmul,
+    "train": case_train,
+    "generate": case_generate,
+    "finetune": case_finetune,
+    "time_to_loss": case_time_to_loss,
+    "nanogpt": case_nanogpt_time_to_loss,
+    "ten_minutes": case_ten_minutes,
+}

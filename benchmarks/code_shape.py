@@ -31,10 +31,18 @@ def scan(src: Path) -> tuple[dict[str, int], list[tuple[str, str, int]], dict[st
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 funcs.append((mod, node.name, node.end_lineno - node.lineno + 1))
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nanobard"):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.module.startswith("nanobard")
+            ):
                 target = node.module
                 names = [a.name for a in node.names]
-                subs = [f"{target}.{n}" for n in names if (src / Path(*f"{target}.{n}".split(".")[1:])).with_suffix(".py").exists()]
+                subs = [
+                    f"{target}.{n}"
+                    for n in names
+                    if (src / Path(*f"{target}.{n}".split(".")[1:])).with_suffix(".py").exists()
+                ]
                 for t in subs or [target]:
                     if t != mod:
                         graph[mod].add(t)
@@ -53,7 +61,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         stack.append(n)
         for m in sorted(graph.get(n, ())):
             if state.get(m) == 1:
-                found.append(stack[stack.index(m):] + [m])
+                found.append(stack[stack.index(m) :] + [m])
             elif m not in state:
                 visit(m)
         stack.pop()
@@ -66,7 +74,9 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("src", nargs="?", default="src/nanobard")
     ap.add_argument("--dot", help="also write the import graph in Graphviz DOT")
     ap.add_argument("--longer-than", type=int, default=60, help="list functions longer than this")
@@ -77,15 +87,19 @@ def main() -> None:
         mine = [f for f in funcs if f[0] == mod]
         longest = max(mine, key=lambda f: f[2]) if mine else ("", "-", 0)
         print(f"{mod:<32} {n:>6} {longest[1] + ' ' + str(longest[2]):>34}")
-    print(f"\nmodules over 400 lines: {sum(n > 400 for n in lines.values())}; "
-          f"functions over 80 lines: {sum(f[2] > 80 for f in funcs)}")
+    print(
+        f"\nmodules over 400 lines: {sum(n > 400 for n in lines.values())}; "
+        f"functions over 80 lines: {sum(f[2] > 80 for f in funcs)}"
+    )
     print(f"functions over {args.longer_than} lines:")
     for mod, name, n in sorted(funcs, key=lambda f: -f[2]):
         if n > args.longer_than:
             print(f"  {mod}.{name}: {n}")
     print("\nimports between modules (module -> what it imports):")
     for mod in sorted(lines):
-        print(f"  {mod} -> {', '.join(sorted(t.removeprefix('nanobard.') for t in graph.get(mod, ()))) or '-'}")
+        print(
+            f"  {mod} -> {', '.join(sorted(t.removeprefix('nanobard.') for t in graph.get(mod, ()))) or '-'}"
+        )
     print(f"cycles: {cycles(graph) or 'none'}")
     if args.dot:
         edges = "".join(f'  "{a}" -> "{b}";\n' for a in sorted(graph) for b in sorted(graph[a]))

@@ -20,10 +20,17 @@ from nanobard.train.optim import make_optimizer
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--preset", default="fast")
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16"], help="default: the preset's")
+    ap.add_argument(
+        "--dtype",
+        default=None,
+        choices=["auto", "float32", "bfloat16"],
+        help="default: the preset's",
+    )
     ap.add_argument("--out", default="bench_results")
     args = ap.parse_args()
     p = get_preset(args.preset)

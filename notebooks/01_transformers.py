@@ -51,12 +51,16 @@ from nanobard.model.gpt import GPT, sinusoidal_encoding
 from nanobard.study import plots
 from nanobard.train.loop import train
 
-nb = start("01_transformers")  # its output folder, runs/notebooks/01_transformers/, and the tiny mode (toy sizes)
+nb = start(
+    "01_transformers"
+)  # its output folder, runs/notebooks/01_transformers/, and the tiny mode (toy sizes)
 TINY, OUT, show = nb.tiny, nb.out, nb.show
 
 data = nb.corpus()  # the 38 plays shipped with nanobard (a slice of them in tiny mode)
-print(f"{data.name}: {len(data.train):,} training characters, {len(data.val):,} validation characters, "
-      f"{data.tokenizer.vocab_size} distinct characters")
+print(
+    f"{data.name}: {len(data.train):,} training characters, {len(data.val):,} validation characters, "
+    f"{data.tokenizer.vocab_size} distinct characters"
+)
 print(data.train_text(250))
 
 # %% [markdown]
@@ -72,8 +76,10 @@ model_cfg, train_cfg = resolve_preset("fast", {"max_steps": 30, "warmup_steps": 
 if TINY:
     model_cfg = dataclasses.replace(model_cfg, n_layer=2, n_embd=64)
 res = train(model_cfg, train_cfg, data, OUT / "model", progress=False)
-print(f"{res.num_params:,} parameters, {res.steps} steps in {res.elapsed_s:.0f} s: "
-      f"validation loss {res.first_val_loss:.2f} -> {res.best_val_loss:.2f} nats per character")
+print(
+    f"{res.num_params:,} parameters, {res.steps} steps in {res.elapsed_s:.0f} s: "
+    f"validation loss {res.first_val_loss:.2f} -> {res.best_val_loss:.2f} nats per character"
+)
 
 model, tok, _ = load_model(OUT / "model" / "model_scratch_best.pt")
 model.eval()
@@ -104,15 +110,21 @@ print("encode('ROMEO:') ->", ids, "-> decode ->", repr(tok.decode(ids)))
 # %%
 wte, wpe = model.transformer.wte, model.transformer.wpe
 C = model.config.n_embd
-print(f"wte {tuple(wte.weight.shape)} = (vocabulary, n_embd): one vector of {C} numbers per character")
-print(f"wpe {tuple(wpe.weight.shape)} = (block_size, n_embd): one vector per position of the context")
+print(
+    f"wte {tuple(wte.weight.shape)} = (vocabulary, n_embd): one vector of {C} numbers per character"
+)
+print(
+    f"wpe {tuple(wpe.weight.shape)} = (block_size, n_embd): one vector per position of the context"
+)
 
 x = torch.tensor([tok.encode(TEXT)])  # (B, T) = (1, characters)
 with torch.no_grad():
     tok_emb = wte(x)  # (1, T, C)
     pos_emb = wpe(torch.arange(x.size(1)))  # (T, C)
-print(f"ids {tuple(x.shape)} -> token vectors {tuple(tok_emb.shape)} + position vectors {tuple(pos_emb.shape)} "
-      f"-> the first block's input {tuple((tok_emb + pos_emb).shape)}")
+print(
+    f"ids {tuple(x.shape)} -> token vectors {tuple(tok_emb.shape)} + position vectors {tuple(pos_emb.shape)} "
+    f"-> the first block's input {tuple((tok_emb + pos_emb).shape)}"
+)
 print("an embedding is a row of the table:", torch.equal(tok_emb[0, 0], wte.weight[x[0, 0]]))
 
 # %% [markdown]
@@ -128,7 +140,9 @@ for ch in "aeT,!":
     sim = E @ E[tok.stoi[ch]]
     sim[tok.stoi[ch]] = -1.0  # leave out the character itself
     top = sim.topk(4)
-    near = ", ".join(f"{tok.chars[i]!r} {s:.2f}" for s, i in zip(top.values.tolist(), top.indices.tolist()))
+    near = ", ".join(
+        f"{tok.chars[i]!r} {s:.2f}" for s, i in zip(top.values.tolist(), top.indices.tolist())
+    )
     print(f"{ch!r}: nearest {near}")
 
 # %% [markdown]
@@ -139,7 +153,9 @@ for ch in "aeT,!":
 
 # %%
 pe = sinusoidal_encoding(128, 64)  # (positions, dimensions)
-pos_sim = F.normalize(pe, dim=1) @ F.normalize(pe, dim=1).T  # cosine similarity of every pair of positions
+pos_sim = (
+    F.normalize(pe, dim=1) @ F.normalize(pe, dim=1).T
+)  # cosine similarity of every pair of positions
 fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
 im = axes[0].imshow(pe.T, aspect="auto", cmap="RdBu", vmin=-1, vmax=1)
 axes[0].set_xlabel("position")
@@ -157,7 +173,9 @@ show(OUT / "sinusoidal_encoding.png")
 for a, b in ((10, 11), (10, 20), (10, 60)):
     print(f"sinusoidal: cosine similarity of positions {a} and {b}: {pos_sim[a, b]:.3f}")
 W = F.normalize(wpe.weight.detach(), dim=1)
-print(f"learned wpe of our trained model: positions 10 and 11: {W[10] @ W[11]:.3f}, 10 and 60: {W[10] @ W[60]:.3f}")
+print(
+    f"learned wpe of our trained model: positions 10 and 11: {W[10] @ W[11]:.3f}, 10 and 60: {W[10] @ W[60]:.3f}"
+)
 
 # %% [markdown]
 # ## 2. Scaled dot-product attention
@@ -184,11 +202,17 @@ nh, hs = model.config.n_head, C // model.config.n_head
 head = 0
 cols = slice(head * hs, (head + 1) * hs)  # head 0's slice of the C columns
 with torch.no_grad():
-    h = model.transformer.wte(x) + model.transformer.wpe(torch.arange(T))  # (1, T, C): the block's input
-    q, k, v = attn.c_attn(block.ln_1(h)).split(C, dim=2)  # each (1, T, C); pre-LayerNorm: normalise first
+    h = model.transformer.wte(x) + model.transformer.wpe(
+        torch.arange(T)
+    )  # (1, T, C): the block's input
+    q, k, v = attn.c_attn(block.ln_1(h)).split(
+        C, dim=2
+    )  # each (1, T, C); pre-LayerNorm: normalise first
     qh, kh, vh = q[0, :, cols], k[0, :, cols], v[0, :, cols]  # each (T, hs)
     scores = qh @ kh.T / math.sqrt(hs)  # (T, T): query i against key j
-    scores = scores.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))  # no looking ahead
+    scores = scores.masked_fill(
+        ~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf")
+    )  # no looking ahead
     weights = torch.softmax(scores, dim=-1)  # (T, T), every row sums to 1
     by_hand = weights @ vh  # (T, hs)
 
@@ -198,11 +222,19 @@ with torch.no_grad():
     model(x)  # the fast path (fused kernel, no weights returned)
     hook.remove()
 
-print(f"d_k = {hs}; head 0's weights for query 5 ({tok.decode(x[0, :6].tolist())!r}):",
-      [round(w, 3) for w in weights[5].tolist()])
-print(f"max |by hand - model|, attention weights:        {(weights - out.attentions[0][0, head]).abs().max():.2e}")
-print(f"max |by hand - model|, head output (readable):   {(by_hand - captured[0][0, :, cols]).abs().max():.2e}")
-print(f"max |by hand - model|, head output (fused path): {(by_hand - captured[1][0, :, cols]).abs().max():.2e}")
+print(
+    f"d_k = {hs}; head 0's weights for query 5 ({tok.decode(x[0, :6].tolist())!r}):",
+    [round(w, 3) for w in weights[5].tolist()],
+)
+print(
+    f"max |by hand - model|, attention weights:        {(weights - out.attentions[0][0, head]).abs().max():.2e}"
+)
+print(
+    f"max |by hand - model|, head output (readable):   {(by_hand - captured[0][0, :, cols]).abs().max():.2e}"
+)
+print(
+    f"max |by hand - model|, head output (fused path): {(by_hand - captured[1][0, :, cols]).abs().max():.2e}"
+)
 
 # %% [markdown]
 # The differences are rounding (float32 keeps about 7 digits). Why divide by √d_k? For random query
@@ -212,7 +244,9 @@ print(f"max |by hand - model|, head output (fused path): {(by_hand - captured[1]
 
 # %%
 g = torch.Generator().manual_seed(0)
-print(f"{'d_k':>5} {'std of q.k':>11} {'top weight, unscaled':>21} {'top weight, scaled':>19}   (16 keys per query)")
+print(
+    f"{'d_k':>5} {'std of q.k':>11} {'top weight, unscaled':>21} {'top weight, scaled':>19}   (16 keys per query)"
+)
 for d in (8, 32, 128, 512):
     qs = torch.randn(2000, 1, d, generator=g)
     ks = torch.randn(2000, 16, d, generator=g)
@@ -233,11 +267,17 @@ for d in (8, 32, 128, 512):
 
 # %%
 print(f"{nh} heads of size {hs} (n_embd {C} = {nh} x {hs})")
-print(f"c_attn.weight {tuple(attn.c_attn.weight.shape)}: Q, K and V of all heads from the {C}-dim input")
-print(f"c_proj.weight {tuple(attn.c_proj.weight.shape)}: the heads' outputs, side by side, mixed back")
+print(
+    f"c_attn.weight {tuple(attn.c_attn.weight.shape)}: Q, K and V of all heads from the {C}-dim input"
+)
+print(
+    f"c_proj.weight {tuple(attn.c_proj.weight.shape)}: the heads' outputs, side by side, mixed back"
+)
 with torch.no_grad():
     out = model(torch.tensor([tok.encode(TEXT)]), return_attention=True)
-print(f"{len(out.attentions)} layers of attention weights, each {tuple(out.attentions[0].shape)} = (batch, head, query, key)")
+print(
+    f"{len(out.attentions)} layers of attention weights, each {tuple(out.attentions[0].shape)} = (batch, head, query, key)"
+)
 
 # %% [markdown]
 # `attention.scratch_attention` returns the same weights as one `[layer, head, query, key]` tensor,
@@ -252,10 +292,19 @@ stats = head_statistics(maps.weights)
 print(f"layer 0 on {TEXT!r}:")
 for s in stats:
     if s.layer == 0:
-        print(f"  head {s.head}: {s.previous_token:4.0%} on the previous character, {s.self_attention:4.0%} on itself, "
-              f"mean distance back {s.mean_distance:4.1f}, entropy {s.entropy_bits:.2f} bits")
-show(plots.attention_heads(maps.weights, maps.tokens, 0, "every head of layer 0 (rows: the attending character)",
-                           OUT / "attention_layer0.png"))
+        print(
+            f"  head {s.head}: {s.previous_token:4.0%} on the previous character, {s.self_attention:4.0%} on itself, "
+            f"mean distance back {s.mean_distance:4.1f}, entropy {s.entropy_bits:.2f} bits"
+        )
+show(
+    plots.attention_heads(
+        maps.weights,
+        maps.tokens,
+        0,
+        "every head of layer 0 (rows: the attending character)",
+        OUT / "attention_layer0.png",
+    )
+)
 
 # %% [markdown]
 # ## 4. Encoder-only vs decoder architectures
@@ -278,11 +327,17 @@ show(plots.attention_heads(maps.weights, maps.tokens, 0, "every head of layer 0 
 # - a greedy sample, and a *cloze* test: one hidden character in each of many validation windows.
 
 # %%
-lesson = encoder_vs_decoder(data, steps=40 if TINY else 400, blanks=32 if TINY else 256, sample_chars=80)
-print(f"{'':<12} {'train':>7} {'validation':>10} {'left to right':>13}   (nats per character, {lesson.steps} steps each)")
+lesson = encoder_vs_decoder(
+    data, steps=40 if TINY else 400, blanks=32 if TINY else 256, sample_chars=80
+)
+print(
+    f"{'':<12} {'train':>7} {'validation':>10} {'left to right':>13}   (nats per character, {lesson.steps} steps each)"
+)
 for run in (lesson.causal, lesson.no_mask):
     name = "causal mask" if run.causal else "no mask"
-    print(f"{name:<12} {run.train_loss:>7.3f} {run.val_loss:>10.3f} {run.left_to_right_loss:>13.3f}")
+    print(
+        f"{name:<12} {run.train_loss:>7.3f} {run.val_loss:>10.3f} {run.left_to_right_loss:>13.3f}"
+    )
 print(f"\ngreedy continuations of {lesson.prompt!r}:")
 print(f"  causal mask: {lesson.causal.sample!r}")
 print(f"  no mask:     {lesson.no_mask.sample!r}")
@@ -303,11 +358,15 @@ print(f"  no mask:     {lesson.no_mask.sample!r}")
 # %%
 c = lesson.cloze
 print(f"one of the {c.blanks} windows, the hidden character shown as [_]:\n{c.text!r}")
-print(f"answer {c.answer!r}: decoder from the left {c.left_guess!r}, decoder scoring both sides {c.both_sides_guess!r}, "
-      f"no-mask model {c.no_mask_guess!r}")
-print(f"accuracy over {c.blanks} blanks: left side only {c.left_accuracy:.0%}, both sides {c.both_sides_accuracy:.0%}, "
-      f"no-mask model {c.no_mask_accuracy:.0%} (it returned the wrong character written in the blank "
-      f"{c.no_mask_copy_rate:.0%} of the time)")
+print(
+    f"answer {c.answer!r}: decoder from the left {c.left_guess!r}, decoder scoring both sides {c.both_sides_guess!r}, "
+    f"no-mask model {c.no_mask_guess!r}"
+)
+print(
+    f"accuracy over {c.blanks} blanks: left side only {c.left_accuracy:.0%}, both sides {c.both_sides_accuracy:.0%}, "
+    f"no-mask model {c.no_mask_accuracy:.0%} (it returned the wrong character written in the blank "
+    f"{c.no_mask_copy_rate:.0%} of the time)"
+)
 show(lessons_plots.plot_encoder_vs_decoder(lesson, OUT / "encoder_vs_decoder.png"))
 
 # %% [markdown]
@@ -320,7 +379,9 @@ show(lessons_plots.plot_encoder_vs_decoder(lesson, OUT / "encoder_vs_decoder.png
 # is a lower-triangular matrix of the allowed (query, key) pairs:
 
 # %%
-print(torch.ones(6, 6, dtype=torch.int).tril())  # row = query position, column = key position; 1 = allowed
+print(
+    torch.ones(6, 6, dtype=torch.int).tril()
+)  # row = query position, column = key position; 1 = allowed
 
 # %% [markdown]
 # `attention.causality_check` tests a model two independent ways: every attention weight above the
@@ -334,9 +395,11 @@ torch.manual_seed(0)
 no_mask = GPT(dataclasses.replace(model.config, causal=False)).eval()
 for name, m in (("causal (trained)", model), ("causal=False", no_mask)):
     check = causality_check(m, ids, "scratch")
-    print(f"{name:<17} attention_check {check.attention_check} (largest weight above the diagonal "
-          f"{check.attention_above_diagonal_max:.3g}), gradient_check {check.gradient_check} (largest gradient "
-          f"from a later input {check.future_gradient_max:.3g})")
+    print(
+        f"{name:<17} attention_check {check.attention_check} (largest weight above the diagonal "
+        f"{check.attention_above_diagonal_max:.3g}), gradient_check {check.gradient_check} (largest gradient "
+        f"from a later input {check.future_gradient_max:.3g})"
+    )
 
 # %% [markdown]
 # The same property, seen from outside: change only the last character of the input. A causal
@@ -349,7 +412,9 @@ x2[0, -1] = (x2[0, -1] + 1) % tok.vocab_size  # a different last character
 with torch.no_grad():
     for name, m in (("causal (trained)", model), ("causal=False", no_mask)):
         moved = (m(x1).logits - m(x2).logits)[0, :-1].abs().max().item()
-        print(f"{name:<17} changing the last character moves the earlier positions' logits by at most {moved:.3g}")
+        print(
+            f"{name:<17} changing the last character moves the earlier positions' logits by at most {moved:.3g}"
+        )
 
 # %% [markdown]
 # ## Where to go next

@@ -50,21 +50,39 @@ from nanobard.model.sampling import STRATEGIES
 from nanobard.study import plots
 from nanobard.train.loop import RunState, estimate_loss, lr_at, read_metrics, train, train_step
 
-nb = start("02_training")  # its output folder, runs/notebooks/02_training/, and the tiny mode (toy sizes)
+nb = start(
+    "02_training"
+)  # its output folder, runs/notebooks/02_training/, and the tiny mode (toy sizes)
 TINY, OUT, show = nb.tiny, nb.out, nb.show
 
 data = nb.corpus()  # the 38 plays shipped with nanobard (a slice of them in tiny mode)
-print(f"{data.name}: {len(data.train):,} training characters, {len(data.val):,} validation characters, "
-      f"{data.tokenizer.vocab_size} distinct characters")
+print(
+    f"{data.name}: {len(data.train):,} training characters, {len(data.val):,} validation characters, "
+    f"{data.tokenizer.vocab_size} distinct characters"
+)
 
 # nanoGPT's CPU "baby" model: 4 layers, 4 heads, 128 dims, context 64 (about 0.8M parameters)
 MODEL = ModelConfig(block_size=64, n_layer=4, n_head=4, n_embd=128)
-TRAIN = TrainConfig(batch_size=16, max_steps=600, lr=3e-3, min_lr=3e-4, warmup_steps=50, eval_interval=100,
-                    eval_iters=10)
+TRAIN = TrainConfig(
+    batch_size=16,
+    max_steps=600,
+    lr=3e-3,
+    min_lr=3e-4,
+    warmup_steps=50,
+    eval_interval=100,
+    eval_iters=10,
+)
 if TINY:
     MODEL = ModelConfig(block_size=32, n_layer=2, n_head=4, n_embd=64)
-    TRAIN = TrainConfig(batch_size=8, max_steps=40, lr=3e-3, min_lr=3e-4, warmup_steps=5, eval_interval=10,
-                        eval_iters=2)
+    TRAIN = TrainConfig(
+        batch_size=8,
+        max_steps=40,
+        lr=3e-3,
+        min_lr=3e-4,
+        warmup_steps=5,
+        eval_interval=10,
+        eval_iters=2,
+    )
 
 # %% [markdown]
 # ## 1. Training loops from scratch
@@ -89,10 +107,14 @@ print(inspect.getsource(train_step))
 
 # %%
 res = train(MODEL, TRAIN, data, OUT / "main", progress=False)
-print(f"{res.num_params:,} parameters; {res.steps} steps, {res.tokens:,} characters in {res.elapsed_s:.1f} s "
-      f"({res.tokens_per_s:,.0f} characters/s); stopped by: {res.stopped}")
-print(f"validation loss {res.first_val_loss:.3f} -> {res.best_val_loss:.3f} nats per character "
-      f"(uniform guessing: ln {data.tokenizer.vocab_size} = {math.log(data.tokenizer.vocab_size):.3f})")
+print(
+    f"{res.num_params:,} parameters; {res.steps} steps, {res.tokens:,} characters in {res.elapsed_s:.1f} s "
+    f"({res.tokens_per_s:,.0f} characters/s); stopped by: {res.stopped}"
+)
+print(
+    f"validation loss {res.first_val_loss:.3f} -> {res.best_val_loss:.3f} nats per character "
+    f"(uniform guessing: ln {data.tokenizer.vocab_size} = {math.log(data.tokenizer.vocab_size):.3f})"
+)
 print("files:", sorted(p.name for p in res.out_dir.iterdir()))
 
 ckpt = torch.load(OUT / "main" / "ckpt_last.pt", weights_only=True)
@@ -120,10 +142,16 @@ print(inspect.getsource(estimate_loss))
 # %%
 print(f"{'step':>5} {'train':>7} {'validation':>10} {'val - train':>11} {'lr':>9}")
 for r in res.history:
-    print(f"{r.step:>5} {r.train_loss:>7.3f} {r.val_loss:>10.3f} {r.val_loss - r.train_loss:>+11.3f} {r.lr:>9.2e}")
+    print(
+        f"{r.step:>5} {r.train_loss:>7.3f} {r.val_loss:>10.3f} {r.val_loss - r.train_loss:>+11.3f} {r.lr:>9.2e}"
+    )
 rows = read_metrics(OUT / "main" / "metrics.jsonl")
 print(f"metrics.jsonl holds the same {len(rows)} evaluations, one JSON line each")
-show(plots.training_progress(res.history, "the baby model on the plays", OUT / "training_progress.png"))
+show(
+    plots.training_progress(
+        res.history, "the baby model on the plays", OUT / "training_progress.png"
+    )
+)
 
 # %% [markdown]
 # Read the two curves together. Both falling: the model is still learning something general. The gap
@@ -169,8 +197,10 @@ print(f"second session (resume=True): continued to step {second.steps}")
 a = torch.load(OUT / "straight" / "ckpt_last.pt", weights_only=True)["model"]
 b = torch.load(OUT / "resumed" / "ckpt_last.pt", weights_only=True)["model"]
 same = all(torch.equal(a[k], b[k]) for k in a)
-print(f"{len(a)} weight tensors compared with torch.equal; resumed run equals the straight run: {same} "
-      f"({time.perf_counter() - t0:.0f} s for the three runs)")
+print(
+    f"{len(a)} weight tensors compared with torch.equal; resumed run equals the straight run: {same} "
+    f"({time.perf_counter() - t0:.0f} s for the three runs)"
+)
 
 # %% [markdown]
 # A checkpoint holds only tensors, numbers and JSON strings, so `torch.load(..., weights_only=True)`
@@ -211,7 +241,11 @@ print("counters:", json.loads(ckpt["train_state"]["counters"]))
 LRS = (1e-3, 1e-2) if TINY else (1e-4, 1e-3, 3e-3, 1e-2, 1e-1)
 sweep = lr_sweep(MODEL, TRAIN, data, LRS, steps=20 if TINY else 200, out_dir=OUT / "lr_sweep")
 for r in sweep.runs:
-    best = "diverged before its first evaluation" if r.best_val_loss is None else f"{r.best_val_loss:.3f}"
+    best = (
+        "diverged before its first evaluation"
+        if r.best_val_loss is None
+        else f"{r.best_val_loss:.3f}"
+    )
     print(f"lr {r.lr:<8g} best validation loss {best}{' (diverged)' if r.diverged else ''}")
 print(f"best lr of the sweep: {sweep.best_lr}")
 show(plot_lr_sweep(sweep, OUT / "lr_sweep.png"))
@@ -264,18 +298,34 @@ for name in ("quick", "baby", "fast", "cpu-10min"):
 # %%
 ES_CHARS = 5_000 if TINY else 20_000
 small = dataclasses.replace(data, train=data.train[:ES_CHARS])  # same validation text
-ES = dataclasses.replace(TRAIN, max_steps=200 if TINY else 2000, eval_interval=10 if TINY else 50,
-                         patience=2 if TINY else 3, warmup_steps=5 if TINY else 20)
+ES = dataclasses.replace(
+    TRAIN,
+    max_steps=200 if TINY else 2000,
+    eval_interval=10 if TINY else 50,
+    patience=2 if TINY else 3,
+    warmup_steps=5 if TINY else 20,
+)
 es = train(MODEL, ES, small, OUT / "early_stopping", progress=False)
-best = json.loads(torch.load(OUT / "early_stopping" / "model_scratch_best.pt", weights_only=True)["metrics"])
+best = json.loads(
+    torch.load(OUT / "early_stopping" / "model_scratch_best.pt", weights_only=True)["metrics"]
+)
 print(f"stopped: {es.stopped}, at step {es.steps} of at most {ES.max_steps} ({es.elapsed_s:.0f} s)")
-print(f"best checkpoint: step {best['step']}, validation loss {best['val_loss']:.3f}; "
-      f"last evaluation: validation {es.final_val_loss:.3f}, training {es.final_train_loss:.3f}")
+print(
+    f"best checkpoint: step {best['step']}, validation loss {best['val_loss']:.3f}; "
+    f"last evaluation: validation {es.final_val_loss:.3f}, training {es.final_train_loss:.3f}"
+)
 print(f"{'step':>5} {'train':>7} {'validation':>10}")
 for r in es.history:
-    print(f"{r.step:>5} {r.train_loss:>7.3f} {r.val_loss:>10.3f}{'   <- best' if r.step == best['step'] else ''}")
-show(plots.training_progress(es.history, f"{ES_CHARS:,} training characters, patience {ES.patience}",
-                             OUT / "early_stopping.png"))
+    print(
+        f"{r.step:>5} {r.train_loss:>7.3f} {r.val_loss:>10.3f}{'   <- best' if r.step == best['step'] else ''}"
+    )
+show(
+    plots.training_progress(
+        es.history,
+        f"{ES_CHARS:,} training characters, patience {ES.patience}",
+        OUT / "early_stopping.png",
+    )
+)
 
 # %% [markdown]
 # Patience trades time for safety: too small, and one noisy evaluation ends a run that was still
@@ -303,25 +353,43 @@ show(plots.training_progress(es.history, f"{ES_CHARS:,} training characters, pat
 # constant learning rate:
 
 # %%
-constant_cfg = dataclasses.replace(TRAIN, min_lr=TRAIN.lr, warmup_steps=0)  # lr_at then returns lr at every step
+constant_cfg = dataclasses.replace(
+    TRAIN, min_lr=TRAIN.lr, warmup_steps=0
+)  # lr_at then returns lr at every step
 constant = train(MODEL, constant_cfg, data, OUT / "constant_lr", progress=False)
-print(f"warmup + cosine ({TRAIN.lr:g} -> {TRAIN.min_lr:g}): best validation loss {res.best_val_loss:.3f}, "
-      f"last {res.final_val_loss:.3f}")
-print(f"constant {TRAIN.lr:g}:{'':>17} best validation loss {constant.best_val_loss:.3f}, last {constant.final_val_loss:.3f}")
+print(
+    f"warmup + cosine ({TRAIN.lr:g} -> {TRAIN.min_lr:g}): best validation loss {res.best_val_loss:.3f}, "
+    f"last {res.final_val_loss:.3f}"
+)
+print(
+    f"constant {TRAIN.lr:g}:{'':>17} best validation loss {constant.best_val_loss:.3f}, last {constant.final_val_loss:.3f}"
+)
 
 # %%
 ten = PRESETS["cpu-10min"].train
 fig, axes = plt.subplots(1, 3, figsize=(16, 4))
 steps = range(TRAIN.max_steps + 1)
-axes[0].plot(steps, [lr_at(s, TRAIN, TRAIN.max_steps, 0.0) for s in steps], label="lr_at(step): warmup + cosine")
-axes[0].plot([r.step for r in res.history], [r.lr for r in res.history], "o", label="logged at each evaluation")
+axes[0].plot(
+    steps,
+    [lr_at(s, TRAIN, TRAIN.max_steps, 0.0) for s in steps],
+    label="lr_at(step): warmup + cosine",
+)
+axes[0].plot(
+    [r.step for r in res.history],
+    [r.lr for r in res.history],
+    "o",
+    label="logged at each evaluation",
+)
 axes[0].axhline(TRAIN.lr, color="tab:red", ls=":", label="constant")
 axes[0].set_title("this notebook's run")
 # cpu-10min has no step count: the loop sizes the cosine to its time budget from the speed of the
 # first steps. Two illustrative machines: one that manages 1,800 steps in the budget, one 3,000.
 for horizon in (1800, 3000):
-    axes[1].plot(range(horizon + 1), [lr_at(s, ten, horizon, 0.0) for s in range(horizon + 1)],
-                 label=f"a CPU that fits {horizon:,} steps in {ten.max_time:.0f} s")
+    axes[1].plot(
+        range(horizon + 1),
+        [lr_at(s, ten, horizon, 0.0) for s in range(horizon + 1)],
+        label=f"a CPU that fits {horizon:,} steps in {ten.max_time:.0f} s",
+    )
 axes[1].set_title(f"cpu-10min: warmup {ten.warmup_steps}, cosine sized to the time budget")
 axes[1].legend(fontsize=8)
 for ax in axes[:2]:
@@ -330,7 +398,9 @@ for ax in axes[:2]:
     ax.grid(alpha=0.3)
 axes[0].legend(fontsize=8)
 for run, label in ((res, "warmup + cosine"), (constant, "constant")):
-    axes[2].plot([r.step for r in run.history], [r.val_loss for r in run.history], "o-", label=label)
+    axes[2].plot(
+        [r.step for r in run.history], [r.val_loss for r in run.history], "o-", label=label
+    )
 axes[2].set_xlabel("step")
 axes[2].set_ylabel("validation loss (nats per character)")
 axes[2].set_title("the same run, two schedules")

@@ -54,7 +54,9 @@ from nanobard.model.evaluate import score_hf, score_scratch
 from nanobard.model.export import export_hf
 from nanobard.model.sampling import STRATEGIES, ScratchDecoder, generate_ids
 
-nb = start("03_transfer_learning")  # its output folder, runs/notebooks/03_transfer_learning/, and the tiny mode (toy sizes)
+nb = start(
+    "03_transfer_learning"
+)  # its output folder, runs/notebooks/03_transfer_learning/, and the tiny mode (toy sizes)
 TINY, OUT, show = nb.tiny, nb.out, nb.show
 PRETRAINED = "smollm2-135m"  # the embedded model: works offline
 SCORE_CHARS = 1_000 if TINY else 10_000  # validation characters every model is scored on
@@ -70,8 +72,10 @@ def remove_trainer_checkpoints(root):
 
 
 data = nb.corpus()  # the 38 plays shipped with nanobard (a slice of them in tiny mode)
-print(f"{data.name}: {len(data.train):,} training characters, {len(data.val):,} validation characters, "
-      f"{data.tokenizer.vocab_size} distinct characters")
+print(
+    f"{data.name}: {len(data.train):,} training characters, {len(data.val):,} validation characters, "
+    f"{data.tokenizer.vocab_size} distinct characters"
+)
 
 # %% [markdown]
 # ## 1. Loading pre-trained models
@@ -89,9 +93,11 @@ print(f'choose("auto") would pick {name}: {reason}')
 t0 = time.perf_counter()
 pre = load_pretrained(PRETRAINED)
 cfg = pre.model.config
-print(f"loaded {pre.name} in {time.perf_counter() - t0:.1f} s: {pre.num_params:,} parameters, "
-      f"{cfg.num_hidden_layers} layers, {cfg.num_attention_heads} attention heads, width {cfg.hidden_size}, "
-      f"a vocabulary of {cfg.vocab_size:,} tokens")
+print(
+    f"loaded {pre.name} in {time.perf_counter() - t0:.1f} s: {pre.num_params:,} parameters, "
+    f"{cfg.num_hidden_layers} layers, {cfg.num_attention_heads} attention heads, width {cfg.hidden_size}, "
+    f"a vocabulary of {cfg.vocab_size:,} tokens"
+)
 
 # %% [markdown]
 # Its tokenizer is not made of characters: it is a byte-pair encoding (BPE) whose 49,152 tokens are
@@ -114,11 +120,15 @@ print(f"{len(line)} tokens for the character model")
 # %%
 gen = hf_generator(pre.name, loaded=pre)
 for prompt in ("ROMEO:\n", "To be, or not to be"):
-    print(f"--- greedy, {prompt!r} ---\n{prompt}{gen.complete(prompt, 10 if TINY else 30, STRATEGIES['greedy'])}\n")
+    print(
+        f"--- greedy, {prompt!r} ---\n{prompt}{gen.complete(prompt, 10 if TINY else 30, STRATEGIES['greedy'])}\n"
+    )
 zero = score_hf(pre.model, pre.tokenizer, data.val_text(2_000 if not TINY else 500), "SmolLM2-135M")
-print(f"{zero.bits_per_char:.3f} bits/char on the first {zero.chars:,} validation characters, with no training on them; "
-      f"guessing uniformly among our {data.tokenizer.vocab_size} characters would cost "
-      f"{math.log2(data.tokenizer.vocab_size):.2f} bits/char")
+print(
+    f"{zero.bits_per_char:.3f} bits/char on the first {zero.chars:,} validation characters, with no training on them; "
+    f"guessing uniformly among our {data.tokenizer.vocab_size} characters would cost "
+    f"{math.log2(data.tokenizer.vocab_size):.2f} bits/char"
+)
 del pre, gen  # each experiment below loads its own copy (fine-tuning changes a model in place)
 
 # %% [markdown]
@@ -135,20 +145,34 @@ del pre, gen  # each experiment below loads its own copy (fine-tuning changes a 
 # %%
 if TINY:
     FRACTIONS, BUDGET_S = (0.5, 1.0), 4.0
-    SCRATCH = dict(n_layer=2, n_head=4, n_embd=64, block_size=64, batch_size=8, eval_iters=2, warmup_steps=2)
+    SCRATCH = dict(
+        n_layer=2, n_head=4, n_embd=64, block_size=64, batch_size=8, eval_iters=2, warmup_steps=2
+    )
     FINETUNE = dict(block_size=32, batch_size=2, eval_interval=1000, eval_blocks=1, warmup_steps=1)
 else:
     FRACTIONS, BUDGET_S = (0.01, 0.1, 1.0), 25.0
     SCRATCH, FINETUNE = {}, {}
 t0 = time.perf_counter()
-cross = crossover(data, fractions=FRACTIONS, budget_s=BUDGET_S, scratch_preset="quick", pretrained=PRETRAINED,
-                  score_chars=SCORE_CHARS, out_dir=OUT / "crossover", scratch_overrides=SCRATCH,
-                  finetune_overrides=FINETUNE)
-print(f"{time.perf_counter() - t0:.0f} s for {len(cross.points)} fractions x 2 tracks x {BUDGET_S:g} s of training")
+cross = crossover(
+    data,
+    fractions=FRACTIONS,
+    budget_s=BUDGET_S,
+    scratch_preset="quick",
+    pretrained=PRETRAINED,
+    score_chars=SCORE_CHARS,
+    out_dir=OUT / "crossover",
+    scratch_overrides=SCRATCH,
+    finetune_overrides=FINETUNE,
+)
+print(
+    f"{time.perf_counter() - t0:.0f} s for {len(cross.points)} fractions x 2 tracks x {BUDGET_S:g} s of training"
+)
 print(f"zero-shot {cross.pretrained}: {cross.zero_shot_bpc:.3f} bits/char")
 for p in cross.points:
-    print(f"{p.fraction:>5g} of the text ({p.train_chars:>9,} characters): from scratch {p.scratch_bpc:.3f}, "
-          f"fine-tuned {p.finetuned_bpc:.3f} bits/char")
+    print(
+        f"{p.fraction:>5g} of the text ({p.train_chars:>9,} characters): from scratch {p.scratch_bpc:.3f}, "
+        f"fine-tuned {p.finetuned_bpc:.3f} bits/char"
+    )
 show(plot_crossover(cross, OUT / "crossover.png"))
 
 # %% [markdown]
@@ -166,7 +190,9 @@ show(plot_crossover(cross, OUT / "crossover.png"))
 # them now that the runs are done:
 
 # %%
-print(f"removed the Trainer's resumable checkpoints: {remove_trainer_checkpoints(OUT / 'crossover') / 1e9:.1f} GB")
+print(
+    f"removed the Trainer's resumable checkpoints: {remove_trainer_checkpoints(OUT / 'crossover') / 1e9:.1f} GB"
+)
 
 # %% [markdown]
 # ## 3. Domain adaptation techniques
@@ -190,21 +216,45 @@ print(f"removed the Trainer's resumable checkpoints: {remove_trainer_checkpoints
 
 # %%
 if TINY:
-    FT = FinetuneConfig(pretrained=PRETRAINED, max_steps=3, block_size=32, batch_size=2, warmup_steps=1,
-                        eval_interval=1000, eval_blocks=1, patience=None, score_chars=SCORE_CHARS,
-                        sample_tokens=8, prompts=("ROMEO:\n",))
+    FT = FinetuneConfig(
+        pretrained=PRETRAINED,
+        max_steps=3,
+        block_size=32,
+        batch_size=2,
+        warmup_steps=1,
+        eval_interval=1000,
+        eval_blocks=1,
+        patience=None,
+        score_chars=SCORE_CHARS,
+        sample_tokens=8,
+        prompts=("ROMEO:\n",),
+    )
 else:
-    FT = FinetuneConfig(pretrained=PRETRAINED, max_steps=None, max_time=45.0, eval_interval=1000, patience=None,
-                        score_chars=SCORE_CHARS, sample_tokens=40, prompts=("ROMEO:\n",))
+    FT = FinetuneConfig(
+        pretrained=PRETRAINED,
+        max_steps=None,
+        max_time=45.0,
+        eval_interval=1000,
+        patience=None,
+        score_chars=SCORE_CHARS,
+        sample_tokens=40,
+        prompts=("ROMEO:\n",),
+    )
 ft = finetune(FT, data, OUT / "finetune", progress=False)
-print(f"{ft.model_name}: {ft.steps} optimizer steps, {ft.tokens:,} tokens in {ft.train_seconds:.0f} s "
-      f"({ft.tokens_per_s:,.0f} tokens/s), {ft.trainable_params:,} trainable parameters")
-print(f"bits/char on the first {ft.before.chars:,} validation characters: before {ft.before.bits_per_char:.3f}, "
-      f"after {ft.after.bits_per_char:.3f} ({ft.after.bits_per_char - ft.before.bits_per_char:+.3f})")
+print(
+    f"{ft.model_name}: {ft.steps} optimizer steps, {ft.tokens:,} tokens in {ft.train_seconds:.0f} s "
+    f"({ft.tokens_per_s:,.0f} tokens/s), {ft.trainable_params:,} trainable parameters"
+)
+print(
+    f"bits/char on the first {ft.before.chars:,} validation characters: before {ft.before.bits_per_char:.3f}, "
+    f"after {ft.after.bits_per_char:.3f} ({ft.after.bits_per_char - ft.before.bits_per_char:+.3f})"
+)
 for s in ft.samples:
     if s.strategy == "greedy":
         print(f"--- {s.model} fine-tuning (greedy) ---\n{s.prompt}{s.text}\n")
-print(f"removed the Trainer's resumable checkpoints: {remove_trainer_checkpoints(OUT / 'finetune') / 1e9:.1f} GB")
+print(
+    f"removed the Trainer's resumable checkpoints: {remove_trainer_checkpoints(OUT / 'finetune') / 1e9:.1f} GB"
+)
 
 # %% [markdown]
 # What did adapting to Shakespeare cost the model's general English? `transfer.forgetting` scores the
@@ -227,12 +277,21 @@ except (CorpusError, OSError) as e:
 if general is None:
     print("skipped: no general-English text (see the cell above)")
 else:
-    forget = forgetting(load_pretrained(PRETRAINED), OUT / "finetune" / "model_hf_finetuned", general,
-                        data.val_text(SCORE_CHARS), score_chars=SCORE_CHARS)
-    print(f"general English: {forget.general_before.bits_per_char:.3f} -> {forget.general_after.bits_per_char:.3f} "
-          f"bits/char ({forget.general_change_bpc:+.3f})")
-    print(f"Shakespeare:     {forget.domain_before.bits_per_char:.3f} -> {forget.domain_after.bits_per_char:.3f} "
-          f"bits/char ({forget.domain_change_bpc:+.3f}; the same text and models as the fine-tuning scores above)")
+    forget = forgetting(
+        load_pretrained(PRETRAINED),
+        OUT / "finetune" / "model_hf_finetuned",
+        general,
+        data.val_text(SCORE_CHARS),
+        score_chars=SCORE_CHARS,
+    )
+    print(
+        f"general English: {forget.general_before.bits_per_char:.3f} -> {forget.general_after.bits_per_char:.3f} "
+        f"bits/char ({forget.general_change_bpc:+.3f})"
+    )
+    print(
+        f"Shakespeare:     {forget.domain_before.bits_per_char:.3f} -> {forget.domain_after.bits_per_char:.3f} "
+        f"bits/char ({forget.domain_change_bpc:+.3f}; the same text and models as the fine-tuning scores above)"
+    )
     show(plot_forgetting(forget, OUT / "forgetting.png"))
 
 # %% [markdown]
@@ -250,17 +309,25 @@ else:
 print(f"{'fraction':>8} {'characters':>11} {'scratch':>8} {'fine-tuned':>10} {'better':>11}")
 for p in cross.points:
     better = "fine-tuned" if p.finetuned_bpc < p.scratch_bpc else "scratch"
-    print(f"{p.fraction:>8g} {p.train_chars:>11,} {p.scratch_bpc:>8.3f} {p.finetuned_bpc:>10.3f} {better:>11}")
-print(f"zero-shot (no training): {cross.zero_shot_bpc:.3f} bits/char; scratch catches up at fraction: "
-      f"{cross.crossover_fraction}")
+    print(
+        f"{p.fraction:>8g} {p.train_chars:>11,} {p.scratch_bpc:>8.3f} {p.finetuned_bpc:>10.3f} {better:>11}"
+    )
+print(
+    f"zero-shot (no training): {cross.zero_shot_bpc:.3f} bits/char; scratch catches up at fraction: "
+    f"{cross.crossover_fraction}"
+)
 
 n = cross.points[-1].train_chars
 s = json.loads((OUT / "crossover" / f"scratch_{n}" / "train_result.json").read_text())
 f = json.loads((OUT / "crossover" / f"finetune_{n}" / "finetune_result.json").read_text())
-print(f"\nfrom scratch: {s['num_params']:>11,} parameters, {s['steps']:>5} steps, {s['tokens_per_s']:>8,.0f} tokens/s "
-      f"(a token is one character)")
-print(f"fine-tuning:  {f['num_params']:>11,} parameters, {f['steps']:>5} steps, {f['tokens_per_s']:>8,.0f} tokens/s "
-      f"(a token is a few characters)")
+print(
+    f"\nfrom scratch: {s['num_params']:>11,} parameters, {s['steps']:>5} steps, {s['tokens_per_s']:>8,.0f} tokens/s "
+    f"(a token is one character)"
+)
+print(
+    f"fine-tuning:  {f['num_params']:>11,} parameters, {f['steps']:>5} steps, {f['tokens_per_s']:>8,.0f} tokens/s "
+    f"(a token is a few characters)"
+)
 
 # %% [markdown]
 # Rules of thumb, and the measurement behind each:
@@ -298,8 +365,10 @@ for fname, size in exp.files.items():
     print(f"   {fname:<26} {size / 1e3:>10,.1f} kB")
 ft_dir = OUT / "finetune" / "model_hf_finetuned"
 ft_mb = sum(p.stat().st_size for p in ft_dir.iterdir() if p.is_file()) / 1e6
-print(f"on disk: nanobard checkpoint {(run_dir / 'model_scratch_best.pt').stat().st_size / 1e6:.1f} MB, "
-      f"exported folder {exp.size_bytes / 1e6:.1f} MB, fine-tuned SmolLM2 folder {ft_mb:,.0f} MB (float32)")
+print(
+    f"on disk: nanobard checkpoint {(run_dir / 'model_scratch_best.pt').stat().st_size / 1e6:.1f} MB, "
+    f"exported folder {exp.size_bytes / 1e6:.1f} MB, fine-tuned SmolLM2 folder {ft_mb:,.0f} MB (float32)"
+)
 
 # %% [markdown]
 # Loading it with plain `transformers` and generating greedily gives exactly the text nanobard's own
@@ -311,12 +380,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 hf_model = AutoModelForCausalLM.from_pretrained(str(OUT / "exported"))
 hf_tok = AutoTokenizer.from_pretrained(str(OUT / "exported"))
-print(f"{type(hf_model).__name__} with a {type(hf_tok).__name__}, context {hf_model.config.n_positions} characters")
+print(
+    f"{type(hf_model).__name__} with a {type(hf_tok).__name__}, context {hf_model.config.n_positions} characters"
+)
 pipe = pipeline("text-generation", model=str(OUT / "exported"), device="cpu")
 prompt = "ROMEO:\n"
 n_new = hf_model.config.n_positions - len(prompt)
 theirs = pipe(prompt, max_new_tokens=n_new, do_sample=False)[0]["generated_text"]
-ours = prompt + scratch_generator(run_dir / "model_scratch_best.pt").complete(prompt, n_new, STRATEGIES["greedy"])
+ours = prompt + scratch_generator(run_dir / "model_scratch_best.pt").complete(
+    prompt, n_new, STRATEGIES["greedy"]
+)
 print(theirs)
 print("\nsame greedy text from plain transformers and from nanobard:", theirs == ours)
 
@@ -333,17 +406,23 @@ print("\nsame greedy text from plain transformers and from nanobard:", theirs ==
 # %%
 info = hardware.cpu_info()
 auto = hardware.resolve_precision("auto", "cpu")
-print(f"CPU: {info.model} [{info.kind}], torch capability {info.capability}; native bfloat16: {info.native_bf16}; "
-      f"precision 'auto' picks {auto} here")
+print(
+    f"CPU: {info.model} [{info.kind}], torch capability {info.capability}; native bfloat16: {info.native_bf16}; "
+    f"precision 'auto' picks {auto} here"
+)
 model, tok, _ = load_model(run_dir / "model_scratch_best.pt")
 model.eval()
 prompt_ids = tok.encode("ROMEO:\n")
 n_tokens = 50 if TINY else 300
 score_text = data.val_text(SCORE_CHARS)
 speed = {}
-print(f"{'weights':<15} {'MB':>6} {'tokens/s':>9} {'bits/char':>10}   the first 50 characters generated")
+print(
+    f"{'weights':<15} {'MB':>6} {'tokens/s':>9} {'bits/char':>10}   the first 50 characters generated"
+)
 for dtype in (torch.float32, torch.bfloat16):
-    dec = ScratchDecoder(model, dtype=dtype)  # a bfloat16 copy of the weights; on a CPU the KV cache stays float32
+    dec = ScratchDecoder(
+        model, dtype=dtype
+    )  # a bfloat16 copy of the weights; on a CPU the KV cache stays float32
     list(generate_ids(dec, prompt_ids, 10, STRATEGIES["greedy"]))  # warm-up
     t0 = time.perf_counter()
     new = list(generate_ids(dec, prompt_ids, n_tokens, STRATEGIES["greedy"]))
@@ -351,8 +430,12 @@ for dtype in (torch.float32, torch.bfloat16):
     scored = dec.model  # the float32 model itself, or the decoder's bfloat16 copy
     bpc = score_scratch(scored, tok, score_text, str(dtype)).bits_per_char
     mb = sum(p.numel() * p.element_size() for p in scored.parameters()) / 1e6
-    print(f"{str(dtype):<15} {mb:>6.2f} {speed[dtype]:>9,.0f} {bpc:>10.4f}   {tok.decode(new[:50])!r}")
-print(f"bfloat16 / float32 generation speed on this CPU: {speed[torch.bfloat16] / speed[torch.float32]:.2f}x")
+    print(
+        f"{str(dtype):<15} {mb:>6.2f} {speed[dtype]:>9,.0f} {bpc:>10.4f}   {tok.decode(new[:50])!r}"
+    )
+print(
+    f"bfloat16 / float32 generation speed on this CPU: {speed[torch.bfloat16] / speed[torch.float32]:.2f}x"
+)
 
 # %% [markdown]
 # More to settle before deploying:

@@ -58,12 +58,16 @@ from nanobard.model.gpt import CausalSelfAttention
 from nanobard.study import plots, plots_interpret
 from nanobard.train.loop import NonFiniteLossError, read_metrics, train
 
-nb = start("04_attention_analysis")  # its output folder, runs/notebooks/04_attention_analysis/, and the tiny mode (toy sizes)
+nb = start(
+    "04_attention_analysis"
+)  # its output folder, runs/notebooks/04_attention_analysis/, and the tiny mode (toy sizes)
 TINY, OUT, show = nb.tiny, nb.out, nb.show
 
 data = nb.corpus()  # the 38 plays shipped with nanobard (a slice of them in tiny mode)
-print(f"{data.name}: {len(data.train):,} training characters, {len(data.val):,} validation characters, "
-      f"{data.tokenizer.vocab_size} distinct characters")
+print(
+    f"{data.name}: {len(data.train):,} training characters, {len(data.val):,} validation characters, "
+    f"{data.tokenizer.vocab_size} distinct characters"
+)
 
 # %% [markdown]
 # The two models: the `fast` preset trained from scratch for 380 steps (about 30 s; see
@@ -76,11 +80,15 @@ model_cfg, train_cfg = resolve_preset("fast", {"max_steps": 30, "warmup_steps": 
 res = train(model_cfg, train_cfg, data, OUT / "model", progress=False)
 model, tok, _ = load_model(OUT / "model" / "model_scratch_best.pt")
 model.eval()
-print(f"from scratch: {model.num_params():,} parameters, {model.config.n_layer} layers x {model.config.n_head} heads, "
-      f"validation loss {res.best_val_loss:.2f} nats per character after {res.steps} steps")
+print(
+    f"from scratch: {model.num_params():,} parameters, {model.config.n_layer} layers x {model.config.n_head} heads, "
+    f"validation loss {res.best_val_loss:.2f} nats per character after {res.steps} steps"
+)
 pre = load_pretrained("smollm2-135m", attn="eager")
 hc = pre.model.config
-print(f"SmolLM2-135M: {pre.num_params:,} parameters, {hc.num_hidden_layers} layers x {hc.num_attention_heads} heads")
+print(
+    f"SmolLM2-135M: {pre.num_params:,} parameters, {hc.num_hidden_layers} layers x {hc.num_attention_heads} heads"
+)
 TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?"
 if tok.unknown(TEXT):  # only with a corpus that lacks some of these characters
     TEXT = attention_text(data.val_text(50_000), tok.chars, 56)
@@ -106,8 +114,13 @@ for name, m in (("from scratch", maps_s), ("SmolLM2-135M", maps_h)):
 i = len(maps_s.tokens) - 1
 row = maps_s.weights[0, 0, i]
 top = row.topk(3)
-print(f"from scratch, layer 0 head 0, the last character {maps_s.tokens[i]!r} takes most from: "
-      + ", ".join(f"{maps_s.tokens[j]!r} at {j} ({w:.0%})" for w, j in zip(top.values.tolist(), top.indices.tolist())))
+print(
+    f"from scratch, layer 0 head 0, the last character {maps_s.tokens[i]!r} takes most from: "
+    + ", ".join(
+        f"{maps_s.tokens[j]!r} at {j} ({w:.0%})"
+        for w, j in zip(top.values.tolist(), top.indices.tolist())
+    )
+)
 
 # %% [markdown]
 # ## 2. Interpreting attention patterns
@@ -122,13 +135,17 @@ print(f"from scratch, layer 0 head 0, the last character {maps_s.tokens[i]!r} ta
 
 # %%
 stats_s, stats_h = head_statistics(maps_s.weights), head_statistics(maps_h.weights)
-for line in attention_findings(stats_s, "from scratch") + attention_findings(stats_h, "SmolLM2-135M"):
+for line in attention_findings(stats_s, "from scratch") + attention_findings(
+    stats_h, "SmolLM2-135M"
+):
     print("-", line)
 for name, stats, m in (("from scratch", stats_s, maps_s), ("SmolLM2-135M", stats_h, maps_h)):
     T = m.weights.shape[-1]
     uniform = sum(math.log2(i + 1) for i in range(1, T)) / (T - 1)
-    print(f"{name}: mean entropy of a head's row {sum(s.entropy_bits for s in stats) / len(stats):.2f} bits "
-          f"(an even spread over the visible tokens: {uniform:.2f} bits)")
+    print(
+        f"{name}: mean entropy of a head's row {sum(s.entropy_bits for s in stats) / len(stats):.2f} bits "
+        f"(an even spread over the visible tokens: {uniform:.2f} bits)"
+    )
 
 # %% [markdown]
 # A pattern on one sentence can be a coincidence. A stronger test targets one behaviour: **induction
@@ -165,10 +182,24 @@ show(plots_interpret.induction_heads(ind_h, OUT / "induction_smollm2.png"))
 
 # %%
 layer_s, layer_h = most_interesting_layer(stats_s), most_interesting_layer(stats_h)
-show(plots.attention_heads(maps_s.weights, maps_s.tokens, layer_s, f"from scratch, layer {layer_s}",
-                           OUT / "attention_scratch.png"))
-show(plots.attention_heads(maps_h.weights, maps_h.tokens, layer_h, f"SmolLM2-135M, layer {layer_h} (8 of 9 heads)",
-                           OUT / "attention_smollm2.png"))
+show(
+    plots.attention_heads(
+        maps_s.weights,
+        maps_s.tokens,
+        layer_s,
+        f"from scratch, layer {layer_s}",
+        OUT / "attention_scratch.png",
+    )
+)
+show(
+    plots.attention_heads(
+        maps_h.weights,
+        maps_h.tokens,
+        layer_h,
+        f"SmolLM2-135M, layer {layer_h} (8 of 9 heads)",
+        OUT / "attention_smollm2.png",
+    )
+)
 
 # %% [markdown]
 # Attention shows where a model *looks*, not what it *decides*. The decision is the distribution over
@@ -192,7 +223,9 @@ for p, i in zip(top.values.tolist(), top.indices.tolist()):
 # strongest induction and previous-token heads, and layer 0.)
 
 # %%
-slice_text = attention_text(data.val_text(200_000), tok.chars, 2000)  # the same text for both models
+slice_text = attention_text(
+    data.val_text(200_000), tok.chars, 2000
+)  # the same text for both models
 ll_s = logit_lens(lens_s, slice_text, max_tokens=256 if TINY else 1024)
 ll_h = logit_lens(lens_h, slice_text, max_tokens=32 if TINY else 128)
 for line in circuit_findings(lens=ll_s) + circuit_findings(lens=ll_h):
@@ -229,13 +262,17 @@ show(plots_interpret.head_ablation(abl_h, OUT / "ablation_smollm2.png"))
 # %%
 OVERFIT = TrainConfig(batch_size=16, lr=3e-3, min_lr=3e-4, warmup_steps=20, dtype="float32")
 over = overfit_one_batch(model_cfg, OVERFIT, data, steps=30 if TINY else 200)
-print(f"loss on one batch: {over.losses[0]:.3f} -> {over.losses[-1]:.3f} nats per character in {len(over.losses)} "
-      f"steps ({over.reduction:.0f}x lower)")
+print(
+    f"loss on one batch: {over.losses[0]:.3f} -> {over.losses[-1]:.3f} nats per character in {len(over.losses)} "
+    f"steps ({over.reduction:.0f}x lower)"
+)
 norms = sorted(over.first_grad_norms.items(), key=lambda kv: kv[1])
 print("smallest gradient norms at the first step:", [(n, round(v, 5)) for n, v in norms[:3]])
 print("largest gradient norms at the first step: ", [(n, round(v, 5)) for n, v in norms[-3:]])
 print("parameters with no gradient:", [n for n, v in norms if v == 0] or "none")
-print(f"total gradient norm: {over.grad_norms[0]:.3f} at the first step, {over.grad_norms[-1]:.3f} at the last")
+print(
+    f"total gradient norm: {over.grad_norms[0]:.3f} at the first step, {over.grad_norms[-1]:.3f} at the last"
+)
 show(plot_overfit(over, OUT / "overfit.png"))
 
 # %% [markdown]
@@ -247,16 +284,26 @@ show(plot_overfit(over, OUT / "overfit.png"))
 # `NonFiniteLossError`, whose message says what to change:
 
 # %%
-BLOWUP = TrainConfig(batch_size=16, max_steps=100, lr=1e4, min_lr=0.0, warmup_steps=0, eval_interval=1000,
-                     eval_iters=2, dtype="float32")
+BLOWUP = TrainConfig(
+    batch_size=16,
+    max_steps=100,
+    lr=1e4,
+    min_lr=0.0,
+    warmup_steps=0,
+    eval_interval=1000,
+    eval_iters=2,
+    dtype="float32",
+)
 try:
     blown = train(model_cfg, BLOWUP, data, OUT / "nan_run", progress=False)
     print(f"NaN run: no NaN this time (last validation loss {blown.final_val_loss:.3g})")
 except NonFiniteLossError as e:
     print(f"NaN run: train() raised NonFiniteLossError: {e}")
 rows = read_metrics(OUT / "nan_run" / "metrics.jsonl")
-print(f"the run's last good evaluation: step {rows[-1].step}, validation loss {rows[-1].val_loss:.3f}; "
-      f"ckpt_last.pt kept: {(OUT / 'nan_run' / 'ckpt_last.pt').exists()}")
+print(
+    f"the run's last good evaluation: step {rows[-1].step}, validation loss {rows[-1].val_loss:.3f}; "
+    f"ckpt_last.pt kept: {(OUT / 'nan_run' / 'ckpt_last.pt').exists()}"
+)
 
 
 # %% [markdown]
@@ -266,6 +313,7 @@ print(f"the run's last good evaluation: step {rows[-1].step}, validation loss {r
 # — its own attention module with `tril(1)` where `tril(0)` belongs — and run
 # `attention.causality_check` on both:
 
+
 # %%
 class OffByOneAttention(CausalSelfAttention):
     """The readable attention path with a bug: the mask lets each position see one position ahead."""
@@ -273,7 +321,9 @@ class OffByOneAttention(CausalSelfAttention):
     def forward(self, x, cache=None, need_weights=False):
         B, T, C = x.shape
         hs = C // self.n_head
-        q, k, v = (t.view(B, T, self.n_head, hs).transpose(1, 2) for t in self.c_attn(x).split(C, dim=2))
+        q, k, v = (
+            t.view(B, T, self.n_head, hs).transpose(1, 2) for t in self.c_attn(x).split(C, dim=2)
+        )
         att = (q @ k.transpose(-2, -1)) / math.sqrt(hs)  # (B, nh, T, T)
         mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril(1)  # BUG: should be tril(0)
         att = F.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)
@@ -290,9 +340,11 @@ buggy.eval()
 ids = tok.encode(TEXT)[:24]
 for name, m in (("correct mask", model), ("off-by-one mask", buggy)):
     c = causality_check(m, ids, "scratch")
-    print(f"{name:<16} attention check: {c.attention_check} (largest weight above the diagonal "
-          f"{c.attention_above_diagonal_max:.3f}); gradient check: {c.gradient_check} "
-          f"(largest gradient from a later input {c.future_gradient_max:.3g})")
+    print(
+        f"{name:<16} attention check: {c.attention_check} (largest weight above the diagonal "
+        f"{c.attention_above_diagonal_max:.3f}); gradient check: {c.gradient_check} "
+        f"(largest gradient from a later input {c.future_gradient_max:.3g})"
+    )
 
 # %% [markdown]
 # The check is cheap (one forward and one backward pass per position of a short text), so nanobard
@@ -319,10 +371,14 @@ for name, m in (("correct mask", model), ("off-by-one mask", buggy)):
 
 # %%
 align = attention_on_characters(model, tok, pre.model, pre.tokenizer, TEXT)
-print(f"{len(align.targets)} predictions compared; mean overlap {align.mean_overlap:.2f} "
-      f"(the character model against an even spread: {align.mean_uniform_overlap:.2f})")
+print(
+    f"{len(align.targets)} predictions compared; mean overlap {align.mean_overlap:.2f} "
+    f"(the character model against an even spread: {align.mean_uniform_overlap:.2f})"
+)
 for t, o, u in zip(align.targets, align.overlap, align.uniform_overlap):
-    print(f"   predicting {align.text[t]!r:>6} at character {t:>2}: overlap {o:.2f} (even spread {u:.2f})")
+    print(
+        f"   predicting {align.text[t]!r:>6} at character {t:>2}: overlap {o:.2f} (even spread {u:.2f})"
+    )
 show(plot_attention_on_characters(align, OUT / "attention_on_characters.png"))
 
 # %% [markdown]

@@ -40,7 +40,7 @@ def tiny_text() -> str:
 
     _, plays = load_corpus("shakespeare")
     start = plays.index("\n\n", 100_000) + 2  # a speech boundary past the first play's opening
-    return plays[start:start + 20_000]
+    return plays[start : start + 20_000]
 
 
 @pytest.fixture

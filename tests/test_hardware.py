@@ -16,9 +16,17 @@ from nanobard.model.gpt import GPT
 from nanobard.train.optim import make_optimizer
 from tests.fixtures import tcfg
 
-AVX2 = CpuInfo(arch="x86_64", model="test", capability="AVX2", flags=("avx2",), onednn_max_isa="", threads=2)
-AVX512_BF16 = CpuInfo(arch="x86_64", model="test", capability="AVX512", flags=("avx2", "avx512f", "avx512_bf16"),
-                      onednn_max_isa="", threads=2)
+AVX2 = CpuInfo(
+    arch="x86_64", model="test", capability="AVX2", flags=("avx2",), onednn_max_isa="", threads=2
+)
+AVX512_BF16 = CpuInfo(
+    arch="x86_64",
+    model="test",
+    capability="AVX512",
+    flags=("avx2", "avx512f", "avx512_bf16"),
+    onednn_max_isa="",
+    threads=2,
+)
 
 
 @pytest.fixture
@@ -26,6 +34,7 @@ def cpu(monkeypatch):
     def use(info):
         monkeypatch.setattr(hardware, "cpu_info", lambda: info)
         hardware._warn_once.cache_clear()
+
     return use
 
 
@@ -48,11 +57,16 @@ def test_a_cpu_without_bf16_never_autocasts_to_bf16_unless_asked(cpu, caplog):
     assert resolve_precision("auto", dev) == torch.float32
     assert isinstance(autocast_context(dev, "auto"), contextlib.nullcontext)
     assert tcfg().dtype == "auto"  # the default asks the hardware
-    muon = make_optimizer(GPT(ModelConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=16)),
-                          tcfg(optimizer="muon"), dev).optimizers[0]
+    muon = make_optimizer(
+        GPT(ModelConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=16)),
+        tcfg(optimizer="muon"),
+        dev,
+    ).optimizers[0]
     assert muon.ns_dtype == torch.float32  # Newton-Schulz too
     with caplog.at_level(logging.WARNING, logger="nanobard.hardware"):
-        assert resolve_precision("bfloat16", dev, "autocast") == torch.bfloat16  # asked: it still runs
+        assert (
+            resolve_precision("bfloat16", dev, "autocast") == torch.bfloat16
+        )  # asked: it still runs
         resolve_precision("bfloat16", dev, "autocast")
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "emulates bfloat16" in warnings[0]  # one line, saying why
@@ -72,8 +86,11 @@ def test_a_cpu_with_native_bf16_takes_it_for_auto(cpu, caplog):
 def test_the_emulation_variables_switch_native_bf16_off():
     code = "import json; from nanobard.hardware import cpu_info; print(json.dumps(cpu_info().as_dict()))"
     env = {**hardware.emulation_env("avx2"), "PATH": "/usr/bin:/bin"}
-    info = json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                                     check=True).stdout)
+    info = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        ).stdout
+    )
     assert info["capability"] == "AVX2" and info["native_bf16"] is False and info["kind"] == "avx2"
 
 
@@ -87,18 +104,27 @@ def test_generation_precision_follows_the_memory_bound_rule(cpu):
 
     cpu(AVX2)  # decoding reads weights: bfloat16 pays even without native bfloat16 arithmetic
     assert generation_dtype("auto", "cpu") == torch.bfloat16
-    assert generation_dtype("float32", "cpu") == torch.float32 and generation_dtype("int8", "cpu") == torch.int8
+    assert (
+        generation_dtype("float32", "cpu") == torch.float32
+        and generation_dtype("int8", "cpu") == torch.int8
+    )
     with pytest.raises(ValueError, match="int8 is for generating on a CPU"):
         generation_dtype("int8", "meta")
 
 
-@pytest.mark.skipif(not hasattr(torch.backends.cuda, "cudnn_sdp_enabled"), reason="torch without cuDNN attention")
+@pytest.mark.skipif(
+    not hasattr(torch.backends.cuda, "cudnn_sdp_enabled"), reason="torch without cuDNN attention"
+)
 def test_decoding_on_cuda_keeps_cudnn_attention_out():
     from nanobard.hardware import decode_attention
 
-    assert isinstance(decode_attention(torch.device("cpu")), contextlib.nullcontext)  # nothing changes on a CPU
+    assert isinstance(
+        decode_attention(torch.device("cpu")), contextlib.nullcontext
+    )  # nothing changes on a CPU
     before = torch.backends.cuda.cudnn_sdp_enabled()
-    with decode_attention(torch.device("cuda")):  # sets torch's flags only: no GPU needed to check them
+    with decode_attention(
+        torch.device("cuda")
+    ):  # sets torch's flags only: no GPU needed to check them
         assert not torch.backends.cuda.cudnn_sdp_enabled()
         assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
     assert torch.backends.cuda.cudnn_sdp_enabled() == before

@@ -46,24 +46,62 @@ OUTCOMES = {
 
 # Printed by every run, TINY included: each names the measurement a section is built on.
 EXPECTED_OUTPUT = {
-    "01_transformers": ["max |by hand - model|", "attention_check pass", "attention_check fail", "left to right"],
-    "02_training": ["resumed run equals the straight run: True", "stopped:", "best lr of the sweep",
-                    "warmup + cosine"],
-    "03_transfer_learning": ["bits/char", "parameters", "general English:", "native bfloat16",
-                             "same greedy text from plain transformers and from nanobard: True"],
-    "04_attention_analysis": ["induction head", "overlap", "NaN run:", "off-by-one mask  attention check: fail"],
+    "01_transformers": [
+        "max |by hand - model|",
+        "attention_check pass",
+        "attention_check fail",
+        "left to right",
+    ],
+    "02_training": [
+        "resumed run equals the straight run: True",
+        "stopped:",
+        "best lr of the sweep",
+        "warmup + cosine",
+    ],
+    "03_transfer_learning": [
+        "bits/char",
+        "parameters",
+        "general English:",
+        "native bfloat16",
+        "same greedy text from plain transformers and from nanobard: True",
+    ],
+    "04_attention_analysis": [
+        "induction head",
+        "overlap",
+        "NaN run:",
+        "off-by-one mask  attention check: fail",
+    ],
 }
 
 # Written under runs/notebooks/<name>/ by every run.
 EXPECTED_FILES = {
-    "01_transformers": ["sinusoidal_encoding.png", "attention_layer0.png", "encoder_vs_decoder.png",
-                        "model/model_scratch_best.pt"],
-    "02_training": ["training_progress.png", "lr_sweep.png", "early_stopping.png", "lr_schedule.png",
-                    "resumed/ckpt_last.pt"],
-    "03_transfer_learning": ["crossover.png", "forgetting.png", "exported/config.json",
-                             "finetune/model_hf_finetuned/config.json"],
-    "04_attention_analysis": ["attention_scratch.png", "attention_smollm2.png", "induction_smollm2.png",
-                              "logit_lens.png", "overfit.png", "attention_on_characters.png"],
+    "01_transformers": [
+        "sinusoidal_encoding.png",
+        "attention_layer0.png",
+        "encoder_vs_decoder.png",
+        "model/model_scratch_best.pt",
+    ],
+    "02_training": [
+        "training_progress.png",
+        "lr_sweep.png",
+        "early_stopping.png",
+        "lr_schedule.png",
+        "resumed/ckpt_last.pt",
+    ],
+    "03_transfer_learning": [
+        "crossover.png",
+        "forgetting.png",
+        "exported/config.json",
+        "finetune/model_hf_finetuned/config.json",
+    ],
+    "04_attention_analysis": [
+        "attention_scratch.png",
+        "attention_smollm2.png",
+        "induction_smollm2.png",
+        "logit_lens.png",
+        "overfit.png",
+        "attention_on_characters.png",
+    ],
 }
 
 # Original prose (no third-party text) for the general-English measurement: tests never download.
@@ -84,8 +122,13 @@ def _source(cell: dict) -> str:
 
 
 def _headings(name: str) -> list[str]:
-    return [line.lstrip("#").strip() for cell in _cells(name) if cell["cell_type"] == "markdown"
-            for line in _source(cell).splitlines() if line.startswith("#")]
+    return [
+        line.lstrip("#").strip()
+        for cell in _cells(name)
+        if cell["cell_type"] == "markdown"
+        for line in _source(cell).splitlines()
+        if line.startswith("#")
+    ]
 
 
 def test_every_learning_outcome_has_a_section_in_the_seed_order():
@@ -95,9 +138,13 @@ def test_every_learning_outcome_has_a_section_in_the_seed_order():
         positions = []
         for outcome in outcomes:
             hits = [i for i, h in enumerate(headings) if outcome.lower() in h.lower()]
-            assert hits, f"{name}.ipynb has no heading containing {outcome!r}; its headings: {headings}"
+            assert hits, (
+                f"{name}.ipynb has no heading containing {outcome!r}; its headings: {headings}"
+            )
             positions.append(hits[0])
-        assert positions == sorted(positions), f"{name}.ipynb: the sections are not in the seed's order {outcomes}"
+        assert positions == sorted(positions), (
+            f"{name}.ipynb: the sections are not in the seed's order {outcomes}"
+        )
         covered += outcomes
     assert len(covered) == len(set(covered)) == 21
     assert not (NOTEBOOKS / "walkthrough.ipynb").exists()  # replaced by the four notebooks
@@ -112,8 +159,10 @@ def test_stored_notebook_has_the_cells_of_its_source(name):
     source = jupytext.read(NOTEBOOKS / f"{name}.py")
     want = [(c.cell_type, c.source) for c in source.cells]
     got = [(c["cell_type"], _source(c)) for c in _cells(name)]
-    assert got == want, (f"notebooks/{name}.ipynb differs from notebooks/{name}.py: run `make notebooks` "
-                         f"(or `jupytext --update --to notebook notebooks/{name}.py` to keep the outputs)")
+    assert got == want, (
+        f"notebooks/{name}.ipynb differs from notebooks/{name}.py: run `make notebooks` "
+        f"(or `jupytext --update --to notebook notebooks/{name}.py` to keep the outputs)"
+    )
 
 
 @pytest.mark.parametrize("name", list(OUTCOMES))
@@ -126,7 +175,9 @@ def test_stored_notebook_carries_its_outputs(name):
         f"notebooks/{name}.ipynb is stored without outputs (cells {never_ran} never ran). Store it executed: "
         f"`make notebooks` (default sizes, about 11 minutes for all four on 2 cores)"
     )
-    errors = [i for i, c in code if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    errors = [
+        i for i, c in code if any(o.get("output_type") == "error" for o in c.get("outputs", []))
+    ]
     assert not errors, f"notebooks/{name}.ipynb was stored with errors in cells {errors}"
 
 
@@ -144,12 +195,18 @@ def test_notebook_runs_at_tiny_sizes(name, tmp_path, monkeypatch):
     copy = tmp_path / f"{name}.ipynb"
     shutil.copyfile(NOTEBOOKS / f"{name}.ipynb", copy)
     nb = nbformat.read(copy, as_version=4)
-    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(
+        nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
 
-    printed = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    printed = "\n".join(
+        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
+    )
     for expected in EXPECTED_OUTPUT[name]:
         assert expected in printed, f"{name}: {expected!r} not printed"
     out = tmp_path / "runs" / "notebooks" / name
     for f in EXPECTED_FILES[name]:
         assert (out / f).exists(), f"{name} did not write {f}"
-    assert not list(out.rglob("hf_checkpoints")), "the Trainer's multi-GB resumable checkpoints were left behind"
+    assert not list(out.rglob("hf_checkpoints")), (
+        "the Trainer's multi-GB resumable checkpoints were left behind"
+    )

@@ -34,11 +34,17 @@ class ModelConfig:
     n_head: int = opt(4, "attention heads per block (must divide --n-embd)")
     n_embd: int = opt(128, "embedding width; reduce (e.g. 128 -> 64) if you run out of memory")
     dropout: float = opt(0.0, "dropout probability (0 for small data/short runs)")
-    bias: bool = opt(False, "biases in Linear layers and LayerNorms (GPT-2 has them; nanoGPT finds none a bit better)")
+    bias: bool = opt(
+        False,
+        "biases in Linear layers and LayerNorms (GPT-2 has them; nanoGPT finds none a bit better)",
+    )
     pos_encoding: PosEncoding = opt("learned", "learned (GPT-2) or sinusoidal (Vaswani et al.)")
     tie_weights: bool = opt(True, "share token embedding and output layer weights, as GPT-2")
-    causal: bool = opt(True, "causal attention mask (--no-causal trains an encoder-style model that sees the "
-                             "future: for the notebook's lesson, not for generating text)")
+    causal: bool = opt(
+        True,
+        "causal attention mask (--no-causal trains an encoder-style model that sees the "
+        "future: for the notebook's lesson, not for generating text)",
+    )
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -52,39 +58,56 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.pos_encoding not in get_args(PosEncoding):
-            raise ConfigError(f"pos_encoding must be 'learned' or 'sinusoidal', got {self.pos_encoding!r}")
+            raise ConfigError(
+                f"pos_encoding must be 'learned' or 'sinusoidal', got {self.pos_encoding!r}"
+            )
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """How the from-scratch model is trained. Budgets: the first of steps/epochs/time reached ends it."""
 
-    batch_size: int = opt(12, "sequences per micro-batch; reduce (16 -> 8 -> 4) if you run out of memory")
-    grad_accum: int = opt(1, "micro-batches per optimizer step; global batch = batch_size * grad_accum")
+    batch_size: int = opt(
+        12, "sequences per micro-batch; reduce (16 -> 8 -> 4) if you run out of memory"
+    )
+    grad_accum: int = opt(
+        1, "micro-batches per optimizer step; global batch = batch_size * grad_accum"
+    )
     max_steps: int | None = opt(2000, "optimizer steps to run")
     epochs: float | None = opt(None, "passes over the training text (converted to steps)")
-    max_time: float | None = opt(None, "wall-time budget, e.g. 90s, 5m, 1h; alone, the step count is sized "
-                                       "to fit it from the speed measured in the first steps")
+    max_time: float | None = opt(
+        None,
+        "wall-time budget, e.g. 90s, 5m, 1h; alone, the step count is sized "
+        "to fit it from the speed measured in the first steps",
+    )
     lr: float = opt(1e-3, "peak learning rate after warmup")
     min_lr: float = opt(1e-4, "learning rate at the end of the cosine decay")
     warmup_steps: int = opt(100, "steps of linear warmup")
     lr_decay_steps: int | None = opt(None, "length of the cosine decay (default: the step budget)")
     weight_decay: float = opt(0.1, "applied to 2-D parameters (matmul weights, embeddings) only")
-    optimizer: OptimizerName = opt("adamw", "adamw, or muon: Muon for the matrices inside the blocks, AdamW for "
-                                            "embeddings and norms (learns about twice as fast per step; same --lr "
-                                            "and schedule)")
+    optimizer: OptimizerName = opt(
+        "adamw",
+        "adamw, or muon: Muon for the matrices inside the blocks, AdamW for "
+        "embeddings and norms (learns about twice as fast per step; same --lr "
+        "and schedule)",
+    )
     beta1: float = opt(0.9, "AdamW beta1")
     beta2: float = opt(0.99, "AdamW beta2")
     grad_clip: float = opt(1.0, "clip the gradient norm to this (0 disables)")
     eval_interval: int = opt(250, "steps between evaluations (and checkpoints)")
     eval_iters: int = opt(20, "batches averaged per evaluation (the same batches every time)")
-    patience: int | None = opt(None, "evaluations without val-loss improvement before stopping early")
+    patience: int | None = opt(
+        None, "evaluations without val-loss improvement before stopping early"
+    )
     target_loss: float | None = opt(None, "stop at the first evaluation with val loss <= this")
     seed: int = opt(1337, "random seed (weights, batches, dropout)")
     device: str = opt("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
-    dtype: DType = opt("auto", "auto: bfloat16 autocast where it is native (CPUs with AVX-512 BF16 or AMX, "
-                               "recent GPUs), float32 elsewhere; or force float32 / bfloat16 (very slow on CPUs "
-                               "without native bfloat16)")
+    dtype: DType = opt(
+        "auto",
+        "auto: bfloat16 autocast where it is native (CPUs with AVX-512 BF16 or AMX, "
+        "recent GPUs), float32 elsewhere; or force float32 / bfloat16 (very slow on CPUs "
+        "without native bfloat16)",
+    )
     compile: bool = opt(False, "torch.compile the model (compile time counts in the wall time)")
     threads: int | None = opt(None, "CPU threads for torch (default: torch's choice)")
 
@@ -109,9 +132,13 @@ class TrainConfig:
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ConfigError("beta1 and beta2 must be in [0, 1)")
         if self.optimizer not in get_args(OptimizerName):
-            raise ConfigError(f"optimizer must be one of {', '.join(get_args(OptimizerName))}, got {self.optimizer!r}")
+            raise ConfigError(
+                f"optimizer must be one of {', '.join(get_args(OptimizerName))}, got {self.optimizer!r}"
+            )
         if self.dtype not in get_args(DType):
-            raise ConfigError(f"dtype must be one of {', '.join(get_args(DType))}, got {self.dtype!r}")
+            raise ConfigError(
+                f"dtype must be one of {', '.join(get_args(DType))}, got {self.dtype!r}"
+            )
 
 
 def _check_budget(max_steps: int | None, epochs: float | None, max_time: float | None) -> None:
@@ -132,15 +159,21 @@ SHAKESPEARE_PROMPTS = ("ROMEO:\n", "To be, or not to be", "KING HENRY:\nNow, my 
 class FinetuneConfig:
     """How the pretrained model is fine-tuned (with the Hugging Face Trainer) and scored."""
 
-    pretrained: str = opt("auto", "auto (gpt2 if cached/reachable, else smollm2-135m), a hub id, a local folder, "
-                                  "or smollm2-135m")
+    pretrained: str = opt(
+        "auto",
+        "auto (gpt2 if cached/reachable, else smollm2-135m), a hub id, a local folder, "
+        "or smollm2-135m",
+    )
     block_size: int = opt(128, "tokens per training example")
     batch_size: int = opt(8, "examples per step; reduce if you run out of memory")
     grad_accum: int = opt(1, "micro-batches per optimizer step")
     max_steps: int | None = opt(60, "optimizer steps")
     epochs: float | None = opt(None, "passes over the tokenized training text (the seed uses 3)")
-    max_time: float | None = opt(None, "wall-time budget, e.g. 2m; alone, the step count is sized to fit it "
-                                       "from the speed of the first steps; with steps or epochs, a cap")
+    max_time: float | None = opt(
+        None,
+        "wall-time budget, e.g. 2m; alone, the step count is sized to fit it "
+        "from the speed of the first steps; with steps or epochs, a cap",
+    )
     lr: float = opt(1e-4, "peak learning rate")
     warmup_steps: int = opt(6, "steps of linear warmup")
     weight_decay: float = opt(0.01, "AdamW weight decay")
@@ -150,10 +183,14 @@ class FinetuneConfig:
     patience: int | None = opt(3, "evaluations without improvement before stopping early")
     lora_r: int = opt(0, "LoRA rank (0 = full fine-tuning); merged into the weights before saving")
     lora_alpha: int = opt(32, "LoRA scaling")
-    precision: DType = opt("auto", "auto (bfloat16 where the CPU/GPU has it natively), float32 or bfloat16")
+    precision: DType = opt(
+        "auto", "auto (bfloat16 where the CPU/GPU has it natively), float32 or bfloat16"
+    )
     seed: int = opt(1337, "random seed")
     train_chars: int | None = opt(None, "use only the first N characters of the training text")
-    score_chars: int | None = opt(20_000, "score bits/char on the first N validation characters (0 = all)")
+    score_chars: int | None = opt(
+        20_000, "score bits/char on the first N validation characters (0 = all)"
+    )
     sample_tokens: int = opt(80, "tokens per before/after sample")
     device: str = opt("auto", "auto (cuda > mps > cpu), cpu, cuda, mps")
     prompts: tuple[str, ...] = opt(SHAKESPEARE_PROMPTS, "prompts of the before/after samples")
@@ -166,7 +203,9 @@ class FinetuneConfig:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         _check_budget(self.max_steps, self.epochs, self.max_time)
         if self.precision not in get_args(DType):
-            raise ConfigError(f"precision must be auto, float32 or bfloat16, got {self.precision!r}")
+            raise ConfigError(
+                f"precision must be auto, float32 or bfloat16, got {self.precision!r}"
+            )
         if self.lora_r < 0:
             raise ConfigError(f"lora_r must be >= 0, got {self.lora_r}")
 
@@ -187,30 +226,64 @@ PRESETS: dict[str, Preset] = {
         "about 3 minutes on 2 CPU cores: a 0.8M-parameter model trained with Muon (lr 1e-2), good enough for "
         "recognisable text",
         ModelConfig(block_size=128, n_layer=4, n_head=4, n_embd=128),
-        TrainConfig(batch_size=16, max_steps=1500, max_time=240.0, lr=1e-2, min_lr=1e-3,
-                    warmup_steps=30, eval_interval=250, eval_iters=20, optimizer="muon"),
+        TrainConfig(
+            batch_size=16,
+            max_steps=1500,
+            max_time=240.0,
+            lr=1e-2,
+            min_lr=1e-3,
+            warmup_steps=30,
+            eval_interval=250,
+            eval_iters=20,
+            optimizer="muon",
+        ),
     ),
     "seed": Preset(
         "seed",
         "the seed notebook's scale: ~690K parameters, 4 heads, context 128, 10 epochs",
         ModelConfig(block_size=128, n_layer=6, n_head=4, n_embd=96, dropout=0.1),
-        TrainConfig(batch_size=32, max_steps=None, epochs=10.0, lr=1e-3, min_lr=1e-4,
-                    warmup_steps=200, eval_interval=500, eval_iters=40, patience=5),
+        TrainConfig(
+            batch_size=32,
+            max_steps=None,
+            epochs=10.0,
+            lr=1e-3,
+            min_lr=1e-4,
+            warmup_steps=200,
+            eval_interval=500,
+            eval_iters=40,
+            patience=5,
+        ),
     ),
     "gpu": Preset(
         "gpu",
         "nanoGPT's shakespeare_char scale (10.7M parameters); meant for a CUDA GPU",
         ModelConfig(block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=0.2),
-        TrainConfig(batch_size=64, max_steps=5000, lr=1e-3, min_lr=1e-4, warmup_steps=100,
-                    eval_interval=250, eval_iters=200, patience=8),
+        TrainConfig(
+            batch_size=64,
+            max_steps=5000,
+            lr=1e-3,
+            min_lr=1e-4,
+            warmup_steps=100,
+            eval_interval=250,
+            eval_iters=200,
+            patience=8,
+        ),
     ),
     "fast": Preset(
         "fast",
         "shortest wall time to nanoGPT's baby-config loss (1.886) on tiny Shakespeare on a CPU: the baby "
         "model trained with Muon, batch 16, lr 1.4e-2, 30 warmup steps, a 380-step schedule (~30 s on 2 cores)",
         ModelConfig(block_size=64, n_layer=4, n_head=4, n_embd=128),
-        TrainConfig(batch_size=16, max_steps=380, lr=1.4e-2, min_lr=1.4e-3, warmup_steps=30,
-                    eval_interval=190, eval_iters=20, optimizer="muon"),
+        TrainConfig(
+            batch_size=16,
+            max_steps=380,
+            lr=1.4e-2,
+            min_lr=1.4e-3,
+            warmup_steps=30,
+            eval_interval=190,
+            eval_iters=20,
+            optimizer="muon",
+        ),
     ),
     "cpu-10min": Preset(
         "cpu-10min",
@@ -218,15 +291,33 @@ PRESETS: dict[str, Preset] = {
         "decay 0.3, bfloat16 autocast where it is native; the cosine schedule is sized to the 570 s budget from the "
         "speed measured in the first steps, so it decays fully on a slow machine and a fast one alike",
         ModelConfig(block_size=128, n_layer=4, n_head=6, n_embd=192),
-        TrainConfig(batch_size=16, max_steps=None, max_time=570.0, lr=2e-3, min_lr=2e-4, warmup_steps=100,
-                    weight_decay=0.3, eval_interval=500, eval_iters=20, optimizer="muon"),
+        TrainConfig(
+            batch_size=16,
+            max_steps=None,
+            max_time=570.0,
+            lr=2e-3,
+            min_lr=2e-4,
+            warmup_steps=100,
+            weight_decay=0.3,
+            eval_interval=500,
+            eval_iters=20,
+            optimizer="muon",
+        ),
     ),
     "baby": Preset(
         "baby",
         "nanoGPT's CPU 'baby' configuration: 4 layers, 4 heads, 128 dims, context 64, 2,000 steps",
         ModelConfig(block_size=64, n_layer=4, n_head=4, n_embd=128),
-        TrainConfig(batch_size=12, max_steps=2000, lr=1e-3, min_lr=1e-4, warmup_steps=100,
-                    eval_interval=250, eval_iters=20, dtype="float32"),  # as nanoGPT runs it on a CPU
+        TrainConfig(
+            batch_size=12,
+            max_steps=2000,
+            lr=1e-3,
+            min_lr=1e-4,
+            warmup_steps=100,
+            eval_interval=250,
+            eval_iters=20,
+            dtype="float32",
+        ),  # as nanoGPT runs it on a CPU
     ),
 }
 
@@ -297,7 +388,9 @@ class StudyPreset:
     scratch: str  # a from-scratch preset name
     finetune: FinetuneConfig
     sample_tokens: int = 200  # from-scratch sample length (characters)
-    scratch_time: float | None = None  # a wall-time budget (s) that replaces the scratch preset's step budget
+    scratch_time: float | None = (
+        None  # a wall-time budget (s) that replaces the scratch preset's step budget
+    )
 
 
 # Fine-tuning a 135M model on a CPU, by wall time; scores on the first 20,000 validation characters.
@@ -306,29 +399,62 @@ class StudyPreset:
 # 1.542 vs 1.590 without).
 # Samples: 3 prompts x 3 strategies x 40 tokens, before and after (720 tokens decoded by a 135M model,
 # a large part of the stage's time beyond training on a CPU).
-_CPU_FINETUNE = FinetuneConfig(max_steps=None, max_time=75.0, eval_interval=20, score_chars=20_000, sample_tokens=40,
-                               lora_r=8, lr=3e-3, warmup_steps=2)
+_CPU_FINETUNE = FinetuneConfig(
+    max_steps=None,
+    max_time=75.0,
+    eval_interval=20,
+    score_chars=20_000,
+    sample_tokens=40,
+    lora_r=8,
+    lr=3e-3,
+    warmup_steps=2,
+)
 
 STUDY_PRESETS: dict[str, StudyPreset] = {
     "quick": StudyPreset(
-        "quick", "the whole study in about 5 minutes on 2 CPU cores: 75 s of from-scratch training and 75 s of "
-        "LoRA fine-tuning, whatever the machine", "quick", _CPU_FINETUNE, scratch_time=75.0,
+        "quick",
+        "the whole study in about 5 minutes on 2 CPU cores: 75 s of from-scratch training and 75 s of "
+        "LoRA fine-tuning, whatever the machine",
+        "quick",
+        _CPU_FINETUNE,
+        scratch_time=75.0,
     ),
     "cpu-10min": StudyPreset(
-        "cpu-10min", "the quick study with the best from-scratch model that 10 minutes of CPU buy (the cpu-10min "
-        "preset): about 15 minutes on 2 CPU cores", "cpu-10min", _CPU_FINETUNE,
+        "cpu-10min",
+        "the quick study with the best from-scratch model that 10 minutes of CPU buy (the cpu-10min "
+        "preset): about 15 minutes on 2 CPU cores",
+        "cpu-10min",
+        _CPU_FINETUNE,
     ),
     "seed": StudyPreset(
-        "seed", "the seed notebook's scale: scratch ~690K parameters for 10 epochs, fine-tuning 3 epochs "
-        "(hours on a CPU)", "seed",
-        FinetuneConfig(max_steps=None, epochs=3.0, eval_interval=200, eval_blocks=64, patience=3,
-                       score_chars=None, sample_tokens=100),
+        "seed",
+        "the seed notebook's scale: scratch ~690K parameters for 10 epochs, fine-tuning 3 epochs "
+        "(hours on a CPU)",
+        "seed",
+        FinetuneConfig(
+            max_steps=None,
+            epochs=3.0,
+            eval_interval=200,
+            eval_blocks=64,
+            patience=3,
+            score_chars=None,
+            sample_tokens=100,
+        ),
     ),
     "gpu": StudyPreset(
-        "gpu", "larger, for a CUDA machine: the 10.7M scratch model, 1 epoch of fine-tuning, whole-text scores",
         "gpu",
-        FinetuneConfig(max_steps=None, epochs=1.0, batch_size=16, block_size=256, eval_interval=200,
-                       eval_blocks=64, score_chars=None, sample_tokens=100),
+        "larger, for a CUDA machine: the 10.7M scratch model, 1 epoch of fine-tuning, whole-text scores",
+        "gpu",
+        FinetuneConfig(
+            max_steps=None,
+            epochs=1.0,
+            batch_size=16,
+            block_size=256,
+            eval_interval=200,
+            eval_blocks=64,
+            score_chars=None,
+            sample_tokens=100,
+        ),
     ),
 }
 

@@ -43,7 +43,16 @@ except ImportError:  # pragma: no cover
 
 Precision = Literal["auto", "float32", "bfloat16"]
 PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")
-_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "bf16", "asimd", "sve")
+_FLAGS_OF_INTEREST = (
+    "avx2",
+    "avx512f",
+    "avx512_bf16",
+    "amx_bf16",
+    "amx_tile",
+    "bf16",
+    "asimd",
+    "sve",
+)
 
 
 @dataclass(frozen=True)
@@ -53,7 +62,9 @@ class CpuInfo:
     arch: str  # x86_64, aarch64, arm64
     model: str  # the marketing name, where the OS says
     capability: str  # torch.backends.cpu.get_cpu_capability(): AVX512, AVX2, DEFAULT, ...
-    flags: tuple[str, ...]  # the instruction-set flags that decide precision (subset of /proc/cpuinfo)
+    flags: tuple[
+        str, ...
+    ]  # the instruction-set flags that decide precision (subset of /proc/cpuinfo)
     onednn_max_isa: str  # $ONEDNN_MAX_CPU_ISA, or "" when unset
     threads: int  # torch intra-op threads
 
@@ -67,7 +78,9 @@ class CpuInfo:
         if not self.capability.upper().startswith("AVX512"):  # e.g. ATEN_CPU_CAPABILITY=avx2
             return False
         isa = self.onednn_max_isa.upper()
-        return isa in ("", "ALL", "DEFAULT") or any(k in isa for k in ("BF16", "AMX", "FP16", "AVX10"))
+        return isa in ("", "ALL", "DEFAULT") or any(
+            k in isa for k in ("BF16", "AMX", "FP16", "AVX10")
+        )
 
     @property
     def kind(self) -> str:
@@ -107,8 +120,12 @@ def cpu_info() -> CpuInfo:
     """This CPU, read once per process."""
     flags, model = _cpu_flags_and_model()
     return CpuInfo(
-        arch=platform.machine().lower(), model=model, capability=torch.backends.cpu.get_cpu_capability(),
-        flags=flags, onednn_max_isa=os.environ.get("ONEDNN_MAX_CPU_ISA", ""), threads=torch.get_num_threads(),
+        arch=platform.machine().lower(),
+        model=model,
+        capability=torch.backends.cpu.get_cpu_capability(),
+        flags=flags,
+        onednn_max_isa=os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
+        threads=torch.get_num_threads(),
     )
 
 
@@ -118,10 +135,16 @@ def pick_device(name: str = "auto") -> torch.device:
     if name != "auto":
         device = torch.device(name)
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"--device {name}: torch sees no CUDA GPU here (torch {torch.__version__}); "
-                              "use --device auto or cpu")
-        if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise ConfigError(f"--device {name}: Apple's MPS backend is not available here; use --device auto or cpu")
+            raise ConfigError(
+                f"--device {name}: torch sees no CUDA GPU here (torch {torch.__version__}); "
+                "use --device auto or cpu"
+            )
+        if device.type == "mps" and not (
+            getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+        ):
+            raise ConfigError(
+                f"--device {name}: Apple's MPS backend is not available here; use --device auto or cpu"
+            )
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -143,18 +166,25 @@ def native_bf16(device: torch.device | str) -> bool:
 def _why_not_bf16(device: torch.device) -> str:
     if device.type == "cpu":
         c = cpu_info()
-        return (f"this CPU ({c.kind}, torch capability {c.capability}) has no AVX-512 BF16 or AMX, so torch "
-                "emulates bfloat16: matmuls run tens of times slower than float32")
+        return (
+            f"this CPU ({c.kind}, torch capability {c.capability}) has no AVX-512 BF16 or AMX, so torch "
+            "emulates bfloat16: matmuls run tens of times slower than float32"
+        )
     return f"{device.type} has no fast bfloat16 here"
 
 
 @functools.cache
 def _warn_once(device_type: str, what: str) -> None:
-    logger.warning("bfloat16 %s was asked for, but %s; use auto or float32 unless you are testing this",
-                   what, _why_not_bf16(torch.device(device_type)))
+    logger.warning(
+        "bfloat16 %s was asked for, but %s; use auto or float32 unless you are testing this",
+        what,
+        _why_not_bf16(torch.device(device_type)),
+    )
 
 
-def resolve_precision(requested: str, device: torch.device | str, what: str = "compute") -> torch.dtype:
+def resolve_precision(
+    requested: str, device: torch.device | str, what: str = "compute"
+) -> torch.dtype:
     """``auto`` / ``float32`` / ``bfloat16`` -> the torch dtype to use on ``device``.
 
     ``what`` names the use in the one-line warning an explicit, non-native ``bfloat16`` gets.
@@ -185,7 +215,9 @@ def generation_dtype(requested: str, device: torch.device | str) -> torch.dtype:
     it, float32 elsewhere; ``float32`` (the CLI's default) gives the same text on every machine."""
     device = torch.device(device)
     if requested not in GENERATION_PRECISIONS:
-        raise ConfigError(f"--dtype must be one of {', '.join(GENERATION_PRECISIONS)}, got {requested!r}")
+        raise ConfigError(
+            f"--dtype must be one of {', '.join(GENERATION_PRECISIONS)}, got {requested!r}"
+        )
     if requested == "int8":
         if device.type != "cpu":
             raise ConfigError("--dtype int8 is for generating on a CPU; on a GPU use bfloat16")
@@ -229,8 +261,13 @@ def attention_precision(q: torch.Tensor) -> contextlib.AbstractContextManager:
 def describe(device: torch.device | str = "cpu") -> dict[str, Any]:
     """Everything a benchmark table or a report needs to say which machine produced a number."""
     device = torch.device(device)
-    info: dict[str, Any] = {"device": str(device), "torch": torch.__version__, "cpu": cpu_info().as_dict(),
-                            "cpu_count": os.cpu_count(), "native_bf16": native_bf16(device)}
+    info: dict[str, Any] = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "cpu": cpu_info().as_dict(),
+        "cpu_count": os.cpu_count(),
+        "native_bf16": native_bf16(device),
+    }
     if device.type == "cuda" and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

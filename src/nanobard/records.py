@@ -89,4 +89,6 @@ class EvalRow(Record):
     elapsed_s: float = 0.0
     tokens_per_s: float | None = None
     last_batch_loss: float | None = None
-    heads: dict[str, list[list[float]]] | None = None  # per-head scores [layer][head] (from-scratch track)
+    heads: dict[str, list[list[float]]] | None = (
+        None  # per-head scores [layer][head] (from-scratch track)
+    )

@@ -56,7 +56,9 @@ class RunDir:
         p = self.path / name
         if not p.exists():
             return []
-        return [EvalRow.from_dict(json.loads(ln)) for ln in p.read_text().splitlines() if ln.strip()]
+        return [
+            EvalRow.from_dict(json.loads(ln)) for ln in p.read_text().splitlines() if ln.strip()
+        ]
 
     def append_metrics(self, row: EvalRow, name: str = METRICS) -> None:
         with open(self.path / name, "a") as f:

@@ -10,23 +10,51 @@ import pytest
 
 from nanobard.cli import main
 
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
-        "--max-steps", "4", "--eval-interval", "2", "--eval-iters", "1", "--sample-tokens", "0", "--no-progress"]
+TINY = [
+    "--n-layer",
+    "1",
+    "--n-head",
+    "2",
+    "--n-embd",
+    "16",
+    "--block-size",
+    "16",
+    "--batch-size",
+    "4",
+    "--max-steps",
+    "4",
+    "--eval-interval",
+    "2",
+    "--eval-iters",
+    "1",
+    "--sample-tokens",
+    "0",
+    "--no-progress",
+]
 
 
 def nb(*args, cwd=None):
     """The CLI in a real process (cwd: a scratch folder, so default run folders stay out of the repo)."""
-    return subprocess.run([sys.executable, "-m", "nanobard", *args], capture_output=True, text=True, timeout=300,
-                          cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "nanobard", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+    )
 
 
 def test_help_explains_every_command_without_importing_torch(tmp_path):
-    code = ("import sys; from nanobard.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "for c in ('train', 'finetune', 'run'):\n"
-            "    try:\n        main([c, '--help'])\n    except SystemExit:\n        pass\n"
-            "print('TORCH' if 'torch' in sys.modules else 'NO TORCH')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path).stdout
+    code = (
+        "import sys; from nanobard.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "for c in ('train', 'finetune', 'run'):\n"
+        "    try:\n        main([c, '--help'])\n    except SystemExit:\n        pass\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO TORCH')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path
+    ).stdout
     for c in ("train", "generate", "finetune", "evaluate", "run", "attention", "export", "bench"):
         assert c in out
     assert "run out of memory" in " ".join(out.split())  # help text from the dataclass fields
@@ -38,7 +66,9 @@ def test_each_command_has_its_own_field_help(capsys):
         with pytest.raises(SystemExit):
             main([cmd, "--help"])
     train_help, finetune_help = capsys.readouterr().out.split("usage: nanobard finetune")
-    assert "sized to fit it from the speed measured in the first steps" in " ".join(train_help.split())
+    assert "sized to fit it from the speed measured in the first steps" in " ".join(
+        train_help.split()
+    )
     assert "wall-time budget, e.g. 2m" in " ".join(finetune_help.split())  # not the training help
 
 
@@ -47,14 +77,22 @@ def trained(tmp_path_factory):
     from tests.conftest import SHARED_TINY
 
     d = tmp_path_factory.mktemp("trained")
-    text = SHARED_TINY.read_text()[:8000] if SHARED_TINY.exists() else "ROMEO:\nO light, O night.\n\n" * 300
+    text = (
+        SHARED_TINY.read_text()[:8000]
+        if SHARED_TINY.exists()
+        else "ROMEO:\nO light, O night.\n\n" * 300
+    )
     (d / "c.txt").write_text(text)
     assert main(["-q", "train", "--data", str(d / "c.txt"), "--out", str(d / "run"), *TINY]) == 0
     return d
 
 
 def digest(folder):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.iterdir())
+        if p.is_file()
+    }
 
 
 def test_train_writes_its_result_json(trained):
@@ -65,42 +103,126 @@ def test_train_writes_its_result_json(trained):
 
 
 def test_generate_streams_text(trained, capsys):
-    assert main(["generate", str(trained / "run"), "--prompt", "RO", "--max-new-tokens", "20", "--greedy"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                str(trained / "run"),
+                "--prompt",
+                "RO",
+                "--max-new-tokens",
+                "20",
+                "--greedy",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.startswith("RO") and len(out) >= 20
-    assert main(["generate", str(trained / "run"), "--prompt", "RO", "--max-new-tokens", "20", "--dtype", "bfloat16"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                str(trained / "run"),
+                "--prompt",
+                "RO",
+                "--max-new-tokens",
+                "20",
+                "--dtype",
+                "bfloat16",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.startswith("RO") and len(out) >= 20
 
 
 CASES = {
-    "empty file": (lambda d: (d / "e.txt").write_text(""), ["train", "--data", "{d}/e.txt"], "empty"),
-    "binary file": (lambda d: (d / "b.bin").write_bytes(os.urandom(2000) + b"\x00"), ["train", "--data", "{d}/b.bin"], "binary"),
-    "non-UTF-8 text": (lambda d: (d / "l.txt").write_bytes("café ".encode("latin-1") * 200), ["train", "--data", "{d}/l.txt"], "not UTF-8"),
-    "10-character corpus": (lambda d: (d / "s.txt").write_text("0123456789"), ["train", "--data", "{d}/s.txt"], "too short"),
+    "empty file": (
+        lambda d: (d / "e.txt").write_text(""),
+        ["train", "--data", "{d}/e.txt"],
+        "empty",
+    ),
+    "binary file": (
+        lambda d: (d / "b.bin").write_bytes(os.urandom(2000) + b"\x00"),
+        ["train", "--data", "{d}/b.bin"],
+        "binary",
+    ),
+    "non-UTF-8 text": (
+        lambda d: (d / "l.txt").write_bytes("café ".encode("latin-1") * 200),
+        ["train", "--data", "{d}/l.txt"],
+        "not UTF-8",
+    ),
+    "10-character corpus": (
+        lambda d: (d / "s.txt").write_text("0123456789"),
+        ["train", "--data", "{d}/s.txt"],
+        "too short",
+    ),
     "nonexistent path": (None, ["train", "--data", "{d}/nope.txt"], "not found"),
     "folder for a file": (None, ["train", "--data", "{d}"], "folder"),
     "n_embd not divisible": (None, ["train", "--n-embd", "30", "--n-head", "4"], "divisible"),
     "0 layers": (None, ["train", "--n-layer", "0"], "n_layer must be at least 1"),
     "negative learning rate": (None, ["train", "--lr=-1e-3"], "lr must be positive"),
     "batch size 0": (None, ["train", "--batch-size", "0"], "batch_size"),
-    "negative temperature": (None, ["generate", "{run}", "--temperature=-1"], "temperature must be >= 0"),
-    "context longer than corpus": (lambda d: (d / "m.txt").write_text("x" * 3000), ["train", "--data", "{d}/m.txt", "--block-size", "4096"], "too short"),
-    "prompt with unseen characters": (None, ["generate", "{run}", "--prompt", "ROMEO€✓"], "not in the model's vocabulary"),
+    "negative temperature": (
+        None,
+        ["generate", "{run}", "--temperature=-1"],
+        "temperature must be >= 0",
+    ),
+    "context longer than corpus": (
+        lambda d: (d / "m.txt").write_text("x" * 3000),
+        ["train", "--data", "{d}/m.txt", "--block-size", "4096"],
+        "too short",
+    ),
+    "prompt with unseen characters": (
+        None,
+        ["generate", "{run}", "--prompt", "ROMEO€✓"],
+        "not in the model's vocabulary",
+    ),
     "missing checkpoint": (None, ["generate", "{d}/none.pt"], "not found"),
-    "truncated checkpoint": (lambda d: (d / "t.pt").write_bytes((d / "run" / "model_scratch_best.pt").read_bytes()[:3000]),
-                             ["generate", "{d}/t.pt"], "not a readable checkpoint"),
-    "random-bytes checkpoint": (lambda d: (d / "r.pt").write_bytes(os.urandom(5000)), ["generate", "{d}/r.pt"], "not a readable checkpoint"),
-    "checkpoint of another configuration": (None, ["train", "--data", "{d}/c.txt", "--out", "{run}", "--resume",
-                                                   *TINY, "--n-embd", "32"], "different model"),
-    "HF folder with a missing file": (lambda d: (d / "hf").mkdir(exist_ok=True) or (d / "hf" / "config.json").write_text("{}"),
-                                      ["generate", "{d}/hf"], "incomplete"),
-    "gpt2 without internet": (None, ["finetune", "--pretrained", "gpt2", "--data", "{d}/c.txt"], "smollm2-135m"),
-    "output folder under a file": (None, ["train", "--data", "{d}/c.txt", "--out", "{d}/c.txt/run", *TINY],
-                                   "Not a directory"),
-    "export into the run folder itself": (None, ["export", "{run}", "--out", "{run}"], "holds the checkpoint itself"),
-    "unwritable output folder": (lambda d: (d / "ro").mkdir(exist_ok=True) or os.chmod(d / "ro", 0o500),
-                                 ["train", "--data", "{d}/c.txt", "--out", "{d}/ro/run", *TINY], "ermission"),
+    "truncated checkpoint": (
+        lambda d: (d / "t.pt").write_bytes(
+            (d / "run" / "model_scratch_best.pt").read_bytes()[:3000]
+        ),
+        ["generate", "{d}/t.pt"],
+        "not a readable checkpoint",
+    ),
+    "random-bytes checkpoint": (
+        lambda d: (d / "r.pt").write_bytes(os.urandom(5000)),
+        ["generate", "{d}/r.pt"],
+        "not a readable checkpoint",
+    ),
+    "checkpoint of another configuration": (
+        None,
+        ["train", "--data", "{d}/c.txt", "--out", "{run}", "--resume", *TINY, "--n-embd", "32"],
+        "different model",
+    ),
+    "HF folder with a missing file": (
+        lambda d: (d / "hf").mkdir(exist_ok=True) or (d / "hf" / "config.json").write_text("{}"),
+        ["generate", "{d}/hf"],
+        "incomplete",
+    ),
+    "gpt2 without internet": (
+        None,
+        ["finetune", "--pretrained", "gpt2", "--data", "{d}/c.txt"],
+        "smollm2-135m",
+    ),
+    "output folder under a file": (
+        None,
+        ["train", "--data", "{d}/c.txt", "--out", "{d}/c.txt/run", *TINY],
+        "Not a directory",
+    ),
+    "export into the run folder itself": (
+        None,
+        ["export", "{run}", "--out", "{run}"],
+        "holds the checkpoint itself",
+    ),
+    "unwritable output folder": (
+        lambda d: (d / "ro").mkdir(exist_ok=True) or os.chmod(d / "ro", 0o500),
+        ["train", "--data", "{d}/c.txt", "--out", "{d}/ro/run", *TINY],
+        "ermission",
+    ),
 }
 
 
@@ -127,14 +249,20 @@ def test_argument_errors_and_a_real_process_end_in_one_line(trained):
     r = nb("train", "--n-layers", "4", cwd=trained)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unrecognized arguments" in r.stderr
     r = nb("generate", str(trained / "none.pt"), cwd=trained)
-    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.startswith("nanobard: error:")
+    assert (
+        r.returncode == 2
+        and "Traceback" not in r.stderr
+        and r.stderr.startswith("nanobard: error:")
+    )
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch, trained):
     """Only user errors become one line: a ValueError from inside nanobard is a bug and propagates."""
     import nanobard.cli.generate as g
 
-    monkeypatch.setattr(g, "print_stream", lambda *a, **k: (_ for _ in ()).throw(ValueError("a bug")))
+    monkeypatch.setattr(
+        g, "print_stream", lambda *a, **k: (_ for _ in ()).throw(ValueError("a bug"))
+    )
     with pytest.raises(ValueError, match="a bug"):
         main(["generate", str(trained / "run"), "--prompt", "RO"])
 

@@ -42,7 +42,10 @@ Speak, speak.
 
 def test_markdown_play_conversion():
     text = markdown_play_to_text(PLAY)
-    assert text == "ROMEO:\nBut soft, what light\nthrough yonder window* breaks?\n\nFIRST CITIZEN:\nSpeak, speak.\n"
+    assert (
+        text
+        == "ROMEO:\nBut soft, what light\nthrough yonder window* breaks?\n\nFIRST CITIZEN:\nSpeak, speak.\n"
+    )
 
 
 def test_embedded_plays_are_deterministic_plain_text():

@@ -18,13 +18,19 @@ def _today(path):
 
 
 def test_same_ids_and_batches_as_the_character_tokenizer(tmp_path, tiny_text, monkeypatch):
-    monkeypatch.setattr(T, "CHUNK_BYTES", 997)  # many chunks: characters and CRLFs straddle their edges
-    text = tiny_text[:6000] + "\r\nnaïve café — ✓ 日本\r\n" * 20 + "only-in-validation: Ωμέγα\r\n" * 40
+    monkeypatch.setattr(
+        T, "CHUNK_BYTES", 997
+    )  # many chunks: characters and CRLFs straddle their edges
+    text = (
+        tiny_text[:6000] + "\r\nnaïve café — ✓ 日本\r\n" * 20 + "only-in-validation: Ωμέγα\r\n" * 40
+    )
     path = tmp_path / "c.txt"
     path.write_bytes(text.encode("utf-8"))
     split, tok, train, val = _today(path)
     tc = load_tokens(data_path=path, cache_root=tmp_path / "cache")
-    assert tc.tokenizer.chars == tok.chars and "Ω" in tok.chars[-12:]  # validation-only characters come last
+    assert (
+        tc.tokenizer.chars == tok.chars and "Ω" in tok.chars[-12:]
+    )  # validation-only characters come last
     assert tc.train.dtype == np.uint16 and isinstance(tc.train, np.memmap)
     assert np.array_equal(tc.train, train.numpy()) and np.array_equal(tc.val, val.numpy())
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
@@ -59,8 +65,10 @@ def test_a_big_vocabulary_takes_uint32(tmp_path):
     assert tc.train.dtype == np.uint32 and tc.tokenizer.vocab_size == 70_000
 
 
-@pytest.mark.parametrize("content, message", [(b"", "empty"), (b"\x00\x01binary", "binary"),
-                                              (b"caf\xe9 " * 100, "not UTF-8")])
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"", "empty"), (b"\x00\x01binary", "binary"), (b"caf\xe9 " * 100, "not UTF-8")],
+)
 def test_unusable_files_fail_with_one_line(tmp_path, content, message):
     path = tmp_path / "bad.txt"
     path.write_bytes(content)

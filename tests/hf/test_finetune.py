@@ -14,14 +14,30 @@ from tests.fixtures import build_tiny_hf_model
 def tiny_model(tmp_path_factory):
     from tests.conftest import SHARED_TINY
 
-    text = SHARED_TINY.read_text()[:20_000] if SHARED_TINY.exists() else "ROMEO:\nBut soft, what light.\n\n" * 700
+    text = (
+        SHARED_TINY.read_text()[:20_000]
+        if SHARED_TINY.exists()
+        else "ROMEO:\nBut soft, what light.\n\n" * 700
+    )
     return build_tiny_hf_model(tmp_path_factory.mktemp("tiny_gpt2"), text), text
 
 
 def cfg(path, **kw):
-    base = dict(pretrained=str(path), block_size=32, batch_size=8, max_steps=40, lr=3e-3, warmup_steps=2,
-                eval_interval=10, eval_blocks=4, patience=None, score_chars=3000, sample_tokens=10,
-                precision="float32", device="cpu")
+    base = dict(
+        pretrained=str(path),
+        block_size=32,
+        batch_size=8,
+        max_steps=40,
+        lr=3e-3,
+        warmup_steps=2,
+        eval_interval=10,
+        eval_blocks=4,
+        patience=None,
+        score_chars=3000,
+        sample_tokens=10,
+        precision="float32",
+        device="cpu",
+    )
     return FinetuneConfig(**{**base, **kw})
 
 
@@ -34,8 +50,11 @@ def test_finetune_end_to_end_loss_falls_and_folder_reloads(tiny_model, tmp_path)
     rows = [json.loads(ln) for ln in (tmp_path / "metrics_hf.jsonl").read_text().splitlines()]
     assert rows[0]["step"] == 0 and rows[-1]["val_loss"] < rows[0]["val_loss"]
     assert {"step", "tokens", "train_loss", "val_loss", "lr", "elapsed_s"} <= rows[-1].keys()
-    assert {(s.model, s.strategy) for s in res.samples} >= {("before", "greedy"), ("after", "top_k"),
-                                                          ("after", "temperature")}
+    assert {(s.model, s.strategy) for s in res.samples} >= {
+        ("before", "greedy"),
+        ("after", "top_k"),
+        ("after", "temperature"),
+    }
     folder = tmp_path / "model_hf_finetuned"
     assert (folder / "model.safetensors").exists() and (folder / "generation_config.json").exists()
     # a user loads it with plain transformers, in a fresh process, without nanobard
@@ -50,7 +69,9 @@ def test_finetune_end_to_end_loss_falls_and_folder_reloads(tiny_model, tmp_path)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "5"
-    saved = json.loads((tmp_path / "finetune_result.json").read_text())  # the whole result, reloadable
+    saved = json.loads(
+        (tmp_path / "finetune_result.json").read_text()
+    )  # the whole result, reloadable
     assert saved["after"]["bits_per_char"] == pytest.approx(res.after.bits_per_char)
     from nanobard.hf.finetune import FinetuneResult
 
@@ -63,7 +84,9 @@ def test_finetune_resume_continues_from_checkpoint(tiny_model, tmp_path):
     finetune(cfg(path, max_steps=20), split, tmp_path, progress=False)
     res = finetune(cfg(path, max_steps=40), split, tmp_path, resume=True, progress=False)
     assert res.steps == 40
-    steps = [json.loads(ln)["step"] for ln in (tmp_path / "metrics_hf.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(ln)["step"] for ln in (tmp_path / "metrics_hf.jsonl").read_text().splitlines()
+    ]
     assert steps[-1] == 40 and 20 in steps and steps.count(0) == 1
 
 
@@ -71,7 +94,9 @@ def test_lora_is_merged_before_saving(tiny_model, tmp_path):
     from transformers import AutoModelForCausalLM
 
     path, text = tiny_model
-    res = finetune(cfg(path, lora_r=4, max_steps=10, lr=1e-2), split_text(text), tmp_path, progress=False)
+    res = finetune(
+        cfg(path, lora_r=4, max_steps=10, lr=1e-2), split_text(text), tmp_path, progress=False
+    )
     assert res.trainable_params < res.num_params / 4
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model_hf_finetuned")
     assert not any("lora" in k for k in reloaded.state_dict())
@@ -84,9 +109,20 @@ def _tiny_causal_lms():
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    yield GPT2LMHeadModel(GPT2Config(vocab_size=500, n_positions=64, n_embd=32, n_layer=2, n_head=4))
-    yield LlamaForCausalLM(LlamaConfig(vocab_size=500, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
+    yield GPT2LMHeadModel(
+        GPT2Config(vocab_size=500, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+    )
+    yield LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=500,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+        )
+    )
 
 
 @pytest.mark.parametrize("lora", [False, True])
@@ -98,13 +134,17 @@ def test_chunked_loss_equals_the_models_own_loss_and_gradients(lora):
         if lora:
             from peft import LoraConfig, get_peft_model
 
-            model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+            model = get_peft_model(
+                model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+            )
         ids = torch.randint(0, 500, (3, 40))
         labels = ids.clone()
         labels[0, :7] = -100  # ignored positions count in neither
         ref = model(input_ids=ids, labels=labels).loss
         ref_grads = torch.autograd.grad(ref, [p for p in model.parameters() if p.requires_grad])
-        got = chunked_lm_loss(model, ids, labels, chunk=16)  # 117 positions: 7 full chunks and a partial one
+        got = chunked_lm_loss(
+            model, ids, labels, chunk=16
+        )  # 117 positions: 7 full chunks and a partial one
         grads = torch.autograd.grad(got, [p for p in model.parameters() if p.requires_grad])
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
         for a, b in zip(grads, ref_grads):
@@ -126,9 +166,15 @@ def test_trainer_takes_the_chunked_loss(tiny_model, tmp_path, monkeypatch):
 
 def test_time_budget_sizes_the_steps_and_ends_on_time(tiny_model, tmp_path):
     path, text = tiny_model
-    res = finetune(cfg(path, max_steps=None, max_time=10.0, eval_interval=1000), split_text(text), tmp_path,
-                   progress=False)
+    res = finetune(
+        cfg(path, max_steps=None, max_time=10.0, eval_interval=1000),
+        split_text(text),
+        tmp_path,
+        progress=False,
+    )
     rows = [json.loads(ln) for ln in (tmp_path / "metrics_hf.jsonl").read_text().splitlines()]
     assert res.steps > 5 and res.train_seconds < 10.0 * 1.5
     assert rows[-1]["step"] == res.steps  # a final evaluation at the step the budget allowed
-    assert rows[-1]["lr"] < 3e-3 * 0.3  # the schedule was sized to the budget: the cosine had (nearly) decayed
+    assert (
+        rows[-1]["lr"] < 3e-3 * 0.3
+    )  # the schedule was sized to the budget: the cosine had (nearly) decayed

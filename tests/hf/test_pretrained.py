@@ -54,11 +54,21 @@ def test_embedded_model_loads_scores_and_generates():
     assert embedded_folder().startswith(os.environ["NANOBARD_CACHE"])
     direct, tok = _load_gguf(embedded_gguf_path())  # what loading the GGUF file itself gives
     ids = tok("To be, or not to be", return_tensors="pt").input_ids
-    assert ids.tolist() == pre.tokenizer("To be, or not to be", return_tensors="pt").input_ids.tolist()
+    assert (
+        ids.tolist() == pre.tokenizer("To be, or not to be", return_tensors="pt").input_ids.tolist()
+    )
     with torch.no_grad():
-        assert torch.equal(direct(ids).logits, pre.model(ids).logits)  # the cached folder is the same model
+        assert torch.equal(
+            direct(ids).logits, pre.model(ids).logits
+        )  # the cached folder is the same model
     assert not getattr(pre.model, "is_quantized", False)  # dequantized: trainable
-    s = score_hf(pre.model, pre.tokenizer, "To be, or not to be, that is the question. " * 4, "smollm2")
-    assert 0.2 < s.bits_per_char < 3.0  # a real pretrained model, far below uniform (~15 bits/token)
-    text = hf_generator(EMBEDDED, loaded=pre).complete("The capital of France is", 6, SamplingConfig(temperature=0))
+    s = score_hf(
+        pre.model, pre.tokenizer, "To be, or not to be, that is the question. " * 4, "smollm2"
+    )
+    assert (
+        0.2 < s.bits_per_char < 3.0
+    )  # a real pretrained model, far below uniform (~15 bits/token)
+    text = hf_generator(EMBEDDED, loaded=pre).complete(
+        "The capital of France is", 6, SamplingConfig(temperature=0)
+    )
     assert "Paris" in text

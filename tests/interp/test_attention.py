@@ -20,7 +20,11 @@ def test_head_statistics_on_known_patterns():
     selfp = torch.eye(T)
     w = torch.stack([torch.stack([prev, selfp])])  # [1 layer, 2 heads, T, T]
     stats = head_statistics(w)
-    assert stats[0].previous_token == 1.0 and stats[0].mean_distance == 1.0 and stats[0].entropy_bits == 0.0
+    assert (
+        stats[0].previous_token == 1.0
+        and stats[0].mean_distance == 1.0
+        and stats[0].entropy_bits == 0.0
+    )
     assert stats[1].self_attention == 1.0 and stats[1].mean_distance == 0.0
     text = " ".join(attention_findings(stats, "m"))
     assert "L0H0" in text and "previous-token" in text
@@ -29,7 +33,9 @@ def test_head_statistics_on_known_patterns():
 def test_scratch_attention_and_causality_check():
     torch.manual_seed(0)
     tok = CharTokenizer.from_text("abcdefgh ")
-    model = GPT(ModelConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=16))
+    model = GPT(
+        ModelConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=16)
+    )
     maps = scratch_attention(model, tok, "abc defg")
     assert maps.weights.shape == (2, 2, 8, 8) and maps.tokens[3] == " "
     res = causality_check(model, tok.encode("abc defg"), "scratch")
@@ -40,7 +46,9 @@ def test_causality_check_catches_a_leak():
     """A model with the causal mask removed must fail both checks (so the check can fail)."""
     torch.manual_seed(0)
     tok = CharTokenizer.from_text("abcdefgh")
-    model = GPT(ModelConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    model = GPT(
+        ModelConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    )
     orig = torch.Tensor.tril
     try:
         torch.Tensor.tril = lambda self, *a, **k: torch.ones_like(self)  # no mask

@@ -39,10 +39,19 @@ from tests.fixtures import build_tiny_hf_model
 LETTERS = "abcdefghijklmnopqrst"  # 20 tokens: random sequences of 10 rarely repeat a token
 
 
-def tiny_gpt(vocab_size: int, block_size: int, n_layer: int = 2, n_head: int = 2, n_embd: int = 32) -> GPT:
+def tiny_gpt(
+    vocab_size: int, block_size: int, n_layer: int = 2, n_head: int = 2, n_embd: int = 32
+) -> GPT:
     torch.manual_seed(0)
-    return GPT(ModelConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head,
-                           n_embd=n_embd)).eval()
+    return GPT(
+        ModelConfig(
+            vocab_size=vocab_size,
+            block_size=block_size,
+            n_layer=n_layer,
+            n_head=n_head,
+            n_embd=n_embd,
+        )
+    ).eval()
 
 
 def planted_gpt(n_layer: int, V: int = len(LETTERS), T: int = 32) -> GPT:
@@ -55,22 +64,35 @@ def planted_gpt(n_layer: int, V: int = len(LETTERS), T: int = 32) -> GPT:
     POS (cos, sin, -cos, -sin of θp) | TOK current token | PREV token before | OUT induction output.
     """
     C = 4 + 6 * V
-    model = GPT(ModelConfig(vocab_size=V, block_size=T, n_layer=n_layer, n_head=2, n_embd=C, tie_weights=False))
+    model = GPT(
+        ModelConfig(
+            vocab_size=V, block_size=T, n_layer=n_layer, n_head=2, n_embd=C, tie_weights=False
+        )
+    )
     TOK, PREV, OUT = 4, 4 + 2 * V, 4 + 4 * V
     hs, theta, eye = C // 2, math.pi / T, torch.eye(2 * V)
     pair = torch.zeros(V, 2 * V)  # token t -> +1 at 2t, -1 at 2t + 1
-    pair[torch.arange(V), 2 * torch.arange(V)], pair[torch.arange(V), 2 * torch.arange(V) + 1] = 1.0, -1.0
+    pair[torch.arange(V), 2 * torch.arange(V)], pair[torch.arange(V), 2 * torch.arange(V) + 1] = (
+        1.0,
+        -1.0,
+    )
     angle = torch.arange(T, dtype=torch.float32)[:, None] * theta
     h = model.transformer["h"]
     with torch.no_grad():
         for name, prm in model.named_parameters():
             prm.fill_(1.0 if "ln" in name else 0.0)
-        model.transformer["wpe"].weight[:, 0:4] = torch.cat([angle.cos(), angle.sin(), -angle.cos(), -angle.sin()], 1)
+        model.transformer["wpe"].weight[:, 0:4] = torch.cat(
+            [angle.cos(), angle.sin(), -angle.cos(), -angle.sin()], 1
+        )
         model.transformer["wte"].weight[:, TOK : TOK + 2 * V] = pair
         # layer 0: q_i . k_j ∝ cos(θ (i - 1 - j)), the largest at j = i - 1; value: the token -> PREV
         s = math.sqrt(C / 4)  # |x|^2 = 4 (POS + TOK)
-        w = h[0].attn.c_attn.weight  # rows: q [0, C), k [C, 2C), v [2C, 3C); head 0 = the first hs of each
-        rot = torch.tensor([[math.cos(theta), math.sin(theta)], [-math.sin(theta), math.cos(theta)]])
+        w = h[
+            0
+        ].attn.c_attn.weight  # rows: q [0, C), k [C, 2C), v [2C, 3C); head 0 = the first hs of each
+        rot = torch.tensor(
+            [[math.cos(theta), math.sin(theta)], [-math.sin(theta), math.cos(theta)]]
+        )
         w[0:2, 0:2] = rot * 4000 * math.sqrt(hs) / s**2
         w[C : C + 2, 0:2] = torch.eye(2)
         w[2 * C : 2 * C + 2 * V, TOK : TOK + 2 * V] = eye
@@ -83,7 +105,9 @@ def planted_gpt(n_layer: int, V: int = len(LETTERS), T: int = 32) -> GPT:
             w[2 * C : 2 * C + 2 * V, TOK : TOK + 2 * V] = eye
             h[1].attn.c_proj.weight[OUT : OUT + 2 * V, 0 : 2 * V] = eye / s
         read = OUT if n_layer == 2 else PREV
-        model.lm_head.weight[:, read : read + 2 * V] = pair  # the right token by a margin of ~9 nats
+        model.lm_head.weight[:, read : read + 2 * V] = (
+            pair  # the right token by a margin of ~9 nats
+        )
     return model.eval()
 
 
@@ -92,15 +116,29 @@ def hf_models(tmp_path_factory):
     """A tiny GPT-2 and a tiny Llama (grouped-query attention) sharing a locally trained BPE."""
     from transformers import AutoTokenizer, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-    text = ("To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer "
-            "the slings and arrows of outrageous fortune. ") * 40
+    text = (
+        "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer "
+        "the slings and arrows of outrageous fortune. "
+    ) * 40
     folder = build_tiny_hf_model(tmp_path_factory.mktemp("gpt2"), text)
     tok = AutoTokenizer.from_pretrained(folder)
     torch.manual_seed(0)
-    llama = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64))
-    return {"gpt2": GPT2LMHeadModel.from_pretrained(folder).eval(), "llama": llama.eval()}, tok, text
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+        )
+    )
+    return (
+        {"gpt2": GPT2LMHeadModel.from_pretrained(folder).eval(), "llama": llama.eval()},
+        tok,
+        text,
+    )
 
 
 def test_induction_scores_on_constructed_patterns():
@@ -111,7 +149,9 @@ def test_induction_scores_on_constructed_patterns():
     for i in range(1, T):
         prev[i, i - 1] = 1.0
         ind[i, i - n + 1 if i >= n else 0] = 1.0
-    i_score, p_score = induction_scores(torch.stack([prev, ind])[None], n)  # [1 layer, 2 heads, T, T]
+    i_score, p_score = induction_scores(
+        torch.stack([prev, ind])[None], n
+    )  # [1 layer, 2 heads, T, T]
     assert p_score[0, 0] == 1.0 and i_score[0, 0] == 0.0
     assert i_score[0, 1] == 1.0 and p_score[0, 1] < 0.3
 
@@ -136,7 +176,10 @@ def test_planted_induction_circuit_scores_high_random_init_does_not():
     rand = induction_test(make_lens(tiny_gpt(len(LETTERS), 32)), seq_len=10, batch=8)
     assert max(max(row) for row in rand.induction) < 0.3
     assert rand.loss_second_bits > 0.8 * rand.loss_first_bits
-    assert "L1H0" in circuit_findings(induction=planted)[0] and "copies" in circuit_findings(induction=planted)[0]
+    assert (
+        "L1H0" in circuit_findings(induction=planted)[0]
+        and "copies" in circuit_findings(induction=planted)[0]
+    )
 
 
 def _ablate_one_at_a_time(lens, ids: torch.Tensor, n_chars: int, layer: int, head: int) -> float:
@@ -146,8 +189,12 @@ def _ablate_one_at_a_time(lens, ids: torch.Tensor, n_chars: int, layer: int, hea
     means = tr.head_inputs[layer].reshape(-1, nh, tr.head_inputs[layer].shape[-1] // nh).mean(0)
     with lens.ablate(layer, torch.full((ids.shape[0],), head), means):
         logits = lens.trace(ids).logits
-    clean = sum(F.cross_entropy(lg[:-1], x[1:], reduction="sum").item() for lg, x in zip(tr.logits, ids))
-    ablated = sum(F.cross_entropy(lg[:-1], x[1:], reduction="sum").item() for lg, x in zip(logits, ids))
+    clean = sum(
+        F.cross_entropy(lg[:-1], x[1:], reduction="sum").item() for lg, x in zip(tr.logits, ids)
+    )
+    ablated = sum(
+        F.cross_entropy(lg[:-1], x[1:], reduction="sum").item() for lg, x in zip(logits, ids)
+    )
     return (ablated - clean) / n_chars / math.log(2)
 
 
@@ -164,7 +211,9 @@ def test_batched_ablation_matches_full_forward_passes(kind, hf_models):
             model = copy.deepcopy(model)
             model.set_attn_implementation("eager")
         lens = make_lens(model, tok)
-    abl = head_ablation(lens, text, max_tokens=150, max_rows=5)  # several windows, heads split over batches
+    abl = head_ablation(
+        lens, text, max_tokens=150, max_rows=5
+    )  # several windows, heads split over batches
     ids, chars = lens.encode(text)
     T = min(lens.context, 150)
     W = 150 // T
@@ -197,7 +246,9 @@ def test_logit_lens_last_layer_is_the_models_own_loss(kind, hf_models):
         own = model(input_ids=ids, labels=ids).loss.item() * 63 / n_chars / math.log(2)
     ll = logit_lens(lens, text, max_tokens=64)
     assert len(ll.bpc) == lens.n_layers + 1 and len(ll.top1_agreement) == lens.n_layers + 1
-    assert ll.bpc[-1] == pytest.approx(own, rel=1e-5) and ll.model_bpc == pytest.approx(own, rel=1e-5)
+    assert ll.bpc[-1] == pytest.approx(own, rel=1e-5) and ll.model_bpc == pytest.approx(
+        own, rel=1e-5
+    )
     assert ll.top1_agreement[-1] == 1.0
     assert abs(ll.bpc[0] - own) > 1e-3, "layer 0 reads the embeddings, not the output"
 
@@ -237,14 +288,22 @@ def test_hf_induction_runs_on_sdpa_models_and_restores_them(hf_models):
     for model in models.values():
         before = model.config._attn_implementation
         r = induction_test(make_lens(model, tok), seq_len=16, batch=2)
-        assert len(r.induction) == 2 and len(r.induction[0]) == 4 and r.token_range == [100, len(tok)]
+        assert (
+            len(r.induction) == 2 and len(r.induction[0]) == 4 and r.token_range == [100, len(tok)]
+        )
         assert all(0.0 <= v <= 1.0 for row in r.previous_token for v in row)
         assert model.config._attn_implementation == before
 
 
 def test_corpus_prompts_use_only_vocabulary_characters():
-    lines = ["jack and jill went up the hill", "  to fetch a pail of water", "Ünïcödé lïñé hëré qqq",
-             "jack fell down and broke his crown", "x", "and jill came tumbling after"]
+    lines = [
+        "jack and jill went up the hill",
+        "  to fetch a pail of water",
+        "Ünïcödé lïñé hëré qqq",
+        "jack fell down and broke his crown",
+        "x",
+        "and jill came tumbling after",
+    ]
     corpus = "\n".join(lines * 3)
     vocab = set("abcdefghijklmnopqrstuvwxyz ,.\n")  # no capitals: "ROMEO" could not even be spelled
     prompts = corpus_prompts(corpus, vocab, n=4, length=12)
@@ -262,12 +321,16 @@ def test_results_round_trip_and_findings():
     results = [
         InductionResult("m", 4, 2, [0, 9], [[0.1, 0.9]], [[0.8, 0.1]], 2.0, 0.1),
         AblationResult("m", "mean", [0, 1], [[0.01, 0.3], [-0.02, 0.05]], 1.5, 256, 900, 1.0),
-        LogitLensResult("m", [0, 1, 2, 3], [5.0, 3.0, 1.8, 1.6], [0.1, 0.4, 0.9, 1.0], 1.6, 256, 900),
+        LogitLensResult(
+            "m", [0, 1, 2, 3], [5.0, 3.0, 1.8, 1.6], [0.1, 0.4, 0.9, 1.0], 1.6, 256, 900
+        ),
         PositionLoss("m", [None, 4.0, 3.0] + [2.0] * 70, [0, 10, 10] + [10] * 70, 2.1, 10, 64),
     ]
     for r in results:
         assert type(r).from_dict(json.loads(json.dumps(r.to_dict()))) == r
-    ind, abl, ll, pos = circuit_findings(**dict(zip(("induction", "ablation", "lens", "positions"), results)))
+    ind, abl, ll, pos = circuit_findings(
+        **dict(zip(("induction", "ablation", "lens", "positions"), results))
+    )
     assert "L0H1 (score 0.90)" in ind and "copies" in ind
     assert "L0H1 costs +0.30 bits/char" in abl and "of the 4 heads" in abl and "2 of them" in abl
     assert "at layer 2 of 3" in ll
@@ -282,13 +345,23 @@ def test_analyse_runs_everything_within_its_settings(big, hf_models):
     a = analyse(lens, text, vocab_chars=ctok.chars, big=big, slice_chars=600)
     assert set(a.seconds) == {"induction", "ablation", "lens", "positions"} and len(a.findings) == 4
     assert a.lens.layers == [0, 1, 2] and a.ablation.layers == [0, 1]
-    assert (a.ablation.tokens == 128) == big and a.lens.tokens == a.ablation.tokens  # the slice has 192+
+    assert (
+        a.ablation.tokens == 128
+    ) == big and a.lens.tokens == a.ablation.tokens  # the slice has 192+
     assert Analysis.from_dict(json.loads(json.dumps(a.to_dict()))) == a
 
 
 def test_big_models_ablate_a_spread_of_layers_and_those_of_the_strongest_heads():
-    ind = InductionResult("m", 4, 2, [0, 9], [[0.0] * 2] * 17 + [[0.1, 0.9]] + [[0.0] * 2] * 12,
-                          [[0.0] * 2] * 3 + [[0.0, 0.8]] + [[0.0] * 2] * 26, 2.0, 0.1)
+    ind = InductionResult(
+        "m",
+        4,
+        2,
+        [0, 9],
+        [[0.0] * 2] * 17 + [[0.1, 0.9]] + [[0.0] * 2] * 12,
+        [[0.0] * 2] * 3 + [[0.0, 0.8]] + [[0.0] * 2] * 26,
+        2.0,
+        0.1,
+    )
     settings = _settings(SimpleNamespace(n_layers=30), ind, big=True)
     assert settings["ablation"]["layers"] == [0, 3, 6, 12, 17, 18, 24]
 

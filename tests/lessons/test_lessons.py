@@ -40,7 +40,9 @@ from nanobard.lessons.transfer import (
 from tests.fixtures import build_tiny_hf_model
 
 MODEL = ModelConfig(block_size=32, n_layer=1, n_head=4, n_embd=32)
-TRAIN = TrainConfig(batch_size=8, lr=3e-3, min_lr=3e-4, warmup_steps=5, eval_iters=2, dtype="float32", device="cpu")
+TRAIN = TrainConfig(
+    batch_size=8, lr=3e-3, min_lr=3e-4, warmup_steps=5, eval_iters=2, dtype="float32", device="cpu"
+)
 # Original prose (no third-party text), standing in for the general-English text in tests.
 ENGLISH = (
     "The morning train was late again, so the commuters stood on the platform with their coffee and "
@@ -83,18 +85,47 @@ def test_general_english_text_without_a_copy_says_how_to_get_one(monkeypatch):
 
 def test_crossover_scores_each_fraction_on_both_tracks(tiny_hf, split, tmp_path):
     res = crossover(
-        split, fractions=(1.0, 0.25), budget_s=1.0, pretrained=str(tiny_hf), score_chars=1500, out_dir=tmp_path,
-        scratch_overrides=dict(n_layer=1, n_head=4, n_embd=32, block_size=32, batch_size=8, eval_iters=2,
-                               warmup_steps=2),
-        finetune_overrides=dict(block_size=32, batch_size=4, eval_interval=5, eval_blocks=2, precision="float32",
-                                warmup_steps=1, patience=None, lr=3e-3),
+        split,
+        fractions=(1.0, 0.25),
+        budget_s=1.0,
+        pretrained=str(tiny_hf),
+        score_chars=1500,
+        out_dir=tmp_path,
+        scratch_overrides=dict(
+            n_layer=1,
+            n_head=4,
+            n_embd=32,
+            block_size=32,
+            batch_size=8,
+            eval_iters=2,
+            warmup_steps=2,
+        ),
+        finetune_overrides=dict(
+            block_size=32,
+            batch_size=4,
+            eval_interval=5,
+            eval_blocks=2,
+            precision="float32",
+            warmup_steps=1,
+            patience=None,
+            lr=3e-3,
+        ),
     )
     assert [p.fraction for p in res.points] == [0.25, 1.0]
     assert [p.train_chars for p in res.points] == [round(0.25 * len(split.train)), len(split.train)]
     for p in res.points:
-        assert 0 < p.scratch_bpc < 10 and 0 < p.finetuned_bpc < 10 and p.scratch_steps > 0 and p.finetune_steps > 0
-        before = json.loads((tmp_path / f"finetune_{p.train_chars}" / "finetune_result.json").read_text())["before"]
-        assert before["model"].endswith("(zero-shot)")  # scored once, before the loop, not again per run
+        assert (
+            0 < p.scratch_bpc < 10
+            and 0 < p.finetuned_bpc < 10
+            and p.scratch_steps > 0
+            and p.finetune_steps > 0
+        )
+        before = json.loads(
+            (tmp_path / f"finetune_{p.train_chars}" / "finetune_result.json").read_text()
+        )["before"]
+        assert before["model"].endswith(
+            "(zero-shot)"
+        )  # scored once, before the loop, not again per run
     assert 0 < res.zero_shot_bpc < 10 and res.score_chars == 1500
     assert res.points[-1].finetuned_bpc < res.zero_shot_bpc  # fine-tuning on the whole text helps
     assert CrossoverResult.load(tmp_path / "crossover.json") == res
@@ -107,16 +138,37 @@ def test_crossover_rejects_a_fraction_outside_0_1(split, tmp_path):
 
 
 def test_forgetting_scores_both_texts_before_and_after(tiny_hf, split, tmp_path):
-    cfg = FinetuneConfig(pretrained=str(tiny_hf), block_size=32, batch_size=8, max_steps=20, lr=3e-3, warmup_steps=2,
-                         eval_interval=10, eval_blocks=2, patience=None, score_chars=500, prompts=(),
-                         precision="float32", device="cpu")
+    cfg = FinetuneConfig(
+        pretrained=str(tiny_hf),
+        block_size=32,
+        batch_size=8,
+        max_steps=20,
+        lr=3e-3,
+        warmup_steps=2,
+        eval_interval=10,
+        eval_blocks=2,
+        patience=None,
+        score_chars=500,
+        prompts=(),
+        precision="float32",
+        device="cpu",
+    )
     finetune(cfg, split, tmp_path / "ft", progress=False)
-    res = forgetting(str(tiny_hf), tmp_path / "ft" / "model_hf_finetuned", ENGLISH, split.val, score_chars=1500)
-    for before, after in ((res.general_before, res.general_after), (res.domain_before, res.domain_after)):
-        assert before.chars == after.chars and 1400 < before.chars <= 1500  # the same characters both times
+    res = forgetting(
+        str(tiny_hf), tmp_path / "ft" / "model_hf_finetuned", ENGLISH, split.val, score_chars=1500
+    )
+    for before, after in (
+        (res.general_before, res.general_after),
+        (res.domain_before, res.domain_after),
+    ):
+        assert (
+            before.chars == after.chars and 1400 < before.chars <= 1500
+        )  # the same characters both times
         assert math.isfinite(before.bits_per_char) and math.isfinite(after.bits_per_char)
     assert res.domain_change_bpc < 0  # it learned the domain it trained on
-    assert res.general_change_bpc == pytest.approx(res.general_after.bits_per_char - res.general_before.bits_per_char)
+    assert res.general_change_bpc == pytest.approx(
+        res.general_after.bits_per_char - res.general_before.bits_per_char
+    )
     assert ForgettingResult.from_dict(json.loads(json.dumps(res.to_dict()))) == res
     assert _png(plot_forgetting(res, tmp_path / "forgetting.png"))
 
@@ -145,20 +197,28 @@ def test_lr_sweep_records_a_run_that_diverges(split, monkeypatch):
 
 
 def test_without_the_causal_mask_the_training_loss_collapses_but_generation_fails(split, tmp_path):
-    model = ModelConfig(block_size=32, n_layer=1, n_head=4, n_embd=128)  # wide enough to find the copy in ~100 steps
+    model = ModelConfig(
+        block_size=32, n_layer=1, n_head=4, n_embd=128
+    )  # wide enough to find the copy in ~100 steps
     res = encoder_vs_decoder(split, steps=150, model_cfg=model, sample_chars=30, blanks=64)
     causal, no_mask = res.causal, res.no_mask
     assert causal.causal and not no_mask.causal
     # the lesson: it peeks at the answer, so its loss collapses, on training and validation batches alike ...
-    assert no_mask.train_loss < 0.25 * causal.train_loss and no_mask.val_loss < 0.25 * causal.val_loss
+    assert (
+        no_mask.train_loss < 0.25 * causal.train_loss and no_mask.val_loss < 0.25 * causal.val_loss
+    )
     # ... but predicting from the past only, as generation must, it is far worse than the causal model
     assert no_mask.left_to_right_loss > causal.left_to_right_loss + 1.0
-    assert abs(causal.left_to_right_loss - causal.val_loss) < 0.3  # for a causal model the two agree
+    assert (
+        abs(causal.left_to_right_loss - causal.val_loss) < 0.3
+    )  # for a causal model the two agree
     assert len(causal.losses) == len(no_mask.losses) == 150
     assert causal.sample and no_mask.sample and res.prompt == split.val[:16]
     c = res.cloze
     assert c.blanks == 64 and c.text.count("[_]") == 1 and len(c.answer) == 1
-    assert c.no_mask_copy_rate > 0.5 and c.no_mask_accuracy < 0.1  # it copies whatever is in the blank
+    assert (
+        c.no_mask_copy_rate > 0.5 and c.no_mask_accuracy < 0.1
+    )  # it copies whatever is in the blank
     assert c.both_sides_accuracy > c.left_accuracy  # context on both sides fills a blank better
     assert MaskLesson.from_dict(json.loads(json.dumps(res.to_dict()))) == res
     assert _png(plot_encoder_vs_decoder(res, tmp_path / "mask.png"))
@@ -167,8 +227,13 @@ def test_without_the_causal_mask_the_training_loss_collapses_but_generation_fail
 def test_overfitting_one_batch_drives_its_loss_down(split, tmp_path):
     res = overfit_one_batch(MODEL, TRAIN, split, steps=100)
     assert len(res.losses) == len(res.grad_norms) == 100
-    assert res.reduction > 10 and res.losses[-1] < 0.5  # a working model and loop memorise one batch
-    assert {"transformer.wte.weight", "transformer.h.0.attn.c_attn.weight"} <= res.first_grad_norms.keys()
+    assert (
+        res.reduction > 10 and res.losses[-1] < 0.5
+    )  # a working model and loop memorise one batch
+    assert {
+        "transformer.wte.weight",
+        "transformer.h.0.attn.c_attn.weight",
+    } <= res.first_grad_norms.keys()
     assert all(v > 0 for v in res.first_grad_norms.values())  # every parameter gets a gradient
     assert OverfitResult.from_dict(json.loads(json.dumps(res.to_dict()))) == res
     assert _png(plot_overfit(res, tmp_path / "overfit.png"))
@@ -181,7 +246,9 @@ def test_attention_on_characters_compares_the_same_predictions(tiny_hf, split, t
 
     tok = tokens_from_split(split).tokenizer
     torch.manual_seed(0)
-    char_model = GPT(ModelConfig(vocab_size=tok.vocab_size, block_size=48, n_layer=2, n_head=4, n_embd=32))
+    char_model = GPT(
+        ModelConfig(vocab_size=tok.vocab_size, block_size=48, n_layer=2, n_head=4, n_embd=32)
+    )
     pre = load_pretrained(str(tiny_hf), attn="eager")
     text = split.val[:100]
     res = attention_on_characters(char_model, tok, pre.model, pre.tokenizer, text)

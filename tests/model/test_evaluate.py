@@ -41,7 +41,9 @@ def test_sliding_window_equals_direct_sum_for_char_model(tiny_text):
     torch.manual_seed(0)
     text = tiny_text[:300]
     tok = CharTokenizer.from_text(text)
-    model = GPT(ModelConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
+    model = GPT(
+        ModelConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    ).eval()
     s = score_scratch(model, tok, text)
     ids = torch.tensor(tok.encode(text))
     # recompute by hand: target t predicted from ids[b:t] with the plan's windows

@@ -107,12 +107,16 @@ def test_pipeline_greedy_text_equals_nanobard(exported):
     for prompt in PROMPTS:
         n = 32 - len(prompt)  # prompt + generation fill the context exactly
         expected = ours.complete(prompt, n, STRATEGIES["greedy"])
-        assert len(set(expected)) >= 8, f"degenerate model, the comparison would prove little: {expected!r}"
+        assert len(set(expected)) >= 8, (
+            f"degenerate model, the comparison would prove little: {expected!r}"
+        )
         got = pipe(prompt, max_new_tokens=n, do_sample=False)[0]["generated_text"]
         assert got == prompt + expected
     # the generation config alone makes it greedy and stops when the context is full
     n = 32 - len(PROMPTS[0])
-    assert pipe(PROMPTS[0])[0]["generated_text"] == PROMPTS[0] + ours.complete(PROMPTS[0], n, STRATEGIES["greedy"])
+    assert pipe(PROMPTS[0])[0]["generated_text"] == PROMPTS[0] + ours.complete(
+        PROMPTS[0], n, STRATEGIES["greedy"]
+    )
 
 
 def test_folder_loads_with_plain_transformers(exported):
@@ -124,22 +128,38 @@ from transformers import pipeline
 pipe = pipeline("text-generation", model={str(out)!r}, device="cpu")
 print(json.dumps(pipe({PROMPTS[1]!r}, max_new_tokens=12, do_sample=False, return_full_text=False)))
 """
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])[0]["generated_text"]
     assert got == scratch_generator(ckpt).complete(PROMPTS[1], 12, STRATEGIES["greedy"])
 
 
 def test_run_folder_export_and_model_card(tmp_path, tiny_text):
-    cfg = TrainConfig(batch_size=8, max_steps=30, lr=3e-3, min_lr=3e-4, warmup_steps=2,
-                      eval_interval=10, eval_iters=2, seed=7)
+    cfg = TrainConfig(
+        batch_size=8,
+        max_steps=30,
+        lr=3e-3,
+        min_lr=3e-4,
+        warmup_steps=2,
+        eval_interval=10,
+        eval_iters=2,
+        seed=7,
+    )
     train(ModelConfig(**SHAPE), cfg, split_text(tiny_text), tmp_path / "run", progress=False)
     res = export_hf(tmp_path / "run", tmp_path / "hf")  # a run folder means its best checkpoint
     assert res.checkpoint == tmp_path / "run" / "model_scratch_best.pt"
     on_disk = {p.name: p.stat().st_size for p in (tmp_path / "hf").iterdir()}
     assert res.files == on_disk and res.size_bytes == sum(on_disk.values())
-    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
-            "tokenizer_config.json", "README.md"} <= on_disk.keys()
+    assert {
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "README.md",
+    } <= on_disk.keys()
     card = (tmp_path / "hf" / "README.md").read_text(encoding="utf-8")
     assert f"{res.num_params:,}" in card and "pipeline(" in card and "nats per character" in card
     gen = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
@@ -154,8 +174,9 @@ def test_gguf_loads_back_with_the_same_logits_and_tokens(tmp_path, tiny_text):
     res = export_hf(ckpt, tmp_path / "hf", gguf=True)
     assert res.gguf_file == tmp_path / "hf" / GGUF_NAME and GGUF_NAME in res.files
     folder = tmp_path / "hf"
-    hf = GPT2LMHeadModel.from_pretrained(folder, gguf_file=GGUF_NAME,
-                                         config=AutoConfig.from_pretrained(folder)).eval()
+    hf = GPT2LMHeadModel.from_pretrained(
+        folder, gguf_file=GGUF_NAME, config=AutoConfig.from_pretrained(folder)
+    ).eval()
     idx = torch.randint(0, tok.vocab_size, (2, 32), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         torch.testing.assert_close(hf(idx).logits, our_logits(ckpt, idx), atol=1e-5, rtol=1e-5)

@@ -79,7 +79,10 @@ def test_bfloat16_decoder_tracks_float32_and_leaves_the_model_alone():
     model = make()
     ref, dec, got = _last_logits(model, [1, 2, 3, 4, 5, 6], torch.bfloat16)
     assert next(model.parameters()).dtype == torch.float32  # the decoder ran a copy
-    assert next(dec.model.parameters()).dtype == torch.bfloat16 and dec.cache[0].k.dtype == torch.float32
+    assert (
+        next(dec.model.parameters()).dtype == torch.bfloat16
+        and dec.cache[0].k.dtype == torch.float32
+    )
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), ref, atol=0.05, rtol=0.05)
     assert not torch.equal(got.float(), ref)  # it really ran in bfloat16
@@ -100,8 +103,19 @@ def test_hf_gpt2_weights_give_identical_logits():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=24, n_embd=32, n_layer=2, n_head=4,
-                                    activation_function="gelu", resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)).eval()
+    hf = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=50,
+            n_positions=24,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            activation_function="gelu",
+            resid_pdrop=0,
+            embd_pdrop=0,
+            attn_pdrop=0,
+        )
+    ).eval()
     ours = GPT.from_hf_gpt2(hf).eval()
     idx = torch.randint(0, 50, (2, 24))
     with torch.no_grad():
@@ -124,7 +138,9 @@ def test_decode_step_equals_the_cached_forward_pass():
     with torch.no_grad():
         for t in range(4, 12):
             ref = model(idx[:, t : t + 1], kv_cache=cache_a).logits[0, -1]
-            torch.testing.assert_close(model.decode_step(int(idx[0, t]), cache_b), ref, atol=1e-6, rtol=1e-6)
+            torch.testing.assert_close(
+                model.decode_step(int(idx[0, t]), cache_b), ref, atol=1e-6, rtol=1e-6
+            )
 
 
 def test_int8_weights_track_float32_and_generate():
@@ -134,8 +150,12 @@ def test_int8_weights_track_float32_and_generate():
     ref, dec, got = _last_logits(model, [1, 2, 3, 4, 5, 6, 7, 8], torch.int8)
     assert isinstance(dec.model.transformer.h[0].mlp.c_fc, Int8Linear)
     assert dec.model.transformer.h[0].mlp.c_fc.weight_int8.dtype == torch.int8
-    assert isinstance(model.transformer.h[0].mlp.c_fc, torch.nn.Linear)  # the decoder quantized a copy
+    assert isinstance(
+        model.transformer.h[0].mlp.c_fc, torch.nn.Linear
+    )  # the decoder quantized a copy
     torch.testing.assert_close(got.float(), ref, atol=0.08, rtol=0.08)
     assert not torch.equal(got.float(), ref)
-    out = list(generate_ids(ScratchDecoder(model, dtype=torch.int8), [1], 40, SamplingConfig(seed=1)))
+    out = list(
+        generate_ids(ScratchDecoder(model, dtype=torch.int8), [1], 40, SamplingConfig(seed=1))
+    )
     assert len(out) == 40

@@ -56,8 +56,13 @@ def test_hf_decoder_cache_matches_full_recompute():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    m = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=60, n_positions=64)).eval()
-    for cfg in (SamplingConfig(temperature=0.0), SamplingConfig(temperature=1.0, top_p=0.9, seed=2)):
+    m = GPT2LMHeadModel(
+        GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=60, n_positions=64)
+    ).eval()
+    for cfg in (
+        SamplingConfig(temperature=0.0),
+        SamplingConfig(temperature=1.0, top_p=0.9, seed=2),
+    ):
         a = list(generate_ids(HFDecoder(m), [5, 6, 7], 20, cfg))
         b = list(generate_ids(_NoCache(m), [5, 6, 7], 20, cfg))
         assert a == b

@@ -15,8 +15,12 @@ from tests.fixtures import EVIL, synthetic_study
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium not installed (make test installs it)")]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="Debian chromium not installed (make test installs it)"
+    ),
+]
 
 
 @pytest.fixture(params=["synthetic", "study"])
@@ -29,16 +33,29 @@ def report(request, tmp_path_factory) -> Path:
 
 
 def _launch(p):
-    return p.chromium.launch(executable_path=CHROMIUM, args=[
-        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"])
+    return p.chromium.launch(
+        executable_path=CHROMIUM,
+        args=[
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-quic",
+        ],
+    )
 
 
 def _state(page) -> dict:
     """What the explorer shows now."""
-    return {"sig": page.get_attribute("#heat", "data-signature"), "info": page.text_content("#ex-head-info"),
-            "layer": page.input_value("#ex-layer"), "head": page.input_value("#ex-head"),
-            "tokens": page.locator("#ex-tokens .tok").all_text_contents()}
+    return {
+        "sig": page.get_attribute("#heat", "data-signature"),
+        "info": page.text_content("#ex-head-info"),
+        "layer": page.input_value("#ex-layer"),
+        "head": page.input_value("#ex-head"),
+        "tokens": page.locator("#ex-tokens .tok").all_text_contents(),
+    }
 
 
 def _click_head(page, layer: int, head: int) -> dict:
@@ -51,8 +68,10 @@ def _click_head(page, layer: int, head: int) -> dict:
 def _expected_info(scores: dict, layer: int, head: int) -> tuple[str, str]:
     ind, cost = scores["induction"], scores["ablation"]
     v = None if cost is None else cost[layer][head]
-    return ("not measured" if ind is None else f"induction score: {ind[layer][head]:.2f}",
-            "ablation cost: not ablated" if v is None else f"ablation cost: {v:+.3f} bits/char")
+    return (
+        "not measured" if ind is None else f"induction score: {ind[layer][head]:.2f}",
+        "ablation cost: not ablated" if v is None else f"ablation cost: {v:+.3f} bits/char",
+    )
 
 
 def test_report_in_headless_chromium(report, request):
@@ -66,8 +85,13 @@ def test_report_in_headless_chromium(report, request):
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("request", lambda r: requests.append(r.url) if not r.url.startswith(("file:", "data:")) else None)
-        page.on("dialog", lambda d: (alerts.append(d.message), d.dismiss()))  # before the page's script runs
+        page.on(
+            "request",
+            lambda r: requests.append(r.url) if not r.url.startswith(("file:", "data:")) else None,
+        )
+        page.on(
+            "dialog", lambda d: (alerts.append(d.message), d.dismiss())
+        )  # before the page's script runs
         page.goto(report.as_uri())
         page.wait_for_selector("#ex-grid .cell")
         page.screenshot(path=str(ARTIFACTS / f"report_top_{tag}.png"))
@@ -97,11 +121,15 @@ def test_report_in_headless_chromium(report, request):
     assert "attends most to" in status
     assert first["sig"] != by_select["sig"], "switching the head did not change the heatmap"
     assert (by_grid["layer"], by_grid["head"]) == ("1", "0"), "clicking a head did not select it"
-    assert by_grid["sig"] != by_select["sig"], "clicking a head in the grid did not change the heatmap"
+    assert by_grid["sig"] != by_select["sig"], (
+        "clicking a head in the grid did not change the heatmap"
+    )
     for part in _expected_info(data["scratch"]["scores"], 1, 0):
         assert part in by_grid["info"], (part, by_grid["info"])
     assert "L1H0" in by_grid["info"] and "previous-token share on this text" in by_grid["info"]
-    assert pretrained["tokens"] != first["tokens"], "switching the model did not change the token row"
+    assert pretrained["tokens"] != first["tokens"], (
+        "switching the model did not change the token row"
+    )
     assert len(pretrained["tokens"]) == len(data["pretrained"]["tokens"])
     if not_ablated is not None:
         assert "ablation cost: not ablated" in not_ablated["info"]

@@ -9,12 +9,30 @@ from nanobard.study.pipeline import run_study
 from nanobard.study.records import Headline, StudyState
 from tests.fixtures import EVIL, study_kwargs
 
-FILES = ("training_progress_scratch.png", "finetuning_progress_hf.png", "model_comparison.png",
-         "attention_weights_scratch.png", "attention_weights_hf.png", "model_scratch_best.pt",
-         "model_hf_finetuned", "metrics.json", "samples.md", "attention_analysis.json", "config.json",
-         "interpretability.json", "train_result.json", "finetune_result.json", "report.html",
-         "induction_heads_scratch.png", "induction_heads_pretrained.png", "head_ablation_scratch.png",
-         "head_ablation_pretrained.png", "logit_lens.png", "loss_by_position.png", "head_formation_scratch.png")
+FILES = (
+    "training_progress_scratch.png",
+    "finetuning_progress_hf.png",
+    "model_comparison.png",
+    "attention_weights_scratch.png",
+    "attention_weights_hf.png",
+    "model_scratch_best.pt",
+    "model_hf_finetuned",
+    "metrics.json",
+    "samples.md",
+    "attention_analysis.json",
+    "config.json",
+    "interpretability.json",
+    "train_result.json",
+    "finetune_result.json",
+    "report.html",
+    "induction_heads_scratch.png",
+    "induction_heads_pretrained.png",
+    "head_ablation_scratch.png",
+    "head_ablation_pretrained.png",
+    "logit_lens.png",
+    "loss_by_position.png",
+    "head_formation_scratch.png",
+)
 
 
 def test_study_writes_every_file_and_its_records_reload(study):
@@ -23,7 +41,11 @@ def test_study_writes_every_file_and_its_records_reload(study):
         assert (out / name).exists(), name
     head = Headline.load(out / RunDir.HEADLINE)
     assert head == res.headline and head.score_chars == 1500
-    assert set(head.bpc) == {"from scratch", f"{head.pretrained.name} before", f"{head.pretrained.name} after"}
+    assert set(head.bpc) == {
+        "from scratch",
+        f"{head.pretrained.name} before",
+        f"{head.pretrained.name} after",
+    }
     state = StudyState.load(out / RunDir.STAGES)
     assert state == res.state  # every stage round-trips through JSON as a record
     assert state.attention.scratch.causality.passed and state.attention.pretrained.causality.passed
@@ -51,9 +73,20 @@ def test_report_is_self_contained_and_escapes_model_text(study):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)  # nothing fetched
     assert html.count("data:image/png;base64,") >= 12
-    for section in ("What was run", "Comparison", "Figures", "Samples", "Attention findings",
-                    "Attention explorer", "Causality check", "Induction", "ablation", "Logit lens",
-                    "Loss by position", "formation"):
+    for section in (
+        "What was run",
+        "Comparison",
+        "Figures",
+        "Samples",
+        "Attention findings",
+        "Attention explorer",
+        "Causality check",
+        "Induction",
+        "ablation",
+        "Logit lens",
+        "Loss by position",
+        "formation",
+    ):
         assert section in html, section
 
 
@@ -80,14 +113,18 @@ def test_interrupted_study_continues(study, tmp_path):
 
 def test_a_corpus_without_romeo_gets_prompts_from_itself(tmp_path, tiny_text):
     """No sample may read '[cannot encode': prompts and attention text come from the corpus."""
-    text = "".join(c for c in tiny_text.lower() if c not in "romeo")  # none of R, O, M, E in any case
+    text = "".join(
+        c for c in tiny_text.lower() if c not in "romeo"
+    )  # none of R, O, M, E in any case
     kw = study_kwargs(tmp_path, text, evil=False)
     kw["prompts"] = None
     kw["scratch_overrides"]["max_steps"] = 4
     kw["finetune_overrides"]["max_steps"] = 1
     res = run_study(tmp_path / "out", "quick", **kw)
     assert all("cannot encode" not in s.text for s in res.state.samples)
-    assert not set("ROMEOromeo") & set("".join(res.state.corpus.prompts) + res.state.corpus.attention_text)
+    assert not set("ROMEOromeo") & set(
+        "".join(res.state.corpus.prompts) + res.state.corpus.attention_text
+    )
 
 
 def test_every_study_preset_names_a_scratch_preset():
@@ -97,4 +134,6 @@ def test_every_study_preset_names_a_scratch_preset():
     for name, p in STUDY_PRESETS.items():
         assert p.name == name and p.scratch in PRESETS
     assert STUDY_PRESETS["cpu-10min"].scratch == "cpu-10min"
-    assert STUDY_PRESETS["quick"].scratch_time and STUDY_PRESETS["quick"].finetune.max_time  # budgeted by time
+    assert (
+        STUDY_PRESETS["quick"].scratch_time and STUDY_PRESETS["quick"].finetune.max_time
+    )  # budgeted by time

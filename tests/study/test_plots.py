@@ -28,7 +28,9 @@ def test_training_progress_and_model_comparison(tmp_path):
 def test_attention_heads(tmp_path):
     import torch
 
-    w = torch.softmax(torch.randn(2, 4, 10, 10).masked_fill(torch.ones(10, 10).triu(1).bool(), -1e9), -1)
+    w = torch.softmax(
+        torch.randn(2, 4, 10, 10).masked_fill(torch.ones(10, 10).triu(1).bool(), -1e9), -1
+    )
     _assert_png(plots.attention_heads(w, list("ROMEO:\nBut"), 1, "layer 1", tmp_path / "a.png"))
 
 
@@ -56,8 +58,15 @@ def test_head_formation_skips_rows_without_heads(tmp_path):
 
 @pytest.mark.parametrize("heads", [True, False])
 def test_interpretability_figures_names_every_file(tmp_path, heads):
-    made = P.interpretability_figures(synthetic_interpret(), synthetic_history(heads=heads), tmp_path)
-    expected = {*P.FIG_INDUCTION.values(), *P.FIG_ABLATION.values(), P.FIG_LOGIT_LENS, P.FIG_LOSS_BY_POSITION}
+    made = P.interpretability_figures(
+        synthetic_interpret(), synthetic_history(heads=heads), tmp_path
+    )
+    expected = {
+        *P.FIG_INDUCTION.values(),
+        *P.FIG_ABLATION.values(),
+        P.FIG_LOGIT_LENS,
+        P.FIG_LOSS_BY_POSITION,
+    }
     if heads:
         expected.add(P.FIG_HEAD_FORMATION)
     assert {p.name for p in made} == expected

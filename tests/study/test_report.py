@@ -33,15 +33,30 @@ def _data_block(html: str) -> str:
 
 def test_report_has_every_section_and_embeds_every_figure(tmp_path):
     html, run, state = _render(tmp_path)
-    for section in ("What was run", "Comparison", "Figures", "Samples", "Attention findings",
-                    "Attention explorer", "Induction heads", "Head ablation", "Logit lens", "Loss by position",
-                    "Head formation", "Causality check", "What this run found"):
+    for section in (
+        "What was run",
+        "Comparison",
+        "Figures",
+        "Samples",
+        "Attention findings",
+        "Attention explorer",
+        "Induction heads",
+        "Head ablation",
+        "Logit lens",
+        "Loss by position",
+        "Head formation",
+        "Causality check",
+        "What this run found",
+    ):
         assert section in html, section
     assert html.count("data:image/png;base64,") == len(state.figures) == 12
     for finding in state.interpret.scratch.findings:  # the analyses' own sentences, escaped
         assert finding.replace("<", "&lt;").replace(">", "&gt;") in html.replace("&#39;", "'")
-    assert re.search(r"strongest induction head, (whose ablation costs [+-]\d\.\d\d bits/char|which was not "
-                     r"ablated)", html)
+    assert re.search(
+        r"strongest induction head, (whose ablation costs [+-]\d\.\d\d bits/char|which was not "
+        r"ablated)",
+        html,
+    )
     assert "passed half that score" in html  # head formation, from the history's per-head scores
     assert "2.6000" in html and "1.9000" in html  # bits/char in the comparison table
     assert html.count('<table class="samples">') == 2  # one per prompt
@@ -84,10 +99,16 @@ def test_explorer_data_is_escaped_json_with_per_head_scores(tmp_path):
         d = data[key]
         assert len(d["weights"]) == L and len(d["weights"][0]) == H
         for name in ("previous_token", "induction", "ablation"):
-            assert len(d["scores"][name]) == L and all(len(row) == H for row in d["scores"][name]), name
+            assert len(d["scores"][name]) == L and all(
+                len(row) == H for row in d["scores"][name]
+            ), name
     an = state.interpret.pretrained
     assert data["pretrained"]["scores"]["induction"][4][2] == round(an.induction.induction[4][2], 3)
-    assert data["pretrained"]["scores"]["ablation"][1] == [None, None, None]  # layer 1 was not ablated
+    assert data["pretrained"]["scores"]["ablation"][1] == [
+        None,
+        None,
+        None,
+    ]  # layer 1 was not ablated
     assert data["pretrained"]["scores"]["ablation"][3][0] == round(an.ablation.delta_bpc[3][0], 4)
     prev = {(s.layer, s.head): s.previous_token for s in state.attention.scratch.heads_stats}
     assert data["scratch"]["scores"]["previous_token"][1][3] == round(prev[1, 3], 3)
@@ -110,6 +131,11 @@ def test_formation_says_so_when_no_head_formed():
     for r in rows:  # no induction head ever forms: every score stays at random-init level
         r.heads["induction"] = [[0.01 for _ in row] for row in r.heads["induction"]]
     said = formation_found(rows)
-    assert any(line.startswith("No induction head formed: the strongest at the end, L") for line in said)
-    assert any("previous-token head at the end" in line and "passed half that score" in line for line in said)
+    assert any(
+        line.startswith("No induction head formed: the strongest at the end, L") for line in said
+    )
+    assert any(
+        "previous-token head at the end" in line and "passed half that score" in line
+        for line in said
+    )
     assert not any("induction head at the end" in line for line in said)

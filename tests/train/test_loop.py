@@ -25,7 +25,9 @@ def test_training_lowers_loss_and_writes_the_run_folder(tmp_path, tiny_text):
     assert json.loads(best["metrics"])["val_loss"] == pytest.approx(res.best_val_loss, abs=1e-9)
     from nanobard.train.loop import TrainResult
 
-    assert TrainResult.load(tmp_path / "train_result.json") == res  # the result, reloadable as a record
+    assert (
+        TrainResult.load(tmp_path / "train_result.json") == res
+    )  # the result, reloadable as a record
     assert all(r.heads is None for r in res.history)  # plain training runs no analysis
 
 
@@ -38,12 +40,24 @@ def test_on_eval_callbacks_fill_the_recorded_rows(tmp_path, tiny_text):
         seen.append((row.step, model.training))
         return row
 
-    res = train(TINY_MODEL, tcfg(max_steps=20, eval_interval=10), split_text(tiny_text), tmp_path,
-                progress=False, on_eval=[spy, record_head_scores])
-    assert seen == [(0, True), (10, True), (20, True)]  # every evaluation, the model in training mode
+    res = train(
+        TINY_MODEL,
+        tcfg(max_steps=20, eval_interval=10),
+        split_text(tiny_text),
+        tmp_path,
+        progress=False,
+        on_eval=[spy, record_head_scores],
+    )
+    assert seen == [
+        (0, True),
+        (10, True),
+        (20, True),
+    ]  # every evaluation, the model in training mode
     assert all(len(r.heads["induction"]) == TINY_MODEL.n_layer for r in res.history)
     rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [len(r["heads"]["previous_token"][0]) for r in rows] == [TINY_MODEL.n_head] * 3  # recorded as returned
+    assert [len(r["heads"]["previous_token"][0]) for r in rows] == [
+        TINY_MODEL.n_head
+    ] * 3  # recorded as returned
 
 
 def test_a_time_only_budget_is_sized_from_the_measured_speed(tmp_path, tiny_text, monkeypatch):
@@ -51,12 +65,23 @@ def test_a_time_only_budget_is_sized_from_the_measured_speed(tmp_path, tiny_text
 
     refits = []
     refine = Clock.refine
-    monkeypatch.setattr(Clock, "refine", lambda self, step, *a: refits.append(step) or refine(self, step, *a))
-    res = train(TINY_MODEL, tcfg(max_steps=None, max_time=4.0, eval_interval=20), split_text(tiny_text), tmp_path,
-                progress=False)
+    monkeypatch.setattr(
+        Clock, "refine", lambda self, step, *a: refits.append(step) or refine(self, step, *a)
+    )
+    res = train(
+        TINY_MODEL,
+        tcfg(max_steps=None, max_time=4.0, eval_interval=20),
+        split_text(tiny_text),
+        tmp_path,
+        progress=False,
+    )
     cfg = json.loads((tmp_path / "config.json").read_text())
-    counters = json.loads(torch.load(tmp_path / "ckpt_last.pt", weights_only=True)["train_state"]["counters"])
-    assert counters["horizon"] is not None and counters["horizon"] > 13  # sized after timing steps 3..13
+    counters = json.loads(
+        torch.load(tmp_path / "ckpt_last.pt", weights_only=True)["train_state"]["counters"]
+    )
+    assert (
+        counters["horizon"] is not None and counters["horizon"] > 13
+    )  # sized after timing steps 3..13
     assert counters["horizon_refined"]
     # re-fitted at every evaluation after sizing, except a final one made because the budget was spent
     after_sizing = [r.step for r in res.history if r.step > 13]
@@ -71,7 +96,9 @@ def test_resolve_budget_overrides():
 
     base = TrainConfig(max_steps=100, max_time=60.0)
     assert resolve(base, {"max_time": 30.0}).max_steps is None  # time alone: time is the budget
-    assert resolve(base, {"max_steps": 7}) == TrainConfig(max_steps=7, max_time=60.0)  # steps, time still caps
+    assert resolve(base, {"max_steps": 7}) == TrainConfig(
+        max_steps=7, max_time=60.0
+    )  # steps, time still caps
     assert resolve(base, {"epochs": 2.0}).max_steps is None
     assert resolve(base, {"lr": None}) == base  # unset flags change nothing
 
@@ -79,7 +106,9 @@ def test_resolve_budget_overrides():
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_resume_is_exact(tmp_path, tiny_text, optimizer):
     split = split_text(tiny_text)
-    m = ModelConfig(**{**TINY_MODEL.__dict__, "dropout": 0.1})  # dropout: the RNG state must resume too
+    m = ModelConfig(
+        **{**TINY_MODEL.__dict__, "dropout": 0.1}
+    )  # dropout: the RNG state must resume too
     kw = dict(lr_decay_steps=40, optimizer=optimizer)  # Muon's momentum buffers must resume too
     train(m, tcfg(max_steps=40, **kw), split, tmp_path / "straight", progress=False)
     train(m, tcfg(max_steps=20, **kw), split, tmp_path / "split", progress=False)
@@ -89,19 +118,33 @@ def test_resume_is_exact(tmp_path, tiny_text, optimizer):
     b = torch.load(tmp_path / "split" / "ckpt_last.pt", weights_only=True)["model"]
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    steps = [json.loads(ln)["step"] for ln in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(ln)["step"]
+        for ln in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert steps == [0, 10, 20, 30, 40]
 
 
 def test_early_stopping(tmp_path, tiny_text):
     # a learning rate so small that validation loss cannot improve by the float32 resolution
-    res = train(TINY_MODEL, tcfg(max_steps=500, lr=1e-12, min_lr=0, warmup_steps=0, patience=2),
-                split_text(tiny_text), tmp_path, progress=False)
+    res = train(
+        TINY_MODEL,
+        tcfg(max_steps=500, lr=1e-12, min_lr=0, warmup_steps=0, patience=2),
+        split_text(tiny_text),
+        tmp_path,
+        progress=False,
+    )
     assert res.stopped == "early_stopping" and res.steps < 500
 
 
 def test_time_budget(tmp_path, tiny_text):
-    res = train(TINY_MODEL, tcfg(max_steps=None, max_time=3.0), split_text(tiny_text), tmp_path, progress=False)
+    res = train(
+        TINY_MODEL,
+        tcfg(max_steps=None, max_time=3.0),
+        split_text(tiny_text),
+        tmp_path,
+        progress=False,
+    )
     assert res.stopped == "time" and res.steps > 0 and res.elapsed_s < 15
 
 
@@ -131,7 +174,9 @@ def test_atomic_checkpoint_write_keeps_previous_on_failure(tmp_path, tiny_text, 
 
     monkeypatch.setattr(checkpoint.torch, "save", boom)
     model, tok, _ = load_model(path)
-    with pytest.raises(CheckpointError, match="No space left on device.*previous checkpoint is intact"):
+    with pytest.raises(
+        CheckpointError, match="No space left on device.*previous checkpoint is intact"
+    ):
         checkpoint.save_checkpoint(path, model, tok)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
@@ -170,8 +215,17 @@ def test_checkpoint_that_runs_code_on_load_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "pwned").exists()
 
 
-@pytest.mark.parametrize("kw", [{"lr": 0}, {"lr": -1e-3}, {"batch_size": 0}, {"max_steps": None},
-                                {"patience": 0}, {"optimizer": "sgd"}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"lr": 0},
+        {"lr": -1e-3},
+        {"batch_size": 0},
+        {"max_steps": None},
+        {"patience": 0},
+        {"optimizer": "sgd"},
+    ],
+)
 def test_invalid_train_configs(kw):
     with pytest.raises(ConfigError):
         tcfg(**kw)

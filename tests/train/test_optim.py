@@ -15,7 +15,9 @@ def test_adamw_decays_matrices_only():
     opt = make_optimizer(GPT(MODEL), tcfg(), torch.device("cpu"))
     assert isinstance(opt, torch.optim.AdamW)
     decay, no_decay = opt.param_groups
-    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(
+        p.dim() < 2 for p in no_decay["params"]
+    )
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
 
 
@@ -28,7 +30,9 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest():
     names = {id(p): n for n, p in model.named_parameters()}
     in_muon = {names[id(p)] for g in muon.param_groups for p in g["params"]}
     in_adamw = {names[id(p)] for g in adamw.param_groups for p in g["params"]}
-    expected = {n for n, p in model.named_parameters() if p.dim() == 2 and n.startswith("transformer.h.")}
+    expected = {
+        n for n, p in model.named_parameters() if p.dim() == 2 and n.startswith("transformer.h.")
+    }
     assert in_muon == expected and len(expected) == 4 * MODEL.n_layer  # QKV, attn out, fc, fc out
     assert in_muon.isdisjoint(in_adamw) and in_muon | in_adamw == set(names.values())
     assert "transformer.wte.weight" in in_adamw
@@ -45,7 +49,9 @@ def test_combined_state_round_trips_and_refuses_foreign_state():
     again = make_optimizer(model, tcfg(optimizer="muon"), torch.device("cpu"))
     again.load_state_dict(state)
     buf = opt.optimizers[0].state[opt.optimizers[0].param_groups[0]["params"][0]]["momentum_buffer"]
-    buf2 = again.optimizers[0].state[again.optimizers[0].param_groups[0]["params"][0]]["momentum_buffer"]
+    buf2 = again.optimizers[0].state[again.optimizers[0].param_groups[0]["params"][0]][
+        "momentum_buffer"
+    ]
     assert torch.equal(buf, buf2) and buf.abs().sum() > 0
     adamw = make_optimizer(model, tcfg(), torch.device("cpu"))
     with pytest.raises(ValueError):
@@ -71,7 +77,9 @@ def test_muon_update_is_orthogonalised_momentum():
 
 
 def test_muon_trains(tmp_path, tiny_text):
-    res = train(MODEL, tcfg(max_steps=60, optimizer="muon"), split_text(tiny_text), tmp_path, progress=False)
+    res = train(
+        MODEL, tcfg(max_steps=60, optimizer="muon"), split_text(tiny_text), tmp_path, progress=False
+    )
     assert res.best_val_loss < res.first_val_loss - 0.5
 
 
@@ -79,4 +87,11 @@ def test_resuming_with_another_optimizer_says_so(tmp_path, tiny_text):
     split = split_text(tiny_text)
     train(MODEL, tcfg(max_steps=10), split, tmp_path, progress=False)
     with pytest.raises(ConfigError, match="another --optimizer"):
-        train(MODEL, tcfg(max_steps=20, optimizer="muon"), split, tmp_path, resume=True, progress=False)
+        train(
+            MODEL,
+            tcfg(max_steps=20, optimizer="muon"),
+            split,
+            tmp_path,
+            resume=True,
+            progress=False,
+        )

@@ -46,7 +46,9 @@ def test_the_horizon_follows_the_speed_at_every_evaluation(fake_time):
     # what the new horizon promises fits the budget: its remaining steps and evaluations at the mean speed
     mean_step = (fake_time[0] - clock.sized_at[1] - 3.0) / (step - clock.sized_at[0])
     left = cfg.max_time - fake_time[0]
-    assert (later - step) * (mean_step + 1.0 / cfg.eval_interval) == pytest.approx(left, abs=mean_step + 0.01)
+    assert (later - step) * (mean_step + 1.0 / cfg.eval_interval) == pytest.approx(
+        left, abs=mean_step + 0.01
+    )
 
 
 def test_a_refined_horizon_never_ends_before_the_current_step(fake_time):

@@ -18,12 +18,21 @@ from nanobard.cli.common import Parser
 from nanobard.errors import NanobardError
 
 COMMANDS = (train, generate, finetune, evaluate, run, attention, export, bench)
-_OS_USER_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+_OS_USER_ERRORS = (
+    FileNotFoundError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+    FileExistsError,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="nanobard", description="Build a GPT from scratch, fine-tune a pretrained one, and look inside both.",
-               epilog="Run `nanobard COMMAND --help` for the options of each command.")
+    p = Parser(
+        prog="nanobard",
+        description="Build a GPT from scratch, fine-tune a pretrained one, and look inside both.",
+        epilog="Run `nanobard COMMAND --help` for the options of each command.",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for command in COMMANDS:
@@ -33,10 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
     for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if getattr(args, "no_progress", False):  # Hugging Face's own bars too (loading weights, downloads)
+    if getattr(
+        args, "no_progress", False
+    ):  # Hugging Face's own bars too (loading weights, downloads)
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when transformers is imported
         if "transformers" in sys.modules:
             sys.modules["transformers"].utils.logging.disable_progress_bar()
@@ -46,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nanobard: {'' if e.exit_code == 130 else 'error: '}{e}", file=sys.stderr)
         return e.exit_code
     except _OS_USER_ERRORS as e:
-        print(f"nanobard: error: {e.strerror or e}{': ' + str(e.filename) if e.filename else ''}", file=sys.stderr)
+        print(
+            f"nanobard: error: {e.strerror or e}{': ' + str(e.filename) if e.filename else ''}",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("nanobard: interrupted", file=sys.stderr)

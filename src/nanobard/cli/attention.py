@@ -10,9 +10,15 @@ SHAKESPEARE_TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?"
 
 
 def add(sub: argparse._SubParsersAction) -> None:
-    a = sub.add_parser("attention", help="attention heatmap, head statistics and causality check for one model")
-    a.add_argument("model", metavar="MODEL", help="model_scratch_best.pt, a run folder, an HF folder or hub id")
-    a.add_argument("--text", default=SHAKESPEARE_TEXT, help="text to look at (characters the model knows)")
+    a = sub.add_parser(
+        "attention", help="attention heatmap, head statistics and causality check for one model"
+    )
+    a.add_argument(
+        "model", metavar="MODEL", help="model_scratch_best.pt, a run folder, an HF folder or hub id"
+    )
+    a.add_argument(
+        "--text", default=SHAKESPEARE_TEXT, help="text to look at (characters the model knows)"
+    )
     a.add_argument("--layer", type=int, default=None, help="layer to draw (default: the last)")
     a.add_argument("--png", default="attention.png", help="where to write the heatmap")
     a.set_defaults(handler=handle)
@@ -24,17 +30,23 @@ def handle(args: argparse.Namespace) -> int:
     from nanobard.study import plots
 
     m = open_model(args.model, attn="eager")
-    maps = (A.scratch_attention if m.kind == "scratch" else A.hf_attention)(m.model, m.tokenizer, args.text)
+    maps = (A.scratch_attention if m.kind == "scratch" else A.hf_attention)(
+        m.model, m.tokenizer, args.text
+    )
     n_layers = maps.weights.shape[0]
     layer = args.layer if args.layer is not None else n_layers - 1
     if not 0 <= layer < n_layers:
         raise ConfigError(f"--layer must be in 0..{n_layers - 1}")
-    png = plots.attention_heads(maps.weights, maps.tokens, layer, f"{m.name}: layer {layer}", args.png)
+    png = plots.attention_heads(
+        maps.weights, maps.tokens, layer, f"{m.name}: layer {layer}", args.png
+    )
     analysis = A.analyse_attention(m.model, maps, m.kind, m.name)
     for line in analysis.findings:
         print(line)
     c = analysis.causality
-    print(f"causality: attention above diagonal max {c.attention_above_diagonal_max:.3g} ({c.attention_check}); "
-          f"future gradient max {c.future_gradient_max:.3g} ({c.gradient_check})")
+    print(
+        f"causality: attention above diagonal max {c.attention_above_diagonal_max:.3g} ({c.attention_check}); "
+        f"future gradient max {c.future_gradient_max:.3g} ({c.gradient_check})"
+    )
     print(f"figure: {png}")
     return 0

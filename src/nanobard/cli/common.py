@@ -17,8 +17,15 @@ class Parser(argparse.ArgumentParser):
     """argparse with one-line errors (usage is one --help away)."""
 
     def error(self, message: str) -> typing.NoReturn:
-        hint = " (a negative number needs '=', e.g. --lr=-1e-3)" if "expected one argument" in message else ""
-        self.exit(2, f"nanobard: error: {self.prog.removeprefix('nanobard ')}: {message}{hint}; see {self.prog} --help\n")
+        hint = (
+            " (a negative number needs '=', e.g. --lr=-1e-3)"
+            if "expected one argument" in message
+            else ""
+        )
+        self.exit(
+            2,
+            f"nanobard: error: {self.prog.removeprefix('nanobard ')}: {message}{hint}; see {self.prog} --help\n",
+        )
 
 
 def _flag_type(tp: Any) -> tuple[Any, list[str] | None]:
@@ -30,7 +37,9 @@ def _flag_type(tp: Any) -> tuple[Any, list[str] | None]:
     return tp, None
 
 
-def add_config_flags(parser: argparse.ArgumentParser, *classes: type, skip: tuple[str, ...] = ()) -> None:
+def add_config_flags(
+    parser: argparse.ArgumentParser, *classes: type, skip: tuple[str, ...] = ()
+) -> None:
     """One ``--kebab-case`` flag per dataclass field, its help from the field's metadata; an unset
     flag keeps the preset's value (None)."""
     for cls in classes:
@@ -43,11 +52,26 @@ def add_config_flags(parser: argparse.ArgumentParser, *classes: type, skip: tupl
             tp, choices = _flag_type(hints[f.name])
             help_ = f.metadata.get("help", f.name.replace("_", " "))
             if tp is bool:
-                group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+                group.add_argument(
+                    flag,
+                    dest=f.name,
+                    action=argparse.BooleanOptionalAction,
+                    default=None,
+                    help=help_,
+                )
             elif f.name == "max_time":
-                group.add_argument(flag, dest=f.name, type=C.parse_duration, default=None, metavar="DURATION", help=help_)
+                group.add_argument(
+                    flag,
+                    dest=f.name,
+                    type=C.parse_duration,
+                    default=None,
+                    metavar="DURATION",
+                    help=help_,
+                )
             else:
-                group.add_argument(flag, dest=f.name, type=tp, choices=choices, default=None, help=help_)
+                group.add_argument(
+                    flag, dest=f.name, type=tp, choices=choices, default=None, help=help_
+                )
 
 
 def overrides(args: argparse.Namespace, *classes: type) -> dict[str, Any]:
@@ -58,25 +82,41 @@ def overrides(args: argparse.Namespace, *classes: type) -> dict[str, Any]:
 
 def add_corpus_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_mutually_exclusive_group()
-    g.add_argument("--corpus", default="shakespeare", choices=["shakespeare", "tinyshakespeare"],
-                   help="built-in corpus: the 38 plays shipped with nanobard (default, offline) or the "
-                        "classic tiny Shakespeare file (downloaded once; or set NANOBARD_TINYSHAKESPEARE=PATH)")
+    g.add_argument(
+        "--corpus",
+        default="shakespeare",
+        choices=["shakespeare", "tinyshakespeare"],
+        help="built-in corpus: the 38 plays shipped with nanobard (default, offline) or the "
+        "classic tiny Shakespeare file (downloaded once; or set NANOBARD_TINYSHAKESPEARE=PATH)",
+    )
     g.add_argument("--data", metavar="PATH", help="train on any UTF-8 text file instead")
 
 
 def add_run_flags(parser: argparse.ArgumentParser, what: str, resume: str) -> None:
-    parser.add_argument("--out", metavar="DIR", help=f"run folder (default: runs/{what}-<timestamp>)")
+    parser.add_argument(
+        "--out", metavar="DIR", help=f"run folder (default: runs/{what}-<timestamp>)"
+    )
     parser.add_argument("--resume", action="store_true", help=resume)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--prompt", default=None, help="text to continue (default: 'ROMEO:\\n' for Shakespeare, "
-                                                       "else the opening of a validation line)")
+    parser.add_argument(
+        "--prompt",
+        default=None,
+        help="text to continue (default: 'ROMEO:\\n' for Shakespeare, "
+        "else the opening of a validation line)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=300, help="tokens to generate")
-    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; higher = more random")
-    parser.add_argument("--top-k", type=int, default=0, help="sample only among the k most likely tokens (0 = off)")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0 = off)")
+    parser.add_argument(
+        "--temperature", type=float, default=0.8, help="0 = greedy; higher = more random"
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=0, help="sample only among the k most likely tokens (0 = off)"
+    )
+    parser.add_argument(
+        "--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0 = off)"
+    )
     parser.add_argument("--greedy", action="store_true", help="always pick the most likely token")
     parser.add_argument("--seed", type=int, default=1337, help="random seed for sampling")
 
@@ -102,4 +142,6 @@ def print_stream(gen: Any, prompt: str, n: int, scfg: Any) -> None:
 def print_score_table(rows: list[Any]) -> None:
     print(f"{'model':<38} {'params':>12} {'chars':>8} {'nats/token':>11} {'bits/char':>10}")
     for name, params, score in rows:
-        print(f"{name:<38} {params:>12,} {score.chars:>8,} {score.nats_per_token:>11.4f} {score.bits_per_char:>10.4f}")
+        print(
+            f"{name:<38} {params:>12,} {score.chars:>8,} {score.nats_per_token:>11.4f} {score.bits_per_char:>10.4f}"
+        )

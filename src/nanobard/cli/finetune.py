@@ -16,10 +16,13 @@ from nanobard.cli.common import (
 
 
 def add(sub: argparse._SubParsersAction) -> None:
-    f = sub.add_parser("finetune", help="fine-tune a pretrained causal LM on the same text",
-                       description="Fine-tune a pretrained causal LM with the Hugging Face Trainer; score it "
-                                   "before and after on the shared validation text (bits per character). Writes "
-                                   "model_hf_finetuned/, metrics_hf.jsonl and finetune_result.json into --out.")
+    f = sub.add_parser(
+        "finetune",
+        help="fine-tune a pretrained causal LM on the same text",
+        description="Fine-tune a pretrained causal LM with the Hugging Face Trainer; score it "
+        "before and after on the shared validation text (bits per character). Writes "
+        "model_hf_finetuned/, metrics_hf.jsonl and finetune_result.json into --out.",
+    )
     add_corpus_flags(f)
     add_run_flags(f, "finetune", "continue from the last checkpoint in DIR/hf_checkpoints")
     add_config_flags(f, C.FinetuneConfig, skip=("prompts",))
@@ -33,11 +36,24 @@ def handle(args: argparse.Namespace) -> int:
 
     cfg = C.resolve(C.FinetuneConfig(), overrides(args, C.FinetuneConfig))
     out = run_folder(args, "finetune")
-    res = finetune(cfg, load_tokens(args.corpus, args.data), out, resume=args.resume, progress=not args.no_progress)
-    print(f"\nfine-tuned {res.model_name} ({res.num_params:,} parameters, {res.trainable_params:,} trained) for "
-          f"{res.steps} steps, {res.tokens:,} tokens in {res.train_seconds:.1f} s ({res.tokens_per_s:,.0f} tokens/s)")
+    res = finetune(
+        cfg,
+        load_tokens(args.corpus, args.data),
+        out,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+    print(
+        f"\nfine-tuned {res.model_name} ({res.num_params:,} parameters, {res.trainable_params:,} trained) for "
+        f"{res.steps} steps, {res.tokens:,} tokens in {res.train_seconds:.1f} s ({res.tokens_per_s:,.0f} tokens/s)"
+    )
     print(f"scored on the first {res.before.chars + 1:,} characters of the validation text:")
-    print_score_table([(res.before.model, res.num_params, res.before), (res.after.model, res.num_params, res.after)])
+    print_score_table(
+        [
+            (res.before.model, res.num_params, res.before),
+            (res.after.model, res.num_params, res.after),
+        ]
+    )
     print(f"saved: {out / RunDir.FINETUNED}; result: {out / RunDir.FINETUNE_RESULT}")
     for row in res.samples:
         if row.strategy == "temperature" and row.prompt == res.samples[0].prompt:

@@ -10,16 +10,27 @@ from nanobard.cli.common import add_sampling_flags, print_stream
 
 
 def add(sub: argparse._SubParsersAction) -> None:
-    g = sub.add_parser("generate", help="generate text from a checkpoint or a fine-tuned model folder",
-                       description="Stream text from a from-scratch checkpoint (.pt or its run folder) "
-                                   "or a Hugging Face model folder (e.g. model_hf_finetuned/).")
-    g.add_argument("model", metavar="MODEL", help="model_scratch_best.pt, a run folder, or a model_hf_finetuned/ folder")
+    g = sub.add_parser(
+        "generate",
+        help="generate text from a checkpoint or a fine-tuned model folder",
+        description="Stream text from a from-scratch checkpoint (.pt or its run folder) "
+        "or a Hugging Face model folder (e.g. model_hf_finetuned/).",
+    )
+    g.add_argument(
+        "model",
+        metavar="MODEL",
+        help="model_scratch_best.pt, a run folder, or a model_hf_finetuned/ folder",
+    )
     add_sampling_flags(g)
-    g.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "int8"],
-                   help="precision of the weights while generating. float32 (default) gives the same text on "
-                        "every machine. A CPU spends each token reading the weights, so fewer bytes are faster: "
-                        "bfloat16 (= auto on a CPU) ~1.7-2x, int8 (weight-only, CPU) ~2.5x for the 10.7M model; "
-                        "samples then differ slightly from float32")
+    g.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["auto", "float32", "bfloat16", "int8"],
+        help="precision of the weights while generating. float32 (default) gives the same text on "
+        "every machine. A CPU spends each token reading the weights, so fewer bytes are faster: "
+        "bfloat16 (= auto on a CPU) ~1.7-2x, int8 (weight-only, CPU) ~2.5x for the 10.7M model; "
+        "samples then differ slightly from float32",
+    )
     g.set_defaults(handler=handle)
 
 
@@ -47,9 +58,20 @@ def handle(args: argparse.Namespace) -> int:
     from nanobard.hf.pretrained import open_for_generation
     from nanobard.model.sampling import SamplingConfig
 
-    scfg = SamplingConfig(temperature=0.0 if args.greedy else args.temperature,
-                          top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    scfg = SamplingConfig(
+        temperature=0.0 if args.greedy else args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
     device = pick_device("auto")
-    gen = open_for_generation(Path(args.model), dtype=generation_dtype(args.dtype, device), device=device)
-    print_stream(gen, args.prompt if args.prompt is not None else default_prompt(gen), args.max_new_tokens, scfg)
+    gen = open_for_generation(
+        Path(args.model), dtype=generation_dtype(args.dtype, device), device=device
+    )
+    print_stream(
+        gen,
+        args.prompt if args.prompt is not None else default_prompt(gen),
+        args.max_new_tokens,
+        scfg,
+    )
     return 0

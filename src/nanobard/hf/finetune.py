@@ -39,6 +39,7 @@ from nanobard.rundir import RunDir
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class Sample(Record):
     """One generated continuation: same prompts, settings and seeds for every model."""
@@ -75,7 +76,9 @@ class BlockDataset(torch.utils.data.Dataset):
 
     def __init__(self, ids: list[int] | np.ndarray, block_size: int):
         n = len(ids) // block_size
-        self.data = torch.as_tensor(np.asarray(ids[: n * block_size], dtype=np.int64)).view(n, block_size)
+        self.data = torch.as_tensor(np.asarray(ids[: n * block_size], dtype=np.int64)).view(
+            n, block_size
+        )
 
     def __len__(self) -> int:
         return self.data.size(0)
@@ -87,7 +90,9 @@ class BlockDataset(torch.utils.data.Dataset):
 SAMPLE_STRATEGIES = ("greedy", "top_k", "temperature")  # the seed's three
 
 
-def make_samples(gen: TextGenerator, when: str, n_tokens: int, prompts: tuple[str, ...] = PROMPTS) -> list[Sample]:
+def make_samples(
+    gen: TextGenerator, when: str, n_tokens: int, prompts: tuple[str, ...] = PROMPTS
+) -> list[Sample]:
     """Same prompts, same decoding settings and seeds, for comparing models. A prompt the model
     cannot encode (characters the from-scratch vocabulary lacks) gives a sample saying so."""
     rows = []
@@ -106,8 +111,9 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _score_before(pre: Pretrained, text: str, cfg: FinetuneConfig, out: Path, resume: bool,
-                  progress: bool) -> tuple[Score, list[dict[str, str]]]:
+def _score_before(
+    pre: Pretrained, text: str, cfg: FinetuneConfig, out: Path, resume: bool, progress: bool
+) -> tuple[Score, list[dict[str, str]]]:
     """The pretrained model's score and samples before fine-tuning (kept in finetune_before.json)."""
     path = out / RunDir.BEFORE
     if resume and path.exists():
@@ -117,7 +123,11 @@ def _score_before(pre: Pretrained, text: str, cfg: FinetuneConfig, out: Path, re
     before = score_hf(pre.model, pre.tokenizer, text, f"{pre.name} (before)", progress=progress)
     samples = make_samples(_sampler(pre), "before", cfg.sample_tokens, cfg.prompts)
     if is_main_process():
-        path.write_text(json.dumps({"score": before.to_dict(), "samples": [r.to_dict() for r in samples]}, indent=2))
+        path.write_text(
+            json.dumps(
+                {"score": before.to_dict(), "samples": [r.to_dict() for r in samples]}, indent=2
+            )
+        )
     return before, samples
 
 
@@ -125,10 +135,16 @@ def _sampler(pre: Pretrained) -> TextGenerator:
     """Samples come from a bfloat16 copy on a CPU: decoding reads every weight once per token, and
     half the bytes is faster on both CPU kinds measured (hardware.generation_dtype; benchmarks/README.md)."""
     device = next(pre.model.parameters()).device
-    return hf_generator(pre.name, loaded=pre, dtype=generation_dtype("auto", device) if device.type == "cpu" else None)
+    return hf_generator(
+        pre.name,
+        loaded=pre,
+        dtype=generation_dtype("auto", device) if device.type == "cpu" else None,
+    )
 
 
-def tokenize_blocks(tok: Any, chunks: Iterator[str], block_size: int, max_tokens: int | None = None) -> BlockDataset:
+def tokenize_blocks(
+    tok: Any, chunks: Iterator[str], block_size: int, max_tokens: int | None = None
+) -> BlockDataset:
     """Blocks of ``block_size`` tokens from text chunks, tokenized one chunk at a time (never the
     whole text as one list of ids), stopping once ``max_tokens`` are in hand."""
     parts: list[np.ndarray] = []
@@ -143,8 +159,13 @@ def tokenize_blocks(tok: Any, chunks: Iterator[str], block_size: int, max_tokens
     return BlockDataset(ids[:max_tokens] if max_tokens else ids, block_size)
 
 
-def _text_chunks(data: CorpusSplit | TokenCorpus, part: str, limit: int | None, size: int = 1 << 18,
-                 spread: int | None = None) -> Iterator[str]:
+def _text_chunks(
+    data: CorpusSplit | TokenCorpus,
+    part: str,
+    limit: int | None,
+    size: int = 1 << 18,
+    spread: int | None = None,
+) -> Iterator[str]:
     """The first ``limit`` characters of ``data.<part>`` (all when None), ``size`` at a time; with
     ``spread``, only about that many characters, in pieces spaced evenly over the whole text (a
     short fine-tuning run then still sees every part of the corpus, not only its opening)."""
@@ -159,20 +180,34 @@ def _text_chunks(data: CorpusSplit | TokenCorpus, part: str, limit: int | None, 
         yield piece if isinstance(piece, str) else data.tokenizer.decode(piece.tolist())
 
 
-CHARS_PER_TOKEN_SPREAD = 6  # characters tokenized per training token needed: ~1.5x the data a BPE needs
+CHARS_PER_TOKEN_SPREAD = (
+    6  # characters tokenized per training token needed: ~1.5x the data a BPE needs
+)
 
 
-def _datasets(tok: Any, data: CorpusSplit | TokenCorpus, cfg: FinetuneConfig, tokens_needed: int | None,
-              ) -> tuple[BlockDataset, BlockDataset]:
+def _datasets(
+    tok: Any,
+    data: CorpusSplit | TokenCorpus,
+    cfg: FinetuneConfig,
+    tokens_needed: int | None,
+) -> tuple[BlockDataset, BlockDataset]:
     """Training blocks (all of the text for an epoch budget, else about 1.5x the tokens the steps
     use, from across the text) and the first ``eval_blocks`` validation blocks."""
     spread = None if tokens_needed is None else tokens_needed * CHARS_PER_TOKEN_SPREAD
-    train_ds = tokenize_blocks(tok, _text_chunks(data, "train", cfg.train_chars, spread=spread), cfg.block_size)
+    train_ds = tokenize_blocks(
+        tok, _text_chunks(data, "train", cfg.train_chars, spread=spread), cfg.block_size
+    )
     # the periodic val loss uses the first eval_blocks blocks
-    val_ds = tokenize_blocks(tok, _text_chunks(data, "val", cfg.eval_blocks * cfg.block_size * 16), cfg.block_size,
-                             cfg.eval_blocks * cfg.block_size)
+    val_ds = tokenize_blocks(
+        tok,
+        _text_chunks(data, "val", cfg.eval_blocks * cfg.block_size * 16),
+        cfg.block_size,
+        cfg.eval_blocks * cfg.block_size,
+    )
     if len(train_ds) < 1 or len(val_ds) < 1:
-        raise ConfigError(f"the text is too short for one block of {cfg.block_size} tokens; use --block-size smaller")
+        raise ConfigError(
+            f"the text is too short for one block of {cfg.block_size} tokens; use --block-size smaller"
+        )
     return train_ds, val_ds
 
 
@@ -182,40 +217,78 @@ def _with_lora(model: Any, cfg: FinetuneConfig) -> tuple[Any, int]:
         return model, sum(p.numel() for p in model.parameters())
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                             target_modules="all-linear", task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=0.0,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        ),
+    )
     return model, sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def _step_plan(cfg: FinetuneConfig, tokens_per_step: int, device: torch.device) -> tuple[int, int | None, TimeBudget | None]:
+def _step_plan(
+    cfg: FinetuneConfig, tokens_per_step: int, device: torch.device
+) -> tuple[int, int | None, TimeBudget | None]:
     """(optimizer steps, training tokens to tokenize, time budget). With only a time budget the
     steps are an upper bound that the TimeBudget replaces once it has timed a few steps, and the
     data is what a fast machine of this kind would use (fewer tokens repeat, more are not read)."""
     if cfg.max_steps is None and cfg.epochs is None:
-        tokens_per_s = 20_000 if device.type == "cuda" else 2_000  # well above what a 135M model trains at
+        tokens_per_s = (
+            20_000 if device.type == "cuda" else 2_000
+        )  # well above what a 135M model trains at
         return 1_000_000, int(cfg.max_time * tokens_per_s), TimeBudget(cfg.max_time)
     return cfg.max_steps, None if cfg.epochs else cfg.max_steps * tokens_per_step, None
 
 
-def _training_args(cfg: FinetuneConfig, device: torch.device, ckpt_dir: Path, max_steps: int, resume: bool,
-                   progress: bool) -> Any:
+def _training_args(
+    cfg: FinetuneConfig,
+    device: torch.device,
+    ckpt_dir: Path,
+    max_steps: int,
+    resume: bool,
+    progress: bool,
+) -> Any:
     from transformers import TrainingArguments
 
     return TrainingArguments(
-        output_dir=str(ckpt_dir), per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-        max_steps=max_steps, learning_rate=cfg.lr, lr_scheduler_type="cosine", warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay, max_grad_norm=cfg.grad_clip, eval_strategy="steps",
-        eval_steps=cfg.eval_interval, save_strategy="steps", save_steps=cfg.eval_interval, save_total_limit=1,
-        load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
-        logging_steps=max(1, min(10, cfg.eval_interval)), report_to=[], seed=cfg.seed, data_seed=cfg.seed,
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        max_steps=max_steps,
+        learning_rate=cfg.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.grad_clip,
+        eval_strategy="steps",
+        eval_steps=cfg.eval_interval,
+        save_strategy="steps",
+        save_steps=cfg.eval_interval,
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        logging_steps=max(1, min(10, cfg.eval_interval)),
+        report_to=[],
+        seed=cfg.seed,
+        data_seed=cfg.seed,
         bf16=resolve_precision(cfg.precision, device, "fine-tuning") == torch.bfloat16,
-        use_cpu=device.type == "cpu", dataloader_num_workers=0, disable_tqdm=not progress,
-        eval_on_start=not resume, save_only_model=False,
+        use_cpu=device.type == "cpu",
+        dataloader_num_workers=0,
+        disable_tqdm=not progress,
+        eval_on_start=not resume,
+        save_only_model=False,
     )
 
 
-def _save(model: Any, pre: Pretrained, cfg: FinetuneConfig, out: Path, steps: int) -> tuple[Any, Path]:
+def _save(
+    model: Any, pre: Pretrained, cfg: FinetuneConfig, out: Path, steps: int
+) -> tuple[Any, Path]:
     """Merge LoRA adapters if any and write ``model_hf_finetuned/`` (plain transformers can load it)."""
     if cfg.lora_r > 0:
         model = model.merge_and_unload()
@@ -223,8 +296,9 @@ def _save(model: Any, pre: Pretrained, cfg: FinetuneConfig, out: Path, steps: in
     if is_main_process():
         model.save_pretrained(final_dir)
         pre.tokenizer.save_pretrained(final_dir)
-        (final_dir / "nanobard.json").write_text(json.dumps(
-            {"base_model": pre.name, "config": asdict(cfg), "steps": steps}, indent=2))
+        (final_dir / "nanobard.json").write_text(
+            json.dumps({"base_model": pre.name, "config": asdict(cfg), "steps": steps}, indent=2)
+        )
     return model, final_dir
 
 
@@ -234,14 +308,18 @@ def _last_checkpoint_step(ckpt_dir: Path, resume: bool) -> int | None:
 
 
 def finetune(
-    cfg: FinetuneConfig, data: CorpusSplit | TokenCorpus, out_dir: str | os.PathLike, *, resume: bool = False,
-    progress: bool = True, keep_checkpoints: bool = True,
+    cfg: FinetuneConfig,
+    data: CorpusSplit | TokenCorpus,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    keep_checkpoints: bool = True,
 ) -> FinetuneResult:
     """Score before, fine-tune, save ``model_hf_finetuned/``, score after. See module docstring.
     ``keep_checkpoints=False`` deletes the Trainer's resumable checkpoints (weights and optimizer
     state, ~1.6 GB for a 135M model) once the fine-tuned model is saved."""
     from transformers import EarlyStoppingCallback
-
 
     out = Path(out_dir)
     device = pick_device(cfg.device)
@@ -250,7 +328,9 @@ def finetune(
     score_text = _val_text(data, cfg.score_chars)
     before, samples_before = _score_before(pre, score_text, cfg, out, resume, progress)
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun each process takes batch_size blocks
+    world = int(
+        os.environ.get("WORLD_SIZE", "1")
+    )  # under torchrun each process takes batch_size blocks
     tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.block_size * world
     max_steps, tokens_needed, budget = _step_plan(cfg, tokens_per_step, device)
     train_ds, val_ds = _datasets(pre.tokenizer, data, cfg, tokens_needed)
@@ -266,8 +346,13 @@ def finetune(
     t0 = time.perf_counter()
     cb = metrics_callback(metrics_path, tokens_per_step, t0, cfg.max_time, budget)
     callbacks = [cb] + ([EarlyStoppingCallback(cfg.patience)] if cfg.patience else [])
-    trainer = trainer_class(budget)(model=model, args=_training_args(cfg, device, ckpt_dir, max_steps, resume, progress),
-                                    train_dataset=train_ds, eval_dataset=val_ds, callbacks=callbacks)
+    trainer = trainer_class(budget)(
+        model=model,
+        args=_training_args(cfg, device, ckpt_dir, max_steps, resume, progress),
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        callbacks=callbacks,
+    )
     steps_before = _last_checkpoint_step(ckpt_dir, resume)
     trainer.train(resume_from_checkpoint=steps_before is not None or None)
     train_seconds = time.perf_counter() - t0
@@ -278,15 +363,28 @@ def finetune(
 
     logger.info("scoring the fine-tuned model")
     after = score_hf(model, pre.tokenizer, score_text, f"{pre.name} (after)", progress=progress)
-    after_pre = Pretrained(model=model, tokenizer=pre.tokenizer, name=str(final_dir), reason="fine-tuned")
-    samples = samples_before + make_samples(_sampler(after_pre), "after", cfg.sample_tokens, cfg.prompts)
+    after_pre = Pretrained(
+        model=model, tokenizer=pre.tokenizer, name=str(final_dir), reason="fine-tuned"
+    )
+    samples = samples_before + make_samples(
+        _sampler(after_pre), "after", cfg.sample_tokens, cfg.prompts
+    )
     session_tokens = (steps - (steps_before or 0)) * tokens_per_step
     res = FinetuneResult(
-        out_dir=out, model_name=pre.name, reason=pre.reason, num_params=pre.num_params, trainable_params=trainable,
-        steps=steps, tokens=steps * tokens_per_step, train_seconds=train_seconds,
+        out_dir=out,
+        model_name=pre.name,
+        reason=pre.reason,
+        num_params=pre.num_params,
+        trainable_params=trainable,
+        steps=steps,
+        tokens=steps * tokens_per_step,
+        train_seconds=train_seconds,
         tokens_per_s=session_tokens / train_seconds if train_seconds > 0 else 0.0,
-        before=before, after=after, history=run.read_metrics(RunDir.METRICS_HF) if metrics_path.exists() else cb.rows,
-        samples=samples, time_budget_s=cfg.max_time,
+        before=before,
+        after=after,
+        history=run.read_metrics(RunDir.METRICS_HF) if metrics_path.exists() else cb.rows,
+        samples=samples,
+        time_budget_s=cfg.max_time,
     )
     if is_main_process():
         res.save(run / RunDir.FINETUNE_RESULT)

@@ -102,11 +102,17 @@ def choose(name: str = "auto", probe_timeout: float = 3.0) -> tuple[str, str]:
         return "gpt2", "gpt2 is in the local Hugging Face cache"
     if hub_reachable(probe_timeout):
         return "gpt2", "the Hugging Face hub is reachable"
-    why = "HF_HUB_OFFLINE is set" if hub_offline() else f"the hub did not answer within {probe_timeout:g} s"
+    why = (
+        "HF_HUB_OFFLINE is set"
+        if hub_offline()
+        else f"the hub did not answer within {probe_timeout:g} s"
+    )
     return EMBEDDED, f"gpt2 is not cached and {why}; using the embedded SmolLM2-135M"
 
 
-def load_pretrained(name: str = "auto", device: str | torch.device = "cpu", attn: str | None = None) -> Pretrained:
+def load_pretrained(
+    name: str = "auto", device: str | torch.device = "cpu", attn: str | None = None
+) -> Pretrained:
     """Load model + tokenizer in float32. ``attn="eager"`` when attention weights are needed."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -194,13 +200,17 @@ def check_hf_folder(p: Path) -> None:
     if not p.exists():
         raise PretrainedError(f"model folder not found: {p}")
     if not p.is_dir():
-        raise PretrainedError(f"{p} is a file; --pretrained takes a hub id or a save_pretrained folder")
+        raise PretrainedError(
+            f"{p} is a file; --pretrained takes a hub id or a save_pretrained folder"
+        )
     missing = [f for f in HF_REQUIRED if not (p / f).exists()]
     has_weights = any(p.glob("*.safetensors")) or any(p.glob("*.bin"))
     if missing or not has_weights:
         what = missing + ([] if has_weights else ["model.safetensors"])
-        raise PretrainedError(f"model folder {p} is incomplete: missing {', '.join(what)}; save it again "
-                              "with save_pretrained or fine-tune again")
+        raise PretrainedError(
+            f"model folder {p} is incomplete: missing {', '.join(what)}; save it again "
+            "with save_pretrained or fine-tune again"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,7 +218,9 @@ def check_hf_folder(p: Path) -> None:
 
 
 def hf_generator(
-    path_or_name: str | os.PathLike, device: str = "cpu", loaded: Pretrained | None = None,
+    path_or_name: str | os.PathLike,
+    device: str = "cpu",
+    loaded: Pretrained | None = None,
     dtype: torch.dtype | None = None,
 ) -> TextGenerator:
     """A TextGenerator for a Hugging Face causal LM. ``dtype`` (e.g. torch.bfloat16, see
@@ -229,22 +241,30 @@ def hf_generator(
     )
 
 
-def scratch_generator(path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype | None = None) -> TextGenerator:
+def scratch_generator(
+    path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype | None = None
+) -> TextGenerator:
     """A TextGenerator for a from-scratch checkpoint; unknown prompt characters raise a clear error.
     ``dtype`` (e.g. torch.bfloat16) runs the weights in that precision; see ScratchDecoder."""
     model, tok, _ = load_model(path, device)
     if dtype is not None:
         model = model.to(dtype)
     model.eval()
-    return TextGenerator(name=str(path), encode=tok.encode, decode=tok.decode,
-                         make_decoder=lambda: ScratchDecoder(model))
+    return TextGenerator(
+        name=str(path),
+        encode=tok.encode,
+        decode=tok.decode,
+        make_decoder=lambda: ScratchDecoder(model),
+    )
 
 
 @dataclass
 class OpenedModel:
     """Any model nanobard can read, with its tokenizer."""
 
-    kind: str  # "scratch" (our GPT, a CharTokenizer) or "hf" (a transformers causal LM and tokenizer)
+    kind: (
+        str  # "scratch" (our GPT, a CharTokenizer) or "hf" (a transformers causal LM and tokenizer)
+    )
     model: Any
     tokenizer: Any
     name: str
@@ -262,7 +282,9 @@ def is_scratch(path: str | os.PathLike) -> bool:
     return not p.is_dir() and (p.exists() or p.suffix == ".pt")
 
 
-def open_model(path: str | os.PathLike, device: str | torch.device = "cpu", attn: str | None = None) -> OpenedModel:
+def open_model(
+    path: str | os.PathLike, device: str | torch.device = "cpu", attn: str | None = None
+) -> OpenedModel:
     """Open a from-scratch checkpoint, a run folder, a Hugging Face folder or hub id (see is_scratch)."""
     if is_scratch(path):
         model, tok, _ = load_model(resolve_checkpoint(path), device)
@@ -271,8 +293,9 @@ def open_model(path: str | os.PathLike, device: str | torch.device = "cpu", attn
     return OpenedModel("hf", pre.model, pre.tokenizer, pre.name)
 
 
-def open_for_generation(path: str | os.PathLike, dtype: torch.dtype | None = None,
-                        device: str | torch.device = "cpu") -> TextGenerator:
+def open_for_generation(
+    path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> TextGenerator:
     """A from-scratch checkpoint, a run folder holding one, or a Hugging Face model folder/id."""
     if is_scratch(path):
         return scratch_generator(resolve_checkpoint(path), device=device, dtype=dtype)

@@ -32,7 +32,10 @@ CHUNKED_LOSS_MODELS = frozenset({"llama", "gpt2", "mistral", "qwen2"})
 
 
 def chunked_lm_loss(
-    model: Any, input_ids: torch.Tensor, labels: torch.Tensor, num_items: torch.Tensor | int | None = None,
+    model: Any,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    num_items: torch.Tensor | int | None = None,
     chunk: int = 256,
 ) -> torch.Tensor:
     """Next-token cross-entropy of a causal LM, equal to ``model(input_ids, labels=labels).loss``
@@ -44,14 +47,18 @@ def chunked_lm_loss(
     those passes stay in cache. ``num_items`` (the Trainer's token count over an accumulated batch)
     replaces the per-batch count, as it does in the model's loss.
     """
-    hidden = model.get_decoder()(input_ids=input_ids).last_hidden_state  # (B, T, C), final norm applied
+    hidden = model.get_decoder()(
+        input_ids=input_ids
+    ).last_hidden_state  # (B, T, C), final norm applied
     head = model.get_output_embeddings()
     h = hidden[:, :-1].reshape(-1, hidden.size(-1))  # (N, C): positions that predict a next token
     y = labels[:, 1:].reshape(-1).to(h.device)  # (N,)
     total = h.new_zeros((), dtype=torch.float32)
     for i in range(0, h.size(0), chunk):
         logits = head(h[i : i + chunk]).float()  # (chunk, V)
-        total = total + F.cross_entropy(logits, y[i : i + chunk], ignore_index=-100, reduction="sum")
+        total = total + F.cross_entropy(
+            logits, y[i : i + chunk], ignore_index=-100, reduction="sum"
+        )
     count = num_items if num_items is not None else (y != -100).sum().clamp(min=1)
     return total / count
 
@@ -68,20 +75,30 @@ class TimeBudget:
     margin: float = 0.1
     stamps: list[float] = field(default_factory=list)
     MIN_STEPS = 2  # timed steps after the first (which includes warm-up costs)...
-    MIN_FRACTION = 0.05  # ...covering at least this fraction of the budget, so tiny steps are timed well
+    MIN_FRACTION = (
+        0.05  # ...covering at least this fraction of the budget, so tiny steps are timed well
+    )
 
     def observe(self, step: int, elapsed: float) -> None:
         """Called at the end of every step with the seconds since fine-tuning started."""
         self.stamps.append(time.perf_counter())
         timed = len(self.stamps) - 1
-        if self.sized or timed < self.MIN_STEPS or self.stamps[-1] - self.stamps[0] < self.MIN_FRACTION * self.seconds:
+        if (
+            self.sized
+            or timed < self.MIN_STEPS
+            or self.stamps[-1] - self.stamps[0] < self.MIN_FRACTION * self.seconds
+        ):
             return
         per_step = (self.stamps[-1] - self.stamps[0]) / timed
         left = max(0.0, self.seconds * (1 - self.margin) - elapsed)
         self.steps = max(step + 1, step + int(left / per_step))
         self.sized = True
-        logger.info("fine-tuning: %.2f s/step measured; %d steps fit the %.0f s budget", per_step, self.steps,
-                    self.seconds)
+        logger.info(
+            "fine-tuning: %.2f s/step measured; %d steps fit the %.0f s budget",
+            per_step,
+            self.steps,
+            self.seconds,
+        )
 
     def lr_factor(self, step: int, warmup: int) -> float:
         """Linear warmup then cosine to zero over ``steps`` (the Trainer's "cosine" schedule)."""
@@ -101,26 +118,40 @@ def trainer_class(budget: TimeBudget | None = None) -> type:
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             base = self.accelerator.unwrap_model(model)
-            if return_outputs or base is not model or base.config.model_type not in CHUNKED_LOSS_MODELS:
+            if (
+                return_outputs
+                or base is not model
+                or base.config.model_type not in CHUNKED_LOSS_MODELS
+            ):
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             n = num_items_in_batch if self.model_accepts_loss_kwargs else None
-            with self.accelerator.autocast():  # what accelerate wraps model.forward in; we bypass forward
+            with (
+                self.accelerator.autocast()
+            ):  # what accelerate wraps model.forward in; we bypass forward
                 return chunked_lm_loss(model, inputs["input_ids"], inputs["labels"], n)
 
-        def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        def create_scheduler(
+            self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
+        ):
             if budget is None:
                 return super().create_scheduler(num_training_steps, optimizer)
             if self.lr_scheduler is None:
                 warmup = self.args.get_warmup_steps(num_training_steps)
                 self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-                    optimizer or self.optimizer, lambda step: budget.lr_factor(step, warmup))
+                    optimizer or self.optimizer, lambda step: budget.lr_factor(step, warmup)
+                )
             return self.lr_scheduler
 
     return NanobardTrainer
 
 
-def metrics_callback(path: Path, tokens_per_step: int, t0: float, max_time: float | None,
-                     budget: TimeBudget | None = None) -> Any:
+def metrics_callback(
+    path: Path,
+    tokens_per_step: int,
+    t0: float,
+    max_time: float | None,
+    budget: TimeBudget | None = None,
+) -> Any:
     """Appends each evaluation to ``path`` and ends training on the time budget: at the step count
     ``budget`` sized, or when ``max_time`` seconds have passed, whichever comes first."""
     from transformers import TrainerCallback
@@ -136,10 +167,19 @@ def metrics_callback(path: Path, tokens_per_step: int, t0: float, max_time: floa
                     self.last[k] = logs[k]
 
         def on_evaluate(self, args, state, control, metrics=None, lr_scheduler=None, **kw):
-            lr = lr_scheduler.get_last_lr()[0] if lr_scheduler is not None else self.last.get("learning_rate")
-            row = EvalRow(step=state.global_step, tokens=state.global_step * tokens_per_step,
-                          val_loss=round(metrics["eval_loss"], 5), train_loss=self.last.get("loss"), lr=lr,
-                          elapsed_s=round(time.perf_counter() - t0, 3))
+            lr = (
+                lr_scheduler.get_last_lr()[0]
+                if lr_scheduler is not None
+                else self.last.get("learning_rate")
+            )
+            row = EvalRow(
+                step=state.global_step,
+                tokens=state.global_step * tokens_per_step,
+                val_loss=round(metrics["eval_loss"], 5),
+                train_loss=self.last.get("loss"),
+                lr=lr,
+                elapsed_s=round(time.perf_counter() - t0, 3),
+            )
             self.rows.append(row)
             if state.is_world_process_zero:  # under torchrun only rank 0 writes
                 RunDir(path.parent).append_metrics(row, path.name)
@@ -149,8 +189,14 @@ def metrics_callback(path: Path, tokens_per_step: int, t0: float, max_time: floa
             if budget is not None:
                 budget.observe(state.global_step, elapsed)
             out_of_time = max_time is not None and elapsed > max_time
-            if out_of_time or (budget is not None and budget.sized and state.global_step >= budget.steps):
-                logger.info("fine-tuning time budget reached at step %d (%.0f s)", state.global_step, elapsed)
+            if out_of_time or (
+                budget is not None and budget.sized and state.global_step >= budget.steps
+            ):
+                logger.info(
+                    "fine-tuning time budget reached at step %d (%.0f s)",
+                    state.global_step,
+                    elapsed,
+                )
                 control.should_training_stop = True
                 control.should_evaluate = True
                 control.should_save = True

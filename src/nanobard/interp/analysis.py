@@ -43,7 +43,11 @@ class Analysis(Record):
 
 
 def analyse(
-    lens: Lens, val_text: str, *, vocab_chars: Iterable[str] | None = None, big: bool | None = None,
+    lens: Lens,
+    val_text: str,
+    *,
+    vocab_chars: Iterable[str] | None = None,
+    big: bool | None = None,
     slice_chars: int = 2000,
 ) -> Analysis:
     """Every analysis, with settings that fit in well under a minute of a 2-core CPU for a ~135M
@@ -64,25 +68,47 @@ def analyse(
     ind = induction_test(lens, batch=4 if big else 8)
     seconds["induction"] = time.perf_counter() - t0
     settings = _settings(lens, ind, big)
-    runs = {"ablation": (head_ablation, text), "lens": (logit_lens, text),
-            "positions": (loss_by_position, val_text)}
+    runs = {
+        "ablation": (head_ablation, text),
+        "lens": (logit_lens, text),
+        "positions": (loss_by_position, val_text),
+    }
     res: dict[str, Any] = {}
     for key, (fn, arg) in runs.items():
         t0 = time.perf_counter()
         res[key] = fn(lens, arg, **settings[key])
         seconds[key] = time.perf_counter() - t0
-    logger.info("analysed %s in %.1f s: %s", lens.name, sum(seconds.values()),
-                ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
-    said = circuit_findings(induction=ind, ablation=res["ablation"], lens=res["lens"], positions=res["positions"])
-    return Analysis(lens.name, settings, seconds, ind, res["ablation"], res["lens"], res["positions"], said)
+    logger.info(
+        "analysed %s in %.1f s: %s",
+        lens.name,
+        sum(seconds.values()),
+        ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()),
+    )
+    said = circuit_findings(
+        induction=ind, ablation=res["ablation"], lens=res["lens"], positions=res["positions"]
+    )
+    return Analysis(
+        lens.name, settings, seconds, ind, res["ablation"], res["lens"], res["positions"], said
+    )
 
 
 def _settings(lens: Lens, ind: InductionResult, big: bool) -> dict[str, dict[str, Any]]:
     """Keyword arguments of each analysis for ``analyse`` (see there)."""
     if not big:
-        return {"induction": {"batch": 8}, "ablation": {"max_tokens": 1024}, "lens": {"max_tokens": 1024},
-                "positions": {"max_tokens": 8192}}
+        return {
+            "induction": {"batch": 8},
+            "ablation": {"max_tokens": 1024},
+            "lens": {"max_tokens": 1024},
+            "positions": {"max_tokens": 8192},
+        }
     L = lens.n_layers
-    layers = set(range(0, L, max(1, L // 5))) | {strongest_head(ind.induction)[0], strongest_head(ind.previous_token)[0]}
-    return {"induction": {"batch": 4}, "ablation": {"layers": sorted(layers), "max_tokens": 128},
-            "lens": {"max_tokens": 128}, "positions": {"max_tokens": 1024}}
+    layers = set(range(0, L, max(1, L // 5))) | {
+        strongest_head(ind.induction)[0],
+        strongest_head(ind.previous_token)[0],
+    }
+    return {
+        "induction": {"batch": 4},
+        "ablation": {"layers": sorted(layers), "max_tokens": 128},
+        "lens": {"max_tokens": 128},
+        "positions": {"max_tokens": 1024},
+    }

@@ -42,7 +42,9 @@ def scratch_attention(model: GPT, tokenizer: Any, text: str) -> AttentionMaps:
     model.eval()
     with torch.no_grad():
         att = model(torch.tensor([ids], device=device), return_attention=True).attentions
-    return AttentionMaps([tokenizer.decode([i]) for i in ids], ids, torch.stack([a[0] for a in att]).float().cpu())
+    return AttentionMaps(
+        [tokenizer.decode([i]) for i in ids], ids, torch.stack([a[0] for a in att]).float().cpu()
+    )
 
 
 def hf_attention(model: Any, tokenizer: Any, text: str, max_tokens: int = 48) -> AttentionMaps:
@@ -53,7 +55,9 @@ def hf_attention(model: Any, tokenizer: Any, text: str, max_tokens: int = 48) ->
     with torch.no_grad():
         out = model(input_ids=torch.tensor([ids], device=device), output_attentions=True)
     if not out.attentions or out.attentions[0] is None:
-        raise ValueError("this model returned no attention weights; load it with attn_implementation='eager'")
+        raise ValueError(
+            "this model returned no attention weights; load it with attn_implementation='eager'"
+        )
     tokens = tokenizer.convert_ids_to_tokens(ids)
     tokens = [tokenizer.convert_tokens_to_string([t]) for t in tokens]
     return AttentionMaps(tokens, ids, torch.stack([a[0] for a in out.attentions]).float().cpu())
@@ -74,9 +78,17 @@ def head_statistics(weights: torch.Tensor) -> list[HeadStats]:
     entropy = -(rows * torch.log2(rows.clamp_min(1e-12))).sum(-1).mean(-1)
     first = rows[..., 0].mean(-1)
     return [
-        HeadStats(i, h, float(self_att[i, h]), float(prev[i, h]), float(mean_dist[i, h]),
-                  float(entropy[i, h]), float(first[i, h]))
-        for i in range(L) for h in range(H)
+        HeadStats(
+            i,
+            h,
+            float(self_att[i, h]),
+            float(prev[i, h]),
+            float(mean_dist[i, h]),
+            float(entropy[i, h]),
+            float(first[i, h]),
+        )
+        for i in range(L)
+        for h in range(H)
     ]
 
 
@@ -87,22 +99,30 @@ def attention_findings(stats: list[HeadStats], model_name: str) -> list[str]:
     strong = [s for s in prev if s.previous_token > 0.4]
     if strong:
         names = ", ".join(f"L{s.layer}H{s.head} ({s.previous_token:.0%})" for s in strong[:4])
-        out.append(f"{model_name}: previous-token heads (share of attention on the token just before): {names}")
+        out.append(
+            f"{model_name}: previous-token heads (share of attention on the token just before): {names}"
+        )
     else:
         s = prev[0]
-        out.append(f"{model_name}: no head is a clean previous-token head; the strongest is L{s.layer}H{s.head}, "
-                   f"with {s.previous_token:.0%} of its attention on the token just before")
+        out.append(
+            f"{model_name}: no head is a clean previous-token head; the strongest is L{s.layer}H{s.head}, "
+            f"with {s.previous_token:.0%} of its attention on the token just before"
+        )
     selfh = sorted((s for s in stats if s.self_attention > 0.4), key=lambda s: -s.self_attention)
     if selfh:
         names = ", ".join(f"L{s.layer}H{s.head} ({s.self_attention:.0%})" for s in selfh[:4])
         out.append(f"{model_name}: heads that mostly attend to the token itself: {names}")
     far = sorted(stats, key=lambda s: -s.mean_distance)[:3]
-    out.append(f"{model_name}: heads that look furthest back (mean distance in tokens): "
-               + ", ".join(f"L{s.layer}H{s.head} ({s.mean_distance:.1f})" for s in far))
+    out.append(
+        f"{model_name}: heads that look furthest back (mean distance in tokens): "
+        + ", ".join(f"L{s.layer}H{s.head} ({s.mean_distance:.1f})" for s in far)
+    )
     sinks = [s for s in stats if s.first_token > 0.5]
     if sinks:
-        out.append(f"{model_name}: {len(sinks)} of {len(stats)} heads put most weight on the first token "
-                   "(an 'attention sink', common in pretrained models)")
+        out.append(
+            f"{model_name}: {len(sinks)} of {len(stats)} heads put most weight on the first token "
+            "(an 'attention sink', common in pretrained models)"
+        )
     return out
 
 
@@ -169,12 +189,22 @@ def causality_check(model: Any, ids: list[int], kind: str) -> Causality:
         emb = model.get_input_embeddings()(x).detach().requires_grad_(True)
         out = model(inputs_embeds=emb, output_attentions=True)
         logits, att = out.logits, out.attentions
-    above = torch.stack([torch.triu(a[0].detach().float(), diagonal=1).abs().max() for a in att]).max().item()
+    above = (
+        torch.stack([torch.triu(a[0].detach().float(), diagonal=1).abs().max() for a in att])
+        .max()
+        .item()
+    )
     max_grad = 0.0
     for t in range(T - 1):
         (g,) = torch.autograd.grad(logits[0, t].float().sum(), emb, retain_graph=t < T - 2)
         max_grad = max(max_grad, g[0, t + 1 :].abs().max().item())
-    return Causality(T, above, "pass" if above == 0.0 else "fail", max_grad, "pass" if max_grad == 0.0 else "fail")
+    return Causality(
+        T,
+        above,
+        "pass" if above == 0.0 else "fail",
+        max_grad,
+        "pass" if max_grad == 0.0 else "fail",
+    )
 
 
 def analyse_attention(model: Any, maps: AttentionMaps, kind: str, name: str) -> AttentionAnalysis:
@@ -182,7 +212,12 @@ def analyse_attention(model: Any, maps: AttentionMaps, kind: str, name: str) -> 
     L, H, T, _ = maps.weights.shape
     stats = head_statistics(maps.weights)
     return AttentionAnalysis(
-        model=name, layers=L, heads=H, tokens=maps.tokens, heads_stats=stats, findings=attention_findings(stats, name),
+        model=name,
+        layers=L,
+        heads=H,
+        tokens=maps.tokens,
+        heads_stats=stats,
+        findings=attention_findings(stats, name),
         causality=causality_check(model, maps.ids, kind),
         mean_entropy_bits=sum(s.entropy_bits for s in stats) / len(stats),
         uniform_entropy_bits=sum(math.log2(i + 1) for i in range(1, T)) / (T - 1),

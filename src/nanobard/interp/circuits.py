@@ -67,7 +67,9 @@ class AblationResult(_Result):
     model: str
     method: str  # "mean" or "zero"
     layers: list[int]  # the layers whose heads were ablated
-    delta_bpc: list[list[float | None]]  # [layer, head]: ablated - clean bits/char; None: not ablated
+    delta_bpc: list[
+        list[float | None]
+    ]  # [layer, head]: ablated - clean bits/char; None: not ablated
     clean_bpc: float
     tokens: int  # tokens of the slice
     chars: int  # characters scored
@@ -96,14 +98,19 @@ class PositionLoss(_Result):
 
 
 def _windows(
-    lens: Lens, text: str, window: int, max_tokens: int | None,
+    lens: Lens,
+    text: str,
+    window: int,
+    max_tokens: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Non-overlapping windows of ``window`` tokens from the first ``max_tokens`` tokens of text:
     ids and characters per token, both (W, T). The tail that fills no window is left out."""
     ids, chars = lens.encode(text)
     ids, chars = ids[:max_tokens], chars[:max_tokens]
     if len(ids) < 2:
-        raise InterpretError(f"the text gives {len(ids)} token(s); give at least two tokens of text")
+        raise InterpretError(
+            f"the text gives {len(ids)} token(s); give at least two tokens of text"
+        )
     T = min(window, len(ids))
     W = len(ids) // T
     return torch.tensor(ids[: W * T]).view(W, T), torch.tensor(chars[: W * T]).view(W, T)
@@ -114,7 +121,9 @@ def _nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     B, T, V = logits.shape
     ids = ids.to(logits.device)
     # flattened to (B * (T-1), V): 3x faster on CPU than cross_entropy over (B, V, T-1)
-    nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, V), ids[:, 1:].reshape(-1), reduction="none")
+    nll = F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, V), ids[:, 1:].reshape(-1), reduction="none"
+    )
     return nll.view(B, T - 1)
 
 
@@ -133,7 +142,11 @@ def induction_scores(att: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Ten
 
 @torch.no_grad()
 def induction_test(
-    lens: Lens, *, seq_len: int | None = None, batch: int = 4, seed: int = 0,
+    lens: Lens,
+    *,
+    seq_len: int | None = None,
+    batch: int = 4,
+    seed: int = 0,
     token_range: tuple[int, int] | None = None,
 ) -> InductionResult:
     """TransformerLens's induction test: ``batch`` sequences of ``seq_len`` random tokens (seeded,
@@ -142,7 +155,9 @@ def induction_test(
     model that uses such heads has a much lower loss on the second half than on the first."""
     n = seq_len or min(50, lens.context // 2)
     if n < 2 or 2 * n > lens.context:
-        raise InterpretError(f"seq_len must be 2 .. {lens.context // 2} for a context of {lens.context}")
+        raise InterpretError(
+            f"seq_len must be 2 .. {lens.context // 2} for a context of {lens.context}"
+        )
     lo, hi = token_range or lens.token_range()
     g = torch.Generator().manual_seed(seed)
     half = torch.randint(lo, hi, (batch, n), generator=g)  # (B, n)
@@ -152,12 +167,24 @@ def induction_test(
     att = torch.stack([a.float().mean(0) for a in tr.attentions or []]).cpu()  # [layer, head, T, T]
     ind, prev = induction_scores(att, n)
     nll = _nll(tr.logits, ids)  # (B, 2n - 1)
-    return InductionResult(lens.name, n, batch, [lo, hi], ind.tolist(), prev.tolist(),
-                           nll[:, : n - 1].mean().item(), nll[:, n:].mean().item())
+    return InductionResult(
+        lens.name,
+        n,
+        batch,
+        [lo, hi],
+        ind.tolist(),
+        prev.tolist(),
+        nll[:, : n - 1].mean().item(),
+        nll[:, n:].mean().item(),
+    )
 
 
 def head_scores(
-    model: nn.Module, *, seq_len: int | None = None, batch: int = 4, seed: int = 0,
+    model: nn.Module,
+    *,
+    seq_len: int | None = None,
+    batch: int = 4,
+    seed: int = 0,
 ) -> InductionResult:
     """Previous-token and induction score of every head in one small forward pass, cheap enough
     for each evaluation of a training run; the model's train/eval state is left as it was."""
@@ -169,13 +196,20 @@ def record_head_scores(model: nn.Module, row: EvalRow) -> EvalRow:
     induction score (``head_scores``, a few ms): kept at each evaluation, they show when each
     behaviour forms during training (the study's head-formation figure)."""
     r = head_scores(model)
-    return dataclasses.replace(row, heads={"previous_token": r.previous_token, "induction": r.induction})
+    return dataclasses.replace(
+        row, heads={"previous_token": r.previous_token, "induction": r.induction}
+    )
 
 
 @torch.no_grad()
 def head_ablation(
-    lens: Lens, text: str, *, layers: Iterable[int] | None = None, max_tokens: int = 256,
-    method: Literal["mean", "zero"] = "mean", max_rows: int = 16,
+    lens: Lens,
+    text: str,
+    *,
+    layers: Iterable[int] | None = None,
+    max_tokens: int = 256,
+    method: Literal["mean", "zero"] = "mean",
+    max_rows: int = 16,
 ) -> AblationResult:
     """Bits/char lost on ``text`` (its first ``max_tokens`` tokens) when one head is removed.
 
@@ -213,10 +247,17 @@ def head_ablation(
                 nll = _resid_nll(lens, x, ids.repeat(len(hs), 1), max_rows).view(len(hs), -1).sum(1)
                 for k, h in enumerate(hs.tolist()):
                     delta[layer][h] = _bpc(nll[k].item(), n_chars) - clean
-            logger.debug("ablated the heads of layer %d in %.1f s", layer, time.perf_counter() - t_layer)
+            logger.debug(
+                "ablated the heads of layer %d in %.1f s", layer, time.perf_counter() - t_layer
+            )
     secs = time.perf_counter() - t0
-    logger.info("ablated %d heads of %s on %d tokens in %.1f s", len(chosen) * nh, lens.name, ids.numel(),
-                secs)
+    logger.info(
+        "ablated %d heads of %s on %d tokens in %.1f s",
+        len(chosen) * nh,
+        lens.name,
+        ids.numel(),
+        secs,
+    )
     return AblationResult(lens.name, method, chosen, delta, clean, ids.numel(), n_chars, secs)
 
 
@@ -229,7 +270,11 @@ def _resid_nll(lens: Lens, x: torch.Tensor, ids: torch.Tensor, rows: int) -> tor
 
 @torch.no_grad()
 def logit_lens(
-    lens: Lens, text: str, *, max_tokens: int = 256, layers: Iterable[int] | None = None,
+    lens: Lens,
+    text: str,
+    *,
+    max_tokens: int = 256,
+    layers: Iterable[int] | None = None,
 ) -> LogitLensResult:
     """Bits/char on ``text`` read off the residual stream after the embeddings (layer 0) and
     after each block (1 .. L), through the final norm and the unembedding, and the share of
@@ -255,7 +300,12 @@ def logit_lens(
 
 @torch.no_grad()
 def loss_by_position(
-    lens: Lens, text: str, *, max_window: int = 256, max_tokens: int | None = 4096, batch: int = 8,
+    lens: Lens,
+    text: str,
+    *,
+    max_window: int = 256,
+    max_tokens: int | None = 4096,
+    batch: int = 8,
 ) -> PositionLoss:
     """In-context learning curve: bits/char at each character offset within a context window.
 
@@ -265,7 +315,9 @@ def loss_by_position(
     context and is not scored. Weighted by ``chars``, the curve averages to ``overall_bpc``.
     """
     ids, chars = _windows(lens, text, min(lens.context, max_window), max_tokens)
-    nll = torch.cat([_window_nll(lens, ids[r : r + batch]) for r in range(0, len(ids), batch)])  # (W, T - 1)
+    nll = torch.cat(
+        [_window_nll(lens, ids[r : r + batch]) for r in range(0, len(ids), batch)]
+    )  # (W, T - 1)
     ends = chars.cumsum(1)  # (W, T): char offset where each token ends
     width = int(ends[:, -1].max())
     total = torch.zeros(width, dtype=torch.float64)  # nats at each offset
@@ -276,8 +328,14 @@ def loss_by_position(
         count[int(ends[w, 0]) : int(ends[w, -1])] += 1
     curve = [None if c == 0 else (t / c / LN2).item() for t, c in zip(total, count)]
     n_chars = int(chars[:, 1:].sum())
-    return PositionLoss(lens.name, curve, count.long().tolist(), _bpc(nll.sum().item(), n_chars),
-                        ids.shape[0], ids.shape[1])
+    return PositionLoss(
+        lens.name,
+        curve,
+        count.long().tolist(),
+        _bpc(nll.sum().item(), n_chars),
+        ids.shape[0],
+        ids.shape[1],
+    )
 
 
 def _window_nll(lens: Lens, ids: torch.Tensor) -> torch.Tensor:
@@ -302,8 +360,12 @@ def _spread(nll: torch.Tensor, chars: torch.Tensor, first: int) -> torch.Tensor:
 
 
 def circuit_findings(
-    *, induction: InductionResult | None = None, ablation: AblationResult | None = None,
-    lens: LogitLensResult | None = None, positions: PositionLoss | None = None, within: float = 0.5,
+    *,
+    induction: InductionResult | None = None,
+    ablation: AblationResult | None = None,
+    lens: LogitLensResult | None = None,
+    positions: PositionLoss | None = None,
+    within: float = 0.5,
 ) -> list[str]:
     """One plain-language sentence per analysis given, generated from its numbers."""
     out = []
@@ -314,38 +376,52 @@ def circuit_findings(
     if lens is not None:
         final = lens.bpc[-1]
         first = next(layer for layer, b in zip(lens.layers, lens.bpc) if b <= final + within)
-        out.append(f"{lens.model}: the logit lens first gets within {within:g} bits/char of the final layer "
-                   f"({final:.2f}) at layer {first} of {lens.layers[-1]} (layer {lens.layers[0]}: "
-                   f"{lens.bpc[0]:.2f} bits/char)")
+        out.append(
+            f"{lens.model}: the logit lens first gets within {within:g} bits/char of the final layer "
+            f"({final:.2f}) at layer {first} of {lens.layers[-1]} (layer {lens.layers[0]}: "
+            f"{lens.bpc[0]:.2f} bits/char)"
+        )
     if positions is not None:
         at = [(x, positions.bpc[x]) for x in (1, 8, 64, 256) if x < len(positions.bpc)]
         shown = ", ".join(f"{b:.2f} at character {x}" for x, b in at if b is not None)
-        out.append(f"{positions.model}: loss by position in the context: {shown} (bits/char; "
-                   f"{positions.overall_bpc:.2f} overall)")
+        out.append(
+            f"{positions.model}: loss by position in the context: {shown} (bits/char; "
+            f"{positions.overall_bpc:.2f} overall)"
+        )
     return out
 
 
 def strongest_head(table: list[list[float | None]]) -> tuple[int, int, float]:
     """(layer, head, value) of the largest entry of a [layer, head] table."""
-    v, i, h = max((v, i, h) for i, row in enumerate(table) for h, v in enumerate(row) if v is not None)
+    v, i, h = max(
+        (v, i, h) for i, row in enumerate(table) for h, v in enumerate(row) if v is not None
+    )
     return i, h, v
 
 
 def _induction_sentence(r: InductionResult) -> str:
     i, h, s = strongest_head(r.induction)
     copies = r.loss_second_nats < 0.5 * r.loss_first_nats
-    return (f"{r.model}: the strongest induction head is L{i}H{h} (score {s:.2f}); on random tokens repeated "
-            f"twice the loss goes from {r.loss_first_bits:.2f} to {r.loss_second_bits:.2f} bits/token, so the "
-            f"model {'copies the earlier sequence' if copies else 'does not copy the earlier sequence'}")
+    return (
+        f"{r.model}: the strongest induction head is L{i}H{h} (score {s:.2f}); on random tokens repeated "
+        f"twice the loss goes from {r.loss_first_bits:.2f} to {r.loss_second_bits:.2f} bits/token, so the "
+        f"model {'copies the earlier sequence' if copies else 'does not copy the earlier sequence'}"
+    )
 
 
 def _ablation_sentence(r: AblationResult) -> str:
     i, h, cost = strongest_head(r.delta_bpc)
     n = sum(v is not None for row in r.delta_bpc for v in row)
     big = sum(v is not None and v > 0.01 for row in r.delta_bpc for v in row)
-    return (f"{r.model}: {r.method}-ablating L{i}H{h} costs {cost:+.2f} bits/char, the largest of the {n} heads "
-            f"ablated (layers {_span(r.layers)}); {big} of them cost more than 0.01 bits/char")
+    return (
+        f"{r.model}: {r.method}-ablating L{i}H{h} costs {cost:+.2f} bits/char, the largest of the {n} heads "
+        f"ablated (layers {_span(r.layers)}); {big} of them cost more than 0.01 bits/char"
+    )
 
 
 def _span(layers: list[int]) -> str:
-    return f"{layers[0]}-{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1)) else str(layers)[1:-1]
+    return (
+        f"{layers[0]}-{layers[-1]}"
+        if layers == list(range(layers[0], layers[-1] + 1))
+        else str(layers)[1:-1]
+    )

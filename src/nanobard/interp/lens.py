@@ -101,8 +101,10 @@ class Lens:
             out = self.model(input_ids=ids, use_cache=False, output_attentions=attention)
         att = list(out.attentions) if attention else None
         if attention and (not att or att[0] is None):
-            raise LensError(f"{self.name} returned no attention weights; "
-                            "load it with attn_implementation='eager'")
+            raise LensError(
+                f"{self.name} returned no attention weights; "
+                "load it with attn_implementation='eager'"
+            )
         return out.logits, att
 
     def trace(self, ids: torch.Tensor, attention: bool = False) -> Trace:
@@ -117,12 +119,15 @@ class Lens:
             def hook(module, args, kwargs):
                 calls[i] = (args, kwargs)
                 resid[i] = args[0] if args else kwargs["hidden_states"]
+
             return hook
 
         def on_proj(i: int):
             return lambda module, args: heads.__setitem__(i, args[0].detach())
 
-        handles = [self.final_norm.register_forward_pre_hook(lambda m, a: resid.__setitem__(L, a[0]))]
+        handles = [
+            self.final_norm.register_forward_pre_hook(lambda m, a: resid.__setitem__(L, a[0]))
+        ]
         for i in range(L):
             handles.append(self.layers[i].register_forward_pre_hook(on_layer(i), with_kwargs=True))
             handles.append(self.out_projs[i].register_forward_pre_hook(on_proj(i)))
@@ -180,20 +185,54 @@ def make_lens(model: nn.Module, tokenizer: Any = None, name: str | None = None) 
     model = getattr(model, "module", model)  # DistributedDataParallel
     if isinstance(model, GPT):
         c, t = model.config, model.transformer
-        return Lens(model, tokenizer, "scratch", t["h"], t["ln_f"], model.lm_head,
-                    [b.attn.c_proj for b in t["h"]], c.n_head, c.block_size, c.vocab_size, name or "scratch")
+        return Lens(
+            model,
+            tokenizer,
+            "scratch",
+            t["h"],
+            t["ln_f"],
+            model.lm_head,
+            [b.attn.c_proj for b in t["h"]],
+            c.n_head,
+            c.block_size,
+            c.vocab_size,
+            name or "scratch",
+        )
     hc = getattr(model, "config", None)
     inner, head = getattr(model, "model", None), getattr(model, "lm_head", None)
     if inner is not None and hasattr(inner, "layers") and hasattr(inner.layers[0], "self_attn"):
-        return Lens(model, tokenizer, "llama", inner.layers, inner.norm, head,
-                    [b.self_attn.o_proj for b in inner.layers], hc.num_attention_heads,
-                    hc.max_position_embeddings, hc.vocab_size, name or hc.model_type)
+        return Lens(
+            model,
+            tokenizer,
+            "llama",
+            inner.layers,
+            inner.norm,
+            head,
+            [b.self_attn.o_proj for b in inner.layers],
+            hc.num_attention_heads,
+            hc.max_position_embeddings,
+            hc.vocab_size,
+            name or hc.model_type,
+        )
     tr = getattr(model, "transformer", None)
     if tr is not None and hasattr(tr, "h") and hasattr(tr.h[0], "attn"):
-        return Lens(model, tokenizer, "gpt2", tr.h, tr.ln_f, head, [b.attn.c_proj for b in tr.h],
-                    hc.n_head, hc.n_positions, hc.vocab_size, name or hc.model_type)
-    raise LensError(f"cannot open a {type(model).__name__}: the lens knows nanobard's GPT, Llama-style "
-                    "(model.layers[i].self_attn.o_proj) and GPT-2 (transformer.h[i].attn.c_proj) models")
+        return Lens(
+            model,
+            tokenizer,
+            "gpt2",
+            tr.h,
+            tr.ln_f,
+            head,
+            [b.attn.c_proj for b in tr.h],
+            hc.n_head,
+            hc.n_positions,
+            hc.vocab_size,
+            name or hc.model_type,
+        )
+    raise LensError(
+        f"cannot open a {type(model).__name__}: the lens knows nanobard's GPT, Llama-style "
+        "(model.layers[i].self_attn.o_proj) and GPT-2 (transformer.h[i].attn.c_proj) models"
+    )
 
 
 @contextmanager

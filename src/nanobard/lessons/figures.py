@@ -32,17 +32,45 @@ def plot_crossover(result: CrossoverResult, path: str | os.PathLike) -> Path:
     pretrained model's zero-shot score as a horizontal reference."""
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     xs = [p.fraction for p in result.points]
-    ax.plot(xs, [p.scratch_bpc for p in result.points], "o-", color="tab:blue", label="trained from scratch")
-    ax.plot(xs, [p.finetuned_bpc for p in result.points], "s-", color="tab:orange", label=f"{result.pretrained} fine-tuned")
-    ax.axhline(result.zero_shot_bpc, color="tab:gray", ls="--", label=f"{result.pretrained} zero-shot (no training)")
+    ax.plot(
+        xs,
+        [p.scratch_bpc for p in result.points],
+        "o-",
+        color="tab:blue",
+        label="trained from scratch",
+    )
+    ax.plot(
+        xs,
+        [p.finetuned_bpc for p in result.points],
+        "s-",
+        color="tab:orange",
+        label=f"{result.pretrained} fine-tuned",
+    )
+    ax.axhline(
+        result.zero_shot_bpc,
+        color="tab:gray",
+        ls="--",
+        label=f"{result.pretrained} zero-shot (no training)",
+    )
     for p in result.points:
-        ax.annotate(f"{p.train_chars:,} chars", (p.fraction, max(p.scratch_bpc, p.finetuned_bpc)),
-                    textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8, color="dimgray")
+        ax.annotate(
+            f"{p.train_chars:,} chars",
+            (p.fraction, max(p.scratch_bpc, p.finetuned_bpc)),
+            textcoords="offset points",
+            xytext=(0, 6),
+            ha="center",
+            fontsize=8,
+            color="dimgray",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("fraction of the training text used (log scale)")
     ax.set_ylabel(f"bits per character (first {result.score_chars:,} validation chars)")
     found = result.crossover_fraction
-    verdict = f"scratch catches up at {found:g}" if found is not None else "fine-tuning wins at every fraction"
+    verdict = (
+        f"scratch catches up at {found:g}"
+        if found is not None
+        else "fine-tuning wins at every fraction"
+    )
     ax.set_title(f"{result.corpus}: {result.budget_s:g} s of training per point; {verdict}")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
@@ -53,18 +81,44 @@ def plot_forgetting(result: ForgettingResult, path: str | os.PathLike) -> Path:
     """Grouped bars: general English before/after next to the domain before/after, each pair
     annotated with its change (bits/char)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    groups = [("general English", result.general_before, result.general_after, result.general_change_bpc),
-              ("domain (validation text)", result.domain_before, result.domain_after, result.domain_change_bpc)]
+    groups = [
+        ("general English", result.general_before, result.general_after, result.general_change_bpc),
+        (
+            "domain (validation text)",
+            result.domain_before,
+            result.domain_after,
+            result.domain_change_bpc,
+        ),
+    ]
     w = 0.38
     for i, (_, before, after, change) in enumerate(groups):
-        b = ax.bar(i - w / 2, before.bits_per_char, w, color="tab:gray", label="before fine-tuning" if i == 0 else None)
-        a = ax.bar(i + w / 2, after.bits_per_char, w, color="tab:orange", label="after fine-tuning" if i == 0 else None)
+        b = ax.bar(
+            i - w / 2,
+            before.bits_per_char,
+            w,
+            color="tab:gray",
+            label="before fine-tuning" if i == 0 else None,
+        )
+        a = ax.bar(
+            i + w / 2,
+            after.bits_per_char,
+            w,
+            color="tab:orange",
+            label="after fine-tuning" if i == 0 else None,
+        )
         ax.bar_label(b, fmt="%.3f", fontsize=8)
         ax.bar_label(a, fmt="%.3f", fontsize=8)
         word = "worse: forgetting" if change > 0 else "better"
         top = max(before.bits_per_char, after.bits_per_char)
-        ax.annotate(f"{change:+.3f} bits/char ({word})", (i, top), textcoords="offset points", xytext=(0, 16),
-                    ha="center", fontsize=9, color="tab:red" if change > 0 else "tab:green")
+        ax.annotate(
+            f"{change:+.3f} bits/char ({word})",
+            (i, top),
+            textcoords="offset points",
+            xytext=(0, 16),
+            ha="center",
+            fontsize=9,
+            color="tab:red" if change > 0 else "tab:green",
+        )
     ax.set_xticks(range(len(groups)), [g[0] for g in groups])
     ax.set_ylabel("bits per character (lower is better)")
     ax.set_ylim(0, ax.get_ylim()[1] * 1.15)
@@ -79,7 +133,14 @@ def plot_lr_sweep(result: SweepResult, path: str | os.PathLike) -> Path:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.3))
     colors = plt.cm.viridis(np.linspace(0, 0.9, max(1, len(result.runs))))
     for run, c in zip(result.runs, colors):
-        ax1.plot(run.steps, run.val_loss, "o-", ms=3, color=c, label=f"lr {run.lr:g}" + (" (diverged)" if run.diverged else ""))
+        ax1.plot(
+            run.steps,
+            run.val_loss,
+            "o-",
+            ms=3,
+            color=c,
+            label=f"lr {run.lr:g}" + (" (diverged)" if run.diverged else ""),
+        )
     ax1.set_xlabel("step")
     ax1.set_yscale("log")  # a run that blows up would flatten the others
     ax1.set_ylabel("validation loss (nats per character, log scale)")
@@ -98,7 +159,9 @@ def plot_lr_sweep(result: SweepResult, path: str | os.PathLike) -> Path:
     ax2.set_xscale("log")
     ax2.set_xlabel("learning rate (log scale)")
     ax2.set_ylabel("best validation loss (nats per character)")
-    ax2.set_title(f"best: lr {result.best_lr:g}" if result.best_lr is not None else "every run diverged")
+    ax2.set_title(
+        f"best: lr {result.best_lr:g}" if result.best_lr is not None else "every run diverged"
+    )
     ax2.grid(alpha=0.3, which="both")
     return _save(fig, path)
 
@@ -108,7 +171,9 @@ def plot_encoder_vs_decoder(lesson: MaskLesson, path: str | os.PathLike) -> Path
     the cloze accuracies."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
     for run, color in ((lesson.causal, "tab:blue"), (lesson.no_mask, "tab:red")):
-        axes[0].plot(run.losses, color=color, label="causal mask (decoder)" if run.causal else "no mask")
+        axes[0].plot(
+            run.losses, color=color, label="causal mask (decoder)" if run.causal else "no mask"
+        )
     axes[0].set_xlabel("step")
     axes[0].set_ylabel("training loss (nats per character)")
     axes[0].set_title("training loss")
@@ -118,18 +183,29 @@ def plot_encoder_vs_decoder(lesson: MaskLesson, path: str | os.PathLike) -> Path
     w = 0.38
     for i, (run, color) in enumerate(((lesson.causal, "tab:blue"), (lesson.no_mask, "tab:red"))):
         vals = [run.train_loss, run.val_loss, run.left_to_right_loss]
-        bars = axes[1].bar(np.arange(3) + (i - 0.5) * w, vals, w, color=color,
-                           label="causal mask" if run.causal else "no mask")
+        bars = axes[1].bar(
+            np.arange(3) + (i - 0.5) * w,
+            vals,
+            w,
+            color=color,
+            label="causal mask" if run.causal else "no mask",
+        )
         axes[1].bar_label(bars, fmt="%.2f", fontsize=8)
     axes[1].set_xticks(range(3), kinds)
     axes[1].set_ylabel("loss (nats per character)")
     axes[1].set_title("the no-mask model peeks: only left-to-right is honest")
     axes[1].legend()
     c = lesson.cloze
-    names = ["left side only\n(decoder)", "both sides\n(decoder scoring)", "no-mask model\n(copies the blank)"]
+    names = [
+        "left side only\n(decoder)",
+        "both sides\n(decoder scoring)",
+        "no-mask model\n(copies the blank)",
+    ]
     accs = [c.left_accuracy, c.both_sides_accuracy, c.no_mask_accuracy]
     bars = axes[2].bar(names, accs, color=["tab:blue", "tab:green", "tab:red"])
-    notes = [f"{v:.0%}" for v in accs[:2]] + [f"{accs[2]:.0%} (copied the blank {c.no_mask_copy_rate:.0%})"]
+    notes = [f"{v:.0%}" for v in accs[:2]] + [
+        f"{accs[2]:.0%} (copied the blank {c.no_mask_copy_rate:.0%})"
+    ]
     axes[2].bar_label(bars, labels=notes)
     axes[2].set_ylim(0, 1)
     axes[2].set_ylabel(f"hidden characters guessed right (of {c.blanks})")
@@ -144,7 +220,9 @@ def plot_overfit(result: OverfitResult, path: str | os.PathLike) -> Path:
     ax1.set_yscale("log")
     ax1.set_xlabel("step")
     ax1.set_ylabel("loss on the batch (nats per character, log scale)")
-    ax1.set_title(f"one batch: {result.losses[0]:.2f} -> {result.losses[-1]:.3f} ({result.reduction:.0f}x lower)")
+    ax1.set_title(
+        f"one batch: {result.losses[0]:.2f} -> {result.losses[-1]:.3f} ({result.reduction:.0f}x lower)"
+    )
     ax1.grid(alpha=0.3, which="both")
     ax2.plot(result.grad_norms, color="tab:purple")
     ax2.set_xlabel("step")
@@ -166,15 +244,28 @@ def plot_attention_on_characters(result: CharAttention, path: str | os.PathLike)
         for r, (target, dist) in enumerate(zip(result.targets, rows)):
             m[r, result.context_start : target] = np.asarray(dist) * len(dist)  # 1 = an even spread
         mats.append(m)
-    fig, axes = plt.subplots(1, 3, figsize=(16, max(3.5, 0.22 * len(result.targets) + 1.5)),
-                             gridspec_kw={"width_ratios": [4, 4, 1.6]})
+    fig, axes = plt.subplots(
+        1,
+        3,
+        figsize=(16, max(3.5, 0.22 * len(result.targets) + 1.5)),
+        gridspec_kw={"width_ratios": [4, 4, 1.6]},
+    )
     both = np.concatenate([m.ravel() for m in mats])
-    vmax = max(2.0, float(np.nanpercentile(both, 98))) if np.isfinite(both).any() else 2.0  # one scale for both
-    for ax, m, title in ((axes[0], mats[0], "character model"), (axes[1], mats[1], "BPE model, mapped to characters")):
+    vmax = (
+        max(2.0, float(np.nanpercentile(both, 98))) if np.isfinite(both).any() else 2.0
+    )  # one scale for both
+    for ax, m, title in (
+        (axes[0], mats[0], "character model"),
+        (axes[1], mats[1], "BPE model, mapped to characters"),
+    ):
         im = ax.imshow(m, aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
-        fig.colorbar(im, ax=ax, fraction=0.04, pad=0.01, label="weight x context length (1 = even spread)")
+        fig.colorbar(
+            im, ax=ax, fraction=0.04, pad=0.01, label="weight x context length (1 = even spread)"
+        )
         ax.set_xticks(range(n_chars), [_show(ch) for ch in result.text], fontsize=6)
-        ax.set_yticks(range(len(result.targets)), [_show(result.text[t]) for t in result.targets], fontsize=7)
+        ax.set_yticks(
+            range(len(result.targets)), [_show(result.text[t]) for t in result.targets], fontsize=7
+        )
         ax.set_xlabel("attended character")
         ax.set_title(title)
     axes[0].set_ylabel("predicted character")
@@ -184,7 +275,9 @@ def plot_attention_on_characters(result: CharAttention, path: str | os.PathLike)
     axes[2].set_ylim(len(y) - 0.5, -0.5)
     axes[2].set_xlim(0, 1)
     axes[2].set_yticks([])
-    axes[2].set_title(f"overlap {result.mean_overlap:.2f}\n(uniform {result.mean_uniform_overlap:.2f})")
+    axes[2].set_title(
+        f"overlap {result.mean_overlap:.2f}\n(uniform {result.mean_uniform_overlap:.2f})"
+    )
     axes[2].legend(fontsize=7, loc="lower right")
     return _save(fig, path)
 

@@ -42,7 +42,9 @@ class Notebook:
         cached; in tiny mode a slice of the same text."""
         if self.tiny:
             full = load_split(name)
-            data = tokens_from_split(CorpusSplit(full.name, full.train[: TINY_CHARS[0]], full.val[: TINY_CHARS[1]]))
+            data = tokens_from_split(
+                CorpusSplit(full.name, full.train[: TINY_CHARS[0]], full.val[: TINY_CHARS[1]])
+            )
         else:
             data = load_tokens(name)
         return data

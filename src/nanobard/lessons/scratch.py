@@ -72,8 +72,14 @@ class SweepResult(Record):
 
 
 def lr_sweep(
-    model_cfg: ModelConfig, train_cfg: TrainConfig, data: Data, lrs: Sequence[float], *, steps: int,
-    out_dir: str | os.PathLike | None = None, progress: bool = False,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    data: Data,
+    lrs: Sequence[float],
+    *,
+    steps: int,
+    out_dir: str | os.PathLike | None = None,
+    progress: bool = False,
 ) -> SweepResult:
     """Train the same model for ``steps`` steps at each learning rate (same seed, same batches) and
     keep each run's validation curve (10 evaluations) and best validation loss. ``min_lr`` keeps its
@@ -84,18 +90,42 @@ def lr_sweep(
         root = Path(out_dir) if out_dir is not None else Path(tmp)
         for lr in lrs:
             cfg = dataclasses.replace(
-                train_cfg, lr=lr, min_lr=lr * train_cfg.min_lr / train_cfg.lr, max_steps=steps, epochs=None,
-                max_time=None, warmup_steps=min(train_cfg.warmup_steps, steps // 10),
-                eval_interval=max(1, steps // 10), patience=None, target_loss=None)
+                train_cfg,
+                lr=lr,
+                min_lr=lr * train_cfg.min_lr / train_cfg.lr,
+                max_steps=steps,
+                epochs=None,
+                max_time=None,
+                warmup_steps=min(train_cfg.warmup_steps, steps // 10),
+                eval_interval=max(1, steps // 10),
+                patience=None,
+                target_loss=None,
+            )
             run_dir = root / f"lr_{lr:g}"
             try:
-                rows, diverged = train(model_cfg, cfg, data, run_dir, progress=progress).history, False
+                rows, diverged = (
+                    train(model_cfg, cfg, data, run_dir, progress=progress).history,
+                    False,
+                )
             except NonFiniteLossError:
                 rows, diverged = RunDir(run_dir).read_metrics(), True
             vals = [r.val_loss for r in rows]
-            result.runs.append(SweepRun(lr, min(vals) if vals else None, diverged, [r.step for r in rows], vals,
-                                        [r.train_loss for r in rows]))
-            logger.info("lr %g: best val %s%s", lr, vals and f"{min(vals):.4f}", " (diverged)" if diverged else "")
+            result.runs.append(
+                SweepRun(
+                    lr,
+                    min(vals) if vals else None,
+                    diverged,
+                    [r.step for r in rows],
+                    vals,
+                    [r.train_loss for r in rows],
+                )
+            )
+            logger.info(
+                "lr %g: best val %s%s",
+                lr,
+                vals and f"{min(vals):.4f}",
+                " (diverged)" if diverged else "",
+            )
     return result
 
 
@@ -117,7 +147,9 @@ class Fit:
     first_grad_norms: dict[str, float]  # per parameter, at the first step
 
 
-def _fit(model: GPT, cfg: TrainConfig, steps: int, next_batch: Callable[[torch.Generator], Batch]) -> Fit:
+def _fit(
+    model: GPT, cfg: TrainConfig, steps: int, next_batch: Callable[[torch.Generator], Batch]
+) -> Fit:
     """``steps`` optimizer steps on ``next_batch(generator)``: the configured optimizer, a constant
     ``cfg.lr`` after a linear warmup of at most a tenth of the steps, gradient clipping."""
     device = next(model.parameters()).device
@@ -157,7 +189,9 @@ def _corpus(data: Data) -> TokenCorpus:
 # 4. decoder (causal mask) vs encoder (no mask)
 
 TINY_MODEL = ModelConfig(block_size=64, n_layer=2, n_head=4, n_embd=128)
-TINY_TRAIN = TrainConfig(batch_size=16, lr=3e-3, min_lr=3e-4, warmup_steps=20, eval_iters=8, dtype="float32")
+TINY_TRAIN = TrainConfig(
+    batch_size=16, lr=3e-3, min_lr=3e-4, warmup_steps=20, eval_iters=8, dtype="float32"
+)
 
 
 @dataclass
@@ -165,7 +199,9 @@ class MaskRun(Record):
     causal: bool
     train_loss: float  # nats/char on fixed training batches, computed the way training sees them
     val_loss: float  # the same on validation batches (without the mask the model sees the answers here too)
-    left_to_right_loss: float  # validation, each character predicted from the characters before it only
+    left_to_right_loss: (
+        float  # validation, each character predicted from the characters before it only
+    )
     sample: str  # greedy continuation of the prompt, generated left to right
     losses: list[float] = field(default_factory=list)  # training loss per step
 
@@ -177,12 +213,16 @@ class Cloze(Record):
     text: str  # the first window, the hidden character shown as [_]
     answer: str
     left_guess: str  # the causal model from the characters before the blank only
-    both_sides_guess: str  # the causal model scoring every candidate with the characters after it too
+    both_sides_guess: (
+        str  # the causal model scoring every candidate with the characters after it too
+    )
     no_mask_guess: str  # the no-mask model, with a wrong character written in the blank
     left_accuracy: float  # share of the blanks guessed right
     both_sides_accuracy: float
     no_mask_accuracy: float
-    no_mask_copy_rate: float  # share of the blanks where the no-mask model "guessed" the character written there
+    no_mask_copy_rate: (
+        float  # share of the blanks where the no-mask model "guessed" the character written there
+    )
     blanks: int
 
 
@@ -196,30 +236,54 @@ class MaskLesson(Record):
 
 
 @torch.no_grad()
-def left_to_right_loss(model: GPT, ids: Any, block_size: int, windows: int = 16, seed: int = 0) -> float:
+def left_to_right_loss(
+    model: GPT, ids: Any, block_size: int, windows: int = 16, seed: int = 0
+) -> float:
     """Mean loss (nats/char) when each character is predicted from the characters before it only,
     as when generating: position t is run on ``x[:, :t+1]``. Equals the ordinary loss of a causal
     model; for a model trained without the mask it shows what it learned without peeking."""
     x, y = get_batch(ids, block_size, windows, torch.Generator().manual_seed(seed))  # (W, T)
     x, y = x.to(next(model.parameters()).device), y.to(next(model.parameters()).device)
-    nll = [F.cross_entropy(model(x[:, : t + 1]).logits[:, -1].float(), y[:, t]) for t in range(x.size(1))]
+    nll = [
+        F.cross_entropy(model(x[:, : t + 1]).logits[:, -1].float(), y[:, t])
+        for t in range(x.size(1))
+    ]
     return torch.stack(nll).mean().item()
 
 
-def _mask_run(model: GPT, corpus: TokenCorpus, cfg: TrainConfig, fit: Fit, prompt: str, sample_chars: int) -> MaskRun:
+def _mask_run(
+    model: GPT, corpus: TokenCorpus, cfg: TrainConfig, fit: Fit, prompt: str, sample_chars: int
+) -> MaskRun:
     block, device = model.config.block_size, next(model.parameters()).device
-    ev = dict(block_size=block, batch_size=cfg.batch_size, iters=cfg.eval_iters, seed=cfg.seed + 1, device=device,
-              dtype=cfg.dtype)
+    ev = dict(
+        block_size=block,
+        batch_size=cfg.batch_size,
+        iters=cfg.eval_iters,
+        seed=cfg.seed + 1,
+        device=device,
+        dtype=cfg.dtype,
+    )
     tok = corpus.tokenizer
     gen = TextGenerator("lesson", tok.encode, tok.decode, lambda: ScratchDecoder(model))
-    return MaskRun(model.config.causal, estimate_loss(model, corpus.train, **ev), estimate_loss(model, corpus.val, **ev),
-                   left_to_right_loss(model, corpus.val, block, seed=cfg.seed),
-                   gen.complete(prompt, sample_chars, STRATEGIES["greedy"]), fit.losses)
+    return MaskRun(
+        model.config.causal,
+        estimate_loss(model, corpus.train, **ev),
+        estimate_loss(model, corpus.val, **ev),
+        left_to_right_loss(model, corpus.val, block, seed=cfg.seed),
+        gen.complete(prompt, sample_chars, STRATEGIES["greedy"]),
+        fit.losses,
+    )
 
 
 def encoder_vs_decoder(
-    data: Data, *, steps: int = 300, model_cfg: ModelConfig = TINY_MODEL, train_cfg: TrainConfig = TINY_TRAIN,
-    prompt: str | None = None, sample_chars: int = 80, blanks: int = 256,
+    data: Data,
+    *,
+    steps: int = 300,
+    model_cfg: ModelConfig = TINY_MODEL,
+    train_cfg: TrainConfig = TINY_TRAIN,
+    prompt: str | None = None,
+    sample_chars: int = 80,
+    blanks: int = 256,
 ) -> MaskLesson:
     """Train the same small model for ``steps`` steps with the causal mask (a decoder, GPT) and
     without it (``causal=False``: every position also sees the characters after it, the answers).
@@ -242,12 +306,25 @@ def encoder_vs_decoder(
     prompt = prompt if prompt is not None else corpus.val_text(16)
     runs, models = {}, {}
     for causal in (True, False):
-        model = _new_model(dataclasses.replace(model_cfg, causal=causal), train_cfg, corpus.tokenizer.vocab_size)
-        fit = _fit(model, train_cfg, steps,
-                   lambda g: get_batch(corpus.train, model_cfg.block_size, train_cfg.batch_size, g))
-        runs[causal], models[causal] = _mask_run(model, corpus, train_cfg, fit, prompt, sample_chars), model
-        logger.info("causal=%s: train loss %.3f, left-to-right %.3f", causal, runs[causal].train_loss,
-                    runs[causal].left_to_right_loss)
+        model = _new_model(
+            dataclasses.replace(model_cfg, causal=causal), train_cfg, corpus.tokenizer.vocab_size
+        )
+        fit = _fit(
+            model,
+            train_cfg,
+            steps,
+            lambda g: get_batch(corpus.train, model_cfg.block_size, train_cfg.batch_size, g),
+        )
+        runs[causal], models[causal] = (
+            _mask_run(model, corpus, train_cfg, fit, prompt, sample_chars),
+            model,
+        )
+        logger.info(
+            "causal=%s: train loss %.3f, left-to-right %.3f",
+            causal,
+            runs[causal].train_loss,
+            runs[causal].left_to_right_loss,
+        )
     cloze = _cloze(models[True], models[False], corpus, blanks, train_cfg.seed)
     return MaskLesson(steps, prompt, runs[True], runs[False], cloze)
 
@@ -266,19 +343,32 @@ def _cloze(decoder: GPT, no_mask: GPT, corpus: TokenCorpus, blanks: int, seed: i
     left = decoder(x).logits[rows, j - 1].argmax(-1)  # position j-1 predicts character j
     both = torch.empty_like(answer)
     cand = torch.arange(vocab, device=device)
-    for n in range(blanks):  # score the window with each candidate in the blank: log P(c | left) + log P(right | left, c)
+    for n in range(
+        blanks
+    ):  # score the window with each candidate in the blank: log P(c | left) + log P(right | left, c)
         seqs = x[n].repeat(vocab, 1)  # (V, T)
         seqs[:, j[n]] = cand
         logp = F.log_softmax(decoder(seqs[:, :-1]).logits.float(), -1)  # (V, T-1, V)
         scored = logp[:, j[n] - 1 :].gather(-1, seqs[:, j[n] :, None]).sum((1, 2))  # (V,)
         both[n] = scored.argmax()
-    wrong = (answer + torch.randint(1, vocab, (blanks,), generator=g).to(device)) % vocab  # never the answer
+    wrong = (
+        answer + torch.randint(1, vocab, (blanks,), generator=g).to(device)
+    ) % vocab  # never the answer
     copied = no_mask(x.index_put((rows, j), wrong)).logits[rows, j - 1].argmax(-1)
     d, k = corpus.tokenizer.decode, int(j[0])
     acc = lambda guess: (guess == answer).float().mean().item()  # noqa: E731
-    return Cloze(d(x[0, :k].tolist()) + "[_]" + d(x[0, k + 1 :].tolist()), d([int(answer[0])]), d([int(left[0])]),
-                 d([int(both[0])]), d([int(copied[0])]), acc(left), acc(both), acc(copied),
-                 (copied == wrong).float().mean().item(), blanks)
+    return Cloze(
+        d(x[0, :k].tolist()) + "[_]" + d(x[0, k + 1 :].tolist()),
+        d([int(answer[0])]),
+        d([int(left[0])]),
+        d([int(both[0])]),
+        d([int(copied[0])]),
+        acc(left),
+        acc(both),
+        acc(copied),
+        (copied == wrong).float().mean().item(),
+        blanks,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,15 +389,23 @@ class OverfitResult(Record):
         return self.losses[0] / max(self.losses[-1], 1e-12)
 
 
-def overfit_one_batch(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Data, steps: int = 200) -> OverfitResult:
+def overfit_one_batch(
+    model_cfg: ModelConfig, train_cfg: TrainConfig, data: Data, steps: int = 200
+) -> OverfitResult:
     """The first check of a new model or training loop: ``steps`` steps on one fixed training batch
     (dropout off). The loss should fall toward 0; if it does not, the bug is in the model, the loss
     or the loop, not in the data or the hyperparameters. The gradient norm per step and per
     parameter show where gradients vanish (a norm of 0: a detached or unused parameter) or explode."""
     corpus = _corpus(data)
-    model = _new_model(dataclasses.replace(model_cfg, dropout=0.0), train_cfg, corpus.tokenizer.vocab_size)
-    batch = get_batch(corpus.train, model_cfg.block_size, train_cfg.batch_size,
-                      torch.Generator().manual_seed(train_cfg.seed))
+    model = _new_model(
+        dataclasses.replace(model_cfg, dropout=0.0), train_cfg, corpus.tokenizer.vocab_size
+    )
+    batch = get_batch(
+        corpus.train,
+        model_cfg.block_size,
+        train_cfg.batch_size,
+        torch.Generator().manual_seed(train_cfg.seed),
+    )
     fit = _fit(model, train_cfg, steps, lambda g: batch)
     logger.info("one batch: loss %.3f -> %.3f in %d steps", fit.losses[0], fit.losses[-1], steps)
     return OverfitResult(fit.losses, fit.grad_norms, fit.first_grad_norms)
@@ -332,8 +430,12 @@ class CharAttention(Record):
     context_start: int  # distributions cover characters context_start .. target-1
     scratch: list[list[float]]  # per target, the character model's distribution over the context
     pretrained: list[list[float]]  # the BPE model's, mapped to characters
-    overlap: list[float]  # per target, sum of min(scratch, pretrained): 1 = the same distribution, 0 = disjoint
-    uniform_overlap: list[float]  # per target, overlap of the character model with a uniform spread (a reference)
+    overlap: list[
+        float
+    ]  # per target, sum of min(scratch, pretrained): 1 = the same distribution, 0 = disjoint
+    uniform_overlap: list[
+        float
+    ]  # per target, overlap of the character model with a uniform spread (a reference)
 
     @property
     def mean_overlap(self) -> float:
@@ -344,15 +446,25 @@ class CharAttention(Record):
         return sum(self.uniform_overlap) / max(1, len(self.uniform_overlap))
 
 
-def attention_on_characters(scratch_model: GPT, scratch_tokenizer: Any, hf_model: Any, hf_tokenizer: Any,
-                            text: str) -> CharAttention:
+def attention_on_characters(
+    scratch_model: GPT, scratch_tokenizer: Any, hf_model: Any, hf_tokenizer: Any, text: str
+) -> CharAttention:
     """Map the pretrained (BPE) model's attention onto characters with the fast tokenizer's offsets
     and compare it with the character model's attention (see CharAttention). ``text`` is cut to the
     character model's context; the HF model must be loaded with ``attn="eager"``. Needs 3+ tokens."""
     text = text[: scratch_model.config.block_size]
-    char_w = scratch_attention(scratch_model, scratch_tokenizer, text).weights.mean((0, 1))  # [char_q, char_k]
-    starts = [a for a, _ in hf_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]]
-    tok_w = hf_attention(hf_model, hf_tokenizer, text, max_tokens=len(starts)).weights.mean((0, 1))  # [tok_q, tok_k]
+    char_w = scratch_attention(scratch_model, scratch_tokenizer, text).weights.mean(
+        (0, 1)
+    )  # [char_q, char_k]
+    starts = [
+        a
+        for a, _ in hf_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)[
+            "offset_mapping"
+        ]
+    ]
+    tok_w = hf_attention(hf_model, hf_tokenizer, text, max_tokens=len(starts)).weights.mean(
+        (0, 1)
+    )  # [tok_q, tok_k]
     if len(starts) < 3:
         raise ValueError(f"the text is only {len(starts)} tokens; give a longer text")
     owner = torch.zeros(len(text), dtype=torch.long)  # the token each character belongs to
@@ -362,7 +474,9 @@ def attention_on_characters(scratch_model: GPT, scratch_tokenizer: Any, hf_model
     ctx0 = starts[1]
     res = CharAttention(text, starts, [], ctx0, [], [], [], [])
     for m in range(2, len(starts)):
-        c = starts[m]  # the first character of token m: the character model predicts it at query c - 1
+        c = starts[
+            m
+        ]  # the first character of token m: the character model predicts it at query c - 1
         if c <= starts[m - 1]:
             continue  # a token inside one character (a split multi-byte character)
         p = char_w[c - 1, ctx0:c]

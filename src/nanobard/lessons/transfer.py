@@ -49,8 +49,10 @@ Data = CorpusSplit | TokenCorpus
 # "Millennium Fulcrum Edition" file of the Canterbury compression corpus, as shipped in the test data
 # of the Brotli source package on PyPI. Wherever pip works, PyPI's file host does: the package is
 # fetched once (7.4 MB), checked by SHA-256, and the text (152,089 bytes, checked too) kept in the cache.
-GENERAL_ENGLISH_URL = ("https://files.pythonhosted.org/packages/cf/81/1546c983678a9b4e77cb4718eaedd1b2caf24a6cdbf1"
-                       "eb8775938d22aff7/brotli-1.2.1.tar.gz")
+GENERAL_ENGLISH_URL = (
+    "https://files.pythonhosted.org/packages/cf/81/1546c983678a9b4e77cb4718eaedd1b2caf24a6cdbf1"
+    "eb8775938d22aff7/brotli-1.2.1.tar.gz"
+)
 GENERAL_ENGLISH_ARCHIVE_SHA256 = "02b2f7b5a83485efe448a44ddf7983def05c3bb1dcf917d4f7154070260e13de"
 GENERAL_ENGLISH_MEMBER = "brotli-1.2.1/tests/testdata/alice29.txt"
 GENERAL_ENGLISH_SHA256 = "7467306ee0feed4971260f3c87421154a05be571d944e9cb021a5713700c38f0"
@@ -65,15 +67,19 @@ def _fetch_general_english(dest: Path) -> None:
         with tarfile.open(archive) as tar:
             data = tar.extractfile(GENERAL_ENGLISH_MEMBER).read()
     except (CorpusError, OSError, KeyError, tarfile.TarError) as e:
-        raise CorpusError(f"cannot get the general-English text ({e}); download {GENERAL_ENGLISH_URL}, take "
-                          f"{GENERAL_ENGLISH_MEMBER} from it and pass its path, or set {GENERAL_ENGLISH_ENV}=PATH") from None
+        raise CorpusError(
+            f"cannot get the general-English text ({e}); download {GENERAL_ENGLISH_URL}, take "
+            f"{GENERAL_ENGLISH_MEMBER} from it and pass its path, or set {GENERAL_ENGLISH_ENV}=PATH"
+        ) from None
     finally:
         archive.unlink(missing_ok=True)
     tmp = dest.with_suffix(".part")
     tmp.write_bytes(data)
     if sha256_file(tmp) != GENERAL_ENGLISH_SHA256:
         tmp.unlink()
-        raise CorpusError(f"{GENERAL_ENGLISH_MEMBER} in {GENERAL_ENGLISH_URL} is not the expected text")
+        raise CorpusError(
+            f"{GENERAL_ENGLISH_MEMBER} in {GENERAL_ENGLISH_URL} is not the expected text"
+        )
     os.replace(tmp, dest)
 
 
@@ -139,10 +145,18 @@ class CrossoverResult(Record):
 
 
 def crossover(
-    data: Data, *, fractions: Sequence[float] = (0.01, 0.1, 1.0), budget_s: float, scratch_preset: str = "quick",
-    pretrained: str = "smollm2-135m", score_chars: int = 20_000, out_dir: str | os.PathLike,
-    scratch_overrides: dict[str, Any] | None = None, finetune_overrides: dict[str, Any] | None = None,
-    progress: bool = False, keep_models: bool = False,
+    data: Data,
+    *,
+    fractions: Sequence[float] = (0.01, 0.1, 1.0),
+    budget_s: float,
+    scratch_preset: str = "quick",
+    pretrained: str = "smollm2-135m",
+    score_chars: int = 20_000,
+    out_dir: str | os.PathLike,
+    scratch_overrides: dict[str, Any] | None = None,
+    finetune_overrides: dict[str, Any] | None = None,
+    progress: bool = False,
+    keep_models: bool = False,
 ) -> CrossoverResult:
     """When does transfer learning pay? For each fraction of the training text (its first
     ``fraction * len(train)`` characters), train the from-scratch preset and fine-tune ``pretrained``,
@@ -156,7 +170,9 @@ def crossover(
         raise ConfigError(f"fractions must be in (0, 1], got {list(fractions)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    text = _val_text(data, score_chars or None)  # 0 or None: all of it, as FinetuneConfig.score_chars
+    text = _val_text(
+        data, score_chars or None
+    )  # 0 or None: all of it, as FinetuneConfig.score_chars
     pre = load_pretrained(pretrained, pick_device())
     zero = score_hf(pre.model, pre.tokenizer, text, f"{pre.name} (zero-shot)", progress=progress)
     name = pre.name
@@ -166,7 +182,9 @@ def crossover(
     for f in sorted(fractions):
         n = max(1, round(f * len(data.train)))
         part = _first_train(data, n)
-        mcfg, tcfg = resolve_preset(scratch_preset, {**(scratch_overrides or {}), "max_time": budget_s})
+        mcfg, tcfg = resolve_preset(
+            scratch_preset, {**(scratch_overrides or {}), "max_time": budget_s}
+        )
         run = train(mcfg, tcfg, part, out / f"scratch_{n}", progress=progress)
         model, tok, _ = load_model(Path(run.out_dir) / RunDir.BEST)
         scratch = score_scratch(model, tok, text, f"scratch on {n} characters")
@@ -174,15 +192,31 @@ def crossover(
         shutil.rmtree(ft_dir, ignore_errors=True)  # resume=True below must not find an old run
         ft_dir.mkdir(parents=True)
         (ft_dir / RunDir.BEFORE).write_text(json.dumps({"score": zero.to_dict(), "samples": []}))
-        cfg = resolve(FinetuneConfig(pretrained=pretrained, score_chars=score_chars, prompts=()),
-                      {**(finetune_overrides or {}), "max_time": budget_s, "train_chars": n})
-        ft = finetune(cfg, part, ft_dir, resume=True, progress=progress,  # resume: reads the "before" above
-                      keep_checkpoints=False)
+        cfg = resolve(
+            FinetuneConfig(pretrained=pretrained, score_chars=score_chars, prompts=()),
+            {**(finetune_overrides or {}), "max_time": budget_s, "train_chars": n},
+        )
+        ft = finetune(
+            cfg,
+            part,
+            ft_dir,
+            resume=True,
+            progress=progress,  # resume: reads the "before" above
+            keep_checkpoints=False,
+        )
         if not keep_models:
-            shutil.rmtree(ft_dir / RunDir.FINETUNED, ignore_errors=True)  # 540 MB each; only the score is needed
-        result.points.append(CrossoverPoint(f, n, scratch.bits_per_char, ft.after.bits_per_char, run.steps, ft.steps))
-        logger.info("fraction %g: scratch %.3f, fine-tuned %.3f bits/char", f, scratch.bits_per_char,
-                    ft.after.bits_per_char)
+            shutil.rmtree(
+                ft_dir / RunDir.FINETUNED, ignore_errors=True
+            )  # 540 MB each; only the score is needed
+        result.points.append(
+            CrossoverPoint(f, n, scratch.bits_per_char, ft.after.bits_per_char, run.steps, ft.steps)
+        )
+        logger.info(
+            "fraction %g: scratch %.3f, fine-tuned %.3f bits/char",
+            f,
+            scratch.bits_per_char,
+            ft.after.bits_per_char,
+        )
     result.save(out / "crossover.json")
     return result
 
@@ -214,8 +248,12 @@ class ForgettingResult(Record):
 
 
 def forgetting(
-    base_model: Pretrained | str | os.PathLike, finetuned_model: Pretrained | str | os.PathLike, general_text: str,
-    domain_text: str, *, score_chars: int = 20_000,
+    base_model: Pretrained | str | os.PathLike,
+    finetuned_model: Pretrained | str | os.PathLike,
+    general_text: str,
+    domain_text: str,
+    *,
+    score_chars: int = 20_000,
 ) -> ForgettingResult:
     """Bits per character of the pretrained model before (``base_model``) and after fine-tuning
     (``finetuned_model``, e.g. a run's ``model_hf_finetuned`` folder) on the first ``score_chars``
@@ -228,6 +266,8 @@ def forgetting(
         pre = _as_pretrained(given)
         names.append(pre.name)
         for what, text in texts.items():
-            scores[f"{what}_{when}"] = score_hf(pre.model, pre.tokenizer, text, f"{pre.name} on {what} text")
+            scores[f"{what}_{when}"] = score_hf(
+                pre.model, pre.tokenizer, text, f"{pre.name} on {what} text"
+            )
             logger.info("%s %s: %.3f bits/char", what, when, scores[f"{what}_{when}"].bits_per_char)
     return ForgettingResult(names[0], names[1], **scores)

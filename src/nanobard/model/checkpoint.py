@@ -92,10 +92,16 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint dict safely, turning every failure into a one-line CheckpointError."""
     p = Path(path)
     if not p.exists():
-        raise CheckpointError(f"checkpoint not found: {p}; train one with `nanobard train --out DIR`")
+        raise CheckpointError(
+            f"checkpoint not found: {p}; train one with `nanobard train --out DIR`"
+        )
     if p.is_dir():
-        raise CheckpointError(f"{p} is a folder; give the checkpoint file (e.g. {p}/model_scratch_best.pt)")
-    if not zipfile.is_zipfile(p):  # torch.save writes a zip archive; anything else is never unpickled
+        raise CheckpointError(
+            f"{p} is a folder; give the checkpoint file (e.g. {p}/model_scratch_best.pt)"
+        )
+    if not zipfile.is_zipfile(
+        p
+    ):  # torch.save writes a zip archive; anything else is never unpickled
         raise CheckpointError(
             f"{p} is not a readable checkpoint (truncated, damaged or another format); "
             "use another checkpoint or train again"
@@ -127,7 +133,9 @@ def load_model(
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path} has an unreadable config or vocabulary ({e})") from None
     if expect is not None and asdict(expect) != asdict(cfg):
-        diff = {k: (v, getattr(expect, k)) for k, v in asdict(cfg).items() if getattr(expect, k) != v}
+        diff = {
+            k: (v, getattr(expect, k)) for k, v in asdict(cfg).items() if getattr(expect, k) != v
+        }
         raise CheckpointError(
             f"{path} holds a different model (checkpoint vs requested: {diff}); "
             "use a new --out folder or the same settings as the checkpoint"
@@ -136,5 +144,7 @@ def load_model(
     try:
         model.load_state_dict(obj["model"])
     except (RuntimeError, KeyError) as e:
-        raise CheckpointError(f"{path}: weights do not fit the model config ({str(e).splitlines()[0][:160]})") from None
+        raise CheckpointError(
+            f"{path}: weights do not fit the model config ({str(e).splitlines()[0][:160]})"
+        ) from None
     return model.to(device), tok, obj

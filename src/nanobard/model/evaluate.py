@@ -51,7 +51,11 @@ class Score(Record):
         return bits_per_char(self.nll_nats, self.chars)
 
     def to_dict(self) -> dict[str, Any]:  # the derived figures too, for a reader of the JSON
-        return {**super().to_dict(), "nats_per_token": self.nats_per_token, "bits_per_char": self.bits_per_char}
+        return {
+            **super().to_dict(),
+            "nats_per_token": self.nats_per_token,
+            "bits_per_char": self.bits_per_char,
+        }
 
 
 def bits_per_char(nll_nats: float, n_chars: int) -> float:
@@ -77,8 +81,14 @@ def window_plan(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
 
 @torch.no_grad()
 def sliding_nll(
-    logits_fn: LogitsFn, ids: list[int], window: int, stride: int, batch_size: int = 8,
-    device: str | torch.device = "cpu", progress: bool = False, desc: str = "score",
+    logits_fn: LogitsFn,
+    ids: list[int],
+    window: int,
+    stride: int,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    desc: str = "score",
 ) -> tuple[float, int]:
     """Total NLL (nats) and number of tokens scored, by the sliding-window plan above."""
     data = torch.tensor(ids, dtype=torch.long)
@@ -93,7 +103,9 @@ def sliding_nll(
             chunk = wins[i : i + batch_size]
             x = torch.stack([data[b:e] for b, e, _ in chunk]).to(device)  # (B, L)
             logits = logits_fn(x[:, :-1]).float()  # (B, L-1, V): position j predicts x[:, j+1]
-            nll = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="none").view(x.size(0), -1)  # (B, L-1)
+            nll = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="none").view(
+                x.size(0), -1
+            )  # (B, L-1)
             for row, (b, _, f) in enumerate(chunk):
                 scored = nll[row, f - b - 1 :]  # targets f..e-1
                 total += scored.sum().item()
@@ -104,7 +116,9 @@ def sliding_nll(
     return total, count
 
 
-def score_scratch(model: Any, tokenizer: Any, text: str, name: str = "scratch", progress: bool = False) -> Score:
+def score_scratch(
+    model: Any, tokenizer: Any, text: str, name: str = "scratch", progress: bool = False
+) -> Score:
     """Bits per character of a from-scratch GPT on ``text``."""
     t0 = time.perf_counter()
     model.eval()
@@ -112,23 +126,48 @@ def score_scratch(model: Any, tokenizer: Any, text: str, name: str = "scratch", 
     ids = tokenizer.encode(text)
     window = model.config.block_size + 1  # block_size inputs predict block_size targets
     stride = max(1, window // 2)
-    nll, n = sliding_nll(lambda x: model(x).logits, ids, window, stride, 32, device, progress, f"score {name}")
-    return Score(name, len(text) - len(tokenizer.decode(ids[:1])), n, nll, window, stride, time.perf_counter() - t0)
+    nll, n = sliding_nll(
+        lambda x: model(x).logits, ids, window, stride, 32, device, progress, f"score {name}"
+    )
+    return Score(
+        name,
+        len(text) - len(tokenizer.decode(ids[:1])),
+        n,
+        nll,
+        window,
+        stride,
+        time.perf_counter() - t0,
+    )
 
 
 def score_hf(
-    model: Any, tokenizer: Any, text: str, name: str = "pretrained", max_window: int = 256,
-    batch_size: int = 4, progress: bool = False,
+    model: Any,
+    tokenizer: Any,
+    text: str,
+    name: str = "pretrained",
+    max_window: int = 256,
+    batch_size: int = 4,
+    progress: bool = False,
 ) -> Score:
     """Bits per character of a Hugging Face causal LM on ``text`` (its own tokenizer, no special tokens)."""
     t0 = time.perf_counter()
     model.eval()
     device = next(model.parameters()).device
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    ctx = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 1024)
+    ctx = getattr(model.config, "max_position_embeddings", None) or getattr(
+        model.config, "n_positions", 1024
+    )
     window = min(max_window, ctx) + 1
     stride = max(1, window // 2)
     first_chars = len(tokenizer.decode(ids[:1]))
-    nll, n = sliding_nll(lambda x: model(input_ids=x).logits, ids, window, stride, batch_size, device,
-                         progress, f"score {name}")
+    nll, n = sliding_nll(
+        lambda x: model(input_ids=x).logits,
+        ids,
+        window,
+        stride,
+        batch_size,
+        device,
+        progress,
+        f"score {name}",
+    )
     return Score(name, len(text) - first_chars, n, nll, window, stride, time.perf_counter() - t0)

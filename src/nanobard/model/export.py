@@ -40,8 +40,12 @@ LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which model.py uses
 GGUF_NAME = "model.gguf"
 # GGUF tensor names (llama.cpp's gpt2 architecture) for the per-layer HF names
 GGUF_LAYER_NAMES = {
-    "ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output",
-    "ln_2": "ffn_norm", "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down",
+    "ln_1": "attn_norm",
+    "attn.c_attn": "attn_qkv",
+    "attn.c_proj": "attn_output",
+    "ln_2": "ffn_norm",
+    "mlp.c_fc": "ffn_up",
+    "mlp.c_proj": "ffn_down",
 }
 
 
@@ -66,8 +70,10 @@ class ExportResult:
     def summary(self) -> str:
         """One line for the CLI, e.g. ``exported ... to out/ (6 files, 3.4 MB)``."""
         extra = f", GGUF {self.gguf_file.name}" if self.gguf_file else ""
-        return (f"exported {self.checkpoint} ({self.num_params:,} parameters) as a Hugging Face GPT-2 to "
-                f"{self.out_dir} ({len(self.files)} files, {self.size_bytes / 1e6:.2f} MB{extra})")
+        return (
+            f"exported {self.checkpoint} ({self.num_params:,} parameters) as a Hugging Face GPT-2 to "
+            f"{self.out_dir} ({len(self.files)} files, {self.size_bytes / 1e6:.2f} MB{extra})"
+        )
 
 
 def hf_config(cfg: ModelConfig) -> Any:
@@ -75,12 +81,25 @@ def hf_config(cfg: ModelConfig) -> Any:
     from transformers import GPT2Config
 
     return GPT2Config(
-        vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-        n_head=cfg.n_head, n_inner=4 * cfg.n_embd, activation_function="gelu",  # exact, not tanh
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=LAYER_NORM_EPS,
-        scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False, reorder_and_upcast_attn=False,
-        tie_word_embeddings=cfg.tie_weights, use_cache=True,
-        bos_token_id=None, eos_token_id=None, pad_token_id=None,  # a character vocabulary has none
+        vocab_size=cfg.vocab_size,
+        n_positions=cfg.block_size,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_inner=4 * cfg.n_embd,
+        activation_function="gelu",  # exact, not tanh
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        layer_norm_epsilon=LAYER_NORM_EPS,
+        scale_attn_weights=True,
+        scale_attn_by_inverse_layer_idx=False,
+        reorder_and_upcast_attn=False,
+        tie_word_embeddings=cfg.tie_weights,
+        use_cache=True,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,  # a character vocabulary has none
         architectures=["GPT2LMHeadModel"],
     )
 
@@ -92,8 +111,14 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     c = model.config
     if c.pos_encoding == "sinusoidal":
         ours["transformer.wpe.weight"] = model.pe.detach().float().cpu()  # (block_size, C)
-    sizes = {"ln_1": c.n_embd, "ln_2": c.n_embd, "attn.c_attn": 3 * c.n_embd, "attn.c_proj": c.n_embd,
-             "mlp.c_fc": 4 * c.n_embd, "mlp.c_proj": c.n_embd}
+    sizes = {
+        "ln_1": c.n_embd,
+        "ln_2": c.n_embd,
+        "attn.c_attn": 3 * c.n_embd,
+        "attn.c_proj": c.n_embd,
+        "mlp.c_fc": 4 * c.n_embd,
+        "mlp.c_proj": c.n_embd,
+    }
     out: dict[str, torch.Tensor] = {}
     for k, v in ours.items():
         out[k] = v.t().contiguous() if k.endswith(CONV1D) else v.clone()
@@ -126,10 +151,13 @@ def hf_tokenizer(tok: CharTokenizer, block_size: int) -> Any:
     from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.WordLevel({ch: i for i, ch in enumerate(tok.chars)}, unk_token=None))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # one piece per char
+    backend.pre_tokenizer = pre_tokenizers.Split(
+        Regex(r"[\s\S]"), behavior="isolated"
+    )  # one piece per char
     backend.decoder = decoders.Fuse()  # join pieces with nothing between them
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, model_max_length=block_size,
+        tokenizer_object=backend,
+        model_max_length=block_size,
         clean_up_tokenization_spaces=False,  # " ," must stay " ,"
     )
 
@@ -142,24 +170,41 @@ def hf_generation_config(cfg: ModelConfig) -> Any:
     ``max_new_tokens`` still wins (transformers then logs that both are set)."""
     from transformers import GenerationConfig
 
-    return GenerationConfig(max_length=cfg.block_size, do_sample=False, bos_token_id=None,
-                            eos_token_id=None, pad_token_id=None)
+    return GenerationConfig(
+        max_length=cfg.block_size,
+        do_sample=False,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
 
 
-def model_card(ckpt_path: Path, model: GPT, tok: CharTokenizer, ckpt: dict[str, Any], gguf: bool = False) -> str:
+def model_card(
+    ckpt_path: Path, model: GPT, tok: CharTokenizer, ckpt: dict[str, Any], gguf: bool = False
+) -> str:
     """README.md of the exported folder: what the model is and how to load it."""
     c = model.config
     try:
         metrics = json.loads(ckpt.get("metrics") or "{}")
     except json.JSONDecodeError:
         metrics = {}
-    val = f"{metrics['val_loss']:.4f} nats per character" if "val_loss" in metrics else "not recorded"
+    val = (
+        f"{metrics['val_loss']:.4f} nats per character" if "val_loss" in metrics else "not recorded"
+    )
     chars = "".join(tok.chars).encode("unicode_escape").decode("ascii")
-    prompt = "ROMEO:\n" if set("ROMEO:\n") <= set(tok.chars) else next((ch for ch in tok.chars if ch.isalpha()), tok.chars[0])
+    prompt = (
+        "ROMEO:\n"
+        if set("ROMEO:\n") <= set(tok.chars)
+        else next((ch for ch in tok.chars if ch.isalpha()), tok.chars[0])
+    )
     n_new = max(1, c.block_size - len(prompt))
-    gguf_note = (f"\n- `{GGUF_NAME}` holds the same float32 weights; load it with this folder's config: "
-                 f"`GPT2LMHeadModel.from_pretrained(folder, gguf_file=\"{GGUF_NAME}\", "
-                 "config=AutoConfig.from_pretrained(folder))`." if gguf else "")
+    gguf_note = (
+        f"\n- `{GGUF_NAME}` holds the same float32 weights; load it with this folder's config: "
+        f'`GPT2LMHeadModel.from_pretrained(folder, gguf_file="{GGUF_NAME}", '
+        "config=AutoConfig.from_pretrained(folder))`."
+        if gguf
+        else ""
+    )
     return f"""---
 library_name: transformers
 pipeline_tag: text-generation
@@ -205,15 +250,21 @@ def _check_out_dir(out: Path, ckpt_path: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} is a file; give --out a new or empty folder")
     if out.resolve() == ckpt_path.parent.resolve():
-        raise ExportError(f"{out} holds the checkpoint itself (its config.json would be overwritten); "
-                          f"give --out a new folder, e.g. {out}/hf")
+        raise ExportError(
+            f"{out} holds the checkpoint itself (its config.json would be overwritten); "
+            f"give --out a new folder, e.g. {out}/hf"
+        )
     if out.is_dir() and any(out.iterdir()):
         try:
-            previous = json.loads((out / "config.json").read_text(encoding="utf-8")).get("model_type")
+            previous = json.loads((out / "config.json").read_text(encoding="utf-8")).get(
+                "model_type"
+            )
         except (OSError, json.JSONDecodeError, AttributeError):
             previous = None
         if previous != "gpt2":  # re-exporting over an earlier export is fine
-            raise ExportError(f"{out} is not empty and is not an earlier export; give --out a new or empty folder")
+            raise ExportError(
+                f"{out} is not empty and is not an earlier export; give --out a new or empty folder"
+            )
 
 
 def export_hf(
@@ -239,11 +290,18 @@ def export_hf(
     hf_tokenizer(tok, model.config.block_size).save_pretrained(out)
     _mark_tokenizer_class(out / "tokenizer_config.json")
     (out / "README.md").write_text(model_card(ckpt_path, model, tok, ckpt, gguf), encoding="utf-8")
-    (out / GGUF_NAME).unlink(missing_ok=True)  # never leave an earlier export's weights beside these
+    (out / GGUF_NAME).unlink(
+        missing_ok=True
+    )  # never leave an earlier export's weights beside these
     gguf_file = write_gguf(model, tok, out / GGUF_NAME) if gguf else None
     files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
-    result = ExportResult(out_dir=out, checkpoint=ckpt_path, num_params=model.num_params(),
-                          files=files, gguf_file=gguf_file)
+    result = ExportResult(
+        out_dir=out,
+        checkpoint=ckpt_path,
+        num_params=model.num_params(),
+        files=files,
+        gguf_file=gguf_file,
+    )
     logger.info("%s", result.summary())
     return result
 
@@ -266,14 +324,20 @@ def _check_gguf_vocab(tok: CharTokenizer) -> None:
     wide = [ch for ch in tok.chars if len(ch.encode("utf-8")) > 1]
     if wide:
         shown = ", ".join(repr(ch) for ch in wide[:10])
-        raise ExportError(f"GGUF export needs an ASCII vocabulary; this one has {len(wide)} other "
-                          f"character(s) ({shown}). Export without --gguf, or train on ASCII text")
+        raise ExportError(
+            f"GGUF export needs an ASCII vocabulary; this one has {len(wide)} other "
+            f"character(s) ({shown}). Export without --gguf, or train on ASCII text"
+        )
 
 
 def byte_level_spelling() -> dict[int, str]:
     """GPT-2's byte-level alphabet: byte b is written as the character ``spelling[b]``; printable
     bytes as themselves, the rest (space, newline, control bytes) shifted to chr(256 + k)."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
+    keep = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("\xa1"), ord("\xac") + 1),
+        *range(ord("\xae"), 256),
+    ]
     shifted = [b for b in range(256) if b not in keep]
     return {**{b: chr(b) for b in keep}, **{b: chr(256 + k) for k, b in enumerate(shifted)}}
 
@@ -289,9 +353,13 @@ def gguf_tensors(model: GPT) -> dict[str, torch.Tensor]:
             i, part, kind = parts[2], ".".join(parts[3:-1]), parts[-1]
             name = f"blk.{i}.{GGUF_LAYER_NAMES[part]}.{kind}"
         else:
-            name = {"transformer.wte.weight": "token_embd.weight", "transformer.wpe.weight": "position_embd.weight",
-                    "transformer.ln_f.weight": "output_norm.weight", "transformer.ln_f.bias": "output_norm.bias",
-                    "lm_head.weight": "output.weight"}[k]
+            name = {
+                "transformer.wte.weight": "token_embd.weight",
+                "transformer.wpe.weight": "position_embd.weight",
+                "transformer.ln_f.weight": "output_norm.weight",
+                "transformer.ln_f.bias": "output_norm.bias",
+                "lm_head.weight": "output.weight",
+            }[k]
         out[name] = v
     return out
 

@@ -26,7 +26,9 @@ from nanobard.hardware import attention_precision
 def sinusoidal_encoding(block_size: int, n_embd: int) -> torch.Tensor:
     """Fixed encoding of Vaswani et al.: PE[p, 2i] = sin(p / 10000^(2i/C)), PE[p, 2i+1] = cos(...)."""
     pos = torch.arange(block_size, dtype=torch.float32)[:, None]  # (T, 1)
-    freq = torch.exp(torch.arange(0, n_embd, 2, dtype=torch.float32) * (-math.log(10000.0) / n_embd))
+    freq = torch.exp(
+        torch.arange(0, n_embd, 2, dtype=torch.float32) * (-math.log(10000.0) / n_embd)
+    )
     pe = torch.zeros(block_size, n_embd)  # (T, C)
     pe[:, 0::2] = torch.sin(pos * freq)
     pe[:, 1::2] = torch.cos(pos * freq[: n_embd // 2])
@@ -45,7 +47,9 @@ class KVCache:
         """Store k, v (B, nh, T, hs); return all keys and values so far (B, nh, S, hs), in the
         cache's dtype (which may be wider than the model's, see ``GPT.new_cache``)."""
         t = k.size(2)
-        assert self.pos + t <= self.k.size(2), f"cache overflow: {self.pos} + {t} > {self.k.size(2)}"
+        assert self.pos + t <= self.k.size(2), (
+            f"cache overflow: {self.pos} + {t} > {self.k.size(2)}"
+        )
         self.k[:, :, self.pos : self.pos + t] = k
         self.v[:, :, self.pos : self.pos + t] = v
         self.pos += t
@@ -57,7 +61,12 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_head, self.n_embd, self.dropout, self.causal = cfg.n_head, cfg.n_embd, cfg.dropout, cfg.causal
+        self.n_head, self.n_embd, self.dropout, self.causal = (
+            cfg.n_head,
+            cfg.n_embd,
+            cfg.dropout,
+            cfg.causal,
+        )
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # Q, K, V in one matmul
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)  # W^O
         self.attn_dropout = nn.Dropout(cfg.dropout)
@@ -78,7 +87,11 @@ class CausalSelfAttention(nn.Module):
         S = k.size(2)
         # query t (absolute position S - T + t) may see keys 0 .. S - T + t, never a later one
         # (without the causal mask, an encoder-style model, every query sees every key)
-        mask = None if T == 1 or not self.causal else torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
+        mask = (
+            None
+            if T == 1 or not self.causal
+            else torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
+        )
 
         weights = None
         if need_weights:  # the readable path: every step written out, weights returned
@@ -94,10 +107,14 @@ class CausalSelfAttention(nn.Module):
                 q, k, v = q.float(), k.float(), v.float()
             with attention_precision(q):
                 if T == S:
-                    y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=self.causal)
+                    y = F.scaled_dot_product_attention(
+                        q, k, v, dropout_p=drop, is_causal=self.causal
+                    )
                 else:
                     y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
-        y = y.to(x.dtype).transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
+        y = (
+            y.to(x.dtype).transpose(1, 2).contiguous().view(B, T, C)
+        )  # (B, T, C): heads side by side
         return self.resid_dropout(self.c_proj(y)), weights
 
 
@@ -156,7 +173,9 @@ class GPT(nn.Module):
         if cfg.pos_encoding == "learned":
             self.transformer["wpe"] = nn.Embedding(cfg.block_size, cfg.n_embd)
         else:
-            self.register_buffer("pe", sinusoidal_encoding(cfg.block_size, cfg.n_embd), persistent=False)
+            self.register_buffer(
+                "pe", sinusoidal_encoding(cfg.block_size, cfg.n_embd), persistent=False
+            )
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             self.lm_head.weight = self.transformer["wte"].weight
@@ -191,7 +210,14 @@ class GPT(nn.Module):
         c = self.config
         p = next(self.parameters())
         return [
-            KVCache(batch, c.n_head, c.block_size, c.n_embd // c.n_head, device or p.device, dtype or p.dtype)
+            KVCache(
+                batch,
+                c.n_head,
+                c.block_size,
+                c.n_embd // c.n_head,
+                device or p.device,
+                dtype or p.dtype,
+            )
             for _ in range(c.n_layer)
         ]
 
@@ -241,18 +267,26 @@ class GPT(nn.Module):
         C, nh = c.n_embd, c.n_head
         pos = cache[0].pos
         if pos >= c.block_size:
-            raise ValueError(f"sequence of {pos + 1} tokens exceeds the context length {c.block_size}")
-        x = t["wte"].weight[token] + (t["wpe"].weight[pos] if c.pos_encoding == "learned" else self.pe[pos])
+            raise ValueError(
+                f"sequence of {pos + 1} tokens exceeds the context length {c.block_size}"
+            )
+        x = t["wte"].weight[token] + (
+            t["wpe"].weight[pos] if c.pos_encoding == "learned" else self.pe[pos]
+        )
         x = x.view(1, 1, C)  # (1, 1, C)
         for block, kv in zip(t["h"], cache):
             a = block.attn
             h = F.layer_norm(x, (C,), block.ln_1.weight, block.ln_1.bias)
             q, k, v = a.c_attn(h).view(1, 1, 3, nh, C // nh).unbind(2)  # 3 x (1, 1, nh, hs)
             keys, values = kv.append(k.transpose(1, 2), v.transpose(1, 2))  # (1, nh, S, hs)
-            y = F.scaled_dot_product_attention(q.transpose(1, 2).to(keys.dtype), keys, values)  # (1, nh, 1, hs)
+            y = F.scaled_dot_product_attention(
+                q.transpose(1, 2).to(keys.dtype), keys, values
+            )  # (1, nh, 1, hs)
             x = x + a.c_proj(y.to(x.dtype).reshape(1, 1, C))
             h = F.layer_norm(x, (C,), block.ln_2.weight, block.ln_2.bias)
-            x = x + block.mlp.c_proj(F.gelu(block.mlp.c_fc(h)))  # the linear layers may be Int8Linear (quantize.py)
+            x = x + block.mlp.c_proj(
+                F.gelu(block.mlp.c_fc(h))
+            )  # the linear layers may be Int8Linear (quantize.py)
         x = F.layer_norm(x, (C,), t["ln_f"].weight, t["ln_f"].bias)
         return F.linear(x, self.lm_head.weight)[0, 0]  # (V,)
 
@@ -266,12 +300,23 @@ class GPT(nn.Module):
         """
         hc = hf_model.config
         cfg = ModelConfig(
-            vocab_size=hc.vocab_size, block_size=hc.n_positions, n_layer=hc.n_layer,
-            n_head=hc.n_head, n_embd=hc.n_embd, dropout=0.0, bias=True, tie_weights=True,
+            vocab_size=hc.vocab_size,
+            block_size=hc.n_positions,
+            n_layer=hc.n_layer,
+            n_head=hc.n_head,
+            n_embd=hc.n_embd,
+            dropout=0.0,
+            bias=True,
+            tie_weights=True,
         )
         model = cls(cfg)
         sd = model.state_dict()
-        transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+        transposed = (
+            "attn.c_attn.weight",
+            "attn.c_proj.weight",
+            "mlp.c_fc.weight",
+            "mlp.c_proj.weight",
+        )
         for k, v in hf_model.state_dict().items():
             if k.endswith(("attn.bias", "attn.masked_bias")) or k not in sd:
                 continue

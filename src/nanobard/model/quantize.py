@@ -25,14 +25,20 @@ class Int8Linear(nn.Module):
         super().__init__()
         w = linear.weight.detach().float()  # (out, in)
         scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0  # (out,)
-        self.register_buffer("weight_int8", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
+        self.register_buffer(
+            "weight_int8", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        )
         self.register_buffer("scale", scale.to(torch.bfloat16))
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().to(torch.bfloat16))
+        self.register_buffer(
+            "bias", None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
+        )
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape[:-1]
-        y = torch._weight_int8pack_mm(x.reshape(-1, self.in_features).to(torch.bfloat16), self.weight_int8, self.scale)
+        y = torch._weight_int8pack_mm(
+            x.reshape(-1, self.in_features).to(torch.bfloat16), self.weight_int8, self.scale
+        )
         if self.bias is not None:
             y = y + self.bias
         return y.view(*shape, self.out_features)
@@ -44,7 +50,14 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     if next(model.parameters()).device.type != "cpu":
         raise ConfigError("int8 generation is for CPUs; on a GPU use --dtype bfloat16")
     q = copy.deepcopy(model).to(torch.bfloat16).eval()
-    for src, dst in zip(model.transformer["h"], q.transformer["h"]):  # quantized from the float32 weights
-        for part, name in (("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"), ("mlp", "c_proj")):
+    for src, dst in zip(
+        model.transformer["h"], q.transformer["h"]
+    ):  # quantized from the float32 weights
+        for part, name in (
+            ("attn", "c_attn"),
+            ("attn", "c_proj"),
+            ("mlp", "c_fc"),
+            ("mlp", "c_proj"),
+        ):
             setattr(getattr(dst, part), name, Int8Linear(getattr(getattr(src, part), name)))
     return q

@@ -67,7 +67,9 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True)
         cum = torch.cumsum(F.softmax(sorted_logits, dim=-1), dim=-1)
-        drop = cum - F.softmax(sorted_logits, dim=-1) >= top_p  # mass before this token already enough
+        drop = (
+            cum - F.softmax(sorted_logits, dim=-1) >= top_p
+        )  # mass before this token already enough
         logits[order[drop]] = float("-inf")
     return logits
 
@@ -82,7 +84,10 @@ def pick_token(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Gener
 
 
 def generate_ids(
-    decoder: Decoder, prompt_ids: list[int], max_new_tokens: int, cfg: SamplingConfig,
+    decoder: Decoder,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    cfg: SamplingConfig,
     stop_ids: set[int] | None = None,
 ) -> Iterator[int]:
     """Yield up to ``max_new_tokens`` new token ids, one at a time (stops early on a stop id)."""
@@ -107,7 +112,7 @@ def stream_text(decode: Any, ids: Iterator[int]) -> Iterator[str]:
         text = decode(out)
         if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
             continue
-        yield text[len(shown):]
+        yield text[len(shown) :]
         shown = text
 
 
@@ -149,17 +154,21 @@ class ScratchDecoder:
             raise ConfigError("the prompt is empty; give at least one character")
         self.model.eval()
         self.ids = list(prompt_ids)
-        return self._refill() if self.use_cache else self._run(self.ids[-self.block:], None)
+        return self._refill() if self.use_cache else self._run(self.ids[-self.block :], None)
 
     def _refill(self) -> torch.Tensor:
         self.cache = self.model.new_cache(1, dtype=self.cache_dtype)
-        window = self.ids[-self.block:] if len(self.ids) <= self.block else self.ids[-(self.block // 2):]
+        window = (
+            self.ids[-self.block :]
+            if len(self.ids) <= self.block
+            else self.ids[-(self.block // 2) :]
+        )
         return self._run(window, self.cache)
 
     def advance(self, token: int) -> torch.Tensor:
         self.ids.append(token)
         if not self.use_cache:
-            return self._run(self.ids[-self.block:], None)
+            return self._run(self.ids[-self.block :], None)
         if self.cache[0].pos >= self.block:
             return self._refill()
         with decode_attention(self.device):
@@ -172,7 +181,9 @@ class HFDecoder:
     def __init__(self, model: Any):
         self.model = model
         self.device = next(model.parameters()).device
-        self.max_len = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 1024)
+        self.max_len = getattr(model.config, "max_position_embeddings", None) or getattr(
+            model.config, "n_positions", 1024
+        )
         self.past = None
         self.length = 0
         # transformers >= 5.2x names the KV cache `cache`; earlier versions `past_key_values`
@@ -192,19 +203,24 @@ class HFDecoder:
             raise ConfigError("the prompt is empty; give at least one character")
         self.model.eval()
         self.past, self.length = None, 0
-        self.ids = list(prompt_ids)[-self.max_len:]
+        self.ids = list(prompt_ids)[-self.max_len :]
         return self._run(self.ids)
 
     def advance(self, token: int) -> torch.Tensor:
         self.ids.append(token)
         if self.length >= self.max_len:  # context full: restart from the last half
             self.past, self.length = None, 0
-            return self._run(self.ids[-(self.max_len // 2):])
+            return self._run(self.ids[-(self.max_len // 2) :])
         return self._run([token])
 
 
 def generate_text(
-    decoder: Decoder, encode: Any, decode: Any, prompt: str, max_new_tokens: int, cfg: SamplingConfig,
+    decoder: Decoder,
+    encode: Any,
+    decode: Any,
+    prompt: str,
+    max_new_tokens: int,
+    cfg: SamplingConfig,
     stop_ids: set[int] | None = None,
 ) -> Iterator[str]:
     """Encode ``prompt``, decode ``max_new_tokens`` tokens and yield the new text as it comes."""
@@ -223,7 +239,15 @@ class TextGenerator:
     stop_ids: set[int] | None = None
 
     def stream(self, prompt: str, max_new_tokens: int, cfg: SamplingConfig) -> Iterator[str]:
-        return generate_text(self.make_decoder(), self.encode, self.decode, prompt, max_new_tokens, cfg, self.stop_ids)
+        return generate_text(
+            self.make_decoder(),
+            self.encode,
+            self.decode,
+            prompt,
+            max_new_tokens,
+            cfg,
+            self.stop_ids,
+        )
 
     def complete(self, prompt: str, max_new_tokens: int, cfg: SamplingConfig) -> str:
         return "".join(self.stream(prompt, max_new_tokens, cfg))

@@ -41,17 +41,31 @@ from nanobard.train.loop import TrainResult
 
 logger = logging.getLogger(__name__)
 
+
 class Study:
     """Runs the stages; each stage's result lands in ``self.state`` and in stages.json."""
 
-    def __init__(self, out: Path, preset: StudyPreset, corpus: str, data_path: str | None,
-                 scratch_overrides: dict[str, Any], finetune_overrides: dict[str, Any], force: bool,
-                 progress: bool, on_stage: Callable[[int, str], None] | None = None,
-                 prompts: tuple[str, ...] | None = None):
+    def __init__(
+        self,
+        out: Path,
+        preset: StudyPreset,
+        corpus: str,
+        data_path: str | None,
+        scratch_overrides: dict[str, Any],
+        finetune_overrides: dict[str, Any],
+        force: bool,
+        progress: bool,
+        on_stage: Callable[[int, str], None] | None = None,
+        prompts: tuple[str, ...] | None = None,
+    ):
         self.run_dir, self.preset, self.force, self.progress = RunDir(out), preset, force, progress
         self.corpus_name, self.data_path, self.user_prompts = corpus, data_path, prompts
         sp = C.get_preset(preset.scratch)
-        train = C.resolve(sp.train, {"max_time": preset.scratch_time}) if preset.scratch_time else sp.train
+        train = (
+            C.resolve(sp.train, {"max_time": preset.scratch_time})
+            if preset.scratch_time
+            else sp.train
+        )
         self.model_cfg = C.resolve(sp.model, scratch_overrides)
         self.train_cfg = C.resolve(train, scratch_overrides)
         self.ft_cfg = C.resolve(preset.finetune, finetune_overrides)
@@ -105,33 +119,66 @@ class Study:
             prompts = list(SHAKESPEARE_PROMPTS)
         else:  # openings of validation lines, in the corpus's own characters: any language works
             prompts = corpus_prompts(c.val_text(200_000), c.tokenizer.chars, n=3)
-        text = SHAKESPEARE_ATTENTION_TEXT if is_shakespeare(c.name) else attention_text(c.val_text(200_000), c.tokenizer.chars)
+        text = (
+            SHAKESPEARE_ATTENTION_TEXT
+            if is_shakespeare(c.name)
+            else attention_text(c.val_text(200_000), c.tokenizer.chars)
+        )
         self._write_config(prompts, text)
-        return CorpusInfo(c.name, len(c.train), len(c.val), len(self._score_text()), c.tokenizer.vocab_size,
-                          prompts, text)
+        return CorpusInfo(
+            c.name,
+            len(c.train),
+            len(c.val),
+            len(self._score_text()),
+            c.tokenizer.vocab_size,
+            prompts,
+            text,
+        )
 
     def _write_config(self, prompts: list[str], text: str) -> None:
-        (self.run_dir / RunDir.CONFIG).write_text(json.dumps({
-            "preset": self.preset.name, "corpus": self.data_path or self.corpus_name,
-            "scratch": {"model": asdict(self.model_cfg), "train": asdict(self.train_cfg)},
-            "finetune": asdict(self.ft_cfg), "prompts": prompts, "attention_text": text,
-        }, indent=2))
+        (self.run_dir / RunDir.CONFIG).write_text(
+            json.dumps(
+                {
+                    "preset": self.preset.name,
+                    "corpus": self.data_path or self.corpus_name,
+                    "scratch": {"model": asdict(self.model_cfg), "train": asdict(self.train_cfg)},
+                    "finetune": asdict(self.ft_cfg),
+                    "prompts": prompts,
+                    "attention_text": text,
+                },
+                indent=2,
+            )
+        )
 
     def stage_scratch(self) -> TrainResult:
         from nanobard.interp.circuits import record_head_scores
         from nanobard.train.loop import train
 
         resume = not self.force and (self.run_dir / RunDir.LAST).exists()
-        return train(self.model_cfg, self.train_cfg, self._corpus(), self.out, resume=resume,
-                     progress=self.progress, config_name=RunDir.CONFIG_SCRATCH, on_eval=[record_head_scores])
+        return train(
+            self.model_cfg,
+            self.train_cfg,
+            self._corpus(),
+            self.out,
+            resume=resume,
+            progress=self.progress,
+            config_name=RunDir.CONFIG_SCRATCH,
+            on_eval=[record_head_scores],
+        )
 
     def stage_finetune(self) -> FinetuneResult:
         from nanobard.hf.finetune import finetune
 
         resume = not self.force and (self.run_dir / RunDir.BEFORE).exists()
         cfg = C.resolve(self.ft_cfg, {"prompts": tuple(self.state.corpus.prompts)})
-        return finetune(cfg, self._corpus(), self.out, resume=resume, progress=self.progress,
-                        keep_checkpoints=False)  # 1.6 GB of optimizer state
+        return finetune(
+            cfg,
+            self._corpus(),
+            self.out,
+            resume=resume,
+            progress=self.progress,
+            keep_checkpoints=False,
+        )  # 1.6 GB of optimizer state
 
     def stage_evaluate(self) -> Scores:
         from nanobard.model.checkpoint import load_model
@@ -157,7 +204,9 @@ class Study:
         from nanobard.hf.pretrained import scratch_generator
 
         gen = scratch_generator(self.run_dir / RunDir.BEST)
-        rows = make_samples(gen, "scratch", self.preset.sample_tokens, tuple(self.state.corpus.prompts))
+        rows = make_samples(
+            gen, "scratch", self.preset.sample_tokens, tuple(self.state.corpus.prompts)
+        )
         rows += self.state.finetune.samples
         (self.run_dir / RunDir.SAMPLES).write_text(samples_markdown(rows))
         return rows
@@ -176,8 +225,13 @@ class Study:
 
 
 def samples_markdown(rows: list[Sample]) -> str:
-    lines = ["# Samples", "", "Same prompts, decoding settings and seeds for every model.",
-             "Strategies: greedy (argmax), top_k (k=40, temperature 1.0), temperature (0.8).", ""]
+    lines = [
+        "# Samples",
+        "",
+        "Same prompts, decoding settings and seeds for every model.",
+        "Strategies: greedy (argmax), top_k (k=40, temperature 1.0), temperature (0.8).",
+        "",
+    ]
     for prompt in dict.fromkeys(r.prompt for r in rows):
         lines.append(f"## Prompt: `{prompt.strip()!s}`")
         for r in rows:
@@ -196,10 +250,16 @@ def machine_info() -> dict[str, Any]:
     from nanobard.hardware import cpu_info
 
     cpu = cpu_info()
-    return {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-            "processor": cpu.model, "cpu kind": f"{cpu.kind} (torch capability {cpu.capability})",
-            "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "processor": cpu.model,
+        "cpu kind": f"{cpu.kind} (torch capability {cpu.capability})",
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
 @dataclass
@@ -209,12 +269,29 @@ class StudyOutcome:
     report: str
 
 
-def run_study(out: str | os.PathLike, preset: str = "quick", corpus: str = "shakespeare",
-              data_path: str | None = None, scratch_overrides: dict[str, Any] | None = None,
-              finetune_overrides: dict[str, Any] | None = None, force: bool = False, progress: bool = True,
-              on_stage: Callable[[int, str], None] | None = None,
-              prompts: tuple[str, ...] | None = None) -> StudyOutcome:
-    study = Study(Path(out), C.get_study_preset(preset), corpus, data_path, scratch_overrides or {},
-                  finetune_overrides or {}, force, progress, on_stage, prompts)
+def run_study(
+    out: str | os.PathLike,
+    preset: str = "quick",
+    corpus: str = "shakespeare",
+    data_path: str | None = None,
+    scratch_overrides: dict[str, Any] | None = None,
+    finetune_overrides: dict[str, Any] | None = None,
+    force: bool = False,
+    progress: bool = True,
+    on_stage: Callable[[int, str], None] | None = None,
+    prompts: tuple[str, ...] | None = None,
+) -> StudyOutcome:
+    study = Study(
+        Path(out),
+        C.get_study_preset(preset),
+        corpus,
+        data_path,
+        scratch_overrides or {},
+        finetune_overrides or {},
+        force,
+        progress,
+        on_stage,
+        prompts,
+    )
     state = study.run()
     return StudyOutcome(state, headline(state), state.report)

@@ -32,7 +32,10 @@ def training_progress(history: list[EvalRow], title: str, path: str | os.PathLik
     """Train/val loss (nats per token) against steps and against tokens seen, and the learning rate."""
     rows = list(history)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for ax, xkey, xlabel in ((axes[0], "step", "optimizer step"), (axes[1], "tokens", "tokens seen")):
+    for ax, xkey, xlabel in (
+        (axes[0], "step", "optimizer step"),
+        (axes[1], "tokens", "tokens seen"),
+    ):
         xs = [getattr(r, xkey) for r in rows]
         tr = [(x, r.train_loss) for x, r in zip(xs, rows) if r.train_loss is not None]
         if tr:
@@ -76,8 +79,13 @@ def model_comparison(head: Headline, path: str | os.PathLike) -> Path:
     axes[0].set_title(f"model size ({p.num_params / s.num_params:.0f}x larger)")
 
     bpc = {k: v for k, v in head.bpc.items() if v is not None}
-    _bars(axes[1], list(bpc), list(bpc.values()), ["tab:blue", "tab:gray", "tab:purple"][: len(bpc)],
-          [f"{v:.3f}" for v in bpc.values()])
+    _bars(
+        axes[1],
+        list(bpc),
+        list(bpc.values()),
+        ["tab:blue", "tab:gray", "tab:purple"][: len(bpc)],
+        [f"{v:.3f}" for v in bpc.values()],
+    )
     axes[1].set_ylabel("bits per character (lower is better)")
     axes[1].set_title(f"same validation text ({head.score_chars:,} chars)")
     axes[1].tick_params(axis="x", labelrotation=12)
@@ -89,8 +97,14 @@ def model_comparison(head: Headline, path: str | os.PathLike) -> Path:
     axes[2].set_ylim(min(0, min(red) * 1.18), max(max(red), 1) * 1.18)
 
     secs = [s.train_seconds, p.train_seconds]
-    _bars(axes[3], names, secs, colors,
-          [f"{v:.0f} s\n{t:,.0f} tokens/s" for v, t in zip(secs, [s.tokens_per_s, p.tokens_per_s])], top=1.3)
+    _bars(
+        axes[3],
+        names,
+        secs,
+        colors,
+        [f"{v:.0f} s\n{t:,.0f} tokens/s" for v, t in zip(secs, [s.tokens_per_s, p.tokens_per_s])],
+        top=1.3,
+    )
     axes[3].set_ylabel("training wall time (s)")
     axes[3].set_title("training time and throughput")
     fig.suptitle(f"From-scratch GPT vs fine-tuned {p.name}", fontsize=13)
@@ -98,8 +112,14 @@ def model_comparison(head: Headline, path: str | os.PathLike) -> Path:
     return _save(fig, path)
 
 
-def _bars(ax: Any, names: list[str], values: list[float], colors: list[str], notes: list[str],
-          top: float = 1.18) -> None:
+def _bars(
+    ax: Any,
+    names: list[str],
+    values: list[float],
+    colors: list[str],
+    notes: list[str],
+    top: float = 1.18,
+) -> None:
     """A bar chart with each bar's value written above it."""
     bars = ax.bar(names, values, color=colors)
     for b, v, note in zip(bars, values, notes):
@@ -109,8 +129,13 @@ def _bars(ax: Any, names: list[str], values: list[float], colors: list[str], not
 
 
 def attention_heads(
-    weights: torch.Tensor, tokens: list[str], layer: int, title: str, path: str | os.PathLike,
-    max_heads: int = 8, max_tokens: int = 32,
+    weights: torch.Tensor,
+    tokens: list[str],
+    layer: int,
+    title: str,
+    path: str | os.PathLike,
+    max_heads: int = 8,
+    max_tokens: int = 32,
 ) -> Path:
     """Heatmaps of the heads of one layer. weights: [layer, head, query_pos, key_pos].
 
@@ -122,8 +147,13 @@ def attention_heads(
     cols = 2 if heads <= 4 else 4
     rows = math.ceil(heads / cols)
     side = 3.4 if T <= 20 else 4.2
-    fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 1.2, side * rows + 0.8), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(side * cols + 1.2, side * rows + 0.8),
+        squeeze=False,
+        layout="constrained",
+    )
     labels = [_label(t) for t in tokens[:T]]
     fontsize = 8 if T <= 20 else 6
     im = None

@@ -23,8 +23,14 @@ from nanobard.study.plots import _save, plt
 if TYPE_CHECKING:
     from nanobard.study.records import InterpretStudy
 
-FIG_INDUCTION = {"scratch": "induction_heads_scratch.png", "pretrained": "induction_heads_pretrained.png"}
-FIG_ABLATION = {"scratch": "head_ablation_scratch.png", "pretrained": "head_ablation_pretrained.png"}
+FIG_INDUCTION = {
+    "scratch": "induction_heads_scratch.png",
+    "pretrained": "induction_heads_pretrained.png",
+}
+FIG_ABLATION = {
+    "scratch": "head_ablation_scratch.png",
+    "pretrained": "head_ablation_pretrained.png",
+}
 FIG_LOGIT_LENS = "logit_lens.png"
 FIG_LOSS_BY_POSITION = "loss_by_position.png"
 FIG_HEAD_FORMATION = "head_formation_scratch.png"
@@ -37,7 +43,8 @@ def _styles(n: int) -> list[dict[str, str]]:
     """Line styles of n models in the report's colours: from scratch blue, the pretrained model
     before fine-tuning grey and dashed (it can lie right under the fine-tuned one), after purple."""
     colors = {2: ["tab:blue", "tab:purple"], 3: ["tab:blue", "tab:gray", "tab:purple"]}.get(
-        n, [f"C{i}" for i in range(n)])
+        n, [f"C{i}" for i in range(n)]
+    )
     return [{"color": c, "ls": "--" if c == "tab:gray" else "-"} for c in colors]
 
 
@@ -46,19 +53,38 @@ def _table(rows: list[list[float | None]]) -> np.ndarray:
     return np.array([[math.nan if v is None else v for v in row] for row in rows], dtype=float)
 
 
-def _heatmap(fig: Any, ax: Any, table: np.ndarray, title: str, label: str, *, cmap: str, vmin: float,
-             vmax: float, fmt: str) -> None:
+def _heatmap(
+    fig: Any,
+    ax: Any,
+    table: np.ndarray,
+    title: str,
+    label: str,
+    *,
+    cmap: str,
+    vmin: float,
+    vmax: float,
+    fmt: str,
+) -> None:
     """Draw a [layer, head] table; NaN cells stay transparent, so what is behind them shows."""
     L, H = table.shape
     cm = plt.get_cmap(cmap).with_extremes(bad=(0, 0, 0, 0))
-    im = ax.imshow(np.ma.masked_invalid(table), cmap=cm, vmin=vmin, vmax=vmax, aspect="auto", zorder=1)
+    im = ax.imshow(
+        np.ma.masked_invalid(table), cmap=cm, vmin=vmin, vmax=vmax, aspect="auto", zorder=1
+    )
     if L * H <= ANNOTATE_MAX_CELLS:
         for i, h in np.ndindex(L, H):
             v = table[i, h]
             if not math.isnan(v):
                 r, g, b, _ = cm(im.norm(v))
-                ax.text(h, i, format(v, fmt), ha="center", va="center", fontsize=7,
-                        color="black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white")
+                ax.text(
+                    h,
+                    i,
+                    format(v, fmt),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white",
+                )
     ax.set_xticks(range(H))
     ax.set_yticks(range(L))
     if L > 16:  # label every other layer so the labels stay readable
@@ -78,13 +104,34 @@ def induction_heads(result: InductionResult, path: str | os.PathLike) -> Path:
     weight on random tokens repeated twice)."""
     ind, prev = _table(result.induction), _table(result.previous_token)
     fig, axes = plt.subplots(1, 2, figsize=_heatmap_size(*ind.shape, 2), layout="constrained")
-    _heatmap(fig, axes[0], ind, "induction score:\nattention to the token after the earlier copy",
-             "mean attention weight", cmap="viridis", vmin=0, vmax=1, fmt=".2f")
-    _heatmap(fig, axes[1], prev, "previous-token score:\nattention to the token just before",
-             "mean attention weight", cmap="viridis", vmin=0, vmax=1, fmt=".2f")
-    fig.suptitle(f"{result.model}: induction heads ({result.batch} x {result.seq_len} random tokens, each "
-                 f"sequence repeated twice;\nloss {result.loss_first_bits:.2f} bits/token on the first copy, "
-                 f"{result.loss_second_bits:.2f} on the second)", fontsize=11)
+    _heatmap(
+        fig,
+        axes[0],
+        ind,
+        "induction score:\nattention to the token after the earlier copy",
+        "mean attention weight",
+        cmap="viridis",
+        vmin=0,
+        vmax=1,
+        fmt=".2f",
+    )
+    _heatmap(
+        fig,
+        axes[1],
+        prev,
+        "previous-token score:\nattention to the token just before",
+        "mean attention weight",
+        cmap="viridis",
+        vmin=0,
+        vmax=1,
+        fmt=".2f",
+    )
+    fig.suptitle(
+        f"{result.model}: induction heads ({result.batch} x {result.seq_len} random tokens, each "
+        f"sequence repeated twice;\nloss {result.loss_first_bits:.2f} bits/token on the first copy, "
+        f"{result.loss_second_bits:.2f} on the second)",
+        fontsize=11,
+    )
     return _save(fig, path)
 
 
@@ -96,15 +143,32 @@ def head_ablation(result: AblationResult, path: str | os.PathLike) -> Path:
     finite = delta[~np.isnan(delta)]
     vmax = float(np.abs(finite).max()) if finite.size and np.abs(finite).max() > 0 else 1e-3
     fig, ax = plt.subplots(figsize=_heatmap_size(L, H, 1), layout="constrained")
-    ax.add_patch(Rectangle((-0.5, -0.5), H, L, fill=False, hatch="///", edgecolor="#bbbbbb", lw=0, zorder=0))
-    _heatmap(fig, ax, delta, "cost of removing each head", "bits/char lost (ablated - clean)",
-             cmap="RdBu_r", vmin=-vmax, vmax=vmax, fmt="+.2f")
+    ax.add_patch(
+        Rectangle((-0.5, -0.5), H, L, fill=False, hatch="///", edgecolor="#bbbbbb", lw=0, zorder=0)
+    )
+    _heatmap(
+        fig,
+        ax,
+        delta,
+        "cost of removing each head",
+        "bits/char lost (ablated - clean)",
+        cmap="RdBu_r",
+        vmin=-vmax,
+        vmax=vmax,
+        fmt="+.2f",
+    )
     missing = [i for i in range(L) if i not in result.layers]
-    note = (f"hatched: not ablated (only layers {', '.join(map(str, result.layers))} were, to save time)"
-            if missing else "every head was ablated")
+    note = (
+        f"hatched: not ablated (only layers {', '.join(map(str, result.layers))} were, to save time)"
+        if missing
+        else "every head was ablated"
+    )
     ax.set_xlabel(f"head\n{note}")
-    fig.suptitle(f"{result.model}: {result.method}-ablation of each head on {result.chars:,} characters\n"
-                 f"(clean: {result.clean_bpc:.3f} bits/char; red = the model needs this head)", fontsize=11)
+    fig.suptitle(
+        f"{result.model}: {result.method}-ablation of each head on {result.chars:,} characters\n"
+        f"(clean: {result.clean_bpc:.3f} bits/char; red = the model needs this head)",
+        fontsize=11,
+    )
     return _save(fig, path)
 
 
@@ -118,7 +182,9 @@ def logit_lens(results: list[LogitLensResult], path: str | os.PathLike) -> Path:
         marker = "o" if len(r.layers) <= 13 else "."
         label = f"{r.model} ({r.layers[-1]} layers)"
         axes[0].plot(depth, r.bpc, marker=marker, label=label, **style)
-        axes[1].plot(depth, [100 * a for a in r.top1_agreement], marker=marker, label=label, **style)
+        axes[1].plot(
+            depth, [100 * a for a in r.top1_agreement], marker=marker, label=label, **style
+        )
     axes[0].set_yscale("log")
     for fmt in (axes[0].yaxis.set_major_formatter, axes[0].yaxis.set_minor_formatter):
         fmt(FuncFormatter(lambda v, _: f"{v:g}"))
@@ -131,8 +197,11 @@ def logit_lens(results: list[LogitLensResult], path: str | os.PathLike) -> Path:
         ax.set_xlabel("depth: layer / number of layers (0 = embeddings, 1 = output)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    fig.suptitle("Logit lens: the residual stream after each layer, read through the final norm and the "
-                 "unembedding", fontsize=11)
+    fig.suptitle(
+        "Logit lens: the residual stream after each layer, read through the final norm and the "
+        "unembedding",
+        fontsize=11,
+    )
     return _save(fig, path)
 
 
@@ -141,7 +210,9 @@ def _log_bins(r: PositionLoss, n_bins: int = 32) -> tuple[list[float], list[floa
     edges = np.unique(np.geomspace(1, len(r.bpc), n_bins).astype(int))
     xs, ys = [], []
     for lo, hi in zip(edges[:-1], edges[1:]):
-        pts = [(x, r.bpc[x], r.chars[x]) for x in range(lo, hi) if r.bpc[x] is not None and r.chars[x]]
+        pts = [
+            (x, r.bpc[x], r.chars[x]) for x in range(lo, hi) if r.bpc[x] is not None and r.chars[x]
+        ]
         if pts:
             w = sum(c for *_, c in pts)
             xs.append(sum(x * c for x, _, c in pts) / w)
@@ -158,13 +229,21 @@ def loss_by_position(results: list[PositionLoss], path: str | os.PathLike) -> Pa
         if raw:
             ax.plot(*zip(*raw), color=style["color"], alpha=0.2, lw=0.8)
         xs, ys = _log_bins(r)
-        ax.plot(xs, ys, marker="o", ms=3.5, label=f"{r.model} ({r.overall_bpc:.2f} overall, {r.windows} windows)",
-                **style)
+        ax.plot(
+            xs,
+            ys,
+            marker="o",
+            ms=3.5,
+            label=f"{r.model} ({r.overall_bpc:.2f} overall, {r.windows} windows)",
+            **style,
+        )
     ax.set_xscale("log")
     ax.set_xlabel("character position in the context window (characters read before it, log scale)")
     ax.set_ylabel("bits per character (lower is better)")
-    ax.set_title("Loss by position in the context: faint = each position, line = averaged over log-spaced bins",
-                 fontsize=10)
+    ax.set_title(
+        "Loss by position in the context: faint = each position, line = averaged over log-spaced bins",
+        fontsize=10,
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -179,15 +258,22 @@ def head_formation(history: list[EvalRow], path: str | os.PathLike) -> Path | No
         return None
     tokens = [r.tokens for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(14, 4.8), layout="constrained")
-    for ax, key, name in ((axes[0], "previous_token", "previous-token score"),
-                          (axes[1], "induction", "induction score")):
+    for ax, key, name in (
+        (axes[0], "previous_token", "previous-token score"),
+        (axes[1], "induction", "induction score"),
+    ):
         _formation_panel(ax, tokens, [_table(r.heads[key]) for r in rows], name)
         loss_ax = ax.twinx()
-        loss_ax.plot(tokens, [r.val_loss for r in rows], "k--", lw=1.2, alpha=0.7, label="validation loss")
+        loss_ax.plot(
+            tokens, [r.val_loss for r in rows], "k--", lw=1.2, alpha=0.7, label="validation loss"
+        )
         loss_ax.set_ylabel("validation loss (nats per token, dashed)")
         loss_ax.legend(loc="center right", fontsize=8)
-    fig.suptitle("From-scratch GPT: when each head forms during training (scores on random tokens repeated "
-                 "twice, at each evaluation)", fontsize=11)
+    fig.suptitle(
+        "From-scratch GPT: when each head forms during training (scores on random tokens repeated "
+        "twice, at each evaluation)",
+        fontsize=11,
+    )
     return _save(fig, path)
 
 
@@ -200,20 +286,33 @@ def _formation_panel(ax: Any, tokens: list[int], tables: list[np.ndarray], name:
     marker = "o" if len(tokens) <= 20 else None
     for rank, (i, h) in enumerate(reversed(order)):  # strongest drawn last, on top
         strong = rank >= len(order) - HIGHLIGHT
-        ax.plot(tokens, series[:, i, h], marker=marker, ms=3, lw=1.8 if strong else 0.8,
-                color=None if strong else "#c8c8c8", label=f"L{i}H{h}" if strong else None)
+        ax.plot(
+            tokens,
+            series[:, i, h],
+            marker=marker,
+            ms=3,
+            lw=1.8 if strong else 0.8,
+            color=None if strong else "#c8c8c8",
+            label=f"L{i}H{h}" if strong else None,
+        )
     ax.set_xlabel("tokens seen")
     ax.set_ylabel(f"{name} (mean attention weight)")
     ax.set_ylim(0, 1)
-    ax.set_title(f"{name} of each head (the {min(HIGHLIGHT, L * H)} strongest at the end in colour)", fontsize=10)
+    ax.set_title(
+        f"{name} of each head (the {min(HIGHLIGHT, L * H)} strongest at the end in colour)",
+        fontsize=10,
+    )
     ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     ax.legend(handles[::-1], labels[::-1], loc="upper left", fontsize=8)  # strongest first
 
 
-def interpretability_figures(interp: InterpretStudy, history: list[EvalRow], out_dir: str | os.PathLike,
-                             ) -> list[Path]:
+def interpretability_figures(
+    interp: InterpretStudy,
+    history: list[EvalRow],
+    out_dir: str | os.PathLike,
+) -> list[Path]:
     """Every interpretability figure of a study (names in ``plots_interpret``): induction heads and
     head ablation per model, the logit lens and loss by position of all models on one axis each
     (the pretrained model before fine-tuning too, when analysed), and head formation from the
@@ -223,7 +322,9 @@ def interpretability_figures(interp: InterpretStudy, history: list[EvalRow], out
     for track, a in (("scratch", interp.scratch), ("pretrained", interp.pretrained)):
         made.append(induction_heads(a.induction, out / FIG_INDUCTION[track]))
         made.append(head_ablation(a.ablation, out / FIG_ABLATION[track]))
-    models = [a for a in (interp.scratch, interp.pretrained_before, interp.pretrained) if a is not None]
+    models = [
+        a for a in (interp.scratch, interp.pretrained_before, interp.pretrained) if a is not None
+    ]
     made.append(logit_lens([a.lens for a in models], out / FIG_LOGIT_LENS))
     made.append(loss_by_position([a.positions for a in models], out / FIG_LOSS_BY_POSITION))
     formed = head_formation(history, out / FIG_HEAD_FORMATION)

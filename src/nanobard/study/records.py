@@ -13,7 +13,17 @@ from nanobard.model.evaluate import Score
 from nanobard.records import Record
 from nanobard.train.loop import TrainResult
 
-STAGES = ("corpus", "scratch", "finetune", "evaluate", "attention", "interpret", "samples", "figures", "report")
+STAGES = (
+    "corpus",
+    "scratch",
+    "finetune",
+    "evaluate",
+    "attention",
+    "interpret",
+    "samples",
+    "figures",
+    "report",
+)
 
 
 @dataclass
@@ -97,8 +107,11 @@ class Headline(Record):
     @property
     def bpc(self) -> dict[str, float]:
         p = self.pretrained
-        return {"from scratch": self.scratch.bits_per_char, f"{p.name} before": p.bits_per_char_before,
-                f"{p.name} after": p.bits_per_char}
+        return {
+            "from scratch": self.scratch.bits_per_char,
+            f"{p.name} before": p.bits_per_char_before,
+            f"{p.name} after": p.bits_per_char,
+        }
 
 
 def headline(state: StudyState) -> Headline:
@@ -108,10 +121,26 @@ def headline(state: StudyState) -> Headline:
         return 100.0 * (h[0].val_loss - h[-1].val_loss) / h[0].val_loss
 
     return Headline(
-        corpus=state.corpus.name, score_chars=e.score_chars,
-        scratch=TrackSummary("from scratch", s.num_params, s.elapsed_s, s.tokens_per_s, s.steps,
-                             reduction(s.history), e.scratch.bits_per_char),
-        pretrained=TrackSummary(f.model_name, f.num_params, f.train_seconds, f.tokens_per_s, f.steps,
-                                reduction(f.history), e.pretrained_after.bits_per_char,
-                                e.pretrained_before.bits_per_char, f.reason),
+        corpus=state.corpus.name,
+        score_chars=e.score_chars,
+        scratch=TrackSummary(
+            "from scratch",
+            s.num_params,
+            s.elapsed_s,
+            s.tokens_per_s,
+            s.steps,
+            reduction(s.history),
+            e.scratch.bits_per_char,
+        ),
+        pretrained=TrackSummary(
+            f.model_name,
+            f.num_params,
+            f.train_seconds,
+            f.tokens_per_s,
+            f.steps,
+            reduction(f.history),
+            e.pretrained_after.bits_per_char,
+            e.pretrained_before.bits_per_char,
+            f.reason,
+        ),
     )

@@ -29,9 +29,15 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 TEMPLATE = "report.html.j2"
 SAMPLE_COLUMNS = ("scratch", "before", "after")  # Sample.model, in column order
 FIGURES = (
-    (RunDir.FIG_TRAINING_SCRATCH, "From-scratch training: loss by step and by tokens, learning rate"),
+    (
+        RunDir.FIG_TRAINING_SCRATCH,
+        "From-scratch training: loss by step and by tokens, learning rate",
+    ),
     (RunDir.FIG_TRAINING_HF, "Fine-tuning: loss by step and by tokens, learning rate"),
-    (RunDir.FIG_COMPARISON, "Side by side: size, bits per character, loss reduction, training time"),
+    (
+        RunDir.FIG_COMPARISON,
+        "Side by side: size, bits per character, loss reduction, training time",
+    ),
     (RunDir.FIG_ATTENTION_SCRATCH, "Attention of the from-scratch GPT"),
     (RunDir.FIG_ATTENTION_HF, "Attention of the fine-tuned pretrained model"),
 )
@@ -46,18 +52,31 @@ def write_report(run: RunDir, state: StudyState, head: Headline, machine: dict[s
 
 def render_report(run: RunDir, state: StudyState, head: Headline, machine: dict[str, Any]) -> str:
     """The report's HTML (see ``write_report``)."""
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     e, a = state.evaluate, state.attention
     return env.get_template(TEMPLATE).render(
-        corpus=state.corpus, head=head, machine=machine,
-        run_rows=run_rows(run, state, head), budget_rows=budget_rows(state),
-        config=_config_text(run), comparison_rows=comparison_rows(state, head),
+        corpus=state.corpus,
+        head=head,
+        machine=machine,
+        run_rows=run_rows(run, state, head),
+        budget_rows=budget_rows(state),
+        config=_config_text(run),
+        comparison_rows=comparison_rows(state, head),
         figures=[f for f in (_figure(run, n, c) for n, c in FIGURES) if f],
-        samples=sample_tables(state), attention=a,
-        top_heads=[(x.model, sorted(x.heads_stats, key=lambda h: -h.previous_token)[:6])
-                   for x in (a.scratch, a.pretrained)],
-        sections=interpret_sections(run, state), score_chars=e.score_chars,
+        samples=sample_tables(state),
+        attention=a,
+        top_heads=[
+            (x.model, sorted(x.heads_stats, key=lambda h: -h.previous_token)[:6])
+            for x in (a.scratch, a.pretrained)
+        ],
+        sections=interpret_sections(run, state),
+        score_chars=e.score_chars,
         explorer_json=Markup(json_for_script(explorer_data(run, a, state.interpret))),
     )
 
@@ -80,12 +99,20 @@ def run_rows(run: RunDir, state: StudyState, head: Headline) -> list[list[Any]]:
     s, p, c = head.scratch, head.pretrained, state.corpus
     m = _config(run).get("scratch", {}).get("model")
     a = state.attention.scratch
-    scratch_model = (f"character GPT, {m['n_layer']} layers, {m['n_head']} heads, {m['n_embd']} dims, "
-                     f"context {m['block_size']}" if m else f"character GPT, {a.layers} layers, {a.heads} heads")
+    scratch_model = (
+        f"character GPT, {m['n_layer']} layers, {m['n_head']} heads, {m['n_embd']} dims, "
+        f"context {m['block_size']}"
+        if m
+        else f"character GPT, {a.layers} layers, {a.heads} heads"
+    )
     return [
         ["model", scratch_model, f"{p.name} ({p.reason})" if p.reason else p.name],
-        ["corpus", f"{c.name}: {c.train_chars:,} training and {c.val_chars:,} validation characters, "
-                   f"{c.distinct_chars} distinct", "the same text, through the model's own tokenizer"],
+        [
+            "corpus",
+            f"{c.name}: {c.train_chars:,} training and {c.val_chars:,} validation characters, "
+            f"{c.distinct_chars} distinct",
+            "the same text, through the model's own tokenizer",
+        ],
         ["parameters", f"{s.num_params:,}", f"{p.num_params:,}"],
         ["optimizer steps", f"{s.steps:,}", f"{p.steps:,}"],
         ["training wall time", f"{s.train_seconds:.1f} s", f"{p.train_seconds:.1f} s"],
@@ -99,25 +126,42 @@ def budget_rows(state: StudyState) -> list[list[str]]:
     s, f, e, i = state.scratch, state.finetune, state.evaluate, state.interpret
     budgets = {"scratch": s and s.time_budget_s, "finetune": f and f.time_budget_s}
     bought = {
-        "corpus": state.corpus and f"{state.corpus.train_chars + state.corpus.val_chars:,} characters read",
-        "scratch": s and (f"{s.steps:,} steps, {s.tokens:,} tokens, {s.tokens_per_s:,.0f} tokens/s"
-                          + (f"; {e.scratch.bits_per_char:.3f} bits/char" if e else "")),
-        "finetune": f and (f"{f.steps:,} steps, {f.tokens:,} tokens, {f.tokens_per_s:,.0f} tokens/s; "
-                           f"{f.before.bits_per_char:.3f} -> {f.after.bits_per_char:.3f} bits/char (scoring and "
-                           "samples before and after included in the time)"),
+        "corpus": state.corpus
+        and f"{state.corpus.train_chars + state.corpus.val_chars:,} characters read",
+        "scratch": s
+        and (
+            f"{s.steps:,} steps, {s.tokens:,} tokens, {s.tokens_per_s:,.0f} tokens/s"
+            + (f"; {e.scratch.bits_per_char:.3f} bits/char" if e else "")
+        ),
+        "finetune": f
+        and (
+            f"{f.steps:,} steps, {f.tokens:,} tokens, {f.tokens_per_s:,.0f} tokens/s; "
+            f"{f.before.bits_per_char:.3f} -> {f.after.bits_per_char:.3f} bits/char (scoring and "
+            "samples before and after included in the time)"
+        ),
         "evaluate": e and f"the from-scratch model scored on {e.score_chars:,} characters",
-        "attention": state.attention and "attention maps, head statistics and the causality check of both models",
-        "interpret": i and "induction, head ablation, logit lens and loss by position of "
-                           f"{3 if i.pretrained_before else 2} models",
+        "attention": state.attention
+        and "attention maps, head statistics and the causality check of both models",
+        "interpret": i
+        and "induction, head ablation, logit lens and loss by position of "
+        f"{3 if i.pretrained_before else 2} models",
         "samples": state.samples and f"{len(state.samples)} samples",
         "figures": state.figures and f"{len(state.figures)} figures",
     }
-    order = [st for st in STAGES if st in state.seconds] + [st for st in state.seconds if st not in STAGES]
+    order = [st for st in STAGES if st in state.seconds] + [
+        st for st in state.seconds if st not in STAGES
+    ]
     rows = []
     for stage in order:
         budget = budgets.get(stage)
-        rows.append([stage, f"{budget:.0f} s" if budget else "-", f"{state.seconds[stage]:.1f} s",
-                     bought.get(stage) or ""])
+        rows.append(
+            [
+                stage,
+                f"{budget:.0f} s" if budget else "-",
+                f"{state.seconds[stage]:.1f} s",
+                bought.get(stage) or "",
+            ]
+        )
     rows.append(["total", "", f"{sum(state.seconds.values()):.1f} s", ""])
     return rows
 
@@ -125,10 +169,14 @@ def budget_rows(state: StudyState) -> list[list[str]]:
 def comparison_rows(state: StudyState, head: Headline) -> list[list[Any]]:
     """Every model on the shared validation text: tokens scored, nats/token, bits/char."""
     e, p = state.evaluate, head.pretrained
-    return [[label, f"{n:,}", f"{sc.tokens:,}", f"{sc.nats_per_token:.4f}", f"{sc.bits_per_char:.4f}"]
-            for label, n, sc in (("from scratch (best checkpoint)", head.scratch.num_params, e.scratch),
-                                 (f"{p.name} before fine-tuning", p.num_params, e.pretrained_before),
-                                 (f"{p.name} after fine-tuning", p.num_params, e.pretrained_after))]
+    return [
+        [label, f"{n:,}", f"{sc.tokens:,}", f"{sc.nats_per_token:.4f}", f"{sc.bits_per_char:.4f}"]
+        for label, n, sc in (
+            ("from scratch (best checkpoint)", head.scratch.num_params, e.scratch),
+            (f"{p.name} before fine-tuning", p.num_params, e.pretrained_before),
+            (f"{p.name} after fine-tuning", p.num_params, e.pretrained_after),
+        )
+    ]
 
 
 def sample_tables(state: StudyState) -> list[dict[str, Any]]:
@@ -160,8 +208,10 @@ def _figure(run: RunDir, name: str, caption: str) -> dict[str, str] | None:
 
 def _heads(table: list[list[float | None]]) -> list[tuple[float, int, int]]:
     """(value, layer, head) of every measured head, largest first."""
-    return sorted(((v, i, h) for i, row in enumerate(table) for h, v in enumerate(row) if v is not None),
-                  reverse=True)
+    return sorted(
+        ((v, i, h) for i, row in enumerate(table) for h, v in enumerate(row) if v is not None),
+        reverse=True,
+    )
 
 
 def _cost(a: Analysis, layer: int, head: int) -> str:
@@ -176,7 +226,9 @@ def _bits(v: float) -> str:
 
 
 def _models(interp: InterpretStudy) -> list[Analysis]:
-    return [a for a in (interp.scratch, interp.pretrained_before, interp.pretrained) if a is not None]
+    return [
+        a for a in (interp.scratch, interp.pretrained_before, interp.pretrained) if a is not None
+    ]
 
 
 def induction_found(a: Analysis) -> list[str]:
@@ -185,7 +237,8 @@ def induction_found(a: Analysis) -> list[str]:
     p, lp, hp = _heads(a.induction.previous_token)[0]
     return circuit_findings(induction=a.induction) + [
         f"{a.model}: the strongest previous-token head on the same random tokens is L{lp}H{hp} (score {p:.2f})"
-        + ("; it is also the strongest induction head" if (lp, hp) == (li, hi) else "")]
+        + ("; it is also the strongest induction head" if (lp, hp) == (li, hi) else "")
+    ]
 
 
 def ablation_found(a: Analysis) -> list[str]:
@@ -197,7 +250,8 @@ def ablation_found(a: Analysis) -> list[str]:
     return circuit_findings(ablation=a.ablation) + [
         f"{a.model}: the heatmaps single out L{lp}H{hp} as the strongest previous-token head, "
         f"{_cost(a, lp, hp)}, and L{li}H{hi} as the strongest induction head, {_cost(a, li, hi)}"
-        + (f" ({n - done} of {n} heads were not ablated, to save time)" if done < n else "")]
+        + (f" ({n - done} of {n} heads were not ablated, to save time)" if done < n else "")
+    ]
 
 
 def lens_found(interp: InterpretStudy) -> list[str]:
@@ -206,14 +260,18 @@ def lens_found(interp: InterpretStudy) -> list[str]:
     for a in _models(interp):
         r = a.lens
         k = max(range(1, len(r.bpc)), key=lambda j: r.bpc[j - 1] - r.bpc[j])
-        out.append(f"{a.model}: the biggest step is from layer {r.layers[k - 1]} to {r.layers[k]} "
-                   f"({r.bpc[k - 1]:.2f} -> {r.bpc[k]:.2f} bits/char); the layer before the output agrees with "
-                   f"the output's top-1 token at {r.top1_agreement[-2]:.0%} of positions")
+        out.append(
+            f"{a.model}: the biggest step is from layer {r.layers[k - 1]} to {r.layers[k]} "
+            f"({r.bpc[k - 1]:.2f} -> {r.bpc[k]:.2f} bits/char); the layer before the output agrees with "
+            f"the output's top-1 token at {r.top1_agreement[-2]:.0%} of positions"
+        )
     if interp.pretrained_before is not None:
         b, f = interp.pretrained_before.lens, interp.pretrained.lens
-        out.append(f"Fine-tuning moved the pretrained model's output on this text from {b.bpc[-1]:.2f} to "
-                   f"{f.bpc[-1]:.2f} bits/char, and its embedding layer read through the unembedding from "
-                   f"{b.bpc[0]:.2f} to {f.bpc[0]:.2f}")
+        out.append(
+            f"Fine-tuning moved the pretrained model's output on this text from {b.bpc[-1]:.2f} to "
+            f"{f.bpc[-1]:.2f} bits/char, and its embedding layer read through the unembedding from "
+            f"{b.bpc[0]:.2f} to {f.bpc[0]:.2f}"
+        )
     return out
 
 
@@ -226,14 +284,19 @@ def positions_found(interp: InterpretStudy) -> list[str]:
         pts = [(x, b, c) for x, (b, c) in enumerate(zip(r.bpc, r.chars)) if b is not None and c]
         if len(pts) < 8:
             continue
-        early, late = pts[:4], pts[len(pts) // 2:]
+        early, late = pts[:4], pts[len(pts) // 2 :]
         e = sum(b * c for _, b, c in early) / sum(c for *_, c in early)
         lt = sum(b * c for _, b, c in late) / sum(c for *_, c in late)
-        out.append(f"{a.model}: the first characters it scores (positions {early[0][0]}-{early[-1][0]}) cost "
-                   f"{e:.2f} bits/char, the second half of the window (positions {late[0][0]}-{late[-1][0]}) "
-                   f"{lt:.2f}: having read more of the text saves {e - lt:.2f} bits/char")
-    return circuit_findings(positions=interp.scratch.positions) + circuit_findings(
-        positions=interp.pretrained.positions) + out
+        out.append(
+            f"{a.model}: the first characters it scores (positions {early[0][0]}-{early[-1][0]}) cost "
+            f"{e:.2f} bits/char, the second half of the window (positions {late[0][0]}-{late[-1][0]}) "
+            f"{lt:.2f}: having read more of the text saves {e - lt:.2f} bits/char"
+        )
+    return (
+        circuit_findings(positions=interp.scratch.positions)
+        + circuit_findings(positions=interp.pretrained.positions)
+        + out
+    )
 
 
 FORMED = 0.2  # a head scoring below this at the end of training has not taken up the behaviour
@@ -244,46 +307,57 @@ def formation_found(history: list[EvalRow]) -> list[str]:
     largest drop of the validation loss."""
     rows = [r for r in history if r.heads]
     if len(rows) < 2:
-        return ["Per-head scores were recorded at fewer than two evaluations, so there is no formation "
-                "curve (they are recorded at each evaluation of the from-scratch training)."]
+        return [
+            "Per-head scores were recorded at fewer than two evaluations, so there is no formation "
+            "curve (they are recorded at each evaluation of the from-scratch training)."
+        ]
     k = max(range(1, len(rows)), key=lambda j: rows[j - 1].val_loss - rows[j].val_loss)
     drop = (rows[k - 1], rows[k])
     out = []
     for key, kind in (("previous_token", "previous-token"), ("induction", "induction")):
         final, i, h = _heads(rows[-1].heads[key])[0]
         if final < FORMED:
-            out.append(f"No {kind} head formed: the strongest at the end, L{i}H{h}, scores {final:.2f} (a head "
-                       f"that does this job scores near 1)")
+            out.append(
+                f"No {kind} head formed: the strongest at the end, L{i}H{h}, scores {final:.2f} (a head "
+                f"that does this job scores near 1)"
+            )
             continue
         first = next(r for r in rows if r.heads[key][i][h] >= final / 2)
-        when = ("already at the first evaluation" if first is rows[0] else
-                f"by {first.tokens:,} tokens seen, when the validation loss was {first.val_loss:.2f} nats/token")
+        when = (
+            "already at the first evaluation"
+            if first is rows[0]
+            else f"by {first.tokens:,} tokens seen, when the validation loss was {first.val_loss:.2f} nats/token"
+        )
         lines_up = " — during the largest loss drop" if first is drop[1] else ""
-        out.append(f"L{i}H{h}, the strongest {kind} head at the end (score {final:.2f}), passed half that "
-                   f"score {when}{lines_up}")
-    out.append(f"The validation loss fell most between {drop[0].tokens:,} and {drop[1].tokens:,} tokens seen "
-               f"({drop[0].val_loss:.2f} -> {drop[1].val_loss:.2f} nats/token; {rows[0].val_loss:.2f} at the "
-               f"first evaluation with head scores, {rows[-1].val_loss:.2f} at the last)")
+        out.append(
+            f"L{i}H{h}, the strongest {kind} head at the end (score {final:.2f}), passed half that "
+            f"score {when}{lines_up}"
+        )
+    out.append(
+        f"The validation loss fell most between {drop[0].tokens:,} and {drop[1].tokens:,} tokens seen "
+        f"({drop[0].val_loss:.2f} -> {drop[1].val_loss:.2f} nats/token; {rows[0].val_loss:.2f} at the "
+        f"first evaluation with head scores, {rows[-1].val_loss:.2f} at the last)"
+    )
     return out
 
 
 HOW = {
     "induction": "Each cell is one head (layers down, heads across) on random tokens repeated twice: the left "
-                 "map is how much a token in the second copy attends to the token that followed it in the first "
-                 "copy (an induction head, which lets a model continue a repeat), the right map how much a token "
-                 "attends to the one just before it (the previous-token heads that induction heads build on).",
+    "map is how much a token in the second copy attends to the token that followed it in the first "
+    "copy (an induction head, which lets a model continue a repeat), the right map how much a token "
+    "attends to the one just before it (the previous-token heads that induction heads build on).",
     "ablation": "Each cell is the bits per character a model loses on the validation slice when that one head's "
-                "output is replaced by its average: red means the model needs the head, white that it could do "
-                "without it, and hatched cells were not ablated, to save time.",
+    "output is replaced by its average: red means the model needs the head, white that it could do "
+    "without it, and hatched cells were not ablated, to save time.",
     "lens": "Each point reads a model's prediction off its residual stream after that layer (through the final "
-            "norm and the unembedding): on the left the bits per character if the model stopped there, on the "
-            "right how often its top-1 guess is already the final one.",
+    "norm and the unembedding): on the left the bits per character if the model stopped there, on the "
+    "right how often its top-1 guess is already the final one.",
     "positions": "Each curve is the bits per character a model pays for a character against how many characters "
-                 "of the same context window it has read before it: a falling curve means it uses what it has "
-                 "read (in-context learning).",
+    "of the same context window it has read before it: a falling curve means it uses what it has "
+    "read (in-context learning).",
     "formation": "Each line is one head of the from-scratch model, its previous-token (left) or induction (right) "
-                 "score measured at each evaluation, against tokens seen, with the validation loss dashed on the "
-                 "right axis, so you can see whether a head forming coincides with a drop of the loss.",
+    "score measured at each evaluation, against tokens seen, with the validation loss dashed on the "
+    "right axis, so you can see whether a head forming coincides with a drop of the loss.",
 }
 
 
@@ -293,28 +367,64 @@ def interpret_sections(run: RunDir, state: StudyState) -> list[dict[str, Any]]:
     interp = state.interpret
     if interp is None:
         return []
-    tracks = (("scratch", interp.scratch, "from-scratch GPT"), ("pretrained", interp.pretrained, "fine-tuned model"))
+    tracks = (
+        ("scratch", interp.scratch, "from-scratch GPT"),
+        ("pretrained", interp.pretrained, "fine-tuned model"),
+    )
     history = state.scratch.history if state.scratch else []
 
     def figs(*named: tuple[str, str]) -> list[dict[str, str]]:
         return [f for f in (_figure(run, n, c) for n, c in named) if f]
 
     return [
-        {"id": "induction", "title": "Induction heads", "how": HOW["induction"],
-         "figures": figs(*((P.FIG_INDUCTION[t], f"Induction and previous-token scores, {w}") for t, _, w in tracks)),
-         "found": [s for _, a, _ in tracks for s in induction_found(a)]},
-        {"id": "ablation", "title": "Head ablation", "how": HOW["ablation"],
-         "figures": figs(*((P.FIG_ABLATION[t], f"Cost of removing each head, {w}") for t, _, w in tracks)),
-         "found": [s for _, a, _ in tracks for s in ablation_found(a)]},
-        {"id": "logit-lens", "title": "Logit lens", "how": HOW["lens"],
-         "figures": figs((P.FIG_LOGIT_LENS, "Bits/char and top-1 agreement read off each layer")),
-         "found": lens_found(interp)},
-        {"id": "loss-by-position", "title": "Loss by position", "how": HOW["positions"],
-         "figures": figs((P.FIG_LOSS_BY_POSITION, "Bits/char by position in the context window")),
-         "found": positions_found(interp)},
-        {"id": "head-formation", "title": "Head formation", "how": HOW["formation"],
-         "figures": figs((P.FIG_HEAD_FORMATION, "Per-head scores and validation loss during training")),
-         "found": formation_found(history)},
+        {
+            "id": "induction",
+            "title": "Induction heads",
+            "how": HOW["induction"],
+            "figures": figs(
+                *(
+                    (P.FIG_INDUCTION[t], f"Induction and previous-token scores, {w}")
+                    for t, _, w in tracks
+                )
+            ),
+            "found": [s for _, a, _ in tracks for s in induction_found(a)],
+        },
+        {
+            "id": "ablation",
+            "title": "Head ablation",
+            "how": HOW["ablation"],
+            "figures": figs(
+                *((P.FIG_ABLATION[t], f"Cost of removing each head, {w}") for t, _, w in tracks)
+            ),
+            "found": [s for _, a, _ in tracks for s in ablation_found(a)],
+        },
+        {
+            "id": "logit-lens",
+            "title": "Logit lens",
+            "how": HOW["lens"],
+            "figures": figs(
+                (P.FIG_LOGIT_LENS, "Bits/char and top-1 agreement read off each layer")
+            ),
+            "found": lens_found(interp),
+        },
+        {
+            "id": "loss-by-position",
+            "title": "Loss by position",
+            "how": HOW["positions"],
+            "figures": figs(
+                (P.FIG_LOSS_BY_POSITION, "Bits/char by position in the context window")
+            ),
+            "found": positions_found(interp),
+        },
+        {
+            "id": "head-formation",
+            "title": "Head formation",
+            "how": HOW["formation"],
+            "figures": figs(
+                (P.FIG_HEAD_FORMATION, "Per-head scores and validation loss during training")
+            ),
+            "found": formation_found(history),
+        },
     ]
 
 
@@ -324,15 +434,27 @@ def interpret_sections(run: RunDir, state: StudyState) -> list[dict[str, Any]]:
 
 def json_for_script(obj: Any) -> str:
     """JSON safe inside <script type=application/json>: no '<', '>' or '&' survive."""
-    return json.dumps(obj, ensure_ascii=False).replace("<", "\\u003c").replace(">", "\\u003e").replace(
-        "&", "\\u0026")
+    return (
+        json.dumps(obj, ensure_ascii=False)
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+    )
 
 
-def _rounded(table: list[list[float | None]] | None, digits: int = 3) -> list[list[float | None]] | None:
-    return None if table is None else [[None if v is None else round(v, digits) for v in row] for row in table]
+def _rounded(
+    table: list[list[float | None]] | None, digits: int = 3
+) -> list[list[float | None]] | None:
+    return (
+        None
+        if table is None
+        else [[None if v is None else round(v, digits) for v in row] for row in table]
+    )
 
 
-def explorer_data(run: RunDir, attention: AttentionStudy, interp: InterpretStudy | None) -> dict[str, Any]:
+def explorer_data(
+    run: RunDir, attention: AttentionStudy, interp: InterpretStudy | None
+) -> dict[str, Any]:
     """Per model: its name, the attention text's tokens, the weights ``# [layer][head][query][key]``
     (from run/attention_weights.pt) and per-head scores ``# [layer][head]``: previous-token share
     on this text, induction score and ablation cost in bits/char (None: not measured / not ablated)."""
@@ -346,10 +468,13 @@ def explorer_data(run: RunDir, attention: AttentionStudy, interp: InterpretStudy
             prev[s.layer][s.head] = s.previous_token
         an = getattr(interp, key) if interp is not None else None
         data[key] = {
-            "name": a.model, "tokens": a.tokens,
+            "name": a.model,
+            "tokens": a.tokens,
             "weights": ((w * 1000).round() / 1000).tolist(),
-            "scores": {"previous_token": _rounded(prev),
-                       "induction": _rounded(an.induction.induction if an else None),
-                       "ablation": _rounded(an.ablation.delta_bpc if an else None, 4)},
+            "scores": {
+                "previous_token": _rounded(prev),
+                "induction": _rounded(an.induction.induction if an else None),
+                "ablation": _rounded(an.ablation.delta_bpc if an else None, 4),
+            },
         }
     return data

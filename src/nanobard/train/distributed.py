@@ -58,7 +58,11 @@ class Dist:
         to run at every training step."""
         if not self.enabled:
             return choice
-        on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        on = (
+            torch.device("cuda", torch.cuda.current_device())
+            if dist.get_backend() == "nccl"
+            else torch.device("cpu")
+        )
         code = torch.tensor([options.index(choice)], device=on)
         dist.broadcast(code, src=0)
         return options[int(code.item())]

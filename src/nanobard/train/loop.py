@@ -94,16 +94,27 @@ class RunState(Record):
     horizon_refined: bool = False  # re-sized at an evaluation after sizing (Clock.refine)
 
 
-def train_step(model: GPT, optimizer: Any, batches: list[tuple[torch.Tensor, torch.Tensor]], cfg: TrainConfig,
-               device: torch.device, fwd: torch.nn.Module | None = None) -> float:
+def train_step(
+    model: GPT,
+    optimizer: Any,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    cfg: TrainConfig,
+    device: torch.device,
+    fwd: torch.nn.Module | None = None,
+) -> float:
     """One optimizer step: forward and backward over each (x, y) micro-batch (B, T), gradient
     clipping, the update. ``fwd`` is the model as wrapped for the forward pass (DDP, compiled);
     under DDP gradients are all-reduced once, on the last micro-batch. Returns the last
     micro-batch's loss in nats per token (what the progress bar shows)."""
     fwd = fwd or model
     for i, (x, y) in enumerate(batches):
-        sync = i == len(batches) - 1 or not isinstance(fwd, torch.nn.parallel.DistributedDataParallel)
-        with autocast_context(device, cfg.dtype), (contextlib.nullcontext() if sync else fwd.no_sync()):
+        sync = i == len(batches) - 1 or not isinstance(
+            fwd, torch.nn.parallel.DistributedDataParallel
+        )
+        with (
+            autocast_context(device, cfg.dtype),
+            contextlib.nullcontext() if sync else fwd.no_sync(),
+        ):
             loss = fwd(x.to(device), y.to(device)).loss / len(batches)
             loss.backward()
     if cfg.grad_clip > 0:
@@ -115,8 +126,14 @@ def train_step(model: GPT, optimizer: Any, batches: list[tuple[torch.Tensor, tor
 
 @torch.no_grad()
 def estimate_loss(
-    model: GPT, data: torch.Tensor, block_size: int, batch_size: int, iters: int, seed: int,
-    device: torch.device, dtype: str,
+    model: GPT,
+    data: torch.Tensor,
+    block_size: int,
+    batch_size: int,
+    iters: int,
+    seed: int,
+    device: torch.device,
+    dtype: str,
 ) -> float:
     """Mean loss (nats/token) over ``iters`` batches drawn from a fixed seed: the same batches
     at every evaluation, so successive values differ only because the model changed."""
@@ -186,7 +203,9 @@ class Setup:
         return self.model if self.dd.enabled else self.fwd  # every rank evaluates the same batches
 
 
-def _setup(model_cfg: ModelConfig, cfg: TrainConfig, data: CorpusSplit | TokenCorpus, out: Path) -> Setup:
+def _setup(
+    model_cfg: ModelConfig, cfg: TrainConfig, data: CorpusSplit | TokenCorpus, out: Path
+) -> Setup:
     corpus = data if isinstance(data, TokenCorpus) else tokens_from_split(data)
     check_fits(corpus, model_cfg.block_size)
     device = pick_device(cfg.device)
@@ -194,7 +213,9 @@ def _setup(model_cfg: ModelConfig, cfg: TrainConfig, data: CorpusSplit | TokenCo
     if dd.enabled and device.type == "cuda":
         device = torch.device("cuda", dd.local_rank)
     if cfg.batch_size % dd.world:
-        raise ConfigError(f"--batch-size {cfg.batch_size} must be divisible by the {dd.world} processes")
+        raise ConfigError(
+            f"--batch-size {cfg.batch_size} must be divisible by the {dd.world} processes"
+        )
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model_cfg = with_overrides(model_cfg, {"vocab_size": corpus.tokenizer.vocab_size})
@@ -205,11 +226,22 @@ def _setup(model_cfg: ModelConfig, cfg: TrainConfig, data: CorpusSplit | TokenCo
         torch.manual_seed(cfg.seed + dd.rank)  # dropout masks differ per rank
     fwd: torch.nn.Module = model
     if dd.enabled:
-        fwd = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dd.local_rank] if device.type == "cuda" else None)
+        fwd = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dd.local_rank] if device.type == "cuda" else None
+        )
     if cfg.compile:
         fwd = torch.compile(fwd)
-    return Setup(RunDir(out).ensure(), model, fwd, optimizer, torch.Generator().manual_seed(cfg.seed),
-                 corpus.tokenizer, corpus, device, dd)
+    return Setup(
+        RunDir(out).ensure(),
+        model,
+        fwd,
+        optimizer,
+        torch.Generator().manual_seed(cfg.seed),
+        corpus.tokenizer,
+        corpus,
+        device,
+        dd,
+    )
 
 
 def _restore(s: Setup, cfg: TrainConfig, resume: bool) -> tuple[RunState, list[EvalRow]]:
@@ -223,12 +255,19 @@ def _restore(s: Setup, cfg: TrainConfig, resume: bool) -> tuple[RunState, list[E
         try:
             s.optimizer.load_state_dict(ts["optimizer"])
         except (KeyError, ValueError) as e:
-            raise ConfigError(f"{last} was written with another --optimizer than {cfg.optimizer!r}; resume "
-                              f"with the optimizer it was trained with, or start afresh without --resume") from e
+            raise ConfigError(
+                f"{last} was written with another --optimizer than {cfg.optimizer!r}; resume "
+                f"with the optimizer it was trained with, or start afresh without --resume"
+            ) from e
         s.batch_gen.set_state(ts["batch_rng"])
         rng, dd = ts["torch_rng"], s.dd
-        torch.set_rng_state(rng[dd.rank] if isinstance(rng, list) and len(rng) == dd.world else
-                            rng[0] if isinstance(rng, list) else rng)
+        torch.set_rng_state(
+            rng[dd.rank]
+            if isinstance(rng, list) and len(rng) == dd.world
+            else rng[0]
+            if isinstance(rng, list)
+            else rng
+        )
         state = RunState.from_dict(json.loads(ts["counters"]))
         s.run.trim_metrics(state.step)
         logger.info("resuming from %s at step %d", last, state.step)
@@ -242,39 +281,77 @@ def _restore(s: Setup, cfg: TrainConfig, resume: bool) -> tuple[RunState, list[E
     return RunState(), []
 
 
-def _write_config(s: Setup, model_cfg: ModelConfig, cfg: TrainConfig, config_name: str, budget: tuple) -> None:
+def _write_config(
+    s: Setup, model_cfg: ModelConfig, cfg: TrainConfig, config_name: str, budget: tuple
+) -> None:
     if not s.dd.is_main:
         return
-    (s.run / config_name).write_text(json.dumps({
-        "model": asdict(s.model.config), "train": asdict(cfg), "corpus": s.corpus.name,
-        "n_train_chars": len(s.corpus.train), "n_val_chars": len(s.corpus.val),
-        "precision": str(resolve_precision(cfg.dtype, s.device)).removeprefix("torch."),
-        "num_params": s.model.num_params(), "device": str(s.device), "torch": torch.__version__,
-        "step_budget": budget[0], "budget": budget[1], "processes": s.dd.world,
-    }, indent=2))
-    logger.info("model: %s parameters on %s; %s training tokens", f"{s.model.num_params():,}", s.device,
-                f"{len(s.corpus.train):,}")
+    (s.run / config_name).write_text(
+        json.dumps(
+            {
+                "model": asdict(s.model.config),
+                "train": asdict(cfg),
+                "corpus": s.corpus.name,
+                "n_train_chars": len(s.corpus.train),
+                "n_val_chars": len(s.corpus.val),
+                "precision": str(resolve_precision(cfg.dtype, s.device)).removeprefix("torch."),
+                "num_params": s.model.num_params(),
+                "device": str(s.device),
+                "torch": torch.__version__,
+                "step_budget": budget[0],
+                "budget": budget[1],
+                "processes": s.dd.world,
+            },
+            indent=2,
+        )
+    )
+    logger.info(
+        "model: %s parameters on %s; %s training tokens",
+        f"{s.model.num_params():,}",
+        s.device,
+        f"{len(s.corpus.train):,}",
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # evaluation and checkpoints
 
 
-def _evaluate(s: Setup, cfg: TrainConfig, state: RunState, lr: float, last_loss: float | None,
-              session: tuple[float, int]) -> EvalRow:
+def _evaluate(
+    s: Setup,
+    cfg: TrainConfig,
+    state: RunState,
+    lr: float,
+    last_loss: float | None,
+    session: tuple[float, int],
+) -> EvalRow:
     """Loss on fixed train and validation batches; raises NonFiniteLossError on NaN/inf."""
-    ev = dict(block_size=s.model.config.block_size, batch_size=cfg.batch_size, iters=cfg.eval_iters,
-              seed=cfg.seed + EVAL_SEED_OFFSET, device=s.device, dtype=cfg.dtype)
+    ev = dict(
+        block_size=s.model.config.block_size,
+        batch_size=cfg.batch_size,
+        iters=cfg.eval_iters,
+        seed=cfg.seed + EVAL_SEED_OFFSET,
+        device=s.device,
+        dtype=cfg.dtype,
+    )
     val_loss = estimate_loss(s.eval_model, s.corpus.val, **ev)
     train_loss = estimate_loss(s.eval_model, s.corpus.train, **ev)
     if not (math.isfinite(val_loss) and math.isfinite(train_loss)):
-        raise NonFiniteLossError(f"loss became {val_loss} at step {state.step}; training stopped, the last good "
-                                 "checkpoint is kept. Lower --lr or raise --warmup-steps")
+        raise NonFiniteLossError(
+            f"loss became {val_loss} at step {state.step}; training stopped, the last good "
+            "checkpoint is kept. Lower --lr or raise --warmup-steps"
+        )
     session_s, session_tokens = time.perf_counter() - session[0], session[1]
-    return EvalRow(step=state.step, tokens=state.tokens, val_loss=round(val_loss, 5), train_loss=round(train_loss, 5),
-                   lr=lr, elapsed_s=round(state.elapsed_s, 3),
-                   tokens_per_s=round(session_tokens / session_s, 1) if session_tokens else None,
-                   last_batch_loss=None if last_loss is None else round(last_loss, 5))
+    return EvalRow(
+        step=state.step,
+        tokens=state.tokens,
+        val_loss=round(val_loss, 5),
+        train_loss=round(train_loss, 5),
+        lr=lr,
+        elapsed_s=round(state.elapsed_s, 3),
+        tokens_per_s=round(session_tokens / session_s, 1) if session_tokens else None,
+        last_batch_loss=None if last_loss is None else round(last_loss, 5),
+    )
 
 
 def _record(s: Setup, state: RunState, row: EvalRow) -> None:
@@ -282,16 +359,30 @@ def _record(s: Setup, state: RunState, row: EvalRow) -> None:
     the checkpoints: the best when it improved, the last (with optimizer and RNG state) always."""
     improved = row.val_loss < state.best_val
     state.first_val = row.val_loss if state.first_val is None else state.first_val
-    state.best_val, state.bad_evals = (row.val_loss, 0) if improved else (state.best_val, state.bad_evals + 1)
+    state.best_val, state.bad_evals = (
+        (row.val_loss, 0) if improved else (state.best_val, state.bad_evals + 1)
+    )
     rng_states = s.dd.gather_rng_states()
     if s.dd.is_main:  # only rank 0 writes; every rank holds the same weights
         s.run.append_metrics(row)
         if improved:
-            save_checkpoint(s.run / RunDir.BEST, s.model, s.tokenizer, metrics={"step": row.step, "val_loss": row.val_loss})
-        save_checkpoint(s.run / RunDir.LAST, s.model, s.tokenizer, train_state={
-            "optimizer": s.optimizer.state_dict(), "batch_rng": s.batch_gen.get_state(),
-            "torch_rng": rng_states if s.dd.enabled else rng_states[0], "counters": json.dumps(state.to_dict()),
-        })
+            save_checkpoint(
+                s.run / RunDir.BEST,
+                s.model,
+                s.tokenizer,
+                metrics={"step": row.step, "val_loss": row.val_loss},
+            )
+        save_checkpoint(
+            s.run / RunDir.LAST,
+            s.model,
+            s.tokenizer,
+            train_state={
+                "optimizer": s.optimizer.state_dict(),
+                "batch_rng": s.batch_gen.get_state(),
+                "torch_rng": rng_states if s.dd.enabled else rng_states[0],
+                "counters": json.dumps(state.to_dict()),
+            },
+        )
     s.dd.barrier()
 
 
@@ -326,77 +417,144 @@ def train(
     s = _setup(model_cfg, cfg, data, Path(out_dir))
     state, history = _restore(s, cfg, resume)
     horizon, budget_kind = step_budget(cfg, len(s.corpus.train), s.model.config.block_size)
-    horizon = horizon if horizon is not None else state.horizon  # a time budget sized before a resume
+    horizon = (
+        horizon if horizon is not None else state.horizon
+    )  # a time budget sized before a resume
     _write_config(s, model_cfg, cfg, config_name, (horizon, budget_kind))
     clock, session = Clock(before_s=state.elapsed_s), [time.perf_counter(), 0]
     tokens_per_step = cfg.batch_size * cfg.grad_accum * s.model.config.block_size
     evaluated = state.step if history else None  # a resumed run was evaluated at its checkpoint
     lr, loss, stopped = lr_at(state.step, cfg, cfg.lr_decay_steps or horizon, 0.0), None, None
-    bar = tqdm(total=horizon, initial=state.step, disable=not progress or not s.dd.is_main, unit="step",
-               dynamic_ncols=True, desc="train scratch")
+    bar = tqdm(
+        total=horizon,
+        initial=state.step,
+        disable=not progress or not s.dd.is_main,
+        unit="step",
+        dynamic_ncols=True,
+        desc="train scratch",
+    )
     s.model.train()
     with _StopFlag() as stop:
         while True:
             state.elapsed_s = clock.elapsed()
             # last_step: a budget is spent or a signal came; the final evaluation and save happen here, once
             stopped = s.dd.choice_from_main(  # clocks and signals differ a little between ranks: rank 0 decides
-                budget_kind if horizon is not None and state.step >= horizon else
-                "time" if cfg.max_time is not None and state.elapsed_s >= cfg.max_time else
-                "interrupted" if stop.signum is not None else None, STOP_REASONS)
+                budget_kind
+                if horizon is not None and state.step >= horizon
+                else "time"
+                if cfg.max_time is not None and state.elapsed_s >= cfg.max_time
+                else "interrupted"
+                if stop.signum is not None
+                else None,
+                STOP_REASONS,
+            )
             if (stopped or state.step % cfg.eval_interval == 0) and evaluated != state.step:
                 t_eval = time.perf_counter()
                 row = _evaluate(s, cfg, state, lr, loss, tuple(session))
-                for callback in on_eval:  # analyses the caller asked for (e.g. the study's head scores)
+                for (
+                    callback
+                ) in on_eval:  # analyses the caller asked for (e.g. the study's head scores)
                     row = callback(s.model, row)
                 history.append(row)
                 evaluated, clock.eval_s = state.step, time.perf_counter() - t_eval
                 if budget_kind == "time" and clock.sized_at[0] and not stopped:
-                    horizon = state.horizon = bar.total = s.dd.from_main(clock.refine(state.step, cfg, clock.eval_s))
+                    horizon = state.horizon = bar.total = s.dd.from_main(
+                        clock.refine(state.step, cfg, clock.eval_s)
+                    )
                     state.horizon_refined = True
-                    stopped = budget_kind if state.step >= horizon else None  # no time left: this evaluation is the last
+                    stopped = (
+                        budget_kind if state.step >= horizon else None
+                    )  # no time left: this evaluation is the last
                 _record(s, state, row)  # the checkpoint carries the re-fitted horizon
                 stopped = stopped or _stop_after_eval(cfg, state, row)
-                bar.set_postfix(loss=f"{row.train_loss:.3f}", val=f"{row.val_loss:.3f}", refresh=False)
+                bar.set_postfix(
+                    loss=f"{row.train_loss:.3f}", val=f"{row.val_loss:.3f}", refresh=False
+                )
             if stopped:
                 break
-            lr = lr_at(state.step, cfg, cfg.lr_decay_steps or horizon,
-                       clock.elapsed() / cfg.max_time if cfg.max_time else 0.0)
+            lr = lr_at(
+                state.step,
+                cfg,
+                cfg.lr_decay_steps or horizon,
+                clock.elapsed() / cfg.max_time if cfg.max_time else 0.0,
+            )
             for group in s.optimizer.param_groups:
                 group["lr"] = lr
-            batches = [(s.dd.shard(x), s.dd.shard(y)) for x, y in  # this rank's rows of each global batch
-                       (get_batch(s.corpus.train, s.model.config.block_size, cfg.batch_size, s.batch_gen)
-                        for _ in range(cfg.grad_accum))]
+            batches = [
+                (s.dd.shard(x), s.dd.shard(y))
+                for x, y in (  # this rank's rows of each global batch
+                    get_batch(
+                        s.corpus.train, s.model.config.block_size, cfg.batch_size, s.batch_gen
+                    )
+                    for _ in range(cfg.grad_accum)
+                )
+            ]
             loss = train_step(s.model, s.optimizer, batches, cfg, s.device, s.fwd)
             if not math.isfinite(loss):
-                raise NonFiniteLossError(f"loss became {loss} at step {state.step + 1}; training stopped, the last "
-                                         f"good checkpoint ({s.run / RunDir.LAST}) is kept. Lower --lr or raise --warmup-steps")
-            state.step, state.tokens, session[1] = state.step + 1, state.tokens + tokens_per_step, session[1] + tokens_per_step
+                raise NonFiniteLossError(
+                    f"loss became {loss} at step {state.step + 1}; training stopped, the last "
+                    f"good checkpoint ({s.run / RunDir.LAST}) is kept. Lower --lr or raise --warmup-steps"
+                )
+            state.step, state.tokens, session[1] = (
+                state.step + 1,
+                state.tokens + tokens_per_step,
+                session[1] + tokens_per_step,
+            )
             bar.update(1)
-            if budget_kind == "time" and not clock.sized_at[0] and (sized := clock.size_steps(state.step, cfg)):
-                horizon = state.horizon = bar.total = s.dd.from_main(sized)  # this session's speed (resumed too)
+            if (
+                budget_kind == "time"
+                and not clock.sized_at[0]
+                and (sized := clock.size_steps(state.step, cfg))
+            ):
+                horizon = state.horizon = bar.total = s.dd.from_main(
+                    sized
+                )  # this session's speed (resumed too)
             if state.step % 10 == 0:
-                bar.set_postfix(loss=f"{loss:.3f}", val=f"{state.best_val:.3f}",
-                                tok_s=f"{session[1] / max(1e-9, time.perf_counter() - session[0]):,.0f}")
+                bar.set_postfix(
+                    loss=f"{loss:.3f}",
+                    val=f"{state.best_val:.3f}",
+                    tok_s=f"{session[1] / max(1e-9, time.perf_counter() - session[0]):,.0f}",
+                )
     bar.close()
     distributed.teardown(s.dd)
     if stopped == "interrupted":
-        raise TrainingInterrupted(f"stopped by signal {signal.Signals(stop.signum or signal.SIGTERM).name} at step {state.step}; "
-                                  f"checkpoint written to {s.run / RunDir.LAST}; continue with the same command plus --resume")
+        raise TrainingInterrupted(
+            f"stopped by signal {signal.Signals(stop.signum or signal.SIGTERM).name} at step {state.step}; "
+            f"checkpoint written to {s.run / RunDir.LAST}; continue with the same command plus --resume"
+        )
     return _result(s, cfg, state, history, stopped, session)
 
 
-def _result(s: Setup, cfg: TrainConfig, state: RunState, history: list[EvalRow], stopped: str,
-            session: list) -> TrainResult:
+def _result(
+    s: Setup, cfg: TrainConfig, state: RunState, history: list[EvalRow], stopped: str, session: list
+) -> TrainResult:
     session_s = time.perf_counter() - session[0]
     res = TrainResult(
-        out_dir=s.run.path, num_params=s.model.num_params(), steps=state.step, tokens=state.tokens,
-        elapsed_s=state.elapsed_s, tokens_per_s=session[1] / session_s if session_s > 0 else 0.0,
-        first_val_loss=state.first_val, best_val_loss=state.best_val, final_val_loss=history[-1].val_loss,
-        final_train_loss=history[-1].train_loss, stopped=stopped, history=history, time_budget_s=cfg.max_time,
+        out_dir=s.run.path,
+        num_params=s.model.num_params(),
+        steps=state.step,
+        tokens=state.tokens,
+        elapsed_s=state.elapsed_s,
+        tokens_per_s=session[1] / session_s if session_s > 0 else 0.0,
+        first_val_loss=state.first_val,
+        best_val_loss=state.best_val,
+        final_val_loss=history[-1].val_loss,
+        final_train_loss=history[-1].train_loss,
+        stopped=stopped,
+        history=history,
+        time_budget_s=cfg.max_time,
     )
     if s.dd.is_main:
         res.save(s.run / RunDir.TRAIN_RESULT)
     return res
 
 
-__all__ = ["train", "train_step", "TrainResult", "RunState", "lr_at", "CheckpointError", "TrainingInterrupted"]
+__all__ = [
+    "train",
+    "train_step",
+    "TrainResult",
+    "RunState",
+    "lr_at",
+    "CheckpointError",
+    "TrainingInterrupted",
+]

@@ -33,7 +33,9 @@ from nanobard.hardware import resolve_precision
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
-def orthogonalise(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.float32, eps: float = 1e-7) -> torch.Tensor:
+def orthogonalise(
+    g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.float32, eps: float = 1e-7
+) -> torch.Tensor:
     """Approximately U Vᵀ of g = U S Vᵀ by quintic Newton-Schulz iterations, computed in ``dtype``.
 
     g: (m, n) or a batch (k, m, n) of matrices of one shape. Returns the same shape and dtype as g.
@@ -45,7 +47,9 @@ def orthogonalise(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.fl
     tall = x.size(-2) > x.size(-1)
     if tall:
         x = x.mT  # iterate on the wide side: (.., min, max)
-    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm <= Frobenius norm <= 1
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(
+        min=eps
+    )  # spectral norm <= Frobenius norm <= 1
     mm_add = torch.baddbmm if x.dim() == 3 else torch.addmm  # fused multiply-adds, as torch's Muon
     for _ in range(steps):
         gram = x @ x.mT  # (.., min, min)
@@ -62,10 +66,26 @@ class Muon(torch.optim.Optimizer):
     State per parameter: ``momentum_buffer``, as in torch's Muon, so a resumed run is exact.
     """
 
-    def __init__(self, params: Any, lr: float, weight_decay: float = 0.0, momentum: float = 0.95,
-                 nesterov: bool = True, ns_steps: int = 5, ns_dtype: torch.dtype = torch.float32) -> None:
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
-                                      ns_steps=ns_steps))
+    def __init__(
+        self,
+        params: Any,
+        lr: float,
+        weight_decay: float = 0.0,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_steps: int = 5,
+        ns_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__(
+            params,
+            dict(
+                lr=lr,
+                weight_decay=weight_decay,
+                momentum=momentum,
+                nesterov=nesterov,
+                ns_steps=ns_steps,
+            ),
+        )
         self.ns_dtype = ns_dtype  # not in the groups: a torch.dtype does not belong in a checkpoint
 
     @torch.no_grad()
@@ -86,7 +106,9 @@ class Muon(torch.optim.Optimizer):
             for i, u in enumerate(updates):
                 by_shape[u.shape].append(i)
             for shape, idx in by_shape.items():
-                ortho = orthogonalise(torch.stack([updates[i] for i in idx]), group["ns_steps"], self.ns_dtype)
+                ortho = orthogonalise(
+                    torch.stack([updates[i] for i in idx]), group["ns_steps"], self.ns_dtype
+                )
                 scale = lr * 0.2 * math.sqrt(max(shape))  # RMS of AdamW's update (Liu et al., 2025)
                 for j, i in enumerate(idx):
                     params[i].mul_(1 - lr * wd)
@@ -126,12 +148,16 @@ class CombinedOptimizer:
 Optimizer = torch.optim.Optimizer | CombinedOptimizer
 
 
-def _adamw(params: list[torch.nn.Parameter], cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def _adamw(
+    params: list[torch.nn.Parameter], cfg: TrainConfig, device: torch.device
+) -> torch.optim.AdamW:
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda"
+    )
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> Optimizer:
@@ -144,6 +170,12 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     ids = {id(p) for p in hidden}
     rest = [p for _, p in named if id(p) not in ids]
     # Newton-Schulz in bfloat16 only where bfloat16 is native (and the run did not ask for float32)
-    muon = Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.95, nesterov=True,
-                ns_dtype=resolve_precision(cfg.dtype, device, "Newton-Schulz"))
+    muon = Muon(
+        hidden,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        momentum=0.95,
+        nesterov=True,
+        ns_dtype=resolve_precision(cfg.dtype, device, "Newton-Schulz"),
+    )
     return CombinedOptimizer([muon, _adamw(rest, cfg, device)])

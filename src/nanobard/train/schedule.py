@@ -82,12 +82,20 @@ class Clock:
         after a fast stretch, overrun it. Re-fitting at every evaluation keeps both in check."""
         sized_step, sized_elapsed = self.sized_at
         self.evals_since_sized_s += eval_s
-        per_step = (self.elapsed() - self.evals_since_sized_s - sized_elapsed) / max(1, step - sized_step)
+        per_step = (self.elapsed() - self.evals_since_sized_s - sized_elapsed) / max(
+            1, step - sized_step
+        )
         self.eval_s = eval_s
         return self._fit(step, per_step, cfg, "refined")
 
     def _fit(self, step: int, per_step: float, cfg: TrainConfig, how: str) -> int:
         left = max(0.0, cfg.max_time - self.elapsed())
         horizon = step + int(left / (per_step + self.eval_s / cfg.eval_interval))
-        logger.info("%s %.1f ms/step: %d steps fit the %.0f s budget", how, per_step * 1e3, horizon, cfg.max_time)
+        logger.info(
+            "%s %.1f ms/step: %d steps fit the %.0f s budget",
+            how,
+            per_step * 1e3,
+            horizon,
+            cfg.max_time,
+        )
         return horizon
