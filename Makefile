@@ -35,6 +35,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks notebooks
 	$(BIN)/ruff format --check src tests benchmarks notebooks
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(ARGS)
@@ -46,7 +47,7 @@ clean-venv:
 # Their sources are notebooks/NN_name.py; the .ipynb files are refreshed from them first.
 notebooks: $(STAMP)
 	cd notebooks && for nb in 0*.py; do ../$(BIN)/jupytext --update --to notebook "$$nb" -q; done
-	$(BIN)/jupyter execute --inplace notebooks/0*.ipynb
+	$(BIN)/python -m nanobard.lessons.notebook notebooks/0*.ipynb
 
 # HTML copies of the stored notebooks, figures included, for reading in a browser (seconds; not in git).
 notebooks-html: $(STAMP)

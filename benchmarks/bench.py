@@ -1,6 +1,8 @@
-"""Measure this machine and nanobard on it; write JSON and a readable table. Nothing here asserts a time.
+"""Measure this machine and nanobard on it; write JSON and a readable table.
+Nothing here asserts a time.
 
-    .venv/bin/python benchmarks/bench.py [--only GROUP ...] [--repeats 3] [--emulate avx2] [--nanogpt DIR]
+    .venv/bin/python benchmarks/bench.py [--only GROUP ...] [--repeats 3] [--emulate avx2]
+        [--nanogpt DIR]
     (``nanobard bench`` and ``make bench`` run this file too)
 
 Each case runs in its own subprocess (so its peak resident memory is its own), several times; the
@@ -51,7 +53,8 @@ def machine(env: dict[str, str], device: str = "cpu") -> dict[str, Any]:
     )
     if out.returncode != 0:
         raise SystemExit(
-            f"--device {device}: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else 'failed'}"
+            f"--device {device}: "
+            f"{out.stderr.strip().splitlines()[-1] if out.stderr.strip() else 'failed'}"
         )
     return json.loads(out.stdout)
 
@@ -89,9 +92,8 @@ def _case_main(name: str, kwargs: str) -> None:
         resource.getrusage(who).ru_maxrss
         for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
     ]
-    r["peak_rss_mb"] = (
-        max(rss) / 1024
-    )  # a case that runs `nanobard train` as a child reports the child's
+    # a case that runs `nanobard train` as a child reports the child's
+    r["peak_rss_mb"] = max(rss) / 1024
     print(json.dumps(r))
 
 
@@ -146,9 +148,8 @@ def plan(
                     **on,
                 }
                 items.append((f"train {preset} {dt}", "train", kw, repeats))
-    if (
-        "generate" in which
-    ):  # decoding reads the weights: bfloat16/int8 weights pay on any CPU (hardware.py)
+    # decoding reads the weights: bfloat16/int8 weights pay on any CPU (hardware.py)
+    if "generate" in which:
         for cache, dt in (
             (False, "float32"),
             (True, "float32"),
@@ -243,7 +244,8 @@ def run_benchmarks(
     nanogpt: str | None = None,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Run the named groups. ``tiny`` checks the harness only (seconds). Returns {"meta", "results"}."""
+    """Run the named groups. ``tiny`` checks the harness only (seconds).
+    Returns {"meta", "results"}."""
     from nanobard.hardware import emulation_env
 
     env = {**os.environ, **(emulation_env(emulate) if emulate else {})}
@@ -277,10 +279,11 @@ def table(bench: dict[str, Any]) -> str:
     """The results as text, headed by the CPU that produced them."""
     m = bench["meta"]
     cpu = m["cpu"]
+    emulated = " (emulated with --emulate " + m["emulate"] + ")" if m.get("emulate") else ""
     head = (
-        f"{cpu['model']}: {cpu['kind']}{' (emulated with --emulate ' + m['emulate'] + ')' if m.get('emulate') else ''}, "
-        f"torch capability {cpu['capability']}, flags {' '.join(cpu['flags'])}, {cpu['threads']} threads, "
-        f"torch {m['torch']}, {m['time']}"
+        f"{cpu['model']}: {cpu['kind']}{emulated}, "
+        f"torch capability {cpu['capability']}, flags {' '.join(cpu['flags'])}, "
+        f"{cpu['threads']} threads, torch {m['torch']}, {m['time']}"
         + (f"\ncases on {m['device']}" if m.get("device", "cpu") != "cpu" else "")
         + (f": {m['gpu']}" if m.get("gpu") else "")
     )
@@ -306,7 +309,10 @@ def table(bench: dict[str, Any]) -> str:
                 "" if all(x["reached"] for x in r["runs"]) else " (not reached)"
             )
         if r["case"] == "ten_minutes":
-            extra = f"  in-run best {r['best_val_loss']['median']:.4f} at step {r['runs'][0]['best_step']}"
+            extra = (
+                f"  in-run best {r['best_val_loss']['median']:.4f} "
+                f"at step {r['runs'][0]['best_step']}"
+            )
         if "peak_gpu_mb" in r:
             extra = f"  peak GPU memory {r['peak_gpu_mb']['median']:.0f} MB"
         lines.append(
@@ -317,7 +323,8 @@ def table(bench: dict[str, Any]) -> str:
 
 
 def ratios(bench: dict[str, Any]) -> str:
-    """The figures the issues set targets on, as ratios against baselines measured in the same run."""
+    """The figures the issues set targets on,
+    as ratios against baselines measured in the same run."""
     by = {r["label"]: r for r in bench["results"] if r["case"] != "skipped"}
 
     def med(label: str, key: str) -> float | None:
@@ -337,14 +344,16 @@ def ratios(bench: dict[str, Any]) -> str:
         g = med(f"generate 10.7M KV cache {dt}", "tokens_per_s")
         if g and gen0:
             lines.append(
-                f"generation, KV cache {dt}: {g:.0f} tokens/s ({g / gen0:.1f}x no cache, {gen0:.0f})"
+                f"generation, KV cache {dt}: {g:.0f} tokens/s "
+                f"({g / gen0:.1f}x no cache, {gen0:.0f})"
             )
     ft0 = med("finetune smollm2-135m float32 (model loss)", "tokens_per_s")
     for mode in ("float32", "bfloat16", "lora"):
         f = med(f"finetune smollm2-135m {mode}", "tokens_per_s")
         if f and ft0:
             lines.append(
-                f"fine-tuning {mode}: {f:.0f} tokens/s ({f / ft0:.2f}x float32 with the model's own loss)"
+                f"fine-tuning {mode}: {f:.0f} tokens/s "
+                f"({f / ft0:.2f}x float32 with the model's own loss)"
             )
     return "\n".join(lines)
 
@@ -396,9 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         help="cpu (default), cuda, mps or auto: where the matmul/train/generate/finetune cases run",
     )
     ap.add_argument("--out", default="bench_results", help="folder for the JSON results")
-    ap.add_argument(
-        "--case", nargs=2, metavar=("NAME", "JSON"), help=argparse.SUPPRESS
-    )  # one case, in a subprocess
+    # one case, in a subprocess
+    ap.add_argument("--case", nargs=2, metavar=("NAME", "JSON"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.case:
         _case_main(*args.case)

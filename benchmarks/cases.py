@@ -1,10 +1,10 @@
-"""Benchmark cases. Each returns a dict of measurements and runs in its own subprocess (see bench.py),
-so its peak resident memory and its CPU settings (``--emulate avx2``) are its own.
+"""Benchmark cases. Each returns a dict of measurements and runs in its own subprocess (see
+bench.py), so its peak resident memory and its CPU settings (``--emulate avx2``) are its own.
 
 Achieved GFLOP/s = model training FLOPs per token x tokens/s, with FLOPs per token = 6 N + 12 L C T
-(N parameters, L layers, C width, T context; forward + backward, PaLM appendix B). Fine-tuning counts
-6 N (4 N + 6 x trainable for LoRA, whose frozen weights get no gradients); its attention term, about
-3% at T = 128, is left out.
+(N parameters, L layers, C width, T context; forward + backward, PaLM appendix B). Fine-tuning
+counts 6 N (4 N + 6 x trainable for LoRA, whose frozen weights get no gradients); its attention
+term, about 3% at T = 128, is left out.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def case_train(
     batch_size: int | None = None,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Training steps of a preset's model and optimizer on random tokens (the trainer's own step)."""
+    """Training steps of a preset's model and optimizer on random tokens
+    (the trainer's own step)."""
     from nanobard.config import get_preset, with_overrides
     from nanobard.model.gpt import GPT
     from nanobard.train.loop import train_step
@@ -101,9 +102,8 @@ def case_generate(
     torch.manual_seed(0)
     dev = torch.device(device)
     model = GPT(cfg).to(dev).eval()
-    if (
-        dev.type != "cpu"
-    ):  # start the GPU's libraries outside the timing (a CPU has nothing to start)
+    # start the GPU's libraries outside the timing (a CPU has nothing to start)
+    if dev.type != "cpu":
         sum(
             1
             for _ in generate_ids(
@@ -208,7 +208,8 @@ def _first_eval_at_or_below(
 
 
 def case_time_to_loss(target: float, data: str, args: list[str]) -> dict[str, Any]:
-    """Wall time of a real `nanobard train` process until val loss <= target (from process start)."""
+    """Wall time of a real `nanobard train` process until val loss <= target
+    (from process start)."""
     with tempfile.TemporaryDirectory() as out:
         cmd = [
             sys.executable,
@@ -300,8 +301,8 @@ def case_ten_minutes(
     rescore_batches: int = 200,
     extra: list[str] | None = None,
 ) -> dict[str, Any]:
-    """`nanobard train --preset cpu-10min` on tiny Shakespeare, then its best checkpoint re-scored on
-    ``rescore_batches`` validation batches x 3 seeds (the in-run figure averages 20 batches)."""
+    """`nanobard train --preset cpu-10min` on tiny Shakespeare, then its best checkpoint re-scored
+    on ``rescore_batches`` validation batches x 3 seeds (the in-run figure averages 20 batches)."""
     from nanobard.data.corpus import load_split
     from nanobard.model.checkpoint import load_model
     from nanobard.train.loop import EVAL_SEED_OFFSET, estimate_loss

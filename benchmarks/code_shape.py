@@ -98,7 +98,8 @@ def main() -> None:
     print("\nimports between modules (module -> what it imports):")
     for mod in sorted(lines):
         print(
-            f"  {mod} -> {', '.join(sorted(t.removeprefix('nanobard.') for t in graph.get(mod, ()))) or '-'}"
+            f"  {mod} -> "
+            f"{', '.join(sorted(t.removeprefix('nanobard.') for t in graph.get(mod, ()))) or '-'}"
         )
     print(f"cycles: {cycles(graph) or 'none'}")
     if args.dot:

@@ -1,7 +1,9 @@
 """Which fine-tuning gives the lowest bits/char in a fixed wall-time budget on this machine?
 
-    .venv/bin/python benchmarks/finetune_budget.py --budget 75 [--variants full lora block64] [--out DIR]
-    (prefix ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 to measure a CPU without native bfloat16)
+    .venv/bin/python benchmarks/finetune_budget.py --budget 75 [--variants full lora block64]
+        [--out DIR]
+    (prefix ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+    to measure a CPU without native bfloat16)
 
 Each variant fine-tunes the embedded SmolLM2-135M on the default corpus for ``--budget`` seconds
 (steps sized from the measured speed, see hf_trainer.TimeBudget) and is scored on the same first

@@ -16,9 +16,9 @@
 # # 1. Transformers, piece by piece
 #
 # This notebook takes apart the model that nanobard trains from scratch: how text becomes vectors,
-# how attention mixes them, why a GPT has several attention heads, and what the causal mask does (and
-# what goes wrong without it). Every step calls the package — `src/nanobard/model/gpt.py` is the whole
-# model, read top to bottom — and prints a number you can check.
+# how attention mixes them, why a GPT has several attention heads, and what the causal mask does
+# (and what goes wrong without it). Every step calls the package — `src/nanobard/model/gpt.py` is
+# the whole model, read top to bottom — and prints a number you can check.
 #
 # One section per learning outcome of the seed project:
 #
@@ -42,24 +42,24 @@ from torch.nn import functional as F
 
 from nanobard.config import resolve_preset
 from nanobard.data.prompts import attention_text
-from nanobard.interp.attention import causality_check, head_statistics, scratch_attention
-from nanobard.lessons import figures as lessons_plots
+from nanobard.interp.attention import attention_maps, causality_check, head_statistics
+from nanobard.interp.figures import attention_heads
+from nanobard.interp.lens import make_lens
+from nanobard.lessons.figures import plot_encoder_vs_decoder
 from nanobard.lessons.notebook import start
 from nanobard.lessons.scratch import encoder_vs_decoder
 from nanobard.model.checkpoint import load_model
 from nanobard.model.gpt import GPT, sinusoidal_encoding
-from nanobard.study import plots
 from nanobard.train.loop import train
 
-nb = start(
-    "01_transformers"
-)  # its output folder, runs/notebooks/01_transformers/, and the tiny mode (toy sizes)
+# its output folder, runs/notebooks/01_transformers/, and the tiny mode (toy sizes)
+nb = start("01_transformers")
 TINY, OUT, show = nb.tiny, nb.out, nb.show
 
 data = nb.corpus()  # the 38 plays shipped with nanobard (a slice of them in tiny mode)
 print(
-    f"{data.name}: {len(data.train):,} training characters, {len(data.val):,} validation characters, "
-    f"{data.tokenizer.vocab_size} distinct characters"
+    f"{data.name}: {len(data.train):,} training characters, "
+    f"{len(data.val):,} validation characters, {data.tokenizer.vocab_size} distinct characters"
 )
 print(data.train_text(250))
 
@@ -105,7 +105,8 @@ print("encode('ROMEO:') ->", ids, "-> decode ->", repr(tok.decode(ids)))
 # position with every other one but has no idea *where* they are: shuffle the characters and each
 # one would receive the same mix. So every position also gets a vector, added to its token's
 # vector. GPT-2 learns these too, in a second table `wpe` (word-position embedding); the original
-# Transformer used a fixed pattern of sines and cosines instead (`ModelConfig(pos_encoding="sinusoidal")`).
+# Transformer used a fixed pattern of sines and cosines instead
+# (`ModelConfig(pos_encoding="sinusoidal")`).
 
 # %%
 wte, wpe = model.transformer.wte, model.transformer.wpe
@@ -122,8 +123,8 @@ with torch.no_grad():
     tok_emb = wte(x)  # (1, T, C)
     pos_emb = wpe(torch.arange(x.size(1)))  # (T, C)
 print(
-    f"ids {tuple(x.shape)} -> token vectors {tuple(tok_emb.shape)} + position vectors {tuple(pos_emb.shape)} "
-    f"-> the first block's input {tuple((tok_emb + pos_emb).shape)}"
+    f"ids {tuple(x.shape)} -> token vectors {tuple(tok_emb.shape)} + position vectors "
+    f"{tuple(pos_emb.shape)} -> the first block's input {tuple((tok_emb + pos_emb).shape)}"
 )
 print("an embedding is a row of the table:", torch.equal(tok_emb[0, 0], wte.weight[x[0, 0]]))
 
@@ -148,14 +149,13 @@ for ch in "aeT,!":
 # %% [markdown]
 # The sinusoidal encoding gives position p the values sin(p / 10000^(2i/C)) and cos(...) in
 # dimensions 2i and 2i+1: fast waves in the first dimensions, slow ones in the last, so every
-# position gets a distinct pattern and nearby positions get similar ones. `model.sinusoidal_encoding`
-# computes the table:
+# position gets a distinct pattern and nearby positions get similar ones.
+# `model.sinusoidal_encoding` computes the table:
 
 # %%
 pe = sinusoidal_encoding(128, 64)  # (positions, dimensions)
-pos_sim = (
-    F.normalize(pe, dim=1) @ F.normalize(pe, dim=1).T
-)  # cosine similarity of every pair of positions
+# cosine similarity of every pair of positions
+pos_sim = F.normalize(pe, dim=1) @ F.normalize(pe, dim=1).T
 fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
 im = axes[0].imshow(pe.T, aspect="auto", cmap="RdBu", vmin=-1, vmax=1)
 axes[0].set_xlabel("position")
@@ -174,7 +174,8 @@ for a, b in ((10, 11), (10, 20), (10, 60)):
     print(f"sinusoidal: cosine similarity of positions {a} and {b}: {pos_sim[a, b]:.3f}")
 W = F.normalize(wpe.weight.detach(), dim=1)
 print(
-    f"learned wpe of our trained model: positions 10 and 11: {W[10] @ W[11]:.3f}, 10 and 60: {W[10] @ W[60]:.3f}"
+    f"learned wpe of our trained model: positions 10 and 11: {W[10] @ W[11]:.3f}, "
+    f"10 and 60: {W[10] @ W[60]:.3f}"
 )
 
 # %% [markdown]
@@ -182,16 +183,16 @@ print(
 #
 # Attention lets each position gather information from other positions. Each position's vector is
 # projected three ways: a **query** q ("what am I looking for?"), a **key** k ("what do I hold?")
-# and a **value** v ("what do I pass on?"). Position i's weight on position j is how well q_i matches
-# k_j (their dot product), turned into a probability distribution by a softmax over j; the output at
-# i is the weighted average of the values:
+# and a **value** v ("what do I pass on?"). Position i's weight on position j is how well q_i
+# matches k_j (their dot product), turned into a probability distribution by a softmax over j; the
+# output at i is the weighted average of the values:
 #
 # Attention(Q, K, V) = softmax(Q Kᵀ / √d_k) V
 #
-# where d_k is the length of one head's query and key vectors. Below we compute this by hand for head
-# 0 of the trained model's first layer, on the first 12 characters, and compare with the model's own
-# code: its readable path (`model(..., return_attention=True)`, every step written out) and its fast
-# path (one fused `scaled_dot_product_attention` kernel).
+# where d_k is the length of one head's query and key vectors. Below we compute this by hand for
+# head 0 of the trained model's first layer, on the first 12 characters, and compare with the
+# model's own code: its readable path (`model(..., return_attention=True)`, every step written out)
+# and its fast path (one fused `scaled_dot_product_attention` kernel).
 
 # %%
 T = 12
@@ -202,17 +203,14 @@ nh, hs = model.config.n_head, C // model.config.n_head
 head = 0
 cols = slice(head * hs, (head + 1) * hs)  # head 0's slice of the C columns
 with torch.no_grad():
-    h = model.transformer.wte(x) + model.transformer.wpe(
-        torch.arange(T)
-    )  # (1, T, C): the block's input
-    q, k, v = attn.c_attn(block.ln_1(h)).split(
-        C, dim=2
-    )  # each (1, T, C); pre-LayerNorm: normalise first
+    # (1, T, C): the block's input
+    h = model.transformer.wte(x) + model.transformer.wpe(torch.arange(T))
+    # each (1, T, C); pre-LayerNorm: normalise first
+    q, k, v = attn.c_attn(block.ln_1(h)).split(C, dim=2)
     qh, kh, vh = q[0, :, cols], k[0, :, cols], v[0, :, cols]  # each (T, hs)
     scores = qh @ kh.T / math.sqrt(hs)  # (T, T): query i against key j
-    scores = scores.masked_fill(
-        ~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf")
-    )  # no looking ahead
+    # no looking ahead
+    scores = scores.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
     weights = torch.softmax(scores, dim=-1)  # (T, T), every row sums to 1
     by_hand = weights @ vh  # (T, hs)
 
@@ -227,13 +225,16 @@ print(
     [round(w, 3) for w in weights[5].tolist()],
 )
 print(
-    f"max |by hand - model|, attention weights:        {(weights - out.attentions[0][0, head]).abs().max():.2e}"
+    "max |by hand - model|, attention weights:        "
+    f"{(weights - out.attentions[0][0, head]).abs().max():.2e}"
 )
 print(
-    f"max |by hand - model|, head output (readable):   {(by_hand - captured[0][0, :, cols]).abs().max():.2e}"
+    "max |by hand - model|, head output (readable):   "
+    f"{(by_hand - captured[0][0, :, cols]).abs().max():.2e}"
 )
 print(
-    f"max |by hand - model|, head output (fused path): {(by_hand - captured[1][0, :, cols]).abs().max():.2e}"
+    "max |by hand - model|, head output (fused path): "
+    f"{(by_hand - captured[1][0, :, cols]).abs().max():.2e}"
 )
 
 # %% [markdown]
@@ -245,7 +246,8 @@ print(
 # %%
 g = torch.Generator().manual_seed(0)
 print(
-    f"{'d_k':>5} {'std of q.k':>11} {'top weight, unscaled':>21} {'top weight, scaled':>19}   (16 keys per query)"
+    f"{'d_k':>5} {'std of q.k':>11} {'top weight, unscaled':>21} {'top weight, scaled':>19}"
+    "   (16 keys per query)"
 )
 for d in (8, 32, 128, 512):
     qs = torch.randn(2000, 1, d, generator=g)
@@ -259,16 +261,17 @@ for d in (8, 32, 128, 512):
 # ## 3. Multi-head attention mechanisms
 #
 # One head computes one weighted average per position, so it can look for one kind of thing at a
-# time. **Multi-head** attention runs `n_head` heads side by side, each on its own slice of the vector
-# (head size = n_embd / n_head), so one head can follow the previous character while another looks
-# back to the start of the word. `c_attn` computes the queries, keys and values of every head in one
-# matrix multiplication; `c_proj` mixes the heads' concatenated outputs back into the residual
-# stream.
+# time. **Multi-head** attention runs `n_head` heads side by side, each on its own slice of the
+# vector (head size = n_embd / n_head), so one head can follow the previous character while another
+# looks back to the start of the word. `c_attn` computes the queries, keys and values of every head
+# in one matrix multiplication; `c_proj` mixes the heads' concatenated outputs back into the
+# residual stream.
 
 # %%
 print(f"{nh} heads of size {hs} (n_embd {C} = {nh} x {hs})")
 print(
-    f"c_attn.weight {tuple(attn.c_attn.weight.shape)}: Q, K and V of all heads from the {C}-dim input"
+    f"c_attn.weight {tuple(attn.c_attn.weight.shape)}: "
+    f"Q, K and V of all heads from the {C}-dim input"
 )
 print(
     f"c_proj.weight {tuple(attn.c_proj.weight.shape)}: the heads' outputs, side by side, mixed back"
@@ -276,28 +279,31 @@ print(
 with torch.no_grad():
     out = model(torch.tensor([tok.encode(TEXT)]), return_attention=True)
 print(
-    f"{len(out.attentions)} layers of attention weights, each {tuple(out.attentions[0].shape)} = (batch, head, query, key)"
+    f"{len(out.attentions)} layers of attention weights, each {tuple(out.attentions[0].shape)} = "
+    "(batch, head, query, key)"
 )
 
 # %% [markdown]
-# `attention.scratch_attention` returns the same weights as one `[layer, head, query, key]` tensor,
+# `attention.attention_maps` (through a `Lens`, the view of a model's insides that every analysis
+# uses) returns the same weights as one `[layer, head, query, key]` tensor,
 # and `attention.head_statistics` summarises each head: how much weight it puts on the previous
 # character and on the character itself, how far back it looks on average, and the entropy of its
 # weights (0 bits = all on one character; higher = spread out). The heads of one layer do different
 # things:
 
 # %%
-maps = scratch_attention(model, tok, TEXT)
+maps = attention_maps(make_lens(model, tok), TEXT)
 stats = head_statistics(maps.weights)
 print(f"layer 0 on {TEXT!r}:")
 for s in stats:
     if s.layer == 0:
         print(
-            f"  head {s.head}: {s.previous_token:4.0%} on the previous character, {s.self_attention:4.0%} on itself, "
+            f"  head {s.head}: {s.previous_token:4.0%} on the previous character, "
+            f"{s.self_attention:4.0%} on itself, "
             f"mean distance back {s.mean_distance:4.1f}, entropy {s.entropy_bits:.2f} bits"
         )
 show(
-    plots.attention_heads(
+    attention_heads(
         maps.weights,
         maps.tokens,
         0,
@@ -331,7 +337,8 @@ lesson = encoder_vs_decoder(
     data, steps=40 if TINY else 400, blanks=32 if TINY else 256, sample_chars=80
 )
 print(
-    f"{'':<12} {'train':>7} {'validation':>10} {'left to right':>13}   (nats per character, {lesson.steps} steps each)"
+    f"{'':<12} {'train':>7} {'validation':>10} {'left to right':>13}   "
+    f"(nats per character, {lesson.steps} steps each)"
 )
 for run in (lesson.causal, lesson.no_mask):
     name = "causal mask" if run.causal else "no mask"
@@ -359,15 +366,16 @@ print(f"  no mask:     {lesson.no_mask.sample!r}")
 c = lesson.cloze
 print(f"one of the {c.blanks} windows, the hidden character shown as [_]:\n{c.text!r}")
 print(
-    f"answer {c.answer!r}: decoder from the left {c.left_guess!r}, decoder scoring both sides {c.both_sides_guess!r}, "
-    f"no-mask model {c.no_mask_guess!r}"
+    f"answer {c.answer!r}: decoder from the left {c.left_guess!r}, "
+    f"decoder scoring both sides {c.both_sides_guess!r}, no-mask model {c.no_mask_guess!r}"
 )
 print(
-    f"accuracy over {c.blanks} blanks: left side only {c.left_accuracy:.0%}, both sides {c.both_sides_accuracy:.0%}, "
+    f"accuracy over {c.blanks} blanks: left side only {c.left_accuracy:.0%}, "
+    f"both sides {c.both_sides_accuracy:.0%}, "
     f"no-mask model {c.no_mask_accuracy:.0%} (it returned the wrong character written in the blank "
     f"{c.no_mask_copy_rate:.0%} of the time)"
 )
-show(lessons_plots.plot_encoder_vs_decoder(lesson, OUT / "encoder_vs_decoder.png"))
+show(plot_encoder_vs_decoder(lesson, OUT / "encoder_vs_decoder.png"))
 
 # %% [markdown]
 # ## 5. Causal masking for autoregressive models
@@ -379,9 +387,8 @@ show(lessons_plots.plot_encoder_vs_decoder(lesson, OUT / "encoder_vs_decoder.png
 # is a lower-triangular matrix of the allowed (query, key) pairs:
 
 # %%
-print(
-    torch.ones(6, 6, dtype=torch.int).tril()
-)  # row = query position, column = key position; 1 = allowed
+# row = query position, column = key position; 1 = allowed
+print(torch.ones(6, 6, dtype=torch.int).tril())
 
 # %% [markdown]
 # `attention.causality_check` tests a model two independent ways: every attention weight above the
@@ -394,11 +401,11 @@ ids = tok.encode(TEXT)[:24]
 torch.manual_seed(0)
 no_mask = GPT(dataclasses.replace(model.config, causal=False)).eval()
 for name, m in (("causal (trained)", model), ("causal=False", no_mask)):
-    check = causality_check(m, ids, "scratch")
+    check = causality_check(make_lens(m, tok), ids)
     print(
         f"{name:<17} attention_check {check.attention_check} (largest weight above the diagonal "
-        f"{check.attention_above_diagonal_max:.3g}), gradient_check {check.gradient_check} (largest gradient "
-        f"from a later input {check.future_gradient_max:.3g})"
+        f"{check.attention_above_diagonal_max:.3g}), gradient_check {check.gradient_check} "
+        f"(largest gradient from a later input {check.future_gradient_max:.3g})"
     )
 
 # %% [markdown]
@@ -413,7 +420,8 @@ with torch.no_grad():
     for name, m in (("causal (trained)", model), ("causal=False", no_mask)):
         moved = (m(x1).logits - m(x2).logits)[0, :-1].abs().max().item()
         print(
-            f"{name:<17} changing the last character moves the earlier positions' logits by at most {moved:.3g}"
+            f"{name:<17} changing the last character moves the earlier positions' logits "
+            f"by at most {moved:.3g}"
         )
 
 # %% [markdown]
@@ -425,5 +433,5 @@ with torch.no_grad():
 #   and debugging a model (including a wrong mask that the causality check catches).
 # - `src/nanobard/model/gpt.py`: this notebook's model in about 250 lines, in the order data flows.
 # - Vaswani et al. (2017), *Attention Is All You Need*; Devlin et al. (2019), *BERT*; Radford et al.
-#   (2019), *Language Models are Unsupervised Multitask Learners* (GPT-2); Karpathy's nanoGPT and his
-#   lecture "Let's build GPT: from scratch, in code, spelled out".
+#   (2019), *Language Models are Unsupervised Multitask Learners* (GPT-2); Karpathy's nanoGPT and
+#   his lecture "Let's build GPT: from scratch, in code, spelled out".

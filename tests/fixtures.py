@@ -28,7 +28,6 @@ from nanobard.interp.circuits import (
 from nanobard.model.evaluate import Score
 from nanobard.records import EvalRow
 from nanobard.rundir import RunDir
-from nanobard.study import plots_interpret as P
 from nanobard.study.records import (
     AttentionStudy,
     CorpusInfo,
@@ -299,11 +298,11 @@ def synthetic_study(
         RunDir.FIG_COMPARISON,
         RunDir.FIG_ATTENTION_SCRATCH,
         RunDir.FIG_ATTENTION_HF,
-        *P.FIG_INDUCTION.values(),
-        *P.FIG_ABLATION.values(),
-        P.FIG_LOGIT_LENS,
-        P.FIG_LOSS_BY_POSITION,
-    ] + ([P.FIG_HEAD_FORMATION] * heads)
+        *RunDir.FIG_INDUCTION.values(),
+        *RunDir.FIG_ABLATION.values(),
+        RunDir.FIG_LOGIT_LENS,
+        RunDir.FIG_LOSS_BY_POSITION,
+    ] + ([RunDir.FIG_HEAD_FORMATION] * heads)
     for name in names if figures else []:
         (run / name).write_bytes(PNG_1PX)
     state.figures = names if figures else []

@@ -57,7 +57,6 @@ def test_without_native_bfloat16_the_slow_cases_are_skipped_or_shrunk():
             and len(emulated[label]) == 2
             and "emulated" in emulated[label][1]
         )
-    assert (
-        len(emulated["generate 10.7M KV cache bfloat16"]) == 4
-    )  # memory-bound decoding gains anyway
+    # memory-bound decoding gains anyway
+    assert len(emulated["generate 10.7M KV cache bfloat16"]) == 4
     assert len(emulated["train gpu float32"]) == 4

@@ -64,9 +64,8 @@ def test_a_cpu_without_bf16_never_autocasts_to_bf16_unless_asked(cpu, caplog):
     ).optimizers[0]
     assert muon.ns_dtype == torch.float32  # Newton-Schulz too
     with caplog.at_level(logging.WARNING, logger="nanobard.hardware"):
-        assert (
-            resolve_precision("bfloat16", dev, "autocast") == torch.bfloat16
-        )  # asked: it still runs
+        # asked: it still runs
+        assert resolve_precision("bfloat16", dev, "autocast") == torch.bfloat16
         resolve_precision("bfloat16", dev, "autocast")
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "emulates bfloat16" in warnings[0]  # one line, saying why
@@ -84,7 +83,10 @@ def test_a_cpu_with_native_bf16_takes_it_for_auto(cpu, caplog):
 
 
 def test_the_emulation_variables_switch_native_bf16_off():
-    code = "import json; from nanobard.hardware import cpu_info; print(json.dumps(cpu_info().as_dict()))"
+    code = (
+        "import json; from nanobard.hardware import cpu_info; "
+        "print(json.dumps(cpu_info().as_dict()))"
+    )
     env = {**hardware.emulation_env("avx2"), "PATH": "/usr/bin:/bin"}
     info = json.loads(
         subprocess.run(
@@ -118,13 +120,11 @@ def test_generation_precision_follows_the_memory_bound_rule(cpu):
 def test_decoding_on_cuda_keeps_cudnn_attention_out():
     from nanobard.hardware import decode_attention
 
-    assert isinstance(
-        decode_attention(torch.device("cpu")), contextlib.nullcontext
-    )  # nothing changes on a CPU
+    # nothing changes on a CPU
+    assert isinstance(decode_attention(torch.device("cpu")), contextlib.nullcontext)
     before = torch.backends.cuda.cudnn_sdp_enabled()
-    with decode_attention(
-        torch.device("cuda")
-    ):  # sets torch's flags only: no GPU needed to check them
+    # sets torch's flags only: no GPU needed to check them
+    with decode_attention(torch.device("cuda")):
         assert not torch.backends.cuda.cudnn_sdp_enabled()
         assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
     assert torch.backends.cuda.cudnn_sdp_enabled() == before

@@ -106,9 +106,10 @@ EXPECTED_FILES = {
 
 # Original prose (no third-party text) for the general-English measurement: tests never download.
 ENGLISH = (
-    "The morning train was late again, so the commuters stood on the platform with their coffee and "
-    "talked about the weather. A woman in a green coat read a newspaper while her dog watched the "
-    "pigeons. When the train finally arrived, everyone hurried aboard and found a seat by the window.\n"
+    "The morning train was late again, so the commuters stood on the platform with their coffee "
+    "and talked about the weather. A woman in a green coat read a newspaper while her dog watched "
+    "the pigeons. When the train finally arrived, everyone hurried aboard and found a seat by the "
+    "window.\n"
 ) * 6
 
 
@@ -152,8 +153,9 @@ def test_every_learning_outcome_has_a_section_in_the_seed_order():
 
 @pytest.mark.parametrize("name", list(OUTCOMES))
 def test_stored_notebook_has_the_cells_of_its_source(name):
-    """notebooks/NN_name.py (jupytext percent format) is the source; the .ipynb beside it is the same
-    cells stored with their outputs. After editing the .py: `make notebooks` (re-executes them)."""
+    """notebooks/NN_name.py (jupytext percent format) is the source; the .ipynb beside it is the
+    same cells stored with their outputs.
+    After editing the .py: `make notebooks` (re-executes them)."""
     import jupytext
 
     source = jupytext.read(NOTEBOOKS / f"{name}.py")
@@ -172,8 +174,9 @@ def test_stored_notebook_carries_its_outputs(name):
     code = [(i, c) for i, c in enumerate(_cells(name)) if c["cell_type"] == "code"]
     never_ran = [i for i, c in code if c.get("execution_count") is None]
     assert not never_ran, (
-        f"notebooks/{name}.ipynb is stored without outputs (cells {never_ran} never ran). Store it executed: "
-        f"`make notebooks` (default sizes, about 11 minutes for all four on 2 cores)"
+        f"notebooks/{name}.ipynb is stored without outputs (cells {never_ran} never ran). "
+        "Store it executed: `make notebooks` (default sizes, "
+        "about 11 minutes for all four on 2 cores)"
     )
     errors = [
         i for i, c in code if any(o.get("output_type") == "error" for o in c.get("outputs", []))
@@ -184,7 +187,8 @@ def test_stored_notebook_carries_its_outputs(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(OUTCOMES))
 def test_notebook_runs_at_tiny_sizes(name, tmp_path, monkeypatch):
-    """A copy of the notebook runs in tmp_path with toy sizes; the stored notebook is never written."""
+    """A copy of the notebook runs in tmp_path with toy sizes;
+    the stored notebook is never written."""
     import nbformat
     from nbclient import NotebookClient
 

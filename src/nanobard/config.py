@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 from nanobard.errors import ConfigError  # noqa: F401  (re-exported: config.ConfigError)
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+ConfigT = TypeVar("ConfigT", bound="DataclassInstance")  # any of the config dataclasses below
 
 PosEncoding = Literal["learned", "sinusoidal"]
 DType = Literal["auto", "float32", "bfloat16"]
@@ -338,7 +343,7 @@ def parse_duration(text: str | float | int) -> float:
     return value * {"s": 1, "m": 60, "h": 3600}[unit]
 
 
-def with_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
+def with_overrides(cfg: ConfigT, overrides: dict[str, Any]) -> ConfigT:
     """Return a copy of a config dataclass with the given fields replaced (None values ignored)."""
     names = {f.name for f in fields(cfg)}
     chosen = {k: v for k, v in overrides.items() if k in names and v is not None}
@@ -348,7 +353,7 @@ def with_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
 _BUDGET = ("max_steps", "epochs", "max_time")
 
 
-def resolve(cfg: Any, overrides: dict[str, Any]) -> Any:
+def resolve(cfg: ConfigT, overrides: dict[str, Any]) -> ConfigT:
     """A config with overrides (None values ignored), where a budget given alone replaces the
     config's budget: ``max_time`` alone makes time the budget (steps are sized from the measured
     speed), ``epochs`` alone replaces the step count, ``max_steps`` alone the epoch count; a time

@@ -22,6 +22,7 @@ import functools
 import logging
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +33,7 @@ from nanobard.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
+_sdpa_kernel: Callable[..., contextlib.AbstractContextManager] | None
 try:  # torch >= 2.3
     from torch.nn.attention import SDPBackend
     from torch.nn.attention import sdpa_kernel as _sdpa_kernel

@@ -25,9 +25,7 @@ class Record:
 
     @classmethod
     def from_dict(cls: type[R], data: dict[str, Any]) -> R:
-        hints = typing.get_type_hints(cls)
-        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        return cls(**{k: _decode(hints[k], v) for k, v in data.items() if k in known})
+        return _from_fields(cls, data)
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -57,6 +55,13 @@ def _fields(obj: Any) -> dict[str, Any]:
     return {f.name: _encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
 
 
+def _from_fields(cls: Any, data: dict[str, Any]) -> Any:
+    """A dataclass from its JSON fields (unknown keys ignored: an older or newer file still loads)."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: _decode(hints[k], v) for k, v in data.items() if k in known})
+
+
 def _decode(tp: Any, value: Any) -> Any:
     if value is None:
         return None
@@ -71,6 +76,8 @@ def _decode(tp: Any, value: Any) -> Any:
         return {k: _decode(args[1], v) for k, v in value.items()}
     if isinstance(tp, type) and issubclass(tp, Record):
         return tp.from_dict(value)
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # e.g. a config inside a record
+        return _from_fields(tp, value)
     if tp is Path:
         return Path(value)
     return value
@@ -89,6 +96,5 @@ class EvalRow(Record):
     elapsed_s: float = 0.0
     tokens_per_s: float | None = None
     last_batch_loss: float | None = None
-    heads: dict[str, list[list[float]]] | None = (
-        None  # per-head scores [layer][head] (from-scratch track)
-    )
+    # per-head scores [layer][head] (the study's from-scratch track records them)
+    heads: dict[str, list[list[float]]] | None = None

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from nanobard.records import EvalRow
+from nanobard.records import EvalRow, Record
 
 
 @dataclass(frozen=True)
@@ -26,10 +26,13 @@ class RunDir:
     TRAIN_RESULT = "train_result.json"
     # the pretrained track
     FINETUNED = "model_hf_finetuned"
+    FINETUNED_INFO = "nanobard.json"  # inside FINETUNED: the base model, the config, the steps
     HF_CHECKPOINTS = "hf_checkpoints"
     METRICS_HF = "metrics_hf.jsonl"
     BEFORE = "finetune_before.json"
     FINETUNE_RESULT = "finetune_result.json"
+    # the lessons
+    CROSSOVER = "crossover.json"  # transfer.crossover's result
     # the study
     STAGES = "stages.json"
     HEADLINE = "metrics.json"
@@ -43,6 +46,22 @@ class RunDir:
     FIG_COMPARISON = "model_comparison.png"
     FIG_ATTENTION_SCRATCH = "attention_weights_scratch.png"
     FIG_ATTENTION_HF = "attention_weights_hf.png"
+    FIG_ATTENTION = {"scratch": FIG_ATTENTION_SCRATCH, "pretrained": FIG_ATTENTION_HF}
+    FIG_INDUCTION = {
+        "scratch": "induction_heads_scratch.png",
+        "pretrained": "induction_heads_pretrained.png",
+    }
+    FIG_ABLATION = {
+        "scratch": "head_ablation_scratch.png",
+        "pretrained": "head_ablation_pretrained.png",
+    }
+    FIG_LOGIT_LENS = "logit_lens.png"
+    FIG_LOSS_BY_POSITION = "loss_by_position.png"
+    FIG_HEAD_FORMATION = "head_formation_scratch.png"
+
+    def write_config(self, config: Record, name: str = CONFIG) -> Path:
+        """The one writer of a run's configuration file: the full config it ran with, as a record."""
+        return config.save(self.path / name)
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name

@@ -34,7 +34,8 @@ TINY = [
 
 
 def nb(*args, cwd=None):
-    """The CLI in a real process (cwd: a scratch folder, so default run folders stay out of the repo)."""
+    """The CLI in a real process
+    (cwd: a scratch folder, so default run folders stay out of the repo)."""
     return subprocess.run(
         [sys.executable, "-m", "nanobard", *args],
         capture_output=True,
@@ -257,7 +258,8 @@ def test_argument_errors_and_a_real_process_end_in_one_line(trained):
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch, trained):
-    """Only user errors become one line: a ValueError from inside nanobard is a bug and propagates."""
+    """Only user errors become one line:
+    a ValueError from inside nanobard is a bug and propagates."""
     import nanobard.cli.generate as g
 
     monkeypatch.setattr(

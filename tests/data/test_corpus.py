@@ -42,9 +42,9 @@ Speak, speak.
 
 def test_markdown_play_conversion():
     text = markdown_play_to_text(PLAY)
-    assert (
-        text
-        == "ROMEO:\nBut soft, what light\nthrough yonder window* breaks?\n\nFIRST CITIZEN:\nSpeak, speak.\n"
+    assert text == (
+        "ROMEO:\nBut soft, what light\nthrough yonder window* breaks?\n\n"
+        "FIRST CITIZEN:\nSpeak, speak.\n"
     )
 
 
@@ -103,3 +103,35 @@ def test_get_batch_targets_are_shifted_inputs():
     data = torch.arange(100)
     x, y = get_batch(data, 8, 4, torch.Generator().manual_seed(0))
     assert x.shape == (4, 8) and torch.equal(y, x + 1)
+
+
+def test_download_verified_checks_the_sha256_and_never_leaves_a_wrong_file(tmp_path):
+    """Through pooch, from a server on 127.0.0.1 (tests never reach the network)."""
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    from nanobard.data.corpus import download_verified
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "text.txt").write_bytes(b"To be, or not to be\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/text.txt"
+    try:
+        good = hashlib.sha256(b"To be, or not to be\n").hexdigest()
+        dest = tmp_path / "cache" / "text.txt"
+        download_verified(url, dest, good)
+        assert dest.read_bytes() == b"To be, or not to be\n"
+        with pytest.raises(CorpusError, match="checksum"):
+            download_verified(url, tmp_path / "cache" / "other.txt", "0" * 64)
+        assert not (tmp_path / "cache" / "other.txt").exists()  # no wrong file left behind
+        with pytest.raises(CorpusError, match="cannot download"):
+            download_verified(
+                url.replace("text.txt", "missing.txt"), tmp_path / "cache" / "m.txt", good
+            )
+    finally:
+        server.shutdown()

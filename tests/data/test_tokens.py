@@ -1,4 +1,5 @@
-"""The token cache: the same ids as the character tokenizer, reused, rebuilt when the text changes."""
+"""The token cache: the same ids as the character tokenizer,
+reused, rebuilt when the text changes."""
 
 import numpy as np
 import pytest
@@ -18,9 +19,8 @@ def _today(path):
 
 
 def test_same_ids_and_batches_as_the_character_tokenizer(tmp_path, tiny_text, monkeypatch):
-    monkeypatch.setattr(
-        T, "CHUNK_BYTES", 997
-    )  # many chunks: characters and CRLFs straddle their edges
+    # many chunks: characters and CRLFs straddle their edges
+    monkeypatch.setattr(T, "CHUNK_BYTES", 997)
     text = (
         tiny_text[:6000] + "\r\nnaïve café — ✓ 日本\r\n" * 20 + "only-in-validation: Ωμέγα\r\n" * 40
     )
@@ -28,9 +28,8 @@ def test_same_ids_and_batches_as_the_character_tokenizer(tmp_path, tiny_text, mo
     path.write_bytes(text.encode("utf-8"))
     split, tok, train, val = _today(path)
     tc = load_tokens(data_path=path, cache_root=tmp_path / "cache")
-    assert (
-        tc.tokenizer.chars == tok.chars and "Ω" in tok.chars[-12:]
-    )  # validation-only characters come last
+    # validation-only characters come last
+    assert tc.tokenizer.chars == tok.chars and "Ω" in tok.chars[-12:]
     assert tc.train.dtype == np.uint16 and isinstance(tc.train, np.memmap)
     assert np.array_equal(tc.train, train.numpy()) and np.array_equal(tc.val, val.numpy())
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)

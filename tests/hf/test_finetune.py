@@ -61,7 +61,8 @@ def test_finetune_end_to_end_loss_falls_and_folder_reloads(tiny_model, tmp_path)
     code = (
         "import sys; sys.modules['nanobard'] = None\n"
         "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
-        f"m = AutoModelForCausalLM.from_pretrained({str(folder)!r}); t = AutoTokenizer.from_pretrained({str(folder)!r})\n"
+        f"m = AutoModelForCausalLM.from_pretrained({str(folder)!r}); "
+        f"t = AutoTokenizer.from_pretrained({str(folder)!r})\n"
         "ids = t('ROMEO:', return_tensors='pt').input_ids\n"
         "out = m.generate(ids, max_new_tokens=5, min_new_tokens=5, do_sample=False)\n"
         "print(out.shape[1] - ids.shape[1])\n"
@@ -69,9 +70,8 @@ def test_finetune_end_to_end_loss_falls_and_folder_reloads(tiny_model, tmp_path)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "5"
-    saved = json.loads(
-        (tmp_path / "finetune_result.json").read_text()
-    )  # the whole result, reloadable
+    # the whole result, reloadable
+    saved = json.loads((tmp_path / "finetune_result.json").read_text())
     assert saved["after"]["bits_per_char"] == pytest.approx(res.after.bits_per_char)
     from nanobard.hf.finetune import FinetuneResult
 
@@ -142,9 +142,8 @@ def test_chunked_loss_equals_the_models_own_loss_and_gradients(lora):
         labels[0, :7] = -100  # ignored positions count in neither
         ref = model(input_ids=ids, labels=labels).loss
         ref_grads = torch.autograd.grad(ref, [p for p in model.parameters() if p.requires_grad])
-        got = chunked_lm_loss(
-            model, ids, labels, chunk=16
-        )  # 117 positions: 7 full chunks and a partial one
+        # 117 positions: 7 full chunks and a partial one
+        got = chunked_lm_loss(model, ids, labels, chunk=16)
         grads = torch.autograd.grad(got, [p for p in model.parameters() if p.requires_grad])
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
         for a, b in zip(grads, ref_grads):
@@ -175,6 +174,5 @@ def test_time_budget_sizes_the_steps_and_ends_on_time(tiny_model, tmp_path):
     rows = [json.loads(ln) for ln in (tmp_path / "metrics_hf.jsonl").read_text().splitlines()]
     assert res.steps > 5 and res.train_seconds < 10.0 * 1.5
     assert rows[-1]["step"] == res.steps  # a final evaluation at the step the budget allowed
-    assert (
-        rows[-1]["lr"] < 3e-3 * 0.3
-    )  # the schedule was sized to the budget: the cosine had (nearly) decayed
+    # the schedule was sized to the budget: the cosine had (nearly) decayed
+    assert rows[-1]["lr"] < 3e-3 * 0.3

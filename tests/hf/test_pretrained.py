@@ -58,16 +58,14 @@ def test_embedded_model_loads_scores_and_generates():
         ids.tolist() == pre.tokenizer("To be, or not to be", return_tensors="pt").input_ids.tolist()
     )
     with torch.no_grad():
-        assert torch.equal(
-            direct(ids).logits, pre.model(ids).logits
-        )  # the cached folder is the same model
+        # the cached folder is the same model
+        assert torch.equal(direct(ids).logits, pre.model(ids).logits)
     assert not getattr(pre.model, "is_quantized", False)  # dequantized: trainable
     s = score_hf(
         pre.model, pre.tokenizer, "To be, or not to be, that is the question. " * 4, "smollm2"
     )
-    assert (
-        0.2 < s.bits_per_char < 3.0
-    )  # a real pretrained model, far below uniform (~15 bits/token)
+    # a real pretrained model, far below uniform (~15 bits/token)
+    assert 0.2 < s.bits_per_char < 3.0
     text = hf_generator(EMBEDDED, loaded=pre).complete(
         "The capital of France is", 6, SamplingConfig(temperature=0)
     )

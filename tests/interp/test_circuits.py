@@ -85,7 +85,8 @@ def planted_gpt(n_layer: int, V: int = len(LETTERS), T: int = 32) -> GPT:
             [angle.cos(), angle.sin(), -angle.cos(), -angle.sin()], 1
         )
         model.transformer["wte"].weight[:, TOK : TOK + 2 * V] = pair
-        # layer 0: q_i . k_j ∝ cos(θ (i - 1 - j)), the largest at j = i - 1; value: the token -> PREV
+        # layer 0: q_i . k_j ∝ cos(θ (i - 1 - j)), the largest at j = i - 1;
+        # value: the token -> PREV
         s = math.sqrt(C / 4)  # |x|^2 = 4 (POS + TOK)
         w = h[
             0
@@ -105,9 +106,8 @@ def planted_gpt(n_layer: int, V: int = len(LETTERS), T: int = 32) -> GPT:
             w[2 * C : 2 * C + 2 * V, TOK : TOK + 2 * V] = eye
             h[1].attn.c_proj.weight[OUT : OUT + 2 * V, 0 : 2 * V] = eye / s
         read = OUT if n_layer == 2 else PREV
-        model.lm_head.weight[:, read : read + 2 * V] = (
-            pair  # the right token by a margin of ~9 nats
-        )
+        # the right token by a margin of ~9 nats
+        model.lm_head.weight[:, read : read + 2 * V] = pair
     return model.eval()
 
 
@@ -149,9 +149,8 @@ def test_induction_scores_on_constructed_patterns():
     for i in range(1, T):
         prev[i, i - 1] = 1.0
         ind[i, i - n + 1 if i >= n else 0] = 1.0
-    i_score, p_score = induction_scores(
-        torch.stack([prev, ind])[None], n
-    )  # [1 layer, 2 heads, T, T]
+    # [1 layer, 2 heads, T, T]
+    i_score, p_score = induction_scores(torch.stack([prev, ind])[None], n)
     assert p_score[0, 0] == 1.0 and i_score[0, 0] == 0.0
     assert i_score[0, 1] == 1.0 and p_score[0, 1] < 0.3
 
@@ -211,9 +210,8 @@ def test_batched_ablation_matches_full_forward_passes(kind, hf_models):
             model = copy.deepcopy(model)
             model.set_attn_implementation("eager")
         lens = make_lens(model, tok)
-    abl = head_ablation(
-        lens, text, max_tokens=150, max_rows=5
-    )  # several windows, heads split over batches
+    # several windows, heads split over batches
+    abl = head_ablation(lens, text, max_tokens=150, max_rows=5)
     ids, chars = lens.encode(text)
     T = min(lens.context, 150)
     W = 150 // T
@@ -345,9 +343,8 @@ def test_analyse_runs_everything_within_its_settings(big, hf_models):
     a = analyse(lens, text, vocab_chars=ctok.chars, big=big, slice_chars=600)
     assert set(a.seconds) == {"induction", "ablation", "lens", "positions"} and len(a.findings) == 4
     assert a.lens.layers == [0, 1, 2] and a.ablation.layers == [0, 1]
-    assert (
-        a.ablation.tokens == 128
-    ) == big and a.lens.tokens == a.ablation.tokens  # the slice has 192+
+    # the slice has 192+
+    assert (a.ablation.tokens == 128) == big and a.lens.tokens == a.ablation.tokens
     assert Analysis.from_dict(json.loads(json.dumps(a.to_dict()))) == a
 
 

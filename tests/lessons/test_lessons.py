@@ -37,6 +37,7 @@ from nanobard.lessons.transfer import (
     forgetting,
     general_english_text,
 )
+from nanobard.rundir import RunDir
 from tests.fixtures import build_tiny_hf_model
 
 MODEL = ModelConfig(block_size=32, n_layer=1, n_head=4, n_embd=32)
@@ -45,9 +46,10 @@ TRAIN = TrainConfig(
 )
 # Original prose (no third-party text), standing in for the general-English text in tests.
 ENGLISH = (
-    "The morning train was late again, so the commuters stood on the platform with their coffee and "
-    "talked about the weather. A woman in a green coat read a newspaper while her dog watched the "
-    "pigeons. When the train finally arrived, everyone hurried aboard and found a seat by the window.\n"
+    "The morning train was late again, so the commuters stood on the platform with their coffee "
+    "and talked about the weather. A woman in a green coat read a newspaper while her dog watched "
+    "the pigeons. When the train finally arrived, everyone hurried aboard and found a seat by the "
+    "window.\n"
 ) * 8
 
 
@@ -120,15 +122,13 @@ def test_crossover_scores_each_fraction_on_both_tracks(tiny_hf, split, tmp_path)
             and p.scratch_steps > 0
             and p.finetune_steps > 0
         )
-        before = json.loads(
-            (tmp_path / f"finetune_{p.train_chars}" / "finetune_result.json").read_text()
-        )["before"]
-        assert before["model"].endswith(
-            "(zero-shot)"
-        )  # scored once, before the loop, not again per run
+        run = tmp_path / f"finetune_{p.train_chars}"
+        before = json.loads((run / RunDir.FINETUNE_RESULT).read_text())["before"]
+        assert before["model"].endswith("(zero-shot)")  # scored once, before the loop, not per run
+        assert not (run / RunDir.BEFORE).exists()  # handed to finetune(), no file faked for it
     assert 0 < res.zero_shot_bpc < 10 and res.score_chars == 1500
     assert res.points[-1].finetuned_bpc < res.zero_shot_bpc  # fine-tuning on the whole text helps
-    assert CrossoverResult.load(tmp_path / "crossover.json") == res
+    assert CrossoverResult.load(tmp_path / RunDir.CROSSOVER) == res
     assert _png(plot_crossover(res, tmp_path / "crossover.png"))
 
 
@@ -161,9 +161,8 @@ def test_forgetting_scores_both_texts_before_and_after(tiny_hf, split, tmp_path)
         (res.general_before, res.general_after),
         (res.domain_before, res.domain_after),
     ):
-        assert (
-            before.chars == after.chars and 1400 < before.chars <= 1500
-        )  # the same characters both times
+        # the same characters both times
+        assert before.chars == after.chars and 1400 < before.chars <= 1500
         assert math.isfinite(before.bits_per_char) and math.isfinite(after.bits_per_char)
     assert res.domain_change_bpc < 0  # it learned the domain it trained on
     assert res.general_change_bpc == pytest.approx(
@@ -197,28 +196,27 @@ def test_lr_sweep_records_a_run_that_diverges(split, monkeypatch):
 
 
 def test_without_the_causal_mask_the_training_loss_collapses_but_generation_fails(split, tmp_path):
-    model = ModelConfig(
-        block_size=32, n_layer=1, n_head=4, n_embd=128
-    )  # wide enough to find the copy in ~100 steps
+    # wide enough to find the copy in ~100 steps
+    model = ModelConfig(block_size=32, n_layer=1, n_head=4, n_embd=128)
     res = encoder_vs_decoder(split, steps=150, model_cfg=model, sample_chars=30, blanks=64)
     causal, no_mask = res.causal, res.no_mask
     assert causal.causal and not no_mask.causal
-    # the lesson: it peeks at the answer, so its loss collapses, on training and validation batches alike ...
+    # the lesson: it peeks at the answer, so its loss collapses,
+    # on training and validation batches alike ...
     assert (
         no_mask.train_loss < 0.25 * causal.train_loss and no_mask.val_loss < 0.25 * causal.val_loss
     )
-    # ... but predicting from the past only, as generation must, it is far worse than the causal model
+    # ... but predicting from the past only, as generation must,
+    # it is far worse than the causal model
     assert no_mask.left_to_right_loss > causal.left_to_right_loss + 1.0
-    assert (
-        abs(causal.left_to_right_loss - causal.val_loss) < 0.3
-    )  # for a causal model the two agree
+    # for a causal model the two agree
+    assert abs(causal.left_to_right_loss - causal.val_loss) < 0.3
     assert len(causal.losses) == len(no_mask.losses) == 150
     assert causal.sample and no_mask.sample and res.prompt == split.val[:16]
     c = res.cloze
     assert c.blanks == 64 and c.text.count("[_]") == 1 and len(c.answer) == 1
-    assert (
-        c.no_mask_copy_rate > 0.5 and c.no_mask_accuracy < 0.1
-    )  # it copies whatever is in the blank
+    # it copies whatever is in the blank
+    assert c.no_mask_copy_rate > 0.5 and c.no_mask_accuracy < 0.1
     assert c.both_sides_accuracy > c.left_accuracy  # context on both sides fills a blank better
     assert MaskLesson.from_dict(json.loads(json.dumps(res.to_dict()))) == res
     assert _png(plot_encoder_vs_decoder(res, tmp_path / "mask.png"))
@@ -227,9 +225,8 @@ def test_without_the_causal_mask_the_training_loss_collapses_but_generation_fail
 def test_overfitting_one_batch_drives_its_loss_down(split, tmp_path):
     res = overfit_one_batch(MODEL, TRAIN, split, steps=100)
     assert len(res.losses) == len(res.grad_norms) == 100
-    assert (
-        res.reduction > 10 and res.losses[-1] < 0.5
-    )  # a working model and loop memorise one batch
+    # a working model and loop memorise one batch
+    assert res.reduction > 10 and res.losses[-1] < 0.5
     assert {
         "transformer.wte.weight",
         "transformer.h.0.attn.c_attn.weight",

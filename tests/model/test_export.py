@@ -1,4 +1,5 @@
-"""Export to a Hugging Face GPT-2 folder: same logits, same ids, same greedy text, no nanobard needed."""
+"""Export to a Hugging Face GPT-2 folder:
+same logits, same ids, same greedy text, no nanobard needed."""
 
 from __future__ import annotations
 

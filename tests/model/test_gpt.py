@@ -88,10 +88,51 @@ def test_bfloat16_decoder_tracks_float32_and_leaves_the_model_alone():
     assert not torch.equal(got.float(), ref)  # it really ran in bfloat16
 
 
-def test_generation_beyond_context_keeps_going():
+class _Recording:
+    """A decoder that keeps every logits vector it hands to the sampler."""
+
+    def __init__(self, decoder):
+        self.decoder, self.logits = decoder, []
+
+    def start(self, prompt_ids):
+        self.logits.append(self.decoder.start(prompt_ids))
+        return self.logits[-1]
+
+    def advance(self, token):
+        self.logits.append(self.decoder.advance(token))
+        return self.logits[-1]
+
+
+def _contexts(ids: list[int], n_prompt: int, block: int, use_cache: bool) -> list[list[int]]:
+    """The context each next-token prediction over ``ids`` sees, as ScratchDecoder documents it:
+    uncached, the last ``block`` tokens; cached, everything since the cache was last (re)filled,
+    and a full cache refills from the last ``block // 2`` tokens."""
+    out, start = [], 0
+    for n in range(n_prompt, len(ids)):  # predicting ids[n] from ids[:n]
+        if not use_cache:
+            start = max(0, n - block)
+        elif n - 1 - start >= block:  # the cache holds ids[start : n - 1]: full
+            start = n - block // 2
+        out.append(ids[start:n])
+    return out
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generation_beyond_context_keeps_going(use_cache):
+    """40 tokens from a 16-token context: every prediction is the full forward pass over the
+    context the decoder promises (the cached one refills three times)."""
     model = make()
-    out = list(generate_ids(ScratchDecoder(model), [1], 40, SamplingConfig(seed=1)))
+    rec = _Recording(ScratchDecoder(model, use_cache=use_cache))
+    out = list(generate_ids(rec, [1], 40, SamplingConfig(seed=1)))
     assert len(out) == 40 and all(0 <= t < 17 for t in out)
+    contexts = _contexts([1, *out], 1, CFG.block_size, use_cache)
+    assert len(contexts) == 40 and len(rec.logits) >= 40  # the logits each token was drawn from
+    with torch.inference_mode():
+        for i, (got, ctx) in enumerate(zip(rec.logits[:40], contexts)):
+            want = model(torch.tensor([ctx])).logits[0, -1]
+            torch.testing.assert_close(
+                got, want, atol=1e-5, rtol=1e-5, msg=lambda m, i=i: f"token {i}: {m}"
+            )
 
 
 def test_context_overflow_is_a_clear_error():
@@ -150,9 +191,8 @@ def test_int8_weights_track_float32_and_generate():
     ref, dec, got = _last_logits(model, [1, 2, 3, 4, 5, 6, 7, 8], torch.int8)
     assert isinstance(dec.model.transformer.h[0].mlp.c_fc, Int8Linear)
     assert dec.model.transformer.h[0].mlp.c_fc.weight_int8.dtype == torch.int8
-    assert isinstance(
-        model.transformer.h[0].mlp.c_fc, torch.nn.Linear
-    )  # the decoder quantized a copy
+    # the decoder quantized a copy
+    assert isinstance(model.transformer.h[0].mlp.c_fc, torch.nn.Linear)
     torch.testing.assert_close(got.float(), ref, atol=0.08, rtol=0.08)
     assert not torch.equal(got.float(), ref)
     out = list(

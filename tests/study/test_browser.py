@@ -89,9 +89,8 @@ def test_report_in_headless_chromium(report, request):
             "request",
             lambda r: requests.append(r.url) if not r.url.startswith(("file:", "data:")) else None,
         )
-        page.on(
-            "dialog", lambda d: (alerts.append(d.message), d.dismiss())
-        )  # before the page's script runs
+        # before the page's script runs
+        page.on("dialog", lambda d: (alerts.append(d.message), d.dismiss()))
         page.goto(report.as_uri())
         page.wait_for_selector("#ex-grid .cell")
         page.screenshot(path=str(ARTIFACTS / f"report_top_{tag}.png"))

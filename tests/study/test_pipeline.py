@@ -6,7 +6,7 @@ import shutil
 
 from nanobard.rundir import RunDir
 from nanobard.study.pipeline import run_study
-from nanobard.study.records import Headline, StudyState
+from nanobard.study.records import Headline, InterpretStudy, StudyState
 from tests.fixtures import EVIL, study_kwargs
 
 FILES = (
@@ -58,12 +58,32 @@ def test_study_writes_every_file_and_its_records_reload(study):
 def test_interpretability_is_recorded_for_both_models(study):
     out, res, _ = study
     data = json.loads((out / RunDir.INTERPRET).read_text())
-    for part in ("scratch", "pretrained"):
-        keys = " ".join(data[part])
-        for what in ("induction", "ablation", "lens", "positions"):
-            assert what in keys, (part, what)
-    heads = res.state.scratch.history[-1].heads  # head formation: scores at each evaluation
-    assert len(heads["induction"]) == 2 and len(heads["previous_token"][0]) == 4
+    name = res.state.finetune.model_name  # the tiny local GPT-2's folder
+    models = {
+        "scratch": "from scratch",
+        "pretrained": f"{name} fine-tuned",
+        "pretrained_before": f"{name} before fine-tuning",
+    }
+    analyses = ["induction", "ablation", "lens", "positions"]
+    assert list(data) == list(models) and all(data.values())  # the model before fine-tuning too
+    for part, model in models.items():
+        d = data[part]
+        assert list(d) == ["model", "settings", "seconds", *analyses, "findings"], part
+        assert [d["model"]] + [d[k]["model"] for k in analyses] == [model] * 5, part
+        assert list(d["settings"]) == list(d["seconds"]) == analyses, part
+        # both models have 2 layers x 4 heads: a score per head, every layer ablated (small models)
+        ind, abl = d["induction"], d["ablation"]
+        tables = [ind["induction"], ind["previous_token"], abl["delta_bpc"]]
+        assert [[len(row) for row in t] for t in tables] == [[4, 4]] * 3, part
+        assert abl["layers"] == [0, 1], part
+        assert d["lens"]["layers"] == [0, 1, 2], part  # the embeddings, then after each layer
+    assert InterpretStudy.load(out / RunDir.INTERPRET) == res.state.interpret  # the stage's record
+    # head formation: per-head scores at every evaluation of the from-scratch run
+    history = res.state.scratch.history
+    assert [r.step for r in history] == [0, 10, 20]
+    for r in history:
+        assert list(r.heads or {}) == ["previous_token", "induction"], r.step
+        assert [[len(row) for row in r.heads[k]] for k in r.heads] == [[4, 4], [4, 4]]
 
 
 def test_report_is_self_contained_and_escapes_model_text(study):
@@ -113,9 +133,8 @@ def test_interrupted_study_continues(study, tmp_path):
 
 def test_a_corpus_without_romeo_gets_prompts_from_itself(tmp_path, tiny_text):
     """No sample may read '[cannot encode': prompts and attention text come from the corpus."""
-    text = "".join(
-        c for c in tiny_text.lower() if c not in "romeo"
-    )  # none of R, O, M, E in any case
+    # none of R, O, M, E in any case
+    text = "".join(c for c in tiny_text.lower() if c not in "romeo")
     kw = study_kwargs(tmp_path, text, evil=False)
     kw["prompts"] = None
     kw["scratch_overrides"]["max_steps"] = 4
@@ -125,15 +144,87 @@ def test_a_corpus_without_romeo_gets_prompts_from_itself(tmp_path, tiny_text):
     assert not set("ROMEOromeo") & set(
         "".join(res.state.corpus.prompts) + res.state.corpus.attention_text
     )
+    from nanobard.rundir import RunDir
+    from nanobard.study.records import StudyConfig
+
+    config = StudyConfig.load(tmp_path / "out" / RunDir.CONFIG)  # the configs as they ran
+    assert list(config.finetune.prompts) == config.prompts == res.state.corpus.prompts
+    assert config.scratch.model.n_layer == 2 and config.scratch.train.max_steps == 4
 
 
-def test_every_study_preset_names_a_scratch_preset():
+def test_the_study_gives_its_scratch_run_the_presets_time_budget_and_overrides_win(study):
+    """config.json says what each stage ran with: the scratch preset's settings, with the study
+    preset's wall-time budget in place of its step budget, and the caller's overrides on top."""
     from nanobard.config import PRESETS, STUDY_PRESETS
 
-    assert {"quick", "cpu-10min", "seed", "gpu"} <= set(STUDY_PRESETS)
-    for name, p in STUDY_PRESETS.items():
-        assert p.name == name and p.scratch in PRESETS
-    assert STUDY_PRESETS["cpu-10min"].scratch == "cpu-10min"
-    assert (
-        STUDY_PRESETS["quick"].scratch_time and STUDY_PRESETS["quick"].finetune.max_time
-    )  # budgeted by time
+    out, res, kw = study
+    preset = STUDY_PRESETS["quick"]
+    scratch = PRESETS[preset.scratch].train
+    assert preset.scratch_time != scratch.max_time  # (else this proves nothing)
+    written = json.loads((out / RunDir.CONFIG).read_text())
+    train, ft = written["scratch"]["train"], written["finetune"]
+    model = written["scratch"]["model"]
+    # every override won (max_steps 20, n_layer 2, ...); the study's time still caps the run
+    over = kw["scratch_overrides"]
+    assert {k: {**model, **train}[k] for k in over} == over
+    assert train["max_time"] == preset.scratch_time and train["epochs"] is None
+    assert (train["lr"], train["optimizer"]) == (scratch.lr, scratch.optimizer)  # not overridden
+    assert model["pos_encoding"] == PRESETS[preset.scratch].model.pos_encoding
+    assert {k: ft[k] for k in kw["finetune_overrides"]} == kw["finetune_overrides"]
+    assert ft["max_time"] == preset.finetune.max_time and ft["lora_r"] == preset.finetune.lora_r
+    # and the stages ran with them
+    ran = json.loads((out / RunDir.CONFIG_SCRATCH).read_text())
+    assert ran["train"] == train and (ran["budget"], ran["step_budget"]) == ("steps", 20)
+    assert res.state.scratch.steps == 20 and res.state.scratch.time_budget_s == preset.scratch_time
+    assert res.state.finetune.steps == 6 and res.state.finetune.time_budget_s == ft["max_time"]
+
+
+def test_every_study_preset_resolves_its_budgets(tmp_path):
+    """A preset with a scratch time makes time the scratch run's only budget (its steps are sized
+    from the measured speed); a budget the caller gives wins, and a time still caps it."""
+    from dataclasses import replace
+
+    from nanobard.config import PRESETS, STUDY_PRESETS
+    from nanobard.study.pipeline import _context
+
+    def study(preset, scratch=None, finetune=None):
+        return _context(
+            tmp_path, preset, "shakespeare", None, scratch or {}, finetune or {}, False, False, None
+        )
+
+    assert any(p.scratch_time for p in STUDY_PRESETS.values())  # both kinds are checked
+    for preset in STUDY_PRESETS.values():
+        sp = PRESETS[preset.scratch]
+        s = study(preset)
+        assert s.model_cfg == sp.model and s.ft_cfg == preset.finetune, preset.name
+        if preset.scratch_time:
+            t = s.train_cfg
+            assert (t.max_steps, t.epochs, t.max_time) == (None, None, preset.scratch_time)
+            budget = dict(
+                max_steps=sp.train.max_steps, epochs=sp.train.epochs, max_time=sp.train.max_time
+            )
+            assert replace(t, **budget) == sp.train, preset.name  # nothing else changed
+        else:
+            assert s.train_cfg == sp.train, preset.name
+        o = study(preset, {"max_steps": 7, "n_layer": 1, "lr": 0.5}, {"max_steps": 3})
+        cap = preset.scratch_time or sp.train.max_time
+        assert (o.train_cfg.max_steps, o.train_cfg.max_time, o.train_cfg.lr) == (7, cap, 0.5)
+        assert o.train_cfg.epochs is None and o.model_cfg.n_layer == 1, preset.name
+        assert (o.ft_cfg.max_steps, o.ft_cfg.epochs, o.ft_cfg.max_time) == (
+            3,
+            None,
+            preset.finetune.max_time,
+        ), preset.name
+
+
+def test_the_stage_table_is_the_study_state_in_order():
+    """Each stage's record lands in the StudyState field of its name, in the table's order: the
+    table is the one list of stages (the CLI's [i/9] lines, resuming and the report follow it)."""
+    from dataclasses import fields
+
+    from nanobard.study.pipeline import STAGES
+    from nanobard.study.records import StudyState
+
+    names = [s.name for s in STAGES]
+    assert names == [f.name for f in fields(StudyState) if f.name != "seconds"]
+    assert len(set(names)) == len(names) and all(callable(s.run) for s in STAGES)

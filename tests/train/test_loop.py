@@ -1,6 +1,7 @@
 import json
 import os
 import pickle
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,9 +26,8 @@ def test_training_lowers_loss_and_writes_the_run_folder(tmp_path, tiny_text):
     assert json.loads(best["metrics"])["val_loss"] == pytest.approx(res.best_val_loss, abs=1e-9)
     from nanobard.train.loop import TrainResult
 
-    assert (
-        TrainResult.load(tmp_path / "train_result.json") == res
-    )  # the result, reloadable as a record
+    # the result, reloadable as a record
+    assert TrainResult.load(tmp_path / "train_result.json") == res
     assert all(r.heads is None for r in res.history)  # plain training runs no analysis
 
 
@@ -60,35 +60,83 @@ def test_on_eval_callbacks_fill_the_recorded_rows(tmp_path, tiny_text):
     ] * 3  # recorded as returned
 
 
-def test_a_time_only_budget_is_sized_from_the_measured_speed(tmp_path, tiny_text, monkeypatch):
-    from nanobard.train.schedule import Clock
+STEP_S = 1 / 16  # fake seconds per optimizer step (a power of two: exact sums)
 
-    refits = []
-    refine = Clock.refine
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """The loop's and the TimeBudget's ``time.perf_counter`` on a fake clock that moves only by
+    ``STEP_S`` per optimizer step and by what a test adds (e.g. in an on_eval callback): a time
+    budget runs to the same step on any machine, with no real waiting."""
+    from nanobard.train import loop, schedule
+
+    now = [0.0]
+    fake = SimpleNamespace(perf_counter=lambda: now[0])
+    monkeypatch.setattr(schedule, "time", fake)
+    monkeypatch.setattr(loop, "time", fake)
+    # TimeBudget's t0 defaults to the real perf_counter (bound when the class was defined)
     monkeypatch.setattr(
-        Clock, "refine", lambda self, step, *a: refits.append(step) or refine(self, step, *a)
+        loop, "TimeBudget", lambda *a, **kw: schedule.TimeBudget(*a, **kw, t0=now[0])
     )
+    real_step = loop.train_step
+
+    def step(*a, **kw):
+        now[0] += STEP_S
+        return real_step(*a, **kw)
+
+    monkeypatch.setattr(loop, "train_step", step)
+    return now
+
+
+def test_a_time_only_budget_stops_at_the_horizon_the_clock_sizes(
+    tmp_path, tiny_text, fake_clock, monkeypatch
+):
+    from nanobard.train.schedule import TimeBudget
+
+    sized, refits = [], []
+    observe, refine = TimeBudget.observe, TimeBudget.refine
+
+    def spy_size(self, step):
+        h = observe(self, step)
+        if h is not None:
+            sized.append((step, h))
+        return h
+
+    def spy_refine(self, step, *a):
+        refits.append((step, refine(self, step, *a)))
+        return refits[-1][1]
+
+    def slow_eval(model, row):  # every evaluation costs 0.25 fake seconds
+        fake_clock[0] += 0.25
+        return row
+
+    monkeypatch.setattr(TimeBudget, "observe", spy_size)
+    monkeypatch.setattr(TimeBudget, "refine", spy_refine)
     res = train(
         TINY_MODEL,
-        tcfg(max_steps=None, max_time=4.0, eval_interval=20),
+        tcfg(max_steps=None, max_time=3.0, eval_interval=10),
         split_text(tiny_text),
         tmp_path,
         progress=False,
+        on_eval=[slow_eval],
     )
-    cfg = json.loads((tmp_path / "config.json").read_text())
     counters = json.loads(
         torch.load(tmp_path / "ckpt_last.pt", weights_only=True)["train_state"]["counters"]
     )
-    assert (
-        counters["horizon"] is not None and counters["horizon"] > 13
-    )  # sized after timing steps 3..13
-    assert counters["horizon_refined"]
-    # re-fitted at every evaluation after sizing, except a final one made because the budget was spent
-    after_sizing = [r.step for r in res.history if r.step > 13]
-    assert refits in (after_sizing, after_sizing[:-1]) and len(refits) >= 2
-    assert res.stopped in ("time", "steps") and res.steps <= counters["horizon"]
-    assert res.history[-1].step == res.steps  # the final evaluation, once, at the last step
-    assert cfg["budget"] == "time" and res.time_budget_s == 4.0
+    # sized once, as soon as the steps after the first warm-up step are timed (MIN_TIMED of them,
+    # covering 1% of the budget); re-fitted at every later evaluation but the final one
+    assert [s for s, _ in sized] == [TimeBudget.WARMUP_STEPS + TimeBudget.MIN_TIMED]
+    assert [s for s, _ in refits] == [10, 20, 30]
+    horizon = refits[-1][1]
+    # the first estimate counted the step-0 evaluation's 0.25 s as every evaluation's cost: 0.0625 s
+    # steps + 0.025 s of evaluation each fill the 2.5625 s left after step 3 with 29 more steps
+    assert sized[0][1] == 3 + int((3.0 - 0.25 - 3 * STEP_S) / (STEP_S + 0.25 / 10))
+    # it stopped at that horizon, one step before the clock itself ran out, and recorded it
+    assert res.stopped == "time" and res.steps == horizon and res.elapsed_s < 3.0
+    assert counters["horizon"] == horizon and counters["horizon_refined"]
+    assert [r.step for r in res.history] == [0, 10, 20, 30, horizon]  # the final one, once
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["budget"] == "time" and cfg["step_budget"] is None and res.time_budget_s == 3.0
 
 
 def test_resolve_budget_overrides():
@@ -96,9 +144,8 @@ def test_resolve_budget_overrides():
 
     base = TrainConfig(max_steps=100, max_time=60.0)
     assert resolve(base, {"max_time": 30.0}).max_steps is None  # time alone: time is the budget
-    assert resolve(base, {"max_steps": 7}) == TrainConfig(
-        max_steps=7, max_time=60.0
-    )  # steps, time still caps
+    # steps, time still caps
+    assert resolve(base, {"max_steps": 7}) == TrainConfig(max_steps=7, max_time=60.0)
     assert resolve(base, {"epochs": 2.0}).max_steps is None
     assert resolve(base, {"lr": None}) == base  # unset flags change nothing
 
@@ -106,9 +153,8 @@ def test_resolve_budget_overrides():
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_resume_is_exact(tmp_path, tiny_text, optimizer):
     split = split_text(tiny_text)
-    m = ModelConfig(
-        **{**TINY_MODEL.__dict__, "dropout": 0.1}
-    )  # dropout: the RNG state must resume too
+    # dropout: the RNG state must resume too
+    m = ModelConfig(**{**TINY_MODEL.__dict__, "dropout": 0.1})
     kw = dict(lr_decay_steps=40, optimizer=optimizer)  # Muon's momentum buffers must resume too
     train(m, tcfg(max_steps=40, **kw), split, tmp_path / "straight", progress=False)
     train(m, tcfg(max_steps=20, **kw), split, tmp_path / "split", progress=False)
@@ -137,15 +183,23 @@ def test_early_stopping(tmp_path, tiny_text):
     assert res.stopped == "early_stopping" and res.steps < 500
 
 
-def test_time_budget(tmp_path, tiny_text):
+def test_a_time_budget_spent_before_the_speed_is_measured_stops_on_the_clock(
+    tmp_path, tiny_text, fake_clock
+):
     res = train(
         TINY_MODEL,
-        tcfg(max_steps=None, max_time=3.0),
+        # 2 fake steps (0.125 s) spend it: the horizon is sized after 3 (a warm-up and 2 timed)
+        tcfg(max_steps=None, max_time=0.1),
         split_text(tiny_text),
         tmp_path,
         progress=False,
     )
-    assert res.stopped == "time" and res.steps > 0 and res.elapsed_s < 15
+    assert res.stopped == "time" and res.steps == 2 and res.elapsed_s == 2 * STEP_S
+    assert [r.step for r in res.history] == [0, 2]  # the final evaluation at the last step
+    counters = json.loads(
+        torch.load(tmp_path / "ckpt_last.pt", weights_only=True)["train_state"]["counters"]
+    )
+    assert counters["horizon"] is None and not counters["horizon_refined"]
 
 
 def test_epoch_budget(tmp_path, tiny_text):

@@ -1,4 +1,5 @@
-"""The wall-time clock that sizes a time-only budget, on a fake clock (no real waiting)."""
+"""The wall-time budget both tracks use (calibrate, size, refine) and the cosine, on a fake clock
+(no real waiting)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from types import SimpleNamespace
 import pytest
 
 from nanobard.config import TrainConfig
+from nanobard.hf.trainer import lr_factor
 from nanobard.train import schedule
-from nanobard.train.schedule import CALIBRATION_STEPS, Clock
+from nanobard.train.schedule import TimeBudget, cosine, lr_at
 
 
 @pytest.fixture
@@ -18,41 +20,81 @@ def fake_time(monkeypatch):
     return now
 
 
-def _sized(fake_time, cfg: TrainConfig, step_s: float) -> tuple[Clock, int]:
-    clock = Clock(t0=fake_time[0])  # (its default reads the real clock)
-    horizon = None
-    for step in range(1, CALIBRATION_STEPS[1] + 2):
+def _sized(
+    fake_time, budget_s: float, eval_interval: int, step_s: float
+) -> tuple[TimeBudget, int, int]:
+    """Run steps of ``step_s`` until the budget sizes itself: (budget, horizon, steps done)."""
+    # (its default reads the real clock)
+    budget = TimeBudget(budget_s, eval_interval, t0=fake_time[0])
+    step = 0
+    while True:
         fake_time[0] += step_s
-        horizon = clock.size_steps(step, cfg) or horizon
-    return clock, horizon
+        step += 1
+        if (horizon := budget.observe(step)) is not None:
+            return budget, horizon, step
+
+
+def test_calibration_times_enough_steps_and_enough_of_the_budget(fake_time):
+    # fast steps (10 ms): at least MIN_FRACTION of the budget (1 s of 100 s) is timed,
+    # not just 2 steps
+    budget, horizon, steps = _sized(fake_time, 100.0, 1000, 0.01)
+    timed_s = (steps - TimeBudget.WARMUP_STEPS) * 0.01
+    assert timed_s >= TimeBudget.MIN_FRACTION * 100.0 and steps == pytest.approx(102, abs=1)
+    assert horizon == pytest.approx(10_000, abs=2)  # 100 s at 10 ms a step
+    # slow steps (4 s, a 135M model fine-tuned on a CPU): sized after the first two timed steps
+    budget, horizon, steps = _sized(fake_time, 75.0, 20, 4.0)
+    assert steps == TimeBudget.WARMUP_STEPS + TimeBudget.MIN_TIMED
+    assert horizon == int(75.0 / 4.0)
+
+
+def test_sizing_counts_the_evaluations_cost(fake_time):
+    budget = TimeBudget(100.0, 10, t0=fake_time[0])
+    # the evaluation before the first step took 1 s: 0.1 s per step over 10 steps
+    budget.eval_s = 1.0
+    fake_time[0] += 1.0
+    horizon = None
+    for step in range(1, 200):
+        fake_time[0] += 0.1
+        horizon = budget.observe(step) or horizon
+    sized_step, sized_elapsed = budget.sized_at
+    per_step = 0.1 + 1.0 / 10  # each step's own 0.1 s and its share of an evaluation every 10 steps
+    assert horizon == sized_step + int((100.0 - sized_elapsed) / per_step)
+    # without the evaluations: 2x as many
+    assert horizon < sized_step + (100.0 - sized_elapsed) / 0.1 * 0.6
 
 
 def test_the_horizon_follows_the_speed_at_every_evaluation(fake_time):
-    cfg = TrainConfig(max_steps=None, max_time=100.0, eval_interval=100)
-    clock, horizon = _sized(fake_time, cfg, 0.1)  # 10 steps/s, nothing else evaluated yet
+    budget, horizon, step = _sized(fake_time, 100.0, 100, 0.1)  # 10 steps/s, nothing evaluated yet
     assert horizon == pytest.approx(1000, abs=2)
-    step = 14
-    # a busy stretch: the next 86 steps at 0.3 s, then an evaluation of 1 s
-    fake_time[0] += 86 * 0.3 + 1.0
-    step += 86
-    slow = clock.refine(step, cfg, eval_s=1.0)
+    # a busy stretch: the next steps at 0.3 s, then an evaluation of 1 s
+    n = 100 - step
+    fake_time[0] += n * 0.3 + 1.0
+    step += n
+    slow = budget.refine(step, eval_s=1.0)
     assert slow < horizon - 300  # fitted to the slow stretch
     # the machine is free again: 200 steps at 0.1 s and two more evaluations
     for _ in range(2):
         fake_time[0] += 100 * 0.1 + 1.0
         step += 100
-        later = clock.refine(step, cfg, eval_s=1.0)
+        later = budget.refine(step, eval_s=1.0)
     assert later > slow + 100  # re-fitted: the time the slow stretch would have left unused is used
-    # what the new horizon promises fits the budget: its remaining steps and evaluations at the mean speed
-    mean_step = (fake_time[0] - clock.sized_at[1] - 3.0) / (step - clock.sized_at[0])
-    left = cfg.max_time - fake_time[0]
-    assert (later - step) * (mean_step + 1.0 / cfg.eval_interval) == pytest.approx(
-        left, abs=mean_step + 0.01
-    )
+    # what the new horizon promises fits the budget:
+    # its remaining steps and evaluations at the mean speed
+    mean_step = (fake_time[0] - budget.sized_at[1] - 3.0) / (step - budget.sized_at[0])
+    left = 100.0 - fake_time[0]
+    assert (later - step) * (mean_step + 1.0 / 100) == pytest.approx(left, abs=mean_step + 0.01)
 
 
 def test_a_refined_horizon_never_ends_before_the_current_step(fake_time):
-    cfg = TrainConfig(max_steps=None, max_time=10.0, eval_interval=50)
-    clock, _ = _sized(fake_time, cfg, 0.1)
+    budget, _, _ = _sized(fake_time, 10.0, 50, 0.1)
     fake_time[0] += 20.0  # far past the budget
-    assert clock.refine(64, cfg, eval_s=0.5) == 64
+    assert budget.refine(64, eval_s=0.5) == 64
+
+
+def test_both_tracks_decay_along_the_same_cosine():
+    assert cosine(0.0) == 1.0 and cosine(0.5) == pytest.approx(0.5) and cosine(1.0) == 0.0
+    assert cosine(2.0) == 0.0 and cosine(-1.0) == 1.0  # clamped
+    cfg = TrainConfig(lr=1.0, min_lr=0.0, warmup_steps=10, max_steps=110)
+    for step in (10, 35, 60, 85, 110, 200):  # after warmup the two schedules are the same curve
+        assert lr_at(step, cfg, 110, 0.0) == pytest.approx(lr_factor(step, 10, 110))
+    assert lr_factor(5, 10, 110) == 0.5  # the Trainer's warmup starts from 0

@@ -27,20 +27,18 @@ def add(sub: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace) -> int:
     from nanobard.hf.pretrained import open_model
     from nanobard.interp import attention as A
-    from nanobard.study import plots
+    from nanobard.interp.figures import attention_heads
+    from nanobard.interp.lens import make_lens
 
     m = open_model(args.model, attn="eager")
-    maps = (A.scratch_attention if m.kind == "scratch" else A.hf_attention)(
-        m.model, m.tokenizer, args.text
-    )
+    lens = make_lens(m.model, m.tokenizer, m.name)
+    maps = A.attention_maps(lens, args.text, max_tokens=None if m.kind == "scratch" else 48)
     n_layers = maps.weights.shape[0]
     layer = args.layer if args.layer is not None else n_layers - 1
     if not 0 <= layer < n_layers:
         raise ConfigError(f"--layer must be in 0..{n_layers - 1}")
-    png = plots.attention_heads(
-        maps.weights, maps.tokens, layer, f"{m.name}: layer {layer}", args.png
-    )
-    analysis = A.analyse_attention(m.model, maps, m.kind, m.name)
+    png = attention_heads(maps.weights, maps.tokens, layer, f"{m.name}: layer {layer}", args.png)
+    analysis = A.analyse_attention(lens, maps)
     for line in analysis.findings:
         print(line)
     c = analysis.causality

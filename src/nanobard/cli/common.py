@@ -8,9 +8,13 @@ import dataclasses
 import sys
 import typing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nanobard import config as C
+
+if TYPE_CHECKING:  # these import torch: only for the type checker
+    from nanobard.model.evaluate import Score
+    from nanobard.model.sampling import SamplingConfig, TextGenerator
 
 
 class Parser(argparse.ArgumentParser):
@@ -127,7 +131,7 @@ def run_folder(args: argparse.Namespace, what: str) -> Path:
     return Path(args.out or f"runs/{what}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def print_stream(gen: Any, prompt: str, n: int, scfg: Any) -> None:
+def print_stream(gen: TextGenerator, prompt: str, n: int, scfg: SamplingConfig) -> None:
     """Stream a continuation to stdout. The prompt is encoded first, so a prompt the model cannot
     read fails before anything is printed."""
     pieces = gen.stream(prompt, n, scfg)
@@ -139,7 +143,8 @@ def print_stream(gen: Any, prompt: str, n: int, scfg: Any) -> None:
     sys.stdout.write("\n")
 
 
-def print_score_table(rows: list[Any]) -> None:
+def print_score_table(rows: list[tuple[str, int, Score]]) -> None:
+    """One line per (model name, parameters, score)."""
     print(f"{'model':<38} {'params':>12} {'chars':>8} {'nats/token':>11} {'bits/char':>10}")
     for name, params, score in rows:
         print(

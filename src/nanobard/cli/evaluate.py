@@ -25,18 +25,24 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from nanobard.data.tokenizer import CharTokenizer
     from nanobard.data.tokens import load_tokens
     from nanobard.hf.pretrained import open_model
-    from nanobard.model.evaluate import score_hf, score_scratch
+    from nanobard.model.evaluate import Score, score_hf, score_scratch
+    from nanobard.model.gpt import GPT
 
     corpus = load_tokens(args.corpus, args.data)
     text = corpus.val_text(args.score_chars or None)
-    rows = []
+    rows: list[tuple[str, int, Score]] = []
     for m in args.models:
         opened = open_model(m)
-        score = (score_scratch if opened.kind == "scratch" else score_hf)(
-            opened.model, opened.tokenizer, text, opened.name, progress=True
-        )
+        model, tok = opened.model, opened.tokenizer
+        if opened.kind == "scratch":  # our GPT with its CharTokenizer (open_model decides)
+            assert isinstance(model, GPT) and isinstance(tok, CharTokenizer)
+            score = score_scratch(model, tok, text, opened.name, progress=True)
+        else:  # a transformers causal LM with its tokenizer
+            assert not isinstance(model, GPT) and not isinstance(tok, CharTokenizer)
+            score = score_hf(model, tok, text, opened.name, progress=True)
         rows.append((opened.name, opened.num_params, score))
     print(f"validation text of {corpus.name!r}: {len(text):,} characters")
     print_score_table(rows)

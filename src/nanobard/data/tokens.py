@@ -28,7 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-from nanobard.data.corpus import VAL_FRACTION, CorpusError, CorpusSplit, cache_dir, load_corpus
+from nanobard.data.corpus import (
+    VAL_FRACTION,
+    CorpusError,
+    CorpusSplit,
+    cache_dir,
+    check_text_file,
+    load_corpus,
+    sha256_file,
+)
 from nanobard.data.tokenizer import CharTokenizer
 
 logger = logging.getLogger(__name__)
@@ -181,14 +189,6 @@ def open_cached(folder: Path) -> TokenCorpus | None:
         return None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _cached(
     key: str, name: str, chunks: Callable[[], Iterator[str]], root: Path | None
 ) -> TokenCorpus:
@@ -231,11 +231,9 @@ def load_tokens(
 ) -> TokenCorpus:
     """The corpus as memory-mapped token ids, encoded on first use and cached by the text's SHA-256."""
     if data_path is not None:
-        from nanobard.data.corpus import check_text_file
-
         path = Path(data_path)
         check_text_file(path)
-        return _cached(f"{_sha256(path)}", path.name, lambda: _file_chunks(path), cache_root)
+        return _cached(sha256_file(path), path.name, lambda: _file_chunks(path), cache_root)
     name, text = load_corpus(corpus)
     key = hashlib.sha256(text.encode("utf-8")).hexdigest()
     return _cached(key, name, lambda: _text_chunks(text), cache_root)

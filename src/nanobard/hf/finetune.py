@@ -10,16 +10,15 @@ weights before saving, so ``model_hf_finetuned/`` loads with plain ``transformer
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -31,11 +30,16 @@ from nanobard.data.tokenizer import UnknownCharactersError
 from nanobard.data.tokens import TokenCorpus
 from nanobard.hardware import generation_dtype, pick_device, resolve_precision
 from nanobard.hf.pretrained import Pretrained, hf_generator, load_pretrained
-from nanobard.hf.trainer import TimeBudget, metrics_callback, trainer_class
+from nanobard.hf.trainer import metrics_callback, trainer_class
 from nanobard.model.evaluate import Score, score_hf
 from nanobard.model.sampling import STRATEGIES, TextGenerator
 from nanobard.records import EvalRow, Record
 from nanobard.rundir import RunDir
+from nanobard.train.schedule import TimeBudget
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -111,29 +115,46 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+@dataclass
+class BeforeFinetune(Record):
+    """The pretrained model before fine-tuning (``finetune_before.json``): kept so that a resumed
+    run does not score it again."""
+
+    score: Score
+    samples: list[Sample]
+
+
+@dataclass
+class FinetunedModelInfo(Record):
+    """What made a fine-tuned model folder (``model_hf_finetuned/nanobard.json``)."""
+
+    base_model: str
+    config: FinetuneConfig
+    steps: int
+
+
 def _score_before(
     pre: Pretrained, text: str, cfg: FinetuneConfig, out: Path, resume: bool, progress: bool
-) -> tuple[Score, list[dict[str, str]]]:
-    """The pretrained model's score and samples before fine-tuning (kept in finetune_before.json)."""
+) -> BeforeFinetune:
+    """The pretrained model's score and samples before fine-tuning (kept in
+    finetune_before.json)."""
     path = out / RunDir.BEFORE
     if resume and path.exists():
-        saved = json.loads(path.read_text())
-        return Score.from_dict(saved["score"]), [Sample.from_dict(r) for r in saved["samples"]]
+        return BeforeFinetune.load(path)
     logger.info("scoring %s before fine-tuning on %d validation characters", pre.name, len(text))
-    before = score_hf(pre.model, pre.tokenizer, text, f"{pre.name} (before)", progress=progress)
-    samples = make_samples(_sampler(pre), "before", cfg.sample_tokens, cfg.prompts)
+    score = score_hf(pre.model, pre.tokenizer, text, f"{pre.name} (before)", progress=progress)
+    before = BeforeFinetune(
+        score, make_samples(_sampler(pre), "before", cfg.sample_tokens, cfg.prompts)
+    )
     if is_main_process():
-        path.write_text(
-            json.dumps(
-                {"score": before.to_dict(), "samples": [r.to_dict() for r in samples]}, indent=2
-            )
-        )
-    return before, samples
+        before.save(path)
+    return before
 
 
 def _sampler(pre: Pretrained) -> TextGenerator:
     """Samples come from a bfloat16 copy on a CPU: decoding reads every weight once per token, and
-    half the bytes is faster on both CPU kinds measured (hardware.generation_dtype; benchmarks/README.md)."""
+    half the bytes is faster on both CPU kinds measured (hardware.generation_dtype;
+    benchmarks/README.md)."""
     device = next(pre.model.parameters()).device
     return hf_generator(
         pre.name,
@@ -143,7 +164,10 @@ def _sampler(pre: Pretrained) -> TextGenerator:
 
 
 def tokenize_blocks(
-    tok: Any, chunks: Iterator[str], block_size: int, max_tokens: int | None = None
+    tok: PreTrainedTokenizerBase,
+    chunks: Iterator[str],
+    block_size: int,
+    max_tokens: int | None = None,
 ) -> BlockDataset:
     """Blocks of ``block_size`` tokens from text chunks, tokenized one chunk at a time (never the
     whole text as one list of ids), stopping once ``max_tokens`` are in hand."""
@@ -177,16 +201,16 @@ def _text_chunks(
         starts = np.linspace(0, end - size, max(1, math.ceil(spread / size))).astype(int).tolist()
     for i in starts:
         piece = seq[i : min(i + size, end)]
-        yield piece if isinstance(piece, str) else data.tokenizer.decode(piece.tolist())
+        # a CorpusSplit holds text, a TokenCorpus token ids
+        yield data.tokenizer.decode(piece.tolist()) if isinstance(data, TokenCorpus) else piece
 
 
-CHARS_PER_TOKEN_SPREAD = (
-    6  # characters tokenized per training token needed: ~1.5x the data a BPE needs
-)
+# characters tokenized per training token needed: ~1.5x the data a BPE needs
+CHARS_PER_TOKEN_SPREAD = 6
 
 
 def _datasets(
-    tok: Any,
+    tok: PreTrainedTokenizerBase,
     data: CorpusSplit | TokenCorpus,
     cfg: FinetuneConfig,
     tokens_needed: int | None,
@@ -206,18 +230,19 @@ def _datasets(
     )
     if len(train_ds) < 1 or len(val_ds) < 1:
         raise ConfigError(
-            f"the text is too short for one block of {cfg.block_size} tokens; use --block-size smaller"
+            f"the text is too short for one block of {cfg.block_size} tokens; "
+            "use --block-size smaller"
         )
     return train_ds, val_ds
 
 
-def _with_lora(model: Any, cfg: FinetuneConfig) -> tuple[Any, int]:
+def _with_lora(model: PreTrainedModel, cfg: FinetuneConfig) -> tuple[torch.nn.Module, int]:
     """The model to train and its trainable parameter count (LoRA adapters when lora_r > 0)."""
     if cfg.lora_r == 0:
         return model, sum(p.numel() for p in model.parameters())
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(
+    adapted = get_peft_model(
         model,
         LoraConfig(
             r=cfg.lora_r,
@@ -227,21 +252,29 @@ def _with_lora(model: Any, cfg: FinetuneConfig) -> tuple[Any, int]:
             task_type="CAUSAL_LM",
         ),
     )
-    return model, sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return adapted, sum(p.numel() for p in adapted.parameters() if p.requires_grad)
 
 
 def _step_plan(
     cfg: FinetuneConfig, tokens_per_step: int, device: torch.device
-) -> tuple[int, int | None, TimeBudget | None]:
+) -> tuple[int | None, int | None, TimeBudget | None]:
     """(optimizer steps, training tokens to tokenize, time budget). With only a time budget the
     steps are an upper bound that the TimeBudget replaces once it has timed a few steps, and the
-    data is what a fast machine of this kind would use (fewer tokens repeat, more are not read)."""
+    data is what a fast machine of this kind would use (fewer tokens repeat, more are not read).
+    With epochs, all of the text is tokenized and the steps (None without ``max_steps``) are
+    capped by the epochs' once the blocks are counted."""
     if cfg.max_steps is None and cfg.epochs is None:
-        tokens_per_s = (
-            20_000 if device.type == "cuda" else 2_000
-        )  # well above what a 135M model trains at
-        return 1_000_000, int(cfg.max_time * tokens_per_s), TimeBudget(cfg.max_time)
-    return cfg.max_steps, None if cfg.epochs else cfg.max_steps * tokens_per_step, None
+        assert cfg.max_time is not None, "FinetuneConfig checks that some budget is given"
+        # well above what a 135M model trains at
+        tokens_per_s = 20_000 if device.type == "cuda" else 2_000
+        return (
+            1_000_000,
+            int(cfg.max_time * tokens_per_s),
+            TimeBudget(cfg.max_time, cfg.eval_interval),
+        )
+    if cfg.epochs or cfg.max_steps is None:
+        return cfg.max_steps, None, None
+    return cfg.max_steps, cfg.max_steps * tokens_per_step, None
 
 
 def _training_args(
@@ -251,7 +284,7 @@ def _training_args(
     max_steps: int,
     resume: bool,
     progress: bool,
-) -> Any:
+) -> TrainingArguments:
     from transformers import TrainingArguments
 
     return TrainingArguments(
@@ -287,19 +320,20 @@ def _training_args(
 
 
 def _save(
-    model: Any, pre: Pretrained, cfg: FinetuneConfig, out: Path, steps: int
-) -> tuple[Any, Path]:
-    """Merge LoRA adapters if any and write ``model_hf_finetuned/`` (plain transformers can load it)."""
+    model: torch.nn.Module, pre: Pretrained, cfg: FinetuneConfig, out: Path, steps: int
+) -> tuple[PreTrainedModel, Path]:
+    """Merge LoRA adapters if any and write ``model_hf_finetuned/`` (plain transformers can load
+    it). ``model`` is what ``_with_lora`` gave the Trainer: a PeftModel with LoRA, else the
+    pretrained model itself; either way a pretrained model is saved and returned."""
     if cfg.lora_r > 0:
-        model = model.merge_and_unload()
+        model = cast("PeftModel", model).merge_and_unload()
+    merged = cast("PreTrainedModel", model)
     final_dir = out / RunDir.FINETUNED
     if is_main_process():
-        model.save_pretrained(final_dir)
+        merged.save_pretrained(final_dir)
         pre.tokenizer.save_pretrained(final_dir)
-        (final_dir / "nanobard.json").write_text(
-            json.dumps({"base_model": pre.name, "config": asdict(cfg), "steps": steps}, indent=2)
-        )
-    return model, final_dir
+        FinetunedModelInfo(pre.name, cfg, steps).save(final_dir / RunDir.FINETUNED_INFO)
+    return merged, final_dir
 
 
 def _last_checkpoint_step(ckpt_dir: Path, resume: bool) -> int | None:
@@ -315,28 +349,34 @@ def finetune(
     resume: bool = False,
     progress: bool = True,
     keep_checkpoints: bool = True,
+    before: Score | None = None,
 ) -> FinetuneResult:
     """Score before, fine-tune, save ``model_hf_finetuned/``, score after. See module docstring.
     ``keep_checkpoints=False`` deletes the Trainer's resumable checkpoints (weights and optimizer
-    state, ~1.6 GB for a 135M model) once the fine-tuned model is saved."""
+    state, ~1.6 GB for a 135M model) once the fine-tuned model is saved. ``before``: the pretrained
+    model's score on the same validation text when the caller has it already (the crossover lesson
+    scores it once for all its runs); then it is not scored again and no samples are made before."""
     from transformers import EarlyStoppingCallback
 
     out = Path(out_dir)
     device = pick_device(cfg.device)
     pre = load_pretrained(cfg.pretrained, device)  # fails before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    score_text = _val_text(data, cfg.score_chars)
-    before, samples_before = _score_before(pre, score_text, cfg, out, resume, progress)
-
-    world = int(
-        os.environ.get("WORLD_SIZE", "1")
-    )  # under torchrun each process takes batch_size blocks
+    score_text = data.val_text(cfg.score_chars or None)  # 0 or None: all of it
+    if before is None:
+        scored = _score_before(pre, score_text, cfg, out, resume, progress)
+        before, samples_before = scored.score, scored.samples
+    else:
+        samples_before = []
+    # under torchrun each process takes batch_size blocks
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.block_size * world
     max_steps, tokens_needed, budget = _step_plan(cfg, tokens_per_step, device)
     train_ds, val_ds = _datasets(pre.tokenizer, data, cfg, tokens_needed)
     if cfg.epochs is not None:
         by_epochs = math.ceil(cfg.epochs * len(train_ds) / (cfg.batch_size * cfg.grad_accum))
         max_steps = min(max_steps or by_epochs, by_epochs)
+    assert max_steps is not None, "max_steps, the epochs or the time budget set the steps"
     model, trainable = _with_lora(pre.model, cfg)
 
     run = RunDir(out)
@@ -357,14 +397,15 @@ def finetune(
     trainer.train(resume_from_checkpoint=steps_before is not None or None)
     train_seconds = time.perf_counter() - t0
     steps = trainer.state.global_step
-    model, final_dir = _save(trainer.model, pre, cfg, out, steps)
+    assert trainer.model is not None, "the Trainer was given a model"
+    finetuned, final_dir = _save(trainer.model, pre, cfg, out, steps)
     if not keep_checkpoints and is_main_process():
         shutil.rmtree(ckpt_dir, ignore_errors=True)
 
     logger.info("scoring the fine-tuned model")
-    after = score_hf(model, pre.tokenizer, score_text, f"{pre.name} (after)", progress=progress)
+    after = score_hf(finetuned, pre.tokenizer, score_text, f"{pre.name} (after)", progress=progress)
     after_pre = Pretrained(
-        model=model, tokenizer=pre.tokenizer, name=str(final_dir), reason="fine-tuned"
+        model=finetuned, tokenizer=pre.tokenizer, name=str(final_dir), reason="fine-tuned"
     )
     samples = samples_before + make_samples(
         _sampler(after_pre), "after", cfg.sample_tokens, cfg.prompts
@@ -389,7 +430,3 @@ def finetune(
     if is_main_process():
         res.save(run / RunDir.FINETUNE_RESULT)
     return res
-
-
-def _val_text(data: CorpusSplit | TokenCorpus, n: int | None) -> str:
-    return "".join(_text_chunks(data, "val", n or None))

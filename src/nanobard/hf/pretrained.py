@@ -22,7 +22,7 @@ import urllib.request
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,6 +30,12 @@ from nanobard.data.corpus import cache_dir
 from nanobard.errors import NanobardError
 from nanobard.model.checkpoint import load_model, resolve_checkpoint
 from nanobard.model.sampling import HFDecoder, ScratchDecoder, TextGenerator
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from nanobard.data.tokenizer import CharTokenizer
+    from nanobard.model.gpt import GPT
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +51,8 @@ class PretrainedError(NanobardError, ValueError):
 
 @dataclass
 class Pretrained:
-    model: Any  # transformers PreTrainedModel
-    tokenizer: Any  # transformers PreTrainedTokenizerBase
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     name: str  # what the user asked for, resolved (e.g. "smollm2-135m", "gpt2", a folder)
     reason: str  # why this model (for auto)
 
@@ -65,8 +71,8 @@ def embedded_gguf_path() -> Path:
             "(make run/test do this), or use --pretrained gpt2 / a local folder"
         ) from None
     for f in dist.files or []:
-        if str(f).endswith(".gguf"):
-            return Path(dist.locate_file(f))
+        if str(f).endswith(".gguf"):  # locate_file gives a Path, typed as the protocol SimplePath
+            return Path(str(dist.locate_file(f)))
     raise PretrainedError(f"no .gguf file found in the installed {EMBEDDED_DIST} package")
 
 
@@ -149,11 +155,12 @@ def load_pretrained(
         ) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model.to(device)
+    # PreTrainedModel.to is wrapped by functools.wraps, which mypy reads as taking `self` first
+    model.to(device)  # type: ignore[arg-type]
     return Pretrained(model=model, tokenizer=tok, name=resolved, reason=reason)
 
 
-def _load_gguf(gguf: Path) -> tuple[Any, Any]:
+def _load_gguf(gguf: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Model and tokenizer from a GGUF file, dequantized to float32 by transformers (~17 s)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -165,7 +172,8 @@ def _load_gguf(gguf: Path) -> tuple[Any, Any]:
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:
         quantizer.remove_quantization_config(model)
-    model.is_quantized = False
+    # torch's Module.__setattr__ annotation admits only Tensor | Module values; any value works
+    model.is_quantized = False  # type: ignore[assignment]
     model.config._is_quantized = False
     return model, tok
 
@@ -219,7 +227,7 @@ def check_hf_folder(p: Path) -> None:
 
 def hf_generator(
     path_or_name: str | os.PathLike,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     loaded: Pretrained | None = None,
     dtype: torch.dtype | None = None,
 ) -> TextGenerator:
@@ -229,20 +237,27 @@ def hf_generator(
     pre = loaded or load_pretrained(str(path_or_name), device)
     tok, model = pre.tokenizer, pre.model
     if dtype is not None and dtype != next(model.parameters()).dtype:
-        model = (copy.deepcopy(model) if loaded is not None else model).to(dtype)
+        target = copy.deepcopy(model) if loaded is not None else model
+        model = target.to(dtype)  # type: ignore[arg-type]  # functools.wraps, as in load_pretrained
     model.eval()
     stop = {tok.eos_token_id} if tok.eos_token_id is not None else None
+
+    def decode(ids: list[int]) -> str:
+        text = tok.decode(ids, skip_special_tokens=True)
+        assert isinstance(text, str)  # one sequence of ids decodes to one string
+        return text
+
     return TextGenerator(
         name=pre.name,
         encode=lambda s: tok.encode(s, add_special_tokens=False),
-        decode=lambda ids: tok.decode(ids, skip_special_tokens=True),
+        decode=decode,
         make_decoder=lambda: HFDecoder(model),
         stop_ids=stop,
     )
 
 
 def scratch_generator(
-    path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype | None = None
+    path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> TextGenerator:
     """A TextGenerator for a from-scratch checkpoint; unknown prompt characters raise a clear error.
     ``dtype`` (e.g. torch.bfloat16) runs the weights in that precision; see ScratchDecoder."""
@@ -265,8 +280,8 @@ class OpenedModel:
     kind: (
         str  # "scratch" (our GPT, a CharTokenizer) or "hf" (a transformers causal LM and tokenizer)
     )
-    model: Any
-    tokenizer: Any
+    model: GPT | PreTrainedModel
+    tokenizer: CharTokenizer | PreTrainedTokenizerBase
     name: str
 
     @property

@@ -1,9 +1,10 @@
 """The pieces nanobard adds to the Hugging Face ``Trainer`` for fine-tuning:
 
 - ``chunked_lm_loss``: the LM loss without materialising (B*T, V) float32 logits;
-- a wall-time budget: the first steps are timed and the step count that fits the budget fixes the
-  cosine schedule's length (``TimeBudget``), so fine-tuning ends on time with its learning rate
-  decayed, whatever the machine;
+- a wall-time budget: the from-scratch track's ``TimeBudget`` (train/schedule.py) times the first
+  steps, sizes the step count that fits the budget (evaluations and checkpoints included) and
+  refines it at each evaluation; the cosine schedule runs over it, so fine-tuning ends on time
+  with its learning rate decayed, whatever the machine;
 - ``metrics_hf.jsonl``: one row per evaluation, the same schema as the from-scratch track.
 
 ``transformers`` is imported inside the functions: importing nanobard stays cheap.
@@ -12,17 +13,19 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.nn import functional as F
 
 from nanobard.records import EvalRow
 from nanobard.rundir import RunDir
+from nanobard.train.schedule import TimeBudget, cosine
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +35,7 @@ CHUNKED_LOSS_MODELS = frozenset({"llama", "gpt2", "mistral", "qwen2"})
 
 
 def chunked_lm_loss(
-    model: Any,
+    model: PreTrainedModel,
     input_ids: torch.Tensor,
     labels: torch.Tensor,
     num_items: torch.Tensor | int | None = None,
@@ -47,9 +50,8 @@ def chunked_lm_loss(
     those passes stay in cache. ``num_items`` (the Trainer's token count over an accumulated batch)
     replaces the per-batch count, as it does in the model's loss.
     """
-    hidden = model.get_decoder()(
-        input_ids=input_ids
-    ).last_hidden_state  # (B, T, C), final norm applied
+    # (B, T, C), final norm applied
+    hidden = model.get_decoder()(input_ids=input_ids).last_hidden_state
     head = model.get_output_embeddings()
     h = hidden[:, :-1].reshape(-1, hidden.size(-1))  # (N, C): positions that predict a next token
     y = labels[:, 1:].reshape(-1).to(h.device)  # (N,)
@@ -63,52 +65,18 @@ def chunked_lm_loss(
     return total / count
 
 
-@dataclass
-class TimeBudget:
-    """A fine-tuning budget in seconds. After ``CALIBRATE`` timed steps, ``steps`` becomes the step
-    count that fits what is left (minus ``margin`` for evaluations and checkpoints); the cosine
-    schedule runs over it. ``steps`` starts as an upper bound so nothing ends before that."""
-
-    seconds: float
-    steps: int = 1_000_000
-    sized: bool = False
-    margin: float = 0.1
-    stamps: list[float] = field(default_factory=list)
-    MIN_STEPS = 2  # timed steps after the first (which includes warm-up costs)...
-    MIN_FRACTION = (
-        0.05  # ...covering at least this fraction of the budget, so tiny steps are timed well
-    )
-
-    def observe(self, step: int, elapsed: float) -> None:
-        """Called at the end of every step with the seconds since fine-tuning started."""
-        self.stamps.append(time.perf_counter())
-        timed = len(self.stamps) - 1
-        if (
-            self.sized
-            or timed < self.MIN_STEPS
-            or self.stamps[-1] - self.stamps[0] < self.MIN_FRACTION * self.seconds
-        ):
-            return
-        per_step = (self.stamps[-1] - self.stamps[0]) / timed
-        left = max(0.0, self.seconds * (1 - self.margin) - elapsed)
-        self.steps = max(step + 1, step + int(left / per_step))
-        self.sized = True
-        logger.info(
-            "fine-tuning: %.2f s/step measured; %d steps fit the %.0f s budget",
-            per_step,
-            self.steps,
-            self.seconds,
-        )
-
-    def lr_factor(self, step: int, warmup: int) -> float:
-        """Linear warmup then cosine to zero over ``steps`` (the Trainer's "cosine" schedule)."""
-        if step < warmup:
-            return step / max(1, warmup)
-        progress = min(1.0, (step - warmup) / max(1, self.steps - warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
+def lr_factor(step: int, warmup: int, horizon: int) -> float:
+    """The Trainer's "cosine" schedule over a horizon a time budget sized: linear warmup from 0,
+    then the same cosine as the from-scratch track (train/schedule.py), to 0 at ``horizon``."""
+    if step < warmup:
+        return step / max(1, warmup)
+    return cosine((step - warmup) / max(1, horizon - warmup))
 
 
-def trainer_class(budget: TimeBudget | None = None) -> type:
+UNSIZED = 1_000_000  # the horizon before the budget has timed its first steps: an upper bound
+
+
+def trainer_class(budget: TimeBudget | None = None) -> type[Trainer]:
     """The Trainer with nanobard's loss and, given a ``budget``, its time-sized schedule."""
     from transformers import Trainer
 
@@ -125,9 +93,8 @@ def trainer_class(budget: TimeBudget | None = None) -> type:
             ):
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             n = num_items_in_batch if self.model_accepts_loss_kwargs else None
-            with (
-                self.accelerator.autocast()
-            ):  # what accelerate wraps model.forward in; we bypass forward
+            # what accelerate wraps model.forward in; we bypass forward
+            with self.accelerator.autocast():
                 return chunked_lm_loss(model, inputs["input_ids"], inputs["labels"], n)
 
         def create_scheduler(
@@ -137,8 +104,11 @@ def trainer_class(budget: TimeBudget | None = None) -> type:
                 return super().create_scheduler(num_training_steps, optimizer)
             if self.lr_scheduler is None:
                 warmup = self.args.get_warmup_steps(num_training_steps)
+                optimizer = optimizer or self.optimizer
+                assert optimizer is not None, "the Trainer creates its optimizer first"
                 self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-                    optimizer or self.optimizer, lambda step: budget.lr_factor(step, warmup)
+                    optimizer,
+                    lambda step: lr_factor(step, warmup, budget.horizon or UNSIZED),
                 )
             return self.lr_scheduler
 
@@ -153,7 +123,9 @@ def metrics_callback(
     budget: TimeBudget | None = None,
 ) -> Any:
     """Appends each evaluation to ``path`` and ends training on the time budget: at the step count
-    ``budget`` sized, or when ``max_time`` seconds have passed, whichever comes first."""
+    ``budget`` sized, or when ``max_time`` seconds have passed, whichever comes first. Returns a
+    ``TrainerCallback`` whose ``rows`` are the evaluations (Any: its class is made here, where
+    transformers is imported, so no annotation can name it)."""
     from transformers import TrainerCallback
 
     class MetricsCallback(TrainerCallback):
@@ -184,14 +156,28 @@ def metrics_callback(
             if state.is_world_process_zero:  # under torchrun only rank 0 writes
                 RunDir(path.parent).append_metrics(row, path.name)
 
+        def on_train_begin(self, args, state, control, **kw):
+            self.mark, self.start_step = time.perf_counter(), state.global_step
+
+        def on_step_begin(self, args, state, control, **kw):
+            # an evaluation (and its checkpoint) ran since the last step ended: the budget counts it
+            if budget is not None and state.global_step % budget.eval_interval == 0:
+                spent = time.perf_counter() - self.mark
+                if budget.sized:
+                    budget.refine(state.global_step - self.start_step, spent)
+                else:
+                    budget.eval_s = spent
+
         def on_step_end(self, args, state, control, **kw):
-            elapsed = time.perf_counter() - t0
+            self.mark = time.perf_counter()
+            elapsed = self.mark - t0
             if budget is not None:
-                budget.observe(state.global_step, elapsed)
+                budget.observe(state.global_step - self.start_step)
             out_of_time = max_time is not None and elapsed > max_time
-            if out_of_time or (
-                budget is not None and budget.sized and state.global_step >= budget.steps
-            ):
+            horizon_reached = (
+                budget is not None and budget.sized and state.global_step >= (budget.horizon or 0)
+            )
+            if out_of_time or horizon_reached:
                 logger.info(
                     "fine-tuning time budget reached at step %d (%.0f s)",
                     state.global_step,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,7 +68,8 @@ def analyse(
     ind = induction_test(lens, batch=4 if big else 8)
     seconds["induction"] = time.perf_counter() - t0
     settings = _settings(lens, ind, big)
-    runs = {
+    # each analysis with the text it reads; they return different records, collected in res
+    runs: dict[str, tuple[Callable[..., Any], str]] = {
         "ablation": (head_ablation, text),
         "lens": (logit_lens, text),
         "positions": (loss_by_position, val_text),

@@ -1,19 +1,18 @@
 """Attention weights of both tracks, per-head statistics, and the future-token dependency check.
 
 Attention patterns are returned as one tensor ``# [layer, head, query_pos, key_pos]`` with the
-token strings that label its axes. The from-scratch model gives them through its readable
-attention path; a Hugging Face model through ``output_attentions=True`` (eager attention).
+token strings that label its axes, read through the ``Lens`` (lens.py), the one place that knows
+how each model kind gives them.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from nanobard.model.gpt import GPT
+from nanobard.interp.lens import Lens, eval_mode
 from nanobard.records import Record
 
 
@@ -35,32 +34,16 @@ class HeadStats(Record):
     first_token: float  # mean weight on position 0 (an "attention sink")
 
 
-def scratch_attention(model: GPT, tokenizer: Any, text: str) -> AttentionMaps:
-    """Attention of the from-scratch GPT on ``text`` (cut to its context length)."""
-    ids = tokenizer.encode(text)[: model.config.block_size]
-    device = next(model.parameters()).device
-    model.eval()
-    with torch.no_grad():
-        att = model(torch.tensor([ids], device=device), return_attention=True).attentions
-    return AttentionMaps(
-        [tokenizer.decode([i]) for i in ids], ids, torch.stack([a[0] for a in att]).float().cpu()
-    )
-
-
-def hf_attention(model: Any, tokenizer: Any, text: str, max_tokens: int = 48) -> AttentionMaps:
-    """Attention of a Hugging Face causal LM (load it with ``attn_implementation="eager"``)."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
-    device = next(model.parameters()).device
-    model.eval()
-    with torch.no_grad():
-        out = model(input_ids=torch.tensor([ids], device=device), output_attentions=True)
-    if not out.attentions or out.attentions[0] is None:
-        raise ValueError(
-            "this model returned no attention weights; load it with attn_implementation='eager'"
-        )
-    tokens = tokenizer.convert_ids_to_tokens(ids)
-    tokens = [tokenizer.convert_tokens_to_string([t]) for t in tokens]
-    return AttentionMaps(tokens, ids, torch.stack([a[0] for a in out.attentions]).float().cpu())
+def attention_maps(lens: Lens, text: str, max_tokens: int | None = None) -> AttentionMaps:
+    """Attention of any model the Lens opens on ``text``, cut to ``max_tokens`` tokens (default:
+    the model's context). A Hugging Face model runs on its explicit attention path for this pass
+    (the fused ones return no weights)."""
+    ids, _ = lens.encode(text)
+    ids = ids[: min(max_tokens or lens.context, lens.context)]
+    with torch.no_grad(), eval_mode(lens.model):
+        tr = lens.trace(torch.tensor([ids]), attention=True)
+    weights = torch.stack([a[0] for a in tr.attentions or []]).float().cpu()  # [layer, head, T, T]
+    return AttentionMaps(lens.token_strings(ids), ids, weights)
 
 
 def head_statistics(weights: torch.Tensor) -> list[HeadStats]:
@@ -100,13 +83,15 @@ def attention_findings(stats: list[HeadStats], model_name: str) -> list[str]:
     if strong:
         names = ", ".join(f"L{s.layer}H{s.head} ({s.previous_token:.0%})" for s in strong[:4])
         out.append(
-            f"{model_name}: previous-token heads (share of attention on the token just before): {names}"
+            f"{model_name}: previous-token heads (share of attention on the token just before): "
+            f"{names}"
         )
     else:
         s = prev[0]
         out.append(
-            f"{model_name}: no head is a clean previous-token head; the strongest is L{s.layer}H{s.head}, "
-            f"with {s.previous_token:.0%} of its attention on the token just before"
+            f"{model_name}: no head is a clean previous-token head; the strongest is "
+            f"L{s.layer}H{s.head}, with {s.previous_token:.0%} of its attention on the token just "
+            "before"
         )
     selfh = sorted((s for s in stats if s.self_attention > 0.4), key=lambda s: -s.self_attention)
     if selfh:
@@ -165,60 +150,47 @@ class AttentionAnalysis(Record):
         return most_interesting_layer(self.heads_stats)
 
 
-def causality_check(model: Any, ids: list[int], kind: str) -> Causality:
+def causality_check(lens: Lens, ids: list[int]) -> Causality:
     """Two independent checks that no position depends on a later one.
 
     1. Every attention weight above the diagonal is exactly zero.
     2. The gradient of the logits at position t w.r.t. the input embedding at any position > t is
-       exactly zero, for every t.
-    ``kind`` is "scratch" (our GPT) or "hf" (a Hugging Face model).
+       exactly zero, for every t (the token embedding's output is swapped for a leaf tensor).
     """
-    device = next(model.parameters()).device
-    model.eval()
-    x = torch.tensor([ids], device=device)
+    x = torch.tensor([ids])
     T = len(ids)
-    if kind == "scratch":
-        emb = model.transformer["wte"](x).detach().requires_grad_(True)
-        handle = model.transformer["wte"].register_forward_hook(lambda m, i, o: emb)
-        try:
-            out = model(x, return_attention=True)
-        finally:
-            handle.remove()
-        logits, att = out.logits, out.attentions
-    else:
-        emb = model.get_input_embeddings()(x).detach().requires_grad_(True)
-        out = model(inputs_embeds=emb, output_attentions=True)
-        logits, att = out.logits, out.attentions
-    above = (
-        torch.stack([torch.triu(a[0].detach().float(), diagonal=1).abs().max() for a in att])
-        .max()
-        .item()
-    )
+    emb = lens.embed(x.to(lens.device)).detach().requires_grad_(True)  # (1, T, C)
+    handle = lens.embed.register_forward_hook(lambda module, args, out: emb)
+    try:
+        with eval_mode(lens.model):
+            tr = lens.trace(x, attention=True)
+    finally:
+        handle.remove()
+    att = tr.attentions or []
+    above = max(torch.triu(a[0].detach().float(), diagonal=1).abs().max().item() for a in att)
     max_grad = 0.0
     for t in range(T - 1):
-        (g,) = torch.autograd.grad(logits[0, t].float().sum(), emb, retain_graph=t < T - 2)
+        (g,) = torch.autograd.grad(tr.logits[0, t].sum(), emb, retain_graph=t < T - 2)
         max_grad = max(max_grad, g[0, t + 1 :].abs().max().item())
-    return Causality(
-        T,
-        above,
-        "pass" if above == 0.0 else "fail",
-        max_grad,
-        "pass" if max_grad == 0.0 else "fail",
-    )
+    return Causality(T, above, _verdict(above), max_grad, _verdict(max_grad))
 
 
-def analyse_attention(model: Any, maps: AttentionMaps, kind: str, name: str) -> AttentionAnalysis:
+def _verdict(largest: float) -> str:
+    return "pass" if largest == 0.0 else "fail"
+
+
+def analyse_attention(lens: Lens, maps: AttentionMaps) -> AttentionAnalysis:
     """Statistics, findings and the causality check of one model's attention maps."""
     L, H, T, _ = maps.weights.shape
     stats = head_statistics(maps.weights)
     return AttentionAnalysis(
-        model=name,
+        model=lens.name,
         layers=L,
         heads=H,
         tokens=maps.tokens,
         heads_stats=stats,
-        findings=attention_findings(stats, name),
-        causality=causality_check(model, maps.ids, kind),
+        findings=attention_findings(stats, lens.name),
+        causality=causality_check(lens, maps.ids),
         mean_entropy_bits=sum(s.entropy_bits for s in stats) / len(stats),
         uniform_entropy_bits=sum(math.log2(i + 1) for i in range(1, T)) / (T - 1),
     )

@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -67,9 +67,8 @@ class AblationResult(_Result):
     model: str
     method: str  # "mean" or "zero"
     layers: list[int]  # the layers whose heads were ablated
-    delta_bpc: list[
-        list[float | None]
-    ]  # [layer, head]: ablated - clean bits/char; None: not ablated
+    # [layer, head]: ablated - clean bits/char; None: not ablated
+    delta_bpc: list[list[float | None]]
     clean_bpc: float
     tokens: int  # tokens of the slice
     chars: int  # characters scored
@@ -315,9 +314,8 @@ def loss_by_position(
     context and is not scored. Weighted by ``chars``, the curve averages to ``overall_bpc``.
     """
     ids, chars = _windows(lens, text, min(lens.context, max_window), max_tokens)
-    nll = torch.cat(
-        [_window_nll(lens, ids[r : r + batch]) for r in range(0, len(ids), batch)]
-    )  # (W, T - 1)
+    # (W, T - 1)
+    nll = torch.cat([_window_nll(lens, ids[r : r + batch]) for r in range(0, len(ids), batch)])
     ends = chars.cumsum(1)  # (W, T): char offset where each token ends
     width = int(ends[:, -1].max())
     total = torch.zeros(width, dtype=torch.float64)  # nats at each offset
@@ -377,8 +375,8 @@ def circuit_findings(
         final = lens.bpc[-1]
         first = next(layer for layer, b in zip(lens.layers, lens.bpc) if b <= final + within)
         out.append(
-            f"{lens.model}: the logit lens first gets within {within:g} bits/char of the final layer "
-            f"({final:.2f}) at layer {first} of {lens.layers[-1]} (layer {lens.layers[0]}: "
+            f"{lens.model}: the logit lens first gets within {within:g} bits/char of the final "
+            f"layer ({final:.2f}) at layer {first} of {lens.layers[-1]} (layer {lens.layers[0]}: "
             f"{lens.bpc[0]:.2f} bits/char)"
         )
     if positions is not None:
@@ -391,7 +389,7 @@ def circuit_findings(
     return out
 
 
-def strongest_head(table: list[list[float | None]]) -> tuple[int, int, float]:
+def strongest_head(table: Sequence[Sequence[float | None]]) -> tuple[int, int, float]:
     """(layer, head, value) of the largest entry of a [layer, head] table."""
     v, i, h = max(
         (v, i, h) for i, row in enumerate(table) for h, v in enumerate(row) if v is not None
@@ -403,9 +401,10 @@ def _induction_sentence(r: InductionResult) -> str:
     i, h, s = strongest_head(r.induction)
     copies = r.loss_second_nats < 0.5 * r.loss_first_nats
     return (
-        f"{r.model}: the strongest induction head is L{i}H{h} (score {s:.2f}); on random tokens repeated "
-        f"twice the loss goes from {r.loss_first_bits:.2f} to {r.loss_second_bits:.2f} bits/token, so the "
-        f"model {'copies the earlier sequence' if copies else 'does not copy the earlier sequence'}"
+        f"{r.model}: the strongest induction head is L{i}H{h} (score {s:.2f}); on random tokens "
+        f"repeated twice the loss goes from {r.loss_first_bits:.2f} to {r.loss_second_bits:.2f} "
+        "bits/token, so the model "
+        f"{'copies the earlier sequence' if copies else 'does not copy the earlier sequence'}"
     )
 
 
@@ -414,8 +413,8 @@ def _ablation_sentence(r: AblationResult) -> str:
     n = sum(v is not None for row in r.delta_bpc for v in row)
     big = sum(v is not None and v > 0.01 for row in r.delta_bpc for v in row)
     return (
-        f"{r.model}: {r.method}-ablating L{i}H{h} costs {cost:+.2f} bits/char, the largest of the {n} heads "
-        f"ablated (layers {_span(r.layers)}); {big} of them cost more than 0.01 bits/char"
+        f"{r.model}: {r.method}-ablating L{i}H{h} costs {cost:+.2f} bits/char, the largest of the "
+        f"{n} heads ablated (layers {_span(r.layers)}); {big} of them cost more than 0.01 bits/char"
     )
 
 

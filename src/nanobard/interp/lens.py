@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 import torch.nn as nn
@@ -22,6 +22,14 @@ from torch.nn import functional as F
 
 from nanobard.errors import NanobardError
 from nanobard.model.gpt import GPT
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from nanobard.data.tokenizer import CharTokenizer
+    from nanobard.model.gpt import Block
 
 Kind = Literal["scratch", "llama", "gpt2"]
 
@@ -45,8 +53,11 @@ class Trace:
 @dataclass
 class Lens:
     model: nn.Module
+    # a CharTokenizer (kind "scratch") or a Hugging Face tokenizer, or None; Any, as the methods
+    # called on it depend on ``kind``
     tokenizer: Any
     kind: Kind
+    embed: nn.Module  # token embedding: ids (B, T) -> (B, T, C)
     layers: nn.ModuleList
     final_norm: nn.Module
     unembed: nn.Module
@@ -82,6 +93,13 @@ class Lens:
         ids = tok(text, add_special_tokens=False)["input_ids"]
         return ids, [len(tok.decode([i])) for i in ids]
 
+    def token_strings(self, ids: list[int]) -> list[str]:
+        """The text of each token, as a label (a BPE token's leading space included)."""
+        tok = self.tokenizer
+        if self.kind == "scratch":
+            return [tok.decode([i]) for i in ids]
+        return [tok.convert_tokens_to_string([t]) for t in tok.convert_ids_to_tokens(ids)]
+
     def token_range(self) -> tuple[int, int]:
         """Ids to draw random tokens from: the whole character vocabulary; for a BPE model
         ids 100 .. 20,000 (as TransformerLens), clear of the special tokens at the start."""
@@ -90,7 +108,8 @@ class Lens:
         return min(100, self.vocab_size // 3), min(20_000, self.vocab_size)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Residual stream (B, T, C) -> logits (B, T, V) float32, via the final norm + unembedding."""
+        """Residual stream (B, T, C) -> logits (B, T, V) float32, via the final norm and the
+        unembedding."""
         return self.unembed(self.final_norm(x)).float()
 
     def _forward(self, ids: torch.Tensor, attention: bool) -> tuple[torch.Tensor, list | None]:
@@ -179,57 +198,50 @@ class Lens:
             handle.remove()
 
 
-def make_lens(model: nn.Module, tokenizer: Any = None, name: str | None = None) -> Lens:
+def make_lens(
+    model: nn.Module,
+    tokenizer: CharTokenizer | PreTrainedTokenizerBase | None = None,
+    name: str | None = None,
+) -> Lens:
     """Open our GPT (also inside torch.compile / DDP), a Llama-style or a GPT-2 HF causal LM."""
     model = getattr(model, "_orig_mod", model)  # torch.compile
     model = getattr(model, "module", model)  # DistributedDataParallel
     if isinstance(model, GPT):
         c, t = model.config, model.transformer
+        # a ModuleDict holds plain Modules to a type checker: name what GPT.__init__ put in it
+        blocks = cast(nn.ModuleList, t["h"])
         return Lens(
-            model,
-            tokenizer,
-            "scratch",
-            t["h"],
-            t["ln_f"],
-            model.lm_head,
-            [b.attn.c_proj for b in t["h"]],
-            c.n_head,
-            c.block_size,
-            c.vocab_size,
-            name or "scratch",
-        )
+            model=model, tokenizer=tokenizer, kind="scratch", embed=t["wte"], layers=blocks,
+            final_norm=t["ln_f"], unembed=model.lm_head,
+            out_projs=[b.attn.c_proj for b in cast("Iterable[Block]", blocks)],
+            n_heads=c.n_head, context=c.block_size, vocab_size=c.vocab_size,
+            name=name or "scratch",
+        )  # fmt: skip
     hc = getattr(model, "config", None)
     inner, head = getattr(model, "model", None), getattr(model, "lm_head", None)
+    if hc is None or head is None:  # not a causal LM with a config and an LM head
+        raise _cannot_open(model)
     if inner is not None and hasattr(inner, "layers") and hasattr(inner.layers[0], "self_attn"):
         return Lens(
-            model,
-            tokenizer,
-            "llama",
-            inner.layers,
-            inner.norm,
-            head,
-            [b.self_attn.o_proj for b in inner.layers],
-            hc.num_attention_heads,
-            hc.max_position_embeddings,
-            hc.vocab_size,
-            name or hc.model_type,
-        )
+            model=model, tokenizer=tokenizer, kind="llama", embed=inner.embed_tokens,
+            layers=inner.layers, final_norm=inner.norm, unembed=head,
+            out_projs=[b.self_attn.o_proj for b in inner.layers],
+            n_heads=hc.num_attention_heads, context=hc.max_position_embeddings,
+            vocab_size=hc.vocab_size, name=name or hc.model_type,
+        )  # fmt: skip
     tr = getattr(model, "transformer", None)
     if tr is not None and hasattr(tr, "h") and hasattr(tr.h[0], "attn"):
         return Lens(
-            model,
-            tokenizer,
-            "gpt2",
-            tr.h,
-            tr.ln_f,
-            head,
-            [b.attn.c_proj for b in tr.h],
-            hc.n_head,
-            hc.n_positions,
-            hc.vocab_size,
-            name or hc.model_type,
-        )
-    raise LensError(
+            model=model, tokenizer=tokenizer, kind="gpt2", embed=tr.wte, layers=tr.h,
+            final_norm=tr.ln_f, unembed=head, out_projs=[b.attn.c_proj for b in tr.h],
+            n_heads=hc.n_head, context=hc.n_positions, vocab_size=hc.vocab_size,
+            name=name or hc.model_type,
+        )  # fmt: skip
+    raise _cannot_open(model)
+
+
+def _cannot_open(model: nn.Module) -> LensError:
+    return LensError(
         f"cannot open a {type(model).__name__}: the lens knows nanobard's GPT, Llama-style "
         "(model.layers[i].self_attn.o_proj) and GPT-2 (transformer.h[i].attn.c_proj) models"
     )
@@ -249,16 +261,16 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 @contextmanager
 def eager_attention(model: nn.Module) -> Iterator[None]:
     """A Hugging Face model on its explicit attention path (the fused ones return no weights)."""
-    cfg = model.config
-    before = getattr(cfg, "_attn_implementation", "eager")
-    switch = before != "eager" and hasattr(model, "set_attn_implementation")
+    hf = cast("PreTrainedModel", model)  # a Lens of kind "llama" or "gpt2" holds one
+    before = getattr(hf.config, "_attn_implementation", "eager")
+    switch = before != "eager" and hasattr(hf, "set_attn_implementation")
     if switch:
-        model.set_attn_implementation("eager")
+        hf.set_attn_implementation("eager")
     try:
         yield
     finally:
         if switch:
-            model.set_attn_implementation(before)
+            hf.set_attn_implementation(before)
 
 
 @contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -13,13 +13,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from nanobard.lessons.scratch import CharAttention, MaskLesson, OverfitResult, SweepResult  # noqa: E402
+from nanobard.lessons.scratch import (  # noqa: E402
+    CharAttention,
+    MaskLesson,
+    OverfitResult,
+    SweepResult,
+)
 from nanobard.lessons.transfer import CrossoverResult, ForgettingResult  # noqa: E402
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DPI = 110
 
 
-def _save(fig: Any, path: str | os.PathLike) -> Path:
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
     path = Path(path)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
@@ -148,8 +156,9 @@ def plot_lr_sweep(result: SweepResult, path: str | os.PathLike) -> Path:
     ax1.grid(alpha=0.3)
     ax1.legend(fontsize=8)
     ok = [r for r in result.runs if r.best_val_loss is not None and not r.diverged]
-    ax2.plot([r.lr for r in ok], [r.best_val_loss for r in ok], "o-", color="tab:blue")
-    top = max((r.best_val_loss for r in ok), default=1.0)
+    best = [r.best_val_loss for r in ok if r.best_val_loss is not None]  # all of ok's, as floats
+    ax2.plot([r.lr for r in ok], best, "o-", color="tab:blue")
+    top = max(best, default=1.0)
     bad = [r.lr for r in result.runs if r not in ok]
     if bad:
         ax2.plot(bad, [top] * len(bad), "x", color="tab:red", ms=10, label="diverged")
@@ -221,7 +230,8 @@ def plot_overfit(result: OverfitResult, path: str | os.PathLike) -> Path:
     ax1.set_xlabel("step")
     ax1.set_ylabel("loss on the batch (nats per character, log scale)")
     ax1.set_title(
-        f"one batch: {result.losses[0]:.2f} -> {result.losses[-1]:.3f} ({result.reduction:.0f}x lower)"
+        f"one batch: {result.losses[0]:.2f} -> {result.losses[-1]:.3f} "
+        f"({result.reduction:.0f}x lower)"
     )
     ax1.grid(alpha=0.3, which="both")
     ax2.plot(result.grad_norms, color="tab:purple")
@@ -251,9 +261,8 @@ def plot_attention_on_characters(result: CharAttention, path: str | os.PathLike)
         gridspec_kw={"width_ratios": [4, 4, 1.6]},
     )
     both = np.concatenate([m.ravel() for m in mats])
-    vmax = (
-        max(2.0, float(np.nanpercentile(both, 98))) if np.isfinite(both).any() else 2.0
-    )  # one scale for both
+    # one scale for both
+    vmax = max(2.0, float(np.nanpercentile(both, 98))) if np.isfinite(both).any() else 2.0
     for ax, m, title in (
         (axes[0], mats[0], "character model"),
         (axes[1], mats[1], "BPE model, mapped to characters"),

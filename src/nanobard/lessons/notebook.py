@@ -32,7 +32,8 @@ class Notebook:
     tiny: bool
 
     def show(self, path: str | os.PathLike) -> None:
-        """Display a PNG the package wrote (figures are files under ``out``; the notebook only shows them)."""
+        """Display a PNG the package wrote (figures are files under ``out``; the notebook only
+        shows them)."""
         from IPython.display import Image, display
 
         display(Image(filename=str(path)))
@@ -55,3 +56,38 @@ def start(name: str) -> Notebook:
     out = Path("runs/notebooks") / name
     out.mkdir(parents=True, exist_ok=True)
     return Notebook(name, out, tiny_mode())
+
+
+def execute(paths: list[Path], root: Path, timeout: int = 1800) -> list[float]:
+    """Run each notebook (``.ipynb``) at default sizes with ``root`` as its working directory and
+    store its outputs in place, with the run's seconds, CPU kind and date in its metadata
+    (``metadata.nanobard``); returns the seconds of each. ``make notebooks`` calls this."""
+    import time
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    from nanobard.hardware import cpu_info
+
+    os.environ.pop(TINY_ENV, None)  # the stored outputs are the default sizes'
+    took = []
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        t0 = time.perf_counter()
+        NotebookClient(
+            nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(root)}}
+        ).execute()
+        seconds = time.perf_counter() - t0
+        nb.metadata["nanobard"] = {"run_seconds": round(seconds), "cpu": cpu_info().kind,
+                                   "cores": os.cpu_count(),
+                                   "run": time.strftime("%Y-%m-%d")}  # fmt: skip
+        nbformat.write(nb, path)
+        took.append(seconds)
+    return took
+
+
+if __name__ == "__main__":  # python -m nanobard.lessons.notebook notebooks/0*.ipynb
+    import sys
+
+    for p, s in zip(sys.argv[1:], execute([Path(a) for a in sys.argv[1:]], Path.cwd())):
+        print(f"{p}: {s:.0f} s")

@@ -1,11 +1,12 @@
 """Measured lessons for the learner notebooks: each a function that runs a small experiment and
-returns a Record (``to_dict``/``save``), with a figure for each in ``lessons_plots``.
+returns a Record (``to_dict``/``save``), with a figure for each in ``lessons/figures.py``.
 
 (The transfer-learning lessons, ``crossover`` and ``forgetting``, are in transfer.py.)
 - ``lr_sweep``: a handful of short runs at different learning rates.
 - ``encoder_vs_decoder``: the same model with and without the causal mask, and a toy cloze.
 - ``overfit_one_batch``: the first debugging check of any training loop.
-- ``attention_on_characters``: where a BPE model and a character model look, on the same characters.
+- ``attention_on_characters``: where a BPE model and a character model look, on the same
+  characters.
 
 Losses are in nats per character (the from-scratch model's token); scores across models are in
 bits per character on the same text (evaluate.py).
@@ -14,14 +15,14 @@ bits per character on the same text (evaluate.py).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
-import math
 import os
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch.nn import functional as F
@@ -33,14 +34,21 @@ from nanobard.config import (
 )
 from nanobard.data.corpus import CorpusSplit, get_batch
 from nanobard.data.tokens import TokenCorpus, tokens_from_split
-from nanobard.hardware import autocast_context, pick_device
-from nanobard.interp.attention import hf_attention, scratch_attention
+from nanobard.hardware import pick_device
+from nanobard.interp.attention import attention_maps
+from nanobard.interp.lens import make_lens
 from nanobard.model.gpt import GPT
 from nanobard.model.sampling import STRATEGIES, ScratchDecoder, TextGenerator
 from nanobard.records import Record
 from nanobard.rundir import RunDir
-from nanobard.train.loop import NonFiniteLossError, estimate_loss, train
+from nanobard.train.loop import NonFiniteLossError, estimate_loss, train, train_step
 from nanobard.train.optim import make_optimizer
+
+if TYPE_CHECKING:
+    import numpy as np
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from nanobard.data.tokenizer import CharTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +65,7 @@ class SweepRun(Record):
     diverged: bool  # the loss became NaN or infinite
     steps: list[int] = field(default_factory=list)  # the evaluation curve
     val_loss: list[float] = field(default_factory=list)
-    train_loss: list[float] = field(default_factory=list)
+    train_loss: list[float | None] = field(default_factory=list)  # as the metrics rows have it
 
 
 @dataclass
@@ -67,8 +75,12 @@ class SweepResult(Record):
 
     @property
     def best_lr(self) -> float | None:
-        done = [r for r in self.runs if r.best_val_loss is not None and not r.diverged]
-        return min(done, key=lambda r: r.best_val_loss).lr if done else None
+        done = [
+            (loss, r.lr)
+            for r in self.runs
+            if (loss := r.best_val_loss) is not None and not r.diverged
+        ]
+        return min(done, key=lambda d: d[0])[1] if done else None
 
 
 def lr_sweep(
@@ -82,9 +94,10 @@ def lr_sweep(
     progress: bool = False,
 ) -> SweepResult:
     """Train the same model for ``steps`` steps at each learning rate (same seed, same batches) and
-    keep each run's validation curve (10 evaluations) and best validation loss. ``min_lr`` keeps its
-    ratio to ``lr``, warmup is capped at a tenth of the steps, early stopping is off. A run whose loss
-    becomes NaN is kept as diverged. Run folders go to ``out_dir`` (default: a temporary folder)."""
+    keep each run's validation curve (10 evaluations) and best validation loss. ``min_lr`` keeps
+    its ratio to ``lr``, warmup is capped at a tenth of the steps, early stopping is off. A run
+    whose loss becomes NaN is kept as diverged. Run folders go to ``out_dir`` (default: a temporary
+    folder)."""
     result = SweepResult(steps)
     with tempfile.TemporaryDirectory(prefix="nanobard-sweep-") as tmp:
         root = Path(out_dir) if out_dir is not None else Path(tmp)
@@ -136,7 +149,8 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 def grad_norms(model: torch.nn.Module) -> dict[str, float]:
-    """L2 norm of each parameter's gradient (after ``backward``): where gradients vanish or explode."""
+    """L2 norm of each parameter's gradient (after ``backward``): where gradients vanish or
+    explode."""
     return {n: p.grad.norm().item() for n, p in model.named_parameters() if p.grad is not None}
 
 
@@ -150,28 +164,27 @@ class Fit:
 def _fit(
     model: GPT, cfg: TrainConfig, steps: int, next_batch: Callable[[torch.Generator], Batch]
 ) -> Fit:
-    """``steps`` optimizer steps on ``next_batch(generator)``: the configured optimizer, a constant
-    ``cfg.lr`` after a linear warmup of at most a tenth of the steps, gradient clipping."""
+    """``steps`` optimizer steps (``train_step``, the training loop's own) on
+    ``next_batch(generator)``: the configured optimizer, a constant ``cfg.lr`` after a linear
+    warmup of at most a tenth of the steps, gradient clipping; the gradient norms are recorded
+    before clipping."""
     device = next(model.parameters()).device
     opt = make_optimizer(model, cfg, device)
     gen = torch.Generator().manual_seed(cfg.seed)
     warmup = min(cfg.warmup_steps, steps // 10)
     fit = Fit([], [], {})
+
+    def record_norms(m: GPT) -> None:
+        fit.first_grad_norms = fit.first_grad_norms or grad_norms(m)
+        grads = [p.grad for p in m.parameters() if p.grad is not None]
+        fit.grad_norms.append(torch.nn.utils.get_total_norm(grads).item())
+
     model.train()
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min(1.0, (step + 1) / (warmup + 1))
-        x, y = next_batch(gen)
-        with autocast_context(device, cfg.dtype):
-            loss = model(x.to(device), y.to(device)).loss
-        loss.backward()
-        if step == 0:
-            fit.first_grad_norms = grad_norms(model)
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        fit.losses.append(loss.item())
-        fit.grad_norms.append(norm.item())
+        loss = train_step(model, opt, [next_batch(gen)], cfg, device, after_backward=record_norms)
+        fit.losses.append(loss)
     model.eval()
     return fit
 
@@ -198,10 +211,10 @@ TINY_TRAIN = TrainConfig(
 class MaskRun(Record):
     causal: bool
     train_loss: float  # nats/char on fixed training batches, computed the way training sees them
-    val_loss: float  # the same on validation batches (without the mask the model sees the answers here too)
-    left_to_right_loss: (
-        float  # validation, each character predicted from the characters before it only
-    )
+    # the same on validation batches (without the mask the model sees the answers here too)
+    val_loss: float
+    # validation, each character predicted from the characters before it only
+    left_to_right_loss: float
     sample: str  # greedy continuation of the prompt, generated left to right
     losses: list[float] = field(default_factory=list)  # training loss per step
 
@@ -213,16 +226,14 @@ class Cloze(Record):
     text: str  # the first window, the hidden character shown as [_]
     answer: str
     left_guess: str  # the causal model from the characters before the blank only
-    both_sides_guess: (
-        str  # the causal model scoring every candidate with the characters after it too
-    )
+    # the causal model scoring every candidate with the characters after it too
+    both_sides_guess: str
     no_mask_guess: str  # the no-mask model, with a wrong character written in the blank
     left_accuracy: float  # share of the blanks guessed right
     both_sides_accuracy: float
     no_mask_accuracy: float
-    no_mask_copy_rate: (
-        float  # share of the blanks where the no-mask model "guessed" the character written there
-    )
+    # share of the blanks where the no-mask model "guessed" the character written there
+    no_mask_copy_rate: float
     blanks: int
 
 
@@ -237,7 +248,7 @@ class MaskLesson(Record):
 
 @torch.no_grad()
 def left_to_right_loss(
-    model: GPT, ids: Any, block_size: int, windows: int = 16, seed: int = 0
+    model: GPT, ids: torch.Tensor | np.ndarray, block_size: int, windows: int = 16, seed: int = 0
 ) -> float:
     """Mean loss (nats/char) when each character is predicted from the characters before it only,
     as when generating: position t is run on ``x[:, :t+1]``. Equals the ordinary loss of a causal
@@ -255,7 +266,8 @@ def _mask_run(
     model: GPT, corpus: TokenCorpus, cfg: TrainConfig, fit: Fit, prompt: str, sample_chars: int
 ) -> MaskRun:
     block, device = model.config.block_size, next(model.parameters()).device
-    ev = dict(
+    ev = functools.partial(
+        estimate_loss,
         block_size=block,
         batch_size=cfg.batch_size,
         iters=cfg.eval_iters,
@@ -267,8 +279,8 @@ def _mask_run(
     gen = TextGenerator("lesson", tok.encode, tok.decode, lambda: ScratchDecoder(model))
     return MaskRun(
         model.config.causal,
-        estimate_loss(model, corpus.train, **ev),
-        estimate_loss(model, corpus.val, **ev),
+        ev(model, corpus.train),
+        ev(model, corpus.val),
         left_to_right_loss(model, corpus.val, block, seed=cfg.seed),
         gen.complete(prompt, sample_chars, STRATEGIES["greedy"]),
         fit.losses,
@@ -331,7 +343,8 @@ def encoder_vs_decoder(
 
 @torch.no_grad()
 def _cloze(decoder: GPT, no_mask: GPT, corpus: TokenCorpus, blanks: int, seed: int) -> Cloze:
-    """Hide one character (not the first or last) of each of ``blanks`` validation windows; guess it."""
+    """Hide one character (not the first or last) of each of ``blanks`` validation windows; guess
+    it."""
     block, vocab = decoder.config.block_size, corpus.tokenizer.vocab_size
     device = next(decoder.parameters()).device
     g = torch.Generator().manual_seed(seed + 2)
@@ -343,17 +356,15 @@ def _cloze(decoder: GPT, no_mask: GPT, corpus: TokenCorpus, blanks: int, seed: i
     left = decoder(x).logits[rows, j - 1].argmax(-1)  # position j-1 predicts character j
     both = torch.empty_like(answer)
     cand = torch.arange(vocab, device=device)
-    for n in range(
-        blanks
-    ):  # score the window with each candidate in the blank: log P(c | left) + log P(right | left, c)
+    # score the window with each candidate in the blank: log P(c | left) + log P(right | left, c)
+    for n in range(blanks):
         seqs = x[n].repeat(vocab, 1)  # (V, T)
         seqs[:, j[n]] = cand
         logp = F.log_softmax(decoder(seqs[:, :-1]).logits.float(), -1)  # (V, T-1, V)
         scored = logp[:, j[n] - 1 :].gather(-1, seqs[:, j[n] :, None]).sum((1, 2))  # (V,)
         both[n] = scored.argmax()
-    wrong = (
-        answer + torch.randint(1, vocab, (blanks,), generator=g).to(device)
-    ) % vocab  # never the answer
+    # never the answer
+    wrong = (answer + torch.randint(1, vocab, (blanks,), generator=g).to(device)) % vocab
     copied = no_mask(x.index_put((rows, j), wrong)).logits[rows, j - 1].argmax(-1)
     d, k = corpus.tokenizer.decode, int(j[0])
     acc = lambda guess: (guess == answer).float().mean().item()  # noqa: E731
@@ -395,7 +406,8 @@ def overfit_one_batch(
     """The first check of a new model or training loop: ``steps`` steps on one fixed training batch
     (dropout off). The loss should fall toward 0; if it does not, the bug is in the model, the loss
     or the loop, not in the data or the hyperparameters. The gradient norm per step and per
-    parameter show where gradients vanish (a norm of 0: a detached or unused parameter) or explode."""
+    parameter show where gradients vanish (a norm of 0: a detached or unused parameter) or
+    explode."""
     corpus = _corpus(data)
     model = _new_model(
         dataclasses.replace(model_cfg, dropout=0.0), train_cfg, corpus.tokenizer.vocab_size
@@ -430,12 +442,10 @@ class CharAttention(Record):
     context_start: int  # distributions cover characters context_start .. target-1
     scratch: list[list[float]]  # per target, the character model's distribution over the context
     pretrained: list[list[float]]  # the BPE model's, mapped to characters
-    overlap: list[
-        float
-    ]  # per target, sum of min(scratch, pretrained): 1 = the same distribution, 0 = disjoint
-    uniform_overlap: list[
-        float
-    ]  # per target, overlap of the character model with a uniform spread (a reference)
+    # per target, sum of min(scratch, pretrained): 1 = the same distribution, 0 = disjoint
+    overlap: list[float]
+    # per target, overlap of the character model with a uniform spread (a reference)
+    uniform_overlap: list[float]
 
     @property
     def mean_overlap(self) -> float:
@@ -447,24 +457,23 @@ class CharAttention(Record):
 
 
 def attention_on_characters(
-    scratch_model: GPT, scratch_tokenizer: Any, hf_model: Any, hf_tokenizer: Any, text: str
+    scratch_model: GPT,
+    scratch_tokenizer: CharTokenizer,
+    hf_model: PreTrainedModel,
+    hf_tokenizer: PreTrainedTokenizerBase,
+    text: str,
 ) -> CharAttention:
     """Map the pretrained (BPE) model's attention onto characters with the fast tokenizer's offsets
     and compare it with the character model's attention (see CharAttention). ``text`` is cut to the
-    character model's context; the HF model must be loaded with ``attn="eager"``. Needs 3+ tokens."""
+    character model's context; the HF model must be loaded with ``attn="eager"``. Needs 3+
+    tokens."""
     text = text[: scratch_model.config.block_size]
-    char_w = scratch_attention(scratch_model, scratch_tokenizer, text).weights.mean(
-        (0, 1)
-    )  # [char_q, char_k]
-    starts = [
-        a
-        for a, _ in hf_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)[
-            "offset_mapping"
-        ]
-    ]
-    tok_w = hf_attention(hf_model, hf_tokenizer, text, max_tokens=len(starts)).weights.mean(
-        (0, 1)
-    )  # [tok_q, tok_k]
+    chars = attention_maps(make_lens(scratch_model, scratch_tokenizer), text)
+    char_w = chars.weights.mean((0, 1))  # [char_q, char_k]
+    offsets = hf_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    starts = [a for a, _ in offsets["offset_mapping"]]
+    bpe = attention_maps(make_lens(hf_model, hf_tokenizer), text, max_tokens=len(starts))
+    tok_w = bpe.weights.mean((0, 1))  # [tok_q, tok_k]
     if len(starts) < 3:
         raise ValueError(f"the text is only {len(starts)} tokens; give a longer text")
     owner = torch.zeros(len(text), dtype=torch.long)  # the token each character belongs to
@@ -474,9 +483,8 @@ def attention_on_characters(
     ctx0 = starts[1]
     res = CharAttention(text, starts, [], ctx0, [], [], [], [])
     for m in range(2, len(starts)):
-        c = starts[
-            m
-        ]  # the first character of token m: the character model predicts it at query c - 1
+        # the first character of token m: the character model predicts it at query c - 1
+        c = starts[m]
         if c <= starts[m - 1]:
             continue  # a token inside one character (a split multi-byte character)
         p = char_w[c - 1, ctx0:c]

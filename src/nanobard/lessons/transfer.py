@@ -1,9 +1,10 @@
 """Transfer-learning lessons for the learner notebooks, each a small experiment returning a Record
-(figures in ``lessons_plots``):
+(figures in ``lessons/figures.py``):
 
-- ``crossover``: from-scratch training vs fine-tuning a pretrained model, by amount of training text,
-  under the same wall-time budget: when does transfer learning pay?
-- ``forgetting``: what fine-tuning on one domain does to the model's general English (domain adaptation).
+- ``crossover``: from-scratch training vs fine-tuning a pretrained model, by amount of training
+  text, under the same wall-time budget: when does transfer learning pay?
+- ``forgetting``: what fine-tuning on one domain does to the model's general English (domain
+  adaptation).
 - ``general_english_text``: the held-out general-English text for it.
 
 Scores are bits per character on the same text (evaluate.py).
@@ -12,7 +13,6 @@ Scores are bits per character on the same text (evaluate.py).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -46,9 +46,10 @@ logger = logging.getLogger(__name__)
 Data = CorpusSplit | TokenCorpus
 
 # Alice's Adventures in Wonderland (Lewis Carroll, 1865; public domain): the Project Gutenberg
-# "Millennium Fulcrum Edition" file of the Canterbury compression corpus, as shipped in the test data
-# of the Brotli source package on PyPI. Wherever pip works, PyPI's file host does: the package is
-# fetched once (7.4 MB), checked by SHA-256, and the text (152,089 bytes, checked too) kept in the cache.
+# "Millennium Fulcrum Edition" file of the Canterbury compression corpus, as shipped in the test
+# data of the Brotli source package on PyPI. Wherever pip works, PyPI's file host does: the package
+# is fetched once (7.4 MB), checked by SHA-256, and the text (152,089 bytes, checked too) kept in
+# the cache.
 GENERAL_ENGLISH_URL = (
     "https://files.pythonhosted.org/packages/cf/81/1546c983678a9b4e77cb4718eaedd1b2caf24a6cdbf1"
     "eb8775938d22aff7/brotli-1.2.1.tar.gz"
@@ -65,7 +66,10 @@ def _fetch_general_english(dest: Path) -> None:
     try:
         download_verified(GENERAL_ENGLISH_URL, archive, GENERAL_ENGLISH_ARCHIVE_SHA256)
         with tarfile.open(archive) as tar:
-            data = tar.extractfile(GENERAL_ENGLISH_MEMBER).read()
+            member = tar.extractfile(GENERAL_ENGLISH_MEMBER)
+            if member is None:
+                raise CorpusError(f"{GENERAL_ENGLISH_MEMBER} in the package is not a regular file")
+            data = member.read()
     except (CorpusError, OSError, KeyError, tarfile.TarError) as e:
         raise CorpusError(
             f"cannot get the general-English text ({e}); download {GENERAL_ENGLISH_URL}, take "
@@ -84,12 +88,12 @@ def _fetch_general_english(dest: Path) -> None:
 
 
 def general_english_text(path: str | os.PathLike | None = None) -> str:
-    """General English prose held out from the corpus (152,089 characters of *Alice's Adventures in
-    Wonderland* unless told otherwise): the file at ``path``, else ``$NANOBARD_GENERAL_ENGLISH``, else a
-    copy downloaded once into the user cache and verified by SHA-256. Line indentation (centred
-    headings, paragraph indents) is removed; the words and line breaks are kept. A famous public-domain
-    book is likely in every pretrained model's training data: compare a model's scores before and
-    after fine-tuning on it, not its absolute score with another text's."""
+    """General English prose held out from the corpus (152,089 characters of *Alice's Adventures
+    in Wonderland* unless told otherwise): the file at ``path``, else ``$NANOBARD_GENERAL_ENGLISH``,
+    else a copy downloaded once into the user cache and verified by SHA-256. Line indentation
+    (centred headings, paragraph indents) is removed; the words and line breaks are kept. A famous
+    public-domain book is likely in every pretrained model's training data: compare a model's
+    scores before and after fine-tuning on it, not its absolute score with another text's."""
     src = path or os.environ.get(GENERAL_ENGLISH_ENV)
     if src is None:
         src = cache_dir() / "alice29.txt"
@@ -100,12 +104,12 @@ def general_english_text(path: str | os.PathLike | None = None) -> str:
     return "\n".join(line.strip() for line in text.splitlines()).strip() + "\n"
 
 
-def _val_text(data: Data, n: int | None) -> str:
-    return data.val[:n] if isinstance(data, CorpusSplit) else data.val_text(n)
-
-
 def _first_train(data: Data, n: int) -> Data:
-    """The same data with only the first ``n`` training characters (the validation text unchanged)."""
+    """The same data with only the first ``n`` training characters (the validation text
+    unchanged)."""
+    # one branch per kind: the training part is token ids in one, text in the other
+    if isinstance(data, TokenCorpus):
+        return dataclasses.replace(data, train=data.train[:n])
     return dataclasses.replace(data, train=data.train[:n])
 
 
@@ -140,7 +144,8 @@ class CrossoverResult(Record):
 
     @property
     def crossover_fraction(self) -> float | None:
-        """The smallest fraction at which training from scratch scores as well as fine-tuning (None: never)."""
+        """The smallest fraction at which training from scratch scores as well as fine-tuning
+        (None: never)."""
         return next((p.fraction for p in self.points if p.scratch_bpc <= p.finetuned_bpc), None)
 
 
@@ -159,20 +164,20 @@ def crossover(
     keep_models: bool = False,
 ) -> CrossoverResult:
     """When does transfer learning pay? For each fraction of the training text (its first
-    ``fraction * len(train)`` characters), train the from-scratch preset and fine-tune ``pretrained``,
-    each for ``budget_s`` seconds of wall time, and score both on the first ``score_chars`` validation
-    characters. The pretrained model is scored once before any fine-tuning (the zero-shot line);
-    that score is handed to every fine-tuning run as its "before" instead of scoring it again.
-    Overrides change the configs (e.g. a smaller model); the budget stays time. Writes
-    ``crossover.json`` and one folder per run into ``out_dir`` (the fine-tuned models themselves
-    only with ``keep_models``: 540 MB each for SmolLM2)."""
+    ``fraction * len(train)`` characters), train the from-scratch preset and fine-tune
+    ``pretrained``, each for ``budget_s`` seconds of wall time, and score both on the first
+    ``score_chars`` validation characters. The pretrained model is scored once before any
+    fine-tuning (the zero-shot line); that score is handed to every fine-tuning run as its "before"
+    instead of scoring it again. Overrides change the configs (e.g. a smaller model); the budget
+    stays time. Writes ``crossover.json`` (RunDir.CROSSOVER) and one folder per run into
+    ``out_dir`` (the fine-tuned models themselves only with ``keep_models``: 540 MB each for
+    SmolLM2)."""
     if not fractions or any(not 0 < f <= 1 for f in fractions):
         raise ConfigError(f"fractions must be in (0, 1], got {list(fractions)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    text = _val_text(
-        data, score_chars or None
-    )  # 0 or None: all of it, as FinetuneConfig.score_chars
+    # 0 or None: all of it, as FinetuneConfig.score_chars
+    text = data.val_text(score_chars or None)
     pre = load_pretrained(pretrained, pick_device())
     zero = score_hf(pre.model, pre.tokenizer, text, f"{pre.name} (zero-shot)", progress=progress)
     name = pre.name
@@ -189,25 +194,13 @@ def crossover(
         model, tok, _ = load_model(Path(run.out_dir) / RunDir.BEST)
         scratch = score_scratch(model, tok, text, f"scratch on {n} characters")
         ft_dir = out / f"finetune_{n}"
-        shutil.rmtree(ft_dir, ignore_errors=True)  # resume=True below must not find an old run
-        ft_dir.mkdir(parents=True)
-        (ft_dir / RunDir.BEFORE).write_text(json.dumps({"score": zero.to_dict(), "samples": []}))
         cfg = resolve(
             FinetuneConfig(pretrained=pretrained, score_chars=score_chars, prompts=()),
             {**(finetune_overrides or {}), "max_time": budget_s, "train_chars": n},
         )
-        ft = finetune(
-            cfg,
-            part,
-            ft_dir,
-            resume=True,
-            progress=progress,  # resume: reads the "before" above
-            keep_checkpoints=False,
-        )
-        if not keep_models:
-            shutil.rmtree(
-                ft_dir / RunDir.FINETUNED, ignore_errors=True
-            )  # 540 MB each; only the score is needed
+        ft = finetune(cfg, part, ft_dir, progress=progress, keep_checkpoints=False, before=zero)
+        if not keep_models:  # 540 MB each; only the score is needed
+            shutil.rmtree(ft_dir / RunDir.FINETUNED, ignore_errors=True)
         result.points.append(
             CrossoverPoint(f, n, scratch.bits_per_char, ft.after.bits_per_char, run.steps, ft.steps)
         )
@@ -217,7 +210,7 @@ def crossover(
             scratch.bits_per_char,
             ft.after.bits_per_char,
         )
-    result.save(out / "crossover.json")
+    result.save(out / RunDir.CROSSOVER)
     return result
 
 
@@ -238,12 +231,14 @@ class ForgettingResult(Record):
 
     @property
     def general_change_bpc(self) -> float:
-        """After minus before on general English, bits/char: above 0, fine-tuning cost general English."""
+        """After minus before on general English, bits/char: above 0, fine-tuning cost general
+        English."""
         return self.general_after.bits_per_char - self.general_before.bits_per_char
 
     @property
     def domain_change_bpc(self) -> float:
-        """After minus before on the domain, bits/char: below 0, fine-tuning helped where it trained."""
+        """After minus before on the domain, bits/char: below 0, fine-tuning helped where it
+        trained."""
         return self.domain_after.bits_per_char - self.domain_before.bits_per_char
 
 

@@ -30,16 +30,16 @@ from nanobard.config import ModelConfig
 from nanobard.data.tokenizer import CharTokenizer
 from nanobard.errors import NanobardError
 from nanobard.model.gpt import GPT
+from nanobard.rundir import RunDir
 
 FORMAT = "nanobard-scratch-v1"
-BEST_NAME = "model_scratch_best.pt"  # = RunDir.BEST (rundir.py names every file of a run)
 
 
 class CheckpointError(NanobardError, ValueError):
     """A checkpoint is missing, damaged, unsafe or of another model; the message says what to do."""
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+def atomic_save(obj: object, path: str | os.PathLike) -> None:
     """torch.save to ``path`` atomically (temp file + fsync + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +85,7 @@ def save_checkpoint(
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A run folder that holds a best checkpoint -> that file; anything else unchanged."""
     p = Path(path)
-    return p / BEST_NAME if p.is_dir() and (p / BEST_NAME).exists() else p
+    return p / RunDir.BEST if p.is_dir() and (p / RunDir.BEST).exists() else p
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

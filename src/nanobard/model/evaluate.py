@@ -19,13 +19,19 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from nanobard.records import Record
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from nanobard.data.tokenizer import CharTokenizer
+    from nanobard.model.gpt import GPT
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]  # (B, T) ids -> (B, T, V) logits
 
@@ -103,9 +109,8 @@ def sliding_nll(
             chunk = wins[i : i + batch_size]
             x = torch.stack([data[b:e] for b, e, _ in chunk]).to(device)  # (B, L)
             logits = logits_fn(x[:, :-1]).float()  # (B, L-1, V): position j predicts x[:, j+1]
-            nll = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="none").view(
-                x.size(0), -1
-            )  # (B, L-1)
+            nll = F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="none")
+            nll = nll.view(x.size(0), -1)  # (B, L-1)
             for row, (b, _, f) in enumerate(chunk):
                 scored = nll[row, f - b - 1 :]  # targets f..e-1
                 total += scored.sum().item()
@@ -117,7 +122,7 @@ def sliding_nll(
 
 
 def score_scratch(
-    model: Any, tokenizer: Any, text: str, name: str = "scratch", progress: bool = False
+    model: GPT, tokenizer: CharTokenizer, text: str, name: str = "scratch", progress: bool = False
 ) -> Score:
     """Bits per character of a from-scratch GPT on ``text``."""
     t0 = time.perf_counter()
@@ -141,8 +146,8 @@ def score_scratch(
 
 
 def score_hf(
-    model: Any,
-    tokenizer: Any,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     text: str,
     name: str = "pretrained",
     max_window: int = 256,
@@ -154,7 +159,8 @@ def score_hf(
     model.eval()
     device = next(model.parameters()).device
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    ctx = getattr(model.config, "max_position_embeddings", None) or getattr(
+    # the context length, by its Llama-style name or GPT-2's (absent or None: the next one)
+    ctx: int = getattr(model.config, "max_position_embeddings", 0) or getattr(
         model.config, "n_positions", 1024
     )
     window = min(max_window, ctx) + 1

@@ -23,7 +23,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -32,6 +32,14 @@ from nanobard.data.tokenizer import CharTokenizer
 from nanobard.errors import NanobardError
 from nanobard.model.checkpoint import load_model, resolve_checkpoint
 from nanobard.model.gpt import GPT
+
+if TYPE_CHECKING:
+    from transformers import (
+        GenerationConfig,
+        GPT2Config,
+        GPT2LMHeadModel,
+        PreTrainedTokenizerFast,
+    )
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +84,7 @@ class ExportResult:
         )
 
 
-def hf_config(cfg: ModelConfig) -> Any:
+def hf_config(cfg: ModelConfig) -> GPT2Config:
     """The ``GPT2Config`` that computes exactly what our GPT with ``cfg`` computes."""
     from transformers import GPT2Config
 
@@ -131,7 +139,7 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return out
 
 
-def to_hf_gpt2(model: GPT) -> Any:
+def to_hf_gpt2(model: GPT) -> GPT2LMHeadModel:
     """A ``GPT2LMHeadModel`` (float32, eval mode) with our model's weights; logits equal ours."""
     from transformers import GPT2LMHeadModel
 
@@ -144,16 +152,15 @@ def to_hf_gpt2(model: GPT) -> Any:
     return hf.eval()
 
 
-def hf_tokenizer(tok: CharTokenizer, block_size: int) -> Any:
+def hf_tokenizer(tok: CharTokenizer, block_size: int) -> PreTrainedTokenizerFast:
     """A ``PreTrainedTokenizerFast`` with exactly our ids: every character its own token, no special
     tokens, decoded by plain concatenation (spaces and newlines round-trip unchanged)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.WordLevel({ch: i for i, ch in enumerate(tok.chars)}, unk_token=None))
-    backend.pre_tokenizer = pre_tokenizers.Split(
-        Regex(r"[\s\S]"), behavior="isolated"
-    )  # one piece per char
+    # one piece per character
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     backend.decoder = decoders.Fuse()  # join pieces with nothing between them
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
@@ -162,7 +169,7 @@ def hf_tokenizer(tok: CharTokenizer, block_size: int) -> Any:
     )
 
 
-def hf_generation_config(cfg: ModelConfig) -> Any:
+def hf_generation_config(cfg: ModelConfig) -> GenerationConfig:
     """Greedy, up to the full context, with no end-of-text token to stop at.
 
     ``max_length`` matters: without it the text-generation pipeline asks for 256 new tokens and
@@ -290,9 +297,8 @@ def export_hf(
     hf_tokenizer(tok, model.config.block_size).save_pretrained(out)
     _mark_tokenizer_class(out / "tokenizer_config.json")
     (out / "README.md").write_text(model_card(ckpt_path, model, tok, ckpt, gguf), encoding="utf-8")
-    (out / GGUF_NAME).unlink(
-        missing_ok=True
-    )  # never leave an earlier export's weights beside these
+    # never leave an earlier export's weights beside these
+    (out / GGUF_NAME).unlink(missing_ok=True)
     gguf_file = write_gguf(model, tok, out / GGUF_NAME) if gguf else None
     files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
     result = ExportResult(

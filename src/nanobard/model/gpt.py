@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn as nn
@@ -21,6 +22,11 @@ from torch.nn import functional as F
 
 from nanobard.config import ModelConfig
 from nanobard.hardware import attention_precision
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from transformers import GPT2LMHeadModel
 
 
 def sinusoidal_encoding(block_size: int, n_embd: int) -> torch.Tensor:
@@ -38,7 +44,15 @@ def sinusoidal_encoding(block_size: int, n_embd: int) -> torch.Tensor:
 class KVCache:
     """Keys and values of past positions for one layer, preallocated to the context length."""
 
-    def __init__(self, batch: int, n_head: int, max_len: int, head_size: int, device, dtype):
+    def __init__(
+        self,
+        batch: int,
+        n_head: int,
+        max_len: int,
+        head_size: int,
+        device: torch.device | str,
+        dtype: torch.dtype,
+    ):
         self.k = torch.zeros(batch, n_head, max_len, head_size, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
         self.pos = 0  # number of positions stored
@@ -112,9 +126,8 @@ class CausalSelfAttention(nn.Module):
                     )
                 else:
                     y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
-        y = (
-            y.to(x.dtype).transpose(1, 2).contiguous().view(B, T, C)
-        )  # (B, T, C): heads side by side
+        # (B, T, C): the heads side by side again
+        y = y.to(x.dtype).transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y)), weights
 
 
@@ -159,12 +172,15 @@ class GPTOutput:
 
 
 class GPT(nn.Module):
+    pe: torch.Tensor  # the sinusoidal table (T, C), a buffer; only with pos_encoding="sinusoidal"
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
+        wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.transformer = nn.ModuleDict(
             dict(
-                wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+                wte=wte,
                 drop=nn.Dropout(cfg.dropout),
                 h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
                 ln_f=nn.LayerNorm(cfg.n_embd, bias=cfg.bias),
@@ -178,7 +194,7 @@ class GPT(nn.Module):
             )
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
-            self.lm_head.weight = self.transformer["wte"].weight
+            self.lm_head.weight = wte.weight
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # scaled init of residual projections (GPT-2)
             if name.endswith("c_proj.weight"):
@@ -203,7 +219,9 @@ class GPT(nn.Module):
         c = self.config
         return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * c.block_size
 
-    def new_cache(self, batch: int, device=None, dtype=None) -> list[KVCache]:
+    def new_cache(
+        self, batch: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> list[KVCache]:
         """One KVCache per layer, in the parameters' dtype unless told. A float32 cache for a
         bfloat16 model keeps attention in float32: CPUs have no fast bfloat16 kernels for those
         small batched matmuls, so it is the faster choice there."""
@@ -245,8 +263,8 @@ class GPT(nn.Module):
         else:
             pos = self.pe[past : past + T]  # (T, C)
         x = self.transformer["drop"](tok + pos)  # (B, T, C)
-        attentions = [] if return_attention else None
-        for i, block in enumerate(self.transformer["h"]):
+        attentions: list[torch.Tensor] | None = [] if return_attention else None
+        for i, block in enumerate(cast(nn.ModuleList, self.transformer["h"])):
             x, w = block(x, kv_cache[i] if kv_cache is not None else None, return_attention)
             if attentions is not None:
                 attentions.append(w)
@@ -264,34 +282,37 @@ class GPT(nn.Module):
         calls. Generating on a CPU, a small model spends most of each token on dispatching modules
         and dropout layers that do nothing at inference; this path skips them."""
         c, t = self.config, self.transformer
+        # a ModuleDict holds plain Modules to a type checker: name what __init__ put in it
+        wte, ln_f = cast(nn.Embedding, t["wte"]), cast(nn.LayerNorm, t["ln_f"])
+        blocks = cast("Iterable[Block]", t["h"])
         C, nh = c.n_embd, c.n_head
         pos = cache[0].pos
         if pos >= c.block_size:
             raise ValueError(
                 f"sequence of {pos + 1} tokens exceeds the context length {c.block_size}"
             )
-        x = t["wte"].weight[token] + (
-            t["wpe"].weight[pos] if c.pos_encoding == "learned" else self.pe[pos]
+        x = wte.weight[token] + (
+            cast(nn.Embedding, t["wpe"]).weight[pos]
+            if c.pos_encoding == "learned"
+            else self.pe[pos]
         )
         x = x.view(1, 1, C)  # (1, 1, C)
-        for block, kv in zip(t["h"], cache):
+        for block, kv in zip(blocks, cache):
             a = block.attn
             h = F.layer_norm(x, (C,), block.ln_1.weight, block.ln_1.bias)
             q, k, v = a.c_attn(h).view(1, 1, 3, nh, C // nh).unbind(2)  # 3 x (1, 1, nh, hs)
             keys, values = kv.append(k.transpose(1, 2), v.transpose(1, 2))  # (1, nh, S, hs)
-            y = F.scaled_dot_product_attention(
-                q.transpose(1, 2).to(keys.dtype), keys, values
-            )  # (1, nh, 1, hs)
+            q = q.transpose(1, 2).to(keys.dtype)  # (1, nh, 1, hs)
+            y = F.scaled_dot_product_attention(q, keys, values)  # (1, nh, 1, hs)
             x = x + a.c_proj(y.to(x.dtype).reshape(1, 1, C))
             h = F.layer_norm(x, (C,), block.ln_2.weight, block.ln_2.bias)
-            x = x + block.mlp.c_proj(
-                F.gelu(block.mlp.c_fc(h))
-            )  # the linear layers may be Int8Linear (quantize.py)
-        x = F.layer_norm(x, (C,), t["ln_f"].weight, t["ln_f"].bias)
+            # the linear layers may be Int8Linear (quantize.py)
+            x = x + block.mlp.c_proj(F.gelu(block.mlp.c_fc(h)))
+        x = F.layer_norm(x, (C,), ln_f.weight, ln_f.bias)
         return F.linear(x, self.lm_head.weight)[0, 0]  # (V,)
 
     @classmethod
-    def from_hf_gpt2(cls, hf_model: nn.Module) -> GPT:
+    def from_hf_gpt2(cls, hf_model: GPT2LMHeadModel) -> GPT:
         """Build a GPT with the weights of a Hugging Face ``GPT2LMHeadModel``.
 
         GPT-2 stores its projections as Conv1D (in, out); ours are Linear (out, in): transpose.

@@ -11,15 +11,21 @@ a few thousandths; ``evaluate`` measures it on the same text as the other precis
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 import torch
 import torch.nn as nn
 
 from nanobard.errors import ConfigError
+from nanobard.model.gpt import GPT
 
 
 class Int8Linear(nn.Module):
     """y = x Wᵀ + b with W stored as int8 (out, in) and a scale per output row."""
+
+    weight_int8: torch.Tensor  # (out, in) int8, a buffer
+    scale: torch.Tensor  # (out,) bfloat16, a buffer
+    bias: torch.Tensor | None  # (out,) bfloat16, a buffer
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -44,14 +50,14 @@ class Int8Linear(nn.Module):
         return y.view(*shape, self.out_features)
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
+def quantize_int8(model: GPT) -> GPT:
     """A copy of a from-scratch GPT whose block matrices are Int8Linear and whose other weights
     (embeddings = tied output layer, LayerNorms) are bfloat16. CPU only."""
     if next(model.parameters()).device.type != "cpu":
         raise ConfigError("int8 generation is for CPUs; on a GPU use --dtype bfloat16")
     q = copy.deepcopy(model).to(torch.bfloat16).eval()
     for src, dst in zip(
-        model.transformer["h"], q.transformer["h"]
+        cast(nn.ModuleList, model.transformer["h"]), cast(nn.ModuleList, q.transformer["h"])
     ):  # quantized from the float32 weights
         for part, name in (
             ("attn", "c_attn"),

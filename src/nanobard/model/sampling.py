@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch.nn import functional as F
 
 from nanobard.config import ConfigError
 from nanobard.hardware import decode_attention
-from nanobard.model.gpt import GPT
+from nanobard.model.gpt import GPT, KVCache
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+Encode = Callable[[str], list[int]]  # text -> token ids
+Decode = Callable[[list[int]], str]  # token ids -> text
 
 
 @dataclass(frozen=True)
@@ -67,9 +73,8 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True)
         cum = torch.cumsum(F.softmax(sorted_logits, dim=-1), dim=-1)
-        drop = (
-            cum - F.softmax(sorted_logits, dim=-1) >= top_p
-        )  # mass before this token already enough
+        # the mass before this token is already enough
+        drop = cum - F.softmax(sorted_logits, dim=-1) >= top_p
         logits[order[drop]] = float("-inf")
     return logits
 
@@ -102,7 +107,7 @@ def generate_ids(
             logits = decoder.advance(tok)
 
 
-def stream_text(decode: Any, ids: Iterator[int]) -> Iterator[str]:
+def stream_text(decode: Decode, ids: Iterator[int]) -> Iterator[str]:
     """Turn a token stream into text pieces; decodes the whole tail so multi-byte BPE pieces
     appear only once complete."""
     out: list[int] = []
@@ -142,9 +147,9 @@ class ScratchDecoder:
         self.cache_dtype = torch.float32 if p.device.type == "cpu" else None
         self.block = model.config.block_size
         self.ids: list[int] = []
-        self.cache = None
+        self.cache: list[KVCache] | None = None
 
-    def _run(self, ids: list[int], cache) -> torch.Tensor:
+    def _run(self, ids: list[int], cache: list[KVCache] | None) -> torch.Tensor:
         x = torch.tensor([ids], dtype=torch.long, device=self.device)
         with decode_attention(self.device):
             return self.model(x, kv_cache=cache).logits[0, -1]
@@ -169,6 +174,7 @@ class ScratchDecoder:
         self.ids.append(token)
         if not self.use_cache:
             return self._run(self.ids[-self.block :], None)
+        assert self.cache is not None, "start() fills the cache before the first advance()"
         if self.cache[0].pos >= self.block:
             return self._refill()
         with decode_attention(self.device):
@@ -178,10 +184,11 @@ class ScratchDecoder:
 class HFDecoder:
     """KV-cached decoding for a Hugging Face causal LM (``past_key_values``)."""
 
-    def __init__(self, model: Any):
+    def __init__(self, model: PreTrainedModel):
         self.model = model
         self.device = next(model.parameters()).device
-        self.max_len = getattr(model.config, "max_position_embeddings", None) or getattr(
+        # the context length, by its Llama-style name or GPT-2's (absent or None: the next one)
+        self.max_len: int = getattr(model.config, "max_position_embeddings", 0) or getattr(
             model.config, "n_positions", 1024
         )
         self.past = None
@@ -216,8 +223,8 @@ class HFDecoder:
 
 def generate_text(
     decoder: Decoder,
-    encode: Any,
-    decode: Any,
+    encode: Encode,
+    decode: Decode,
     prompt: str,
     max_new_tokens: int,
     cfg: SamplingConfig,
@@ -233,9 +240,9 @@ class TextGenerator:
     """A model with its tokenizer, ready to stream text with any SamplingConfig."""
 
     name: str
-    encode: Any  # str -> list[int]
-    decode: Any  # list[int] -> str
-    make_decoder: Any  # () -> Decoder
+    encode: Encode
+    decode: Decode
+    make_decoder: Callable[[], Decoder]
     stop_ids: set[int] | None = None
 
     def stream(self, prompt: str, max_new_tokens: int, cfg: SamplingConfig) -> Iterator[str]:

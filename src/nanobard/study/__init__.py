@@ -1,1 +1,2 @@
-"""The study (``nanobard run``): its stages in order, their records, the figures and the HTML report."""
+"""The study (``nanobard run``): its stages in order, their records, the figures and the HTML
+report."""

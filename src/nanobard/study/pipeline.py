@@ -1,265 +1,269 @@
-"""``nanobard run``: the whole study, stage by stage, into one folder.
+"""``nanobard run``: the whole study as one ordered table of stages, into one folder.
 
-corpus -> scratch training -> fine-tuning -> evaluation -> attention -> interpretability -> samples
--> figures -> report
+    corpus -> scratch -> finetune -> evaluate -> attention -> interpret -> samples -> figures
+    -> report
 
-Each finished stage's result (a record, see rundir.py) is kept in ``stages.json``; running again
-with the same ``--out`` skips finished stages and resumes an interrupted training stage from its
-checkpoint. ``force=True`` redoes everything. The ``quick`` study gives its two training stages a
-wall-time budget each (steps are sized from the speed measured at their start), so it takes about
-the same time on any machine and the report says what each budget bought.
+Each stage is a function of the study's ``Context`` that returns a record (records.py); ``STAGES``
+lists them in order, and ``run_study`` runs that table: a finished stage's record lands in
+``StudyState`` (the field of the same name) and in ``stages.json``, so running again with the same
+``--out`` skips the stages already done and resumes an interrupted training stage from its
+checkpoint; ``force=True`` redoes everything. The ``quick`` study gives its two training stages a
+wall-time budget each, so it takes about the same time on any machine and the report says what
+each budget bought.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
+
+import torch
 
 from nanobard import config as C
-from nanobard.config import SHAKESPEARE_PROMPTS, StudyPreset
-from nanobard.data.prompts import SHAKESPEARE_ATTENTION_TEXT, is_shakespeare
+from nanobard.config import (
+    SHAKESPEARE_PROMPTS,
+    FinetuneConfig,
+    ModelConfig,
+    StudyPreset,
+    TrainConfig,
+)
+from nanobard.data.corpus import check_fits
+from nanobard.data.prompts import (
+    SHAKESPEARE_ATTENTION_TEXT,
+    attention_text,
+    corpus_prompts,
+    is_shakespeare,
+)
 from nanobard.data.tokens import TokenCorpus, load_tokens
-from nanobard.hf.finetune import FinetuneResult, Sample
+from nanobard.hf.finetune import FinetuneResult, Sample, finetune, make_samples
+from nanobard.hf.pretrained import load_pretrained, scratch_generator
+from nanobard.interp import attention as A
+from nanobard.interp.analysis import analyse
+from nanobard.interp.circuits import record_head_scores
+from nanobard.interp.lens import make_lens
+from nanobard.model.checkpoint import load_model
+from nanobard.model.evaluate import score_scratch
 from nanobard.rundir import RunDir
+from nanobard.study import figures
 from nanobard.study.records import (
-    STAGES,
     AttentionStudy,
     CorpusInfo,
     Headline,
     InterpretStudy,
     Scores,
+    ScratchConfig,
+    StudyConfig,
     StudyState,
     headline,
 )
-from nanobard.train.loop import TrainResult
+from nanobard.study.report import machine_info, samples_markdown, write_report
+from nanobard.train.loop import TrainResult, train
 
 logger = logging.getLogger(__name__)
 
+ANALYSIS_CHARS = 200_000  # validation characters the analyses may read (they use far fewer)
+HF_ATTENTION_TOKENS = 48  # the pretrained model's attention map: a heatmap a person can read
 
-class Study:
-    """Runs the stages; each stage's result lands in ``self.state`` and in stages.json."""
 
-    def __init__(
-        self,
-        out: Path,
-        preset: StudyPreset,
-        corpus: str,
-        data_path: str | None,
-        scratch_overrides: dict[str, Any],
-        finetune_overrides: dict[str, Any],
-        force: bool,
-        progress: bool,
-        on_stage: Callable[[int, str], None] | None = None,
-        prompts: tuple[str, ...] | None = None,
-    ):
-        self.run_dir, self.preset, self.force, self.progress = RunDir(out), preset, force, progress
-        self.corpus_name, self.data_path, self.user_prompts = corpus, data_path, prompts
-        sp = C.get_preset(preset.scratch)
-        train = (
-            C.resolve(sp.train, {"max_time": preset.scratch_time})
-            if preset.scratch_time
-            else sp.train
-        )
-        self.model_cfg = C.resolve(sp.model, scratch_overrides)
-        self.train_cfg = C.resolve(train, scratch_overrides)
-        self.ft_cfg = C.resolve(preset.finetune, finetune_overrides)
-        self.on_stage = on_stage or (lambda i, s: None)
-        self.state = StudyState()
-        self._tokens: TokenCorpus | None = None
+@dataclass
+class Context:
+    """What every stage reads: the run folder, the resolved configs, the corpus, the state so
+    far."""
 
-    @property
-    def out(self) -> Path:
-        return self.run_dir.path
+    run: RunDir
+    preset: StudyPreset
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    ft_cfg: FinetuneConfig
+    corpus_name: str
+    data_path: str | None
+    user_prompts: tuple[str, ...] | None
+    force: bool
+    progress: bool
+    state: StudyState = field(default_factory=StudyState)
+    _tokens: TokenCorpus | None = None
 
-    def run(self) -> StudyState:
-        self.run_dir.ensure()
-        stages_path = self.run_dir / RunDir.STAGES
-        if self.force:
-            stages_path.unlink(missing_ok=True)
-        if stages_path.exists():
-            self.state = StudyState.load(stages_path)
-        for i, stage in enumerate(STAGES):
-            self.on_stage(i, stage)
-            if getattr(self.state, stage) is not None:
-                logger.info("stage %s already done; skipping (use --force to redo)", stage)
-                continue
-            t = time.perf_counter()
-            setattr(self.state, stage, getattr(self, f"stage_{stage}")())
-            self.state.seconds[stage] = round(time.perf_counter() - t, 2)
-            self.state.save(stages_path)
-        return self.state
-
-    def _corpus(self) -> TokenCorpus:
+    def corpus(self) -> TokenCorpus:
         """The corpus as token ids, from the token cache (encoded on the first run)."""
         if self._tokens is None:
             self._tokens = load_tokens(self.corpus_name, self.data_path)
         return self._tokens
 
-    def _score_text(self) -> str:
-        return self._corpus().val_text(self.ft_cfg.score_chars or None)
+    def score_text(self) -> str:
+        """The validation characters every model is scored on."""
+        return self.corpus().val_text(self.ft_cfg.score_chars or None)
 
-    # ---------------------------------------------------------------------------------------
-    # stages
-
-    def stage_corpus(self) -> CorpusInfo:
-        from nanobard.data.corpus import check_fits
-        from nanobard.data.prompts import attention_text, corpus_prompts
-
-        c = self._corpus()
-        check_fits(c, self.model_cfg.block_size)
-        if self.user_prompts:
-            prompts = list(self.user_prompts)
-        elif is_shakespeare(c.name):
-            prompts = list(SHAKESPEARE_PROMPTS)
-        else:  # openings of validation lines, in the corpus's own characters: any language works
-            prompts = corpus_prompts(c.val_text(200_000), c.tokenizer.chars, n=3)
-        text = (
-            SHAKESPEARE_ATTENTION_TEXT
-            if is_shakespeare(c.name)
-            else attention_text(c.val_text(200_000), c.tokenizer.chars)
-        )
-        self._write_config(prompts, text)
-        return CorpusInfo(
-            c.name,
-            len(c.train),
-            len(c.val),
-            len(self._score_text()),
-            c.tokenizer.vocab_size,
-            prompts,
-            text,
-        )
-
-    def _write_config(self, prompts: list[str], text: str) -> None:
-        (self.run_dir / RunDir.CONFIG).write_text(
-            json.dumps(
-                {
-                    "preset": self.preset.name,
-                    "corpus": self.data_path or self.corpus_name,
-                    "scratch": {"model": asdict(self.model_cfg), "train": asdict(self.train_cfg)},
-                    "finetune": asdict(self.ft_cfg),
-                    "prompts": prompts,
-                    "attention_text": text,
-                },
-                indent=2,
-            )
-        )
-
-    def stage_scratch(self) -> TrainResult:
-        from nanobard.interp.circuits import record_head_scores
-        from nanobard.train.loop import train
-
-        resume = not self.force and (self.run_dir / RunDir.LAST).exists()
-        return train(
-            self.model_cfg,
-            self.train_cfg,
-            self._corpus(),
-            self.out,
-            resume=resume,
-            progress=self.progress,
-            config_name=RunDir.CONFIG_SCRATCH,
-            on_eval=[record_head_scores],
-        )
-
-    def stage_finetune(self) -> FinetuneResult:
-        from nanobard.hf.finetune import finetune
-
-        resume = not self.force and (self.run_dir / RunDir.BEFORE).exists()
-        cfg = C.resolve(self.ft_cfg, {"prompts": tuple(self.state.corpus.prompts)})
-        return finetune(
-            cfg,
-            self._corpus(),
-            self.out,
-            resume=resume,
-            progress=self.progress,
-            keep_checkpoints=False,
-        )  # 1.6 GB of optimizer state
-
-    def stage_evaluate(self) -> Scores:
-        from nanobard.model.checkpoint import load_model
-        from nanobard.model.evaluate import score_scratch
-
-        model, tok, _ = load_model(self.run_dir / RunDir.BEST)
-        text = self._score_text()
-        score = score_scratch(model, tok, text, "from scratch", progress=self.progress)
-        return Scores(score, self.state.finetune.before, self.state.finetune.after, len(text))
-
-    def stage_attention(self) -> AttentionStudy:
-        from nanobard.study.stages import attention_stage
-
-        return attention_stage(self.run_dir, self.state)
-
-    def stage_interpret(self) -> InterpretStudy:
-        from nanobard.study.stages import interpret_stage
-
-        return interpret_stage(self.run_dir, self.state, self._corpus(), self.ft_cfg.pretrained)
-
-    def stage_samples(self) -> list[Sample]:
-        from nanobard.hf.finetune import make_samples
-        from nanobard.hf.pretrained import scratch_generator
-
-        gen = scratch_generator(self.run_dir / RunDir.BEST)
-        rows = make_samples(
-            gen, "scratch", self.preset.sample_tokens, tuple(self.state.corpus.prompts)
-        )
-        rows += self.state.finetune.samples
-        (self.run_dir / RunDir.SAMPLES).write_text(samples_markdown(rows))
-        return rows
-
-    def stage_figures(self) -> list[str]:
-        from nanobard.study.stages import figures_stage
-
-        head = headline(self.state)
-        head.save(self.run_dir / RunDir.HEADLINE)
-        return figures_stage(self.run_dir, self.state, head)
-
-    def stage_report(self) -> str:
-        from nanobard.study.report import write_report
-
-        return str(write_report(self.run_dir, self.state, headline(self.state), machine_info()))
+    @overload
+    def done(self, stage: Literal["corpus"]) -> CorpusInfo: ...
+    @overload
+    def done(self, stage: Literal["scratch"]) -> TrainResult: ...
+    @overload
+    def done(self, stage: Literal["finetune"]) -> FinetuneResult: ...
+    @overload
+    def done(self, stage: Literal["evaluate"]) -> Scores: ...
+    @overload
+    def done(self, stage: Literal["attention"]) -> AttentionStudy: ...
+    @overload
+    def done(self, stage: Literal["interpret"]) -> InterpretStudy: ...
+    @overload
+    def done(self, stage: Literal["samples"]) -> list[Sample]: ...
+    @overload
+    def done(self, stage: Literal["figures"]) -> list[str]: ...
+    @overload
+    def done(self, stage: Literal["report"]) -> str: ...
+    @overload
+    def done(self, stage: str) -> object: ...
+    def done(self, stage: str) -> object:
+        """The record of a stage that has run (the table's order guarantees it has): the value of
+        the StudyState field of that name."""
+        record = getattr(self.state, stage)
+        assert record is not None, f"stage {stage!r} has not run"
+        return record
 
 
-def samples_markdown(rows: list[Sample]) -> str:
-    lines = [
-        "# Samples",
-        "",
-        "Same prompts, decoding settings and seeds for every model.",
-        "Strategies: greedy (argmax), top_k (k=40, temperature 1.0), temperature (0.8).",
-        "",
-    ]
-    for prompt in dict.fromkeys(r.prompt for r in rows):
-        lines.append(f"## Prompt: `{prompt.strip()!s}`")
-        for r in rows:
-            if r.prompt == prompt:
-                body = (r.prompt + r.text).replace("```", "'''")
-                lines += ["", f"### {r.model} — {r.strategy}", "", "```text", body, "```"]
-        lines.append("")
-    return "\n".join(lines)
+# --------------------------------------------------------------------------------------------
+# the stages, in the order they run
 
 
-def machine_info() -> dict[str, Any]:
-    import platform
+def corpus_stage(ctx: Context) -> CorpusInfo:
+    """Read and encode the corpus; choose the sample prompts and the text the attention maps read;
+    write the study's config.json."""
+    c = ctx.corpus()
+    check_fits(c, ctx.model_cfg.block_size)
+    val = c.val_text(ANALYSIS_CHARS)
+    if ctx.user_prompts:
+        prompts = list(ctx.user_prompts)
+    elif is_shakespeare(c.name):
+        prompts = list(SHAKESPEARE_PROMPTS)
+    else:  # openings of validation lines, in the corpus's own characters: any language works
+        prompts = corpus_prompts(val, c.tokenizer.chars, n=3)
+    if is_shakespeare(c.name):
+        text = SHAKESPEARE_ATTENTION_TEXT
+    else:
+        text = attention_text(val, c.tokenizer.chars)
+    scratch = ScratchConfig(ctx.model_cfg, ctx.train_cfg)
+    finetune = C.resolve(ctx.ft_cfg, {"prompts": tuple(prompts)})  # what finetune_stage runs with
+    corpus = ctx.data_path or ctx.corpus_name
+    ctx.run.write_config(StudyConfig(ctx.preset.name, corpus, scratch, finetune, prompts, text))
+    n = len(ctx.score_text())
+    return CorpusInfo(c.name, len(c.train), len(c.val), n, c.tokenizer.vocab_size, prompts, text)
 
-    import torch
 
-    from nanobard.hardware import cpu_info
+def scratch_stage(ctx: Context) -> TrainResult:
+    """Train the from-scratch GPT, recording every head's scores at each evaluation."""
+    resume = not ctx.force and (ctx.run / RunDir.LAST).exists()
+    return train(ctx.model_cfg, ctx.train_cfg, ctx.corpus(), ctx.run.path, resume=resume,
+                 progress=ctx.progress, config_name=RunDir.CONFIG_SCRATCH,
+                 on_eval=[record_head_scores])  # fmt: skip
 
-    cpu = cpu_info()
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "processor": cpu.model,
-        "cpu kind": f"{cpu.kind} (torch capability {cpu.capability})",
-        "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
+
+def finetune_stage(ctx: Context) -> FinetuneResult:
+    """Fine-tune the pretrained model, scoring it before and after on the same text."""
+    resume = not ctx.force and (ctx.run / RunDir.BEFORE).exists()
+    cfg = C.resolve(ctx.ft_cfg, {"prompts": tuple(ctx.done("corpus").prompts)})
+    # keep_checkpoints=False: the Trainer's resumable state is 1.6 GB for a 135M model
+    return finetune(cfg, ctx.corpus(), ctx.run.path, resume=resume, progress=ctx.progress,
+                    keep_checkpoints=False)  # fmt: skip
+
+
+def evaluate_stage(ctx: Context) -> Scores:
+    """The from-scratch model on the validation text the pretrained model was scored on."""
+    model, tok, _ = load_model(ctx.run / RunDir.BEST)
+    text = ctx.score_text()
+    score = score_scratch(model, tok, text, "from scratch", progress=ctx.progress)
+    ft: FinetuneResult = ctx.done("finetune")
+    return Scores(score, ft.before, ft.after, len(text))
+
+
+def attention_stage(ctx: Context) -> AttentionStudy:
+    """Both models' attention on the study's attention text: statistics, findings, causality."""
+    text = ctx.done("corpus").attention_text
+    model, tok, _ = load_model(ctx.run / RunDir.BEST)
+    if tok.unknown(text):  # e.g. a user's prompt override: fall back to the corpus's own text
+        text = attention_text(text, tok.chars)
+    scratch = make_lens(model, tok, "from scratch")
+    pre = load_pretrained(str(ctx.run / RunDir.FINETUNED), attn="eager")
+    pretrained = make_lens(
+        pre.model, pre.tokenizer, f"{ctx.done('finetune').model_name} fine-tuned"
+    )
+    maps_s = A.attention_maps(scratch, text)
+    maps_h = A.attention_maps(pretrained, text, max_tokens=HF_ATTENTION_TOKENS)
+    weights = {"scratch": maps_s.weights, "pretrained": maps_h.weights}
+    torch.save(weights, ctx.run / RunDir.ATTENTION_WEIGHTS)
+    scratch_attention = A.analyse_attention(scratch, maps_s)
+    study = AttentionStudy(text, scratch_attention, A.analyse_attention(pretrained, maps_h))
+    study.save(ctx.run / RunDir.ATTENTION_ANALYSIS)
+    return study
+
+
+def interpret_stage(ctx: Context) -> InterpretStudy:
+    """Induction heads, head ablation, the logit lens and loss by position for the from-scratch
+    model and for the pretrained model after and before fine-tuning, on the same validation text
+    (the characters the from-scratch vocabulary has, so both read the same slice)."""
+    val = ctx.corpus().val_text(ANALYSIS_CHARS)
+    model, tok, _ = load_model(ctx.run / RunDir.BEST)
+    scratch = analyse(make_lens(model, tok, "from scratch"), val, vocab_chars=tok.chars)
+    name = ctx.done("finetune").model_name
+    after = load_pretrained(str(ctx.run / RunDir.FINETUNED))
+    lens = make_lens(after.model, after.tokenizer, f"{name} fine-tuned")
+    pretrained = analyse(lens, val, vocab_chars=tok.chars)
+    del after, lens  # one 135M model in memory at a time
+    before = load_pretrained(name)
+    lens = make_lens(before.model, before.tokenizer, f"{name} before fine-tuning")
+    study = InterpretStudy(scratch, pretrained, analyse(lens, val, vocab_chars=tok.chars))
+    study.save(ctx.run / RunDir.INTERPRET)
+    return study
+
+
+def samples_stage(ctx: Context) -> list[Sample]:
+    """The from-scratch model's samples beside the pretrained model's (samples.md)."""
+    gen = scratch_generator(ctx.run / RunDir.BEST)
+    prompts = tuple(ctx.done("corpus").prompts)
+    rows = make_samples(gen, "scratch", ctx.preset.sample_tokens, prompts)
+    rows += ctx.done("finetune").samples
+    (ctx.run / RunDir.SAMPLES).write_text(samples_markdown(rows))
+    return rows
+
+
+def figures_stage(ctx: Context) -> list[str]:
+    """The headline (metrics.json) and every figure of the study as a PNG; their file names."""
+    head = headline(ctx.state)
+    head.save(ctx.run / RunDir.HEADLINE)
+    return figures.study_figures(ctx.run, ctx.state, head)
+
+
+def report_stage(ctx: Context) -> str:
+    """The self-contained report.html."""
+    return str(write_report(ctx.run, ctx.state, headline(ctx.state), machine_info()))
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # also the StudyState field that keeps its record
+    run: Callable[[Context], object]  # returns the stage's record
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("corpus", corpus_stage),
+    Stage("scratch", scratch_stage),
+    Stage("finetune", finetune_stage),
+    Stage("evaluate", evaluate_stage),
+    Stage("attention", attention_stage),
+    Stage("interpret", interpret_stage),
+    Stage("samples", samples_stage),
+    Stage("figures", figures_stage),
+    Stage("report", report_stage),
+)
+assert [s.name for s in STAGES] == [f.name for f in fields(StudyState)][: len(STAGES)]
+
+
+# --------------------------------------------------------------------------------------------
+# running the table
 
 
 @dataclass
@@ -281,17 +285,54 @@ def run_study(
     on_stage: Callable[[int, str], None] | None = None,
     prompts: tuple[str, ...] | None = None,
 ) -> StudyOutcome:
-    study = Study(
-        Path(out),
-        C.get_study_preset(preset),
-        corpus,
-        data_path,
-        scratch_overrides or {},
-        finetune_overrides or {},
-        force,
-        progress,
-        on_stage,
-        prompts,
+    """Run every stage of ``STAGES`` not yet done in ``out`` (all with ``force``); ``on_stage(i,
+    name)`` is called before each, done or not."""
+    ctx = _context(Path(out), C.get_study_preset(preset), corpus, data_path,
+                   scratch_overrides or {}, finetune_overrides or {}, force, progress,
+                   prompts)  # fmt: skip
+    stages_path = ctx.run.ensure() / RunDir.STAGES
+    if force:
+        stages_path.unlink(missing_ok=True)
+    if stages_path.exists():
+        ctx.state = StudyState.load(stages_path)
+    for i, stage in enumerate(STAGES):
+        if on_stage is not None:
+            on_stage(i, stage.name)
+        if getattr(ctx.state, stage.name) is not None:
+            logger.info("stage %s already done; skipping (use --force to redo)", stage.name)
+            continue
+        t = time.perf_counter()
+        setattr(ctx.state, stage.name, stage.run(ctx))
+        ctx.state.seconds[stage.name] = round(time.perf_counter() - t, 2)
+        ctx.state.save(stages_path)
+    return StudyOutcome(ctx.state, headline(ctx.state), ctx.done("report"))
+
+
+def _context(
+    out: Path,
+    preset: StudyPreset,
+    corpus: str,
+    data_path: str | None,
+    scratch_overrides: dict[str, Any],
+    finetune_overrides: dict[str, Any],
+    force: bool,
+    progress: bool,
+    prompts: tuple[str, ...] | None,
+) -> Context:
+    """The study's configs: the preset's, its scratch time budget, then the user's overrides."""
+    sp = C.get_preset(preset.scratch)
+    train_cfg = sp.train
+    if preset.scratch_time:
+        train_cfg = C.resolve(train_cfg, {"max_time": preset.scratch_time})
+    return Context(
+        run=RunDir(out),
+        preset=preset,
+        model_cfg=C.resolve(sp.model, scratch_overrides),
+        train_cfg=C.resolve(train_cfg, scratch_overrides),
+        ft_cfg=C.resolve(preset.finetune, finetune_overrides),
+        corpus_name=corpus,
+        data_path=data_path,
+        user_prompts=prompts,
+        force=force,
+        progress=progress,
     )
-    state = study.run()
-    return StudyOutcome(state, headline(state), state.report)

@@ -6,24 +6,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nanobard.config import FinetuneConfig, ModelConfig, TrainConfig
 from nanobard.hf.finetune import FinetuneResult, Sample
 from nanobard.interp.analysis import Analysis
 from nanobard.interp.attention import AttentionAnalysis
 from nanobard.model.evaluate import Score
-from nanobard.records import Record
+from nanobard.records import EvalRow, Record
 from nanobard.train.loop import TrainResult
 
-STAGES = (
-    "corpus",
-    "scratch",
-    "finetune",
-    "evaluate",
-    "attention",
-    "interpret",
-    "samples",
-    "figures",
-    "report",
-)
+
+@dataclass
+class ScratchConfig(Record):
+    model: ModelConfig
+    train: TrainConfig
+
+
+@dataclass
+class StudyConfig(Record):
+    """The full configuration of a study (its config.json)."""
+
+    preset: str
+    corpus: str  # a built-in corpus's name, or the path of the user's text
+    scratch: ScratchConfig
+    finetune: FinetuneConfig
+    prompts: list[str]
+    attention_text: str
 
 
 @dataclass
@@ -89,7 +96,8 @@ class TrackSummary(Record):
     train_seconds: float
     tokens_per_s: float
     steps: int
-    loss_reduction_pct: float  # first to last validation loss during training (the seed's metric)
+    # first to last validation loss during training (the seed's metric)
+    loss_reduction_pct: float
     bits_per_char: float  # after training
     bits_per_char_before: float | None = None  # the pretrained model before fine-tuning
     reason: str = ""
@@ -105,7 +113,7 @@ class Headline(Record):
     pretrained: TrackSummary
 
     @property
-    def bpc(self) -> dict[str, float]:
+    def bpc(self) -> dict[str, float | None]:
         p = self.pretrained
         return {
             "from scratch": self.scratch.bits_per_char,
@@ -116,8 +124,9 @@ class Headline(Record):
 
 def headline(state: StudyState) -> Headline:
     s, f, e = state.scratch, state.finetune, state.evaluate
+    assert state.corpus and s and f and e, "the headline needs the corpus, both trainings, scores"
 
-    def reduction(h: list) -> float:
+    def reduction(h: list[EvalRow]) -> float:
         return 100.0 * (h[0].val_loss - h[-1].val_loss) / h[0].val_loss
 
     return Headline(

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +21,18 @@ import jinja2
 import torch
 from markupsafe import Markup
 
+from nanobard.hf.finetune import Sample
 from nanobard.interp.analysis import Analysis
 from nanobard.interp.circuits import circuit_findings
 from nanobard.records import EvalRow
 from nanobard.rundir import RunDir
-from nanobard.study import plots_interpret as P
-from nanobard.study.records import STAGES, AttentionStudy, Headline, InterpretStudy, StudyState
+from nanobard.study.records import (
+    AttentionStudy,
+    Headline,
+    InterpretStudy,
+    StudyConfig,
+    StudyState,
+)
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 TEMPLATE = "report.html.j2"
@@ -44,7 +53,8 @@ FIGURES = (
 
 
 def write_report(run: RunDir, state: StudyState, head: Headline, machine: dict[str, Any]) -> Path:
-    """Render the report of a finished study (every stage up to the figures) to ``run/report.html``."""
+    """Render the report of a finished study (every stage up to the figures) to
+    ``run/report.html``."""
     path = run / RunDir.REPORT
     path.write_text(render_report(run, state, head, machine), encoding="utf-8")
     return path
@@ -60,6 +70,7 @@ def render_report(run: RunDir, state: StudyState, head: Headline, machine: dict[
         lstrip_blocks=True,
     )
     e, a = state.evaluate, state.attention
+    assert state.corpus and e and a, "the report needs the corpus, the scores and the attention"
     return env.get_template(TEMPLATE).render(
         corpus=state.corpus,
         head=head,
@@ -85,26 +96,27 @@ def render_report(run: RunDir, state: StudyState, head: Headline, machine: dict[
 # what was run
 
 
-def _config(run: RunDir) -> dict[str, Any]:
+def _config(run: RunDir) -> StudyConfig | None:
     p = run / RunDir.CONFIG
-    return json.loads(p.read_text()) if p.exists() else {}
+    return StudyConfig.load(p) if p.exists() else None
 
 
 def _config_text(run: RunDir) -> str:
-    return json.dumps(_config(run), indent=2, ensure_ascii=False)
+    p = run / RunDir.CONFIG
+    return json.dumps(json.loads(p.read_text()) if p.exists() else {}, indent=2, ensure_ascii=False)
 
 
 def run_rows(run: RunDir, state: StudyState, head: Headline) -> list[list[Any]]:
     """The two tracks side by side: model, corpus, size, steps, time."""
     s, p, c = head.scratch, head.pretrained, state.corpus
-    m = _config(run).get("scratch", {}).get("model")
-    a = state.attention.scratch
-    scratch_model = (
-        f"character GPT, {m['n_layer']} layers, {m['n_head']} heads, {m['n_embd']} dims, "
-        f"context {m['block_size']}"
-        if m
-        else f"character GPT, {a.layers} layers, {a.heads} heads"
-    )
+    assert c and state.attention, "the rows need the corpus and the attention stage"
+    cfg, a = _config(run), state.attention.scratch
+    if cfg is not None:
+        m = cfg.scratch.model
+        scratch_model = (f"character GPT, {m.n_layer} layers, {m.n_head} heads, "
+                         f"{m.n_embd} dims, context {m.block_size}")  # fmt: skip
+    else:
+        scratch_model = f"character GPT, {a.layers} layers, {a.heads} heads"
     return [
         ["model", scratch_model, f"{p.name} ({p.reason})" if p.reason else p.name],
         [
@@ -148,8 +160,9 @@ def budget_rows(state: StudyState) -> list[list[str]]:
         "samples": state.samples and f"{len(state.samples)} samples",
         "figures": state.figures and f"{len(state.figures)} figures",
     }
-    order = [st for st in STAGES if st in state.seconds] + [
-        st for st in state.seconds if st not in STAGES
+    stages = [f.name for f in fields(StudyState)]  # the study's order
+    order = [st for st in stages if st in state.seconds] + [
+        st for st in state.seconds if st not in stages
     ]
     rows = []
     for stage in order:
@@ -169,6 +182,7 @@ def budget_rows(state: StudyState) -> list[list[str]]:
 def comparison_rows(state: StudyState, head: Headline) -> list[list[Any]]:
     """Every model on the shared validation text: tokens scored, nats/token, bits/char."""
     e, p = state.evaluate, head.pretrained
+    assert e, "the comparison needs the evaluate stage's scores"
     return [
         [label, f"{n:,}", f"{sc.tokens:,}", f"{sc.nats_per_token:.4f}", f"{sc.bits_per_char:.4f}"]
         for label, n, sc in (
@@ -206,7 +220,7 @@ def _figure(run: RunDir, name: str, caption: str) -> dict[str, str] | None:
 # interpretability: one section per analysis, with what this run found
 
 
-def _heads(table: list[list[float | None]]) -> list[tuple[float, int, int]]:
+def _heads(table: Sequence[Sequence[float | None]]) -> list[tuple[float, int, int]]:
     """(value, layer, head) of every measured head, largest first."""
     return sorted(
         ((v, i, h) for i, row in enumerate(table) for h, v in enumerate(row) if v is not None),
@@ -232,17 +246,20 @@ def _models(interp: InterpretStudy) -> list[Analysis]:
 
 
 def induction_found(a: Analysis) -> list[str]:
-    """The strongest induction head and whether the model copies; the strongest previous-token head."""
+    """The strongest induction head and whether the model copies; the strongest previous-token
+    head."""
     _, li, hi = _heads(a.induction.induction)[0]
     p, lp, hp = _heads(a.induction.previous_token)[0]
     return circuit_findings(induction=a.induction) + [
-        f"{a.model}: the strongest previous-token head on the same random tokens is L{lp}H{hp} (score {p:.2f})"
+        f"{a.model}: the strongest previous-token head on the same random tokens is L{lp}H{hp} "
+        f"(score {p:.2f})"
         + ("; it is also the strongest induction head" if (lp, hp) == (li, hi) else "")
     ]
 
 
 def ablation_found(a: Analysis) -> list[str]:
-    """The costliest head, and what removing the strongest previous-token and induction heads costs."""
+    """The costliest head, and what removing the strongest previous-token and induction heads
+    costs."""
     _, li, hi = _heads(a.induction.induction)[0]
     _, lp, hp = _heads(a.induction.previous_token)[0]
     n = sum(len(row) for row in a.ablation.delta_bpc)
@@ -255,15 +272,16 @@ def ablation_found(a: Analysis) -> list[str]:
 
 
 def lens_found(interp: InterpretStudy) -> list[str]:
-    """Where each model's prediction forms, its biggest layer-to-layer step, what fine-tuning moved."""
+    """Where each model's prediction forms, its biggest layer-to-layer step, what fine-tuning
+    moved."""
     out = circuit_findings(lens=interp.scratch.lens) + circuit_findings(lens=interp.pretrained.lens)
     for a in _models(interp):
         r = a.lens
         k = max(range(1, len(r.bpc)), key=lambda j: r.bpc[j - 1] - r.bpc[j])
         out.append(
             f"{a.model}: the biggest step is from layer {r.layers[k - 1]} to {r.layers[k]} "
-            f"({r.bpc[k - 1]:.2f} -> {r.bpc[k]:.2f} bits/char); the layer before the output agrees with "
-            f"the output's top-1 token at {r.top1_agreement[-2]:.0%} of positions"
+            f"({r.bpc[k - 1]:.2f} -> {r.bpc[k]:.2f} bits/char); the layer before the output "
+            f"agrees with the output's top-1 token at {r.top1_agreement[-2]:.0%} of positions"
         )
     if interp.pretrained_before is not None:
         b, f = interp.pretrained_before.lens, interp.pretrained.lens
@@ -288,9 +306,10 @@ def positions_found(interp: InterpretStudy) -> list[str]:
         e = sum(b * c for _, b, c in early) / sum(c for *_, c in early)
         lt = sum(b * c for _, b, c in late) / sum(c for *_, c in late)
         out.append(
-            f"{a.model}: the first characters it scores (positions {early[0][0]}-{early[-1][0]}) cost "
-            f"{e:.2f} bits/char, the second half of the window (positions {late[0][0]}-{late[-1][0]}) "
-            f"{lt:.2f}: having read more of the text saves {e - lt:.2f} bits/char"
+            f"{a.model}: the first characters it scores (positions {early[0][0]}-{early[-1][0]}) "
+            f"cost {e:.2f} bits/char, the second half of the window (positions "
+            f"{late[0][0]}-{late[-1][0]}) {lt:.2f}: having read more of the text saves "
+            f"{e - lt:.2f} bits/char"
         )
     return (
         circuit_findings(positions=interp.scratch.positions)
@@ -311,22 +330,24 @@ def formation_found(history: list[EvalRow]) -> list[str]:
             "Per-head scores were recorded at fewer than two evaluations, so there is no formation "
             "curve (they are recorded at each evaluation of the from-scratch training)."
         ]
+    heads = [r.heads for r in rows if r.heads]  # the scores of each row of rows
     k = max(range(1, len(rows)), key=lambda j: rows[j - 1].val_loss - rows[j].val_loss)
     drop = (rows[k - 1], rows[k])
     out = []
     for key, kind in (("previous_token", "previous-token"), ("induction", "induction")):
-        final, i, h = _heads(rows[-1].heads[key])[0]
+        final, i, h = _heads(heads[-1][key])[0]
         if final < FORMED:
             out.append(
-                f"No {kind} head formed: the strongest at the end, L{i}H{h}, scores {final:.2f} (a head "
-                f"that does this job scores near 1)"
+                f"No {kind} head formed: the strongest at the end, L{i}H{h}, scores {final:.2f} "
+                f"(a head that does this job scores near 1)"
             )
             continue
-        first = next(r for r in rows if r.heads[key][i][h] >= final / 2)
+        first = next(r for r, scores in zip(rows, heads) if scores[key][i][h] >= final / 2)
         when = (
             "already at the first evaluation"
             if first is rows[0]
-            else f"by {first.tokens:,} tokens seen, when the validation loss was {first.val_loss:.2f} nats/token"
+            else f"by {first.tokens:,} tokens seen, when the validation loss was "
+            f"{first.val_loss:.2f} nats/token"
         )
         lines_up = " — during the largest loss drop" if first is drop[1] else ""
         out.append(
@@ -334,30 +355,43 @@ def formation_found(history: list[EvalRow]) -> list[str]:
             f"score {when}{lines_up}"
         )
     out.append(
-        f"The validation loss fell most between {drop[0].tokens:,} and {drop[1].tokens:,} tokens seen "
-        f"({drop[0].val_loss:.2f} -> {drop[1].val_loss:.2f} nats/token; {rows[0].val_loss:.2f} at the "
-        f"first evaluation with head scores, {rows[-1].val_loss:.2f} at the last)"
+        f"The validation loss fell most between {drop[0].tokens:,} and {drop[1].tokens:,} tokens "
+        f"seen ({drop[0].val_loss:.2f} -> {drop[1].val_loss:.2f} nats/token; "
+        f"{rows[0].val_loss:.2f} at the first evaluation with head scores, "
+        f"{rows[-1].val_loss:.2f} at the last)"
     )
     return out
 
 
 HOW = {
-    "induction": "Each cell is one head (layers down, heads across) on random tokens repeated twice: the left "
-    "map is how much a token in the second copy attends to the token that followed it in the first "
-    "copy (an induction head, which lets a model continue a repeat), the right map how much a token "
-    "attends to the one just before it (the previous-token heads that induction heads build on).",
-    "ablation": "Each cell is the bits per character a model loses on the validation slice when that one head's "
-    "output is replaced by its average: red means the model needs the head, white that it could do "
-    "without it, and hatched cells were not ablated, to save time.",
-    "lens": "Each point reads a model's prediction off its residual stream after that layer (through the final "
-    "norm and the unembedding): on the left the bits per character if the model stopped there, on the "
-    "right how often its top-1 guess is already the final one.",
-    "positions": "Each curve is the bits per character a model pays for a character against how many characters "
-    "of the same context window it has read before it: a falling curve means it uses what it has "
-    "read (in-context learning).",
-    "formation": "Each line is one head of the from-scratch model, its previous-token (left) or induction (right) "
-    "score measured at each evaluation, against tokens seen, with the validation loss dashed on the "
-    "right axis, so you can see whether a head forming coincides with a drop of the loss.",
+    "induction": (
+        "Each cell is one head (layers down, heads across) on random tokens repeated twice: the "
+        "left map is how much a token in the second copy attends to the token that followed it in "
+        "the first copy (an induction head, which lets a model continue a repeat), the right map "
+        "how much a token attends to the one just before it (the previous-token heads that "
+        "induction heads build on)."
+    ),
+    "ablation": (
+        "Each cell is the bits per character a model loses on the validation slice when that one "
+        "head's output is replaced by its average: red means the model needs the head, white that "
+        "it could do without it, and hatched cells were not ablated, to save time."
+    ),
+    "lens": (
+        "Each point reads a model's prediction off its residual stream after that layer (through "
+        "the final norm and the unembedding): on the left the bits per character if the model "
+        "stopped there, on the right how often its top-1 guess is already the final one."
+    ),
+    "positions": (
+        "Each curve is the bits per character a model pays for a character against how many "
+        "characters of the same context window it has read before it: a falling curve means it "
+        "uses what it has read (in-context learning)."
+    ),
+    "formation": (
+        "Each line is one head of the from-scratch model, its previous-token (left) or induction "
+        "(right) score measured at each evaluation, against tokens seen, with the validation loss "
+        "dashed on the right axis, so you can see whether a head forming coincides with a drop of "
+        "the loss."
+    ),
 }
 
 
@@ -383,7 +417,7 @@ def interpret_sections(run: RunDir, state: StudyState) -> list[dict[str, Any]]:
             "how": HOW["induction"],
             "figures": figs(
                 *(
-                    (P.FIG_INDUCTION[t], f"Induction and previous-token scores, {w}")
+                    (RunDir.FIG_INDUCTION[t], f"Induction and previous-token scores, {w}")
                     for t, _, w in tracks
                 )
             ),
@@ -394,7 +428,10 @@ def interpret_sections(run: RunDir, state: StudyState) -> list[dict[str, Any]]:
             "title": "Head ablation",
             "how": HOW["ablation"],
             "figures": figs(
-                *((P.FIG_ABLATION[t], f"Cost of removing each head, {w}") for t, _, w in tracks)
+                *(
+                    (RunDir.FIG_ABLATION[t], f"Cost of removing each head, {w}")
+                    for t, _, w in tracks
+                )
             ),
             "found": [s for _, a, _ in tracks for s in ablation_found(a)],
         },
@@ -403,7 +440,7 @@ def interpret_sections(run: RunDir, state: StudyState) -> list[dict[str, Any]]:
             "title": "Logit lens",
             "how": HOW["lens"],
             "figures": figs(
-                (P.FIG_LOGIT_LENS, "Bits/char and top-1 agreement read off each layer")
+                (RunDir.FIG_LOGIT_LENS, "Bits/char and top-1 agreement read off each layer")
             ),
             "found": lens_found(interp),
         },
@@ -412,7 +449,7 @@ def interpret_sections(run: RunDir, state: StudyState) -> list[dict[str, Any]]:
             "title": "Loss by position",
             "how": HOW["positions"],
             "figures": figs(
-                (P.FIG_LOSS_BY_POSITION, "Bits/char by position in the context window")
+                (RunDir.FIG_LOSS_BY_POSITION, "Bits/char by position in the context window")
             ),
             "found": positions_found(interp),
         },
@@ -421,7 +458,7 @@ def interpret_sections(run: RunDir, state: StudyState) -> list[dict[str, Any]]:
             "title": "Head formation",
             "how": HOW["formation"],
             "figures": figs(
-                (P.FIG_HEAD_FORMATION, "Per-head scores and validation loss during training")
+                (RunDir.FIG_HEAD_FORMATION, "Per-head scores and validation loss during training")
             ),
             "found": formation_found(history),
         },
@@ -457,7 +494,8 @@ def explorer_data(
 ) -> dict[str, Any]:
     """Per model: its name, the attention text's tokens, the weights ``# [layer][head][query][key]``
     (from run/attention_weights.pt) and per-head scores ``# [layer][head]``: previous-token share
-    on this text, induction score and ablation cost in bits/char (None: not measured / not ablated)."""
+    on this text, induction score and ablation cost in bits/char (None: not measured / not
+    ablated)."""
     weights = torch.load(run / RunDir.ATTENTION_WEIGHTS, weights_only=True)
     data = {}
     for key in ("scratch", "pretrained"):
@@ -478,3 +516,45 @@ def explorer_data(
             },
         }
     return data
+
+
+# --------------------------------------------------------------------------------------------
+# the other files of a study
+
+
+def samples_markdown(rows: list[Sample]) -> str:
+    lines = [
+        "# Samples",
+        "",
+        "Same prompts, decoding settings and seeds for every model.",
+        "Strategies: greedy (argmax), top_k (k=40, temperature 1.0), temperature (0.8).",
+        "",
+    ]
+    for prompt in dict.fromkeys(r.prompt for r in rows):
+        lines.append(f"## Prompt: `{prompt.strip()!s}`")
+        for r in rows:
+            if r.prompt == prompt:
+                body = (r.prompt + r.text).replace("```", "'''")
+                lines += ["", f"### {r.model} — {r.strategy}", "", "```text", body, "```"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def machine_info() -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    from nanobard.hardware import cpu_info
+
+    cpu = cpu_info()
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "processor": cpu.model,
+        "cpu kind": f"{cpu.kind} (torch capability {cpu.capability})",
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }

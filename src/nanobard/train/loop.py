@@ -1,13 +1,15 @@
 """Training loop for the from-scratch GPT.
 
-AdamW or Muon (optim.py), warmup + cosine decay, gradient clipping and accumulation, periodic evaluation
-on fixed batches, early stopping, the best checkpoint by validation loss (``model_scratch_best.pt``) and a
-latest one (``ckpt_last.pt``) from which ``resume=True`` continues exactly (same batches, masks, weights).
+AdamW or Muon (optim.py), warmup + cosine decay, gradient clipping and accumulation, periodic
+evaluation on fixed batches, early stopping, the best checkpoint by validation loss
+(``model_scratch_best.pt``) and a latest one (``ckpt_last.pt``) from which ``resume=True``
+continues exactly (same batches, masks, weights).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -15,9 +17,9 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -34,7 +36,10 @@ from nanobard.records import EvalRow, Record
 from nanobard.rundir import RunDir
 from nanobard.train import distributed
 from nanobard.train.optim import Optimizer, make_optimizer
-from nanobard.train.schedule import STOP_REASONS, Clock, lr_at, step_budget
+from nanobard.train.schedule import STOP_REASONS, TimeBudget, lr_at, step_budget
+
+if TYPE_CHECKING:
+    import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -90,33 +95,37 @@ class RunState(Record):
     best_val: float = math.inf
     bad_evals: int = 0  # evaluations since the best one
     first_val: float | None = None
-    horizon: int | None = None  # steps a time-only budget was sized to (see Clock.size_steps)
-    horizon_refined: bool = False  # re-sized at an evaluation after sizing (Clock.refine)
+    horizon: int | None = None  # steps a time-only budget was sized to (see TimeBudget)
+    horizon_refined: bool = False  # re-sized at an evaluation after sizing (TimeBudget.refine)
 
 
 def train_step(
     model: GPT,
-    optimizer: Any,
+    optimizer: Optimizer,
     batches: list[tuple[torch.Tensor, torch.Tensor]],
     cfg: TrainConfig,
     device: torch.device,
     fwd: torch.nn.Module | None = None,
+    after_backward: Callable[[GPT], None] | None = None,
 ) -> float:
     """One optimizer step: forward and backward over each (x, y) micro-batch (B, T), gradient
     clipping, the update. ``fwd`` is the model as wrapped for the forward pass (DDP, compiled);
-    under DDP gradients are all-reduced once, on the last micro-batch. Returns the last
+    under DDP gradients are all-reduced once, on the last micro-batch. ``after_backward(model)``
+    sees the gradients before they are clipped (the lessons record their norms). Returns the last
     micro-batch's loss in nats per token (what the progress bar shows)."""
     fwd = fwd or model
     for i, (x, y) in enumerate(batches):
-        sync = i == len(batches) - 1 or not isinstance(
-            fwd, torch.nn.parallel.DistributedDataParallel
-        )
+        # under DDP, no all-reduce before the last micro-batch
         with (
             autocast_context(device, cfg.dtype),
-            contextlib.nullcontext() if sync else fwd.no_sync(),
+            fwd.no_sync()
+            if isinstance(fwd, torch.nn.parallel.DistributedDataParallel) and i < len(batches) - 1
+            else contextlib.nullcontext(),
         ):
             loss = fwd(x.to(device), y.to(device)).loss / len(batches)
             loss.backward()
+    if after_backward is not None:
+        after_backward(model)
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     optimizer.step()
@@ -126,8 +135,8 @@ def train_step(
 
 @torch.no_grad()
 def estimate_loss(
-    model: GPT,
-    data: torch.Tensor,
+    model: torch.nn.Module,
+    data: torch.Tensor | np.ndarray,
     block_size: int,
     batch_size: int,
     iters: int,
@@ -230,7 +239,8 @@ def _setup(
             model, device_ids=[dd.local_rank] if device.type == "cuda" else None
         )
     if cfg.compile:
-        fwd = torch.compile(fwd)
+        # compiling a Module gives a Module (an OptimizedModule); torch types it as a callable
+        fwd = cast(torch.nn.Module, torch.compile(fwd))
     return Setup(
         RunDir(out).ensure(),
         model,
@@ -281,30 +291,39 @@ def _restore(s: Setup, cfg: TrainConfig, resume: bool) -> tuple[RunState, list[E
     return RunState(), []
 
 
+@dataclass
+class TrainRunConfig(Record):
+    """The full configuration of a from-scratch run (config.json; config_scratch.json in a
+    study)."""
+
+    model: ModelConfig
+    train: TrainConfig
+    corpus: str
+    n_train_chars: int
+    n_val_chars: int
+    precision: str  # what ``dtype`` resolved to on this device
+    num_params: int
+    device: str
+    torch: str
+    step_budget: int | None  # None: sized from the measured speed (a time-only budget)
+    budget: str  # what ends the run: steps, epochs or time
+    processes: int
+
+
 def _write_config(
-    s: Setup, model_cfg: ModelConfig, cfg: TrainConfig, config_name: str, budget: tuple
+    s: Setup,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    config_name: str,
+    budget: tuple[int | None, str],
 ) -> None:
     if not s.dd.is_main:
         return
-    (s.run / config_name).write_text(
-        json.dumps(
-            {
-                "model": asdict(s.model.config),
-                "train": asdict(cfg),
-                "corpus": s.corpus.name,
-                "n_train_chars": len(s.corpus.train),
-                "n_val_chars": len(s.corpus.val),
-                "precision": str(resolve_precision(cfg.dtype, s.device)).removeprefix("torch."),
-                "num_params": s.model.num_params(),
-                "device": str(s.device),
-                "torch": torch.__version__,
-                "step_budget": budget[0],
-                "budget": budget[1],
-                "processes": s.dd.world,
-            },
-            indent=2,
-        )
-    )
+    precision = str(resolve_precision(cfg.dtype, s.device)).removeprefix("torch.")
+    record = TrainRunConfig(s.model.config, cfg, s.corpus.name, len(s.corpus.train),
+                            len(s.corpus.val), precision, s.model.num_params(), str(s.device),
+                            torch.__version__, budget[0], budget[1], s.dd.world)  # fmt: skip
+    s.run.write_config(record, config_name)
     logger.info(
         "model: %s parameters on %s; %s training tokens",
         f"{s.model.num_params():,}",
@@ -323,10 +342,12 @@ def _evaluate(
     state: RunState,
     lr: float,
     last_loss: float | None,
-    session: tuple[float, int],
+    session: Sequence[float],
 ) -> EvalRow:
-    """Loss on fixed train and validation batches; raises NonFiniteLossError on NaN/inf."""
-    ev = dict(
+    """Loss on fixed train and validation batches; raises NonFiniteLossError on NaN/inf.
+    ``session``: (its start time, tokens trained in it)."""
+    ev = functools.partial(
+        estimate_loss,
         block_size=s.model.config.block_size,
         batch_size=cfg.batch_size,
         iters=cfg.eval_iters,
@@ -334,8 +355,8 @@ def _evaluate(
         device=s.device,
         dtype=cfg.dtype,
     )
-    val_loss = estimate_loss(s.eval_model, s.corpus.val, **ev)
-    train_loss = estimate_loss(s.eval_model, s.corpus.train, **ev)
+    val_loss = ev(s.eval_model, s.corpus.val)
+    train_loss = ev(s.eval_model, s.corpus.train)
     if not (math.isfinite(val_loss) and math.isfinite(train_loss)):
         raise NonFiniteLossError(
             f"loss became {val_loss} at step {state.step}; training stopped, the last good "
@@ -386,6 +407,28 @@ def _record(s: Setup, state: RunState, row: EvalRow) -> None:
     s.dd.barrier()
 
 
+def _stop_reason(cfg: TrainConfig, state: RunState, horizon: int | None, budget_kind: str,
+                 stop: _StopFlag) -> str | None:  # fmt: skip
+    """Why the run stops at the top of this step, if it does: a step horizon reached, the time
+    spent, or a signal (see STOP_REASONS)."""
+    if horizon is not None and state.step >= horizon:
+        return budget_kind
+    if cfg.max_time is not None and state.elapsed_s >= cfg.max_time:
+        return "time"
+    if stop.signum is not None:
+        return "interrupted"
+    return None
+
+
+def _batches(s: Setup, cfg: TrainConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's rows of the next ``grad_accum`` global batches."""
+    block = s.model.config.block_size
+    draws = [
+        get_batch(s.corpus.train, block, cfg.batch_size, s.batch_gen) for _ in range(cfg.grad_accum)
+    ]
+    return [(s.dd.shard(x), s.dd.shard(y)) for x, y in draws]
+
+
 def _stop_after_eval(cfg: TrainConfig, state: RunState, row: EvalRow) -> str | None:
     if cfg.target_loss is not None and row.val_loss <= cfg.target_loss:
         return "target_loss"
@@ -417,54 +460,47 @@ def train(
     s = _setup(model_cfg, cfg, data, Path(out_dir))
     state, history = _restore(s, cfg, resume)
     horizon, budget_kind = step_budget(cfg, len(s.corpus.train), s.model.config.block_size)
-    horizon = (
-        horizon if horizon is not None else state.horizon
-    )  # a time budget sized before a resume
+    if horizon is None:
+        horizon = state.horizon  # a time budget sized before a resume (None on a fresh run)
     _write_config(s, model_cfg, cfg, config_name, (horizon, budget_kind))
-    clock, session = Clock(before_s=state.elapsed_s), [time.perf_counter(), 0]
+    budget = None
+    if budget_kind == "time":
+        assert cfg.max_time is not None
+        budget = TimeBudget(cfg.max_time, cfg.eval_interval, before_s=state.elapsed_s)
+    clock_start = time.perf_counter() - state.elapsed_s  # wall time counts across sessions
+    session, start_step = [time.perf_counter(), 0], state.step
     tokens_per_step = cfg.batch_size * cfg.grad_accum * s.model.config.block_size
     evaluated = state.step if history else None  # a resumed run was evaluated at its checkpoint
     lr, loss, stopped = lr_at(state.step, cfg, cfg.lr_decay_steps or horizon, 0.0), None, None
-    bar = tqdm(
-        total=horizon,
-        initial=state.step,
-        disable=not progress or not s.dd.is_main,
-        unit="step",
-        dynamic_ncols=True,
-        desc="train scratch",
-    )
+    bar = tqdm(total=horizon, initial=state.step, disable=not progress or not s.dd.is_main,
+               unit="step", dynamic_ncols=True, desc="train scratch")  # fmt: skip
     s.model.train()
     with _StopFlag() as stop:
         while True:
-            state.elapsed_s = clock.elapsed()
-            # last_step: a budget is spent or a signal came; the final evaluation and save happen here, once
-            stopped = s.dd.choice_from_main(  # clocks and signals differ a little between ranks: rank 0 decides
-                budget_kind
-                if horizon is not None and state.step >= horizon
-                else "time"
-                if cfg.max_time is not None and state.elapsed_s >= cfg.max_time
-                else "interrupted"
-                if stop.signum is not None
-                else None,
-                STOP_REASONS,
+            state.elapsed_s = time.perf_counter() - clock_start
+            # last_step: a budget is spent or a signal came; the final evaluation and save happen
+            # here, once. Clocks and signals differ a little between ranks under torchrun: rank 0
+            # decides.
+            stopped = s.dd.choice_from_main(
+                _stop_reason(cfg, state, horizon, budget_kind, stop), STOP_REASONS
             )
             if (stopped or state.step % cfg.eval_interval == 0) and evaluated != state.step:
                 t_eval = time.perf_counter()
                 row = _evaluate(s, cfg, state, lr, loss, tuple(session))
-                for (
-                    callback
-                ) in on_eval:  # analyses the caller asked for (e.g. the study's head scores)
+                # analyses the caller asked for (e.g. the study's head scores)
+                for callback in on_eval:
                     row = callback(s.model, row)
                 history.append(row)
-                evaluated, clock.eval_s = state.step, time.perf_counter() - t_eval
-                if budget_kind == "time" and clock.sized_at[0] and not stopped:
+                evaluated, eval_s = state.step, time.perf_counter() - t_eval
+                if budget is not None:
+                    budget.eval_s = eval_s  # sizing counts the evaluations' cost
+                if budget is not None and budget.sized and not stopped:
                     horizon = state.horizon = bar.total = s.dd.from_main(
-                        clock.refine(state.step, cfg, clock.eval_s)
+                        budget.refine(state.step, eval_s)
                     )
                     state.horizon_refined = True
-                    stopped = (
-                        budget_kind if state.step >= horizon else None
-                    )  # no time left: this evaluation is the last
+                    if state.step >= horizon:  # no time left: this evaluation is the last
+                        stopped = budget_kind
                 _record(s, state, row)  # the checkpoint carries the re-fitted horizon
                 stopped = stopped or _stop_after_eval(cfg, state, row)
                 bar.set_postfix(
@@ -472,62 +508,56 @@ def train(
                 )
             if stopped:
                 break
-            lr = lr_at(
-                state.step,
-                cfg,
-                cfg.lr_decay_steps or horizon,
-                clock.elapsed() / cfg.max_time if cfg.max_time else 0.0,
+            time_fraction = (
+                (time.perf_counter() - clock_start) / cfg.max_time if cfg.max_time else 0.0
             )
+            lr = lr_at(state.step, cfg, cfg.lr_decay_steps or horizon, time_fraction)
             for group in s.optimizer.param_groups:
                 group["lr"] = lr
-            batches = [
-                (s.dd.shard(x), s.dd.shard(y))
-                for x, y in (  # this rank's rows of each global batch
-                    get_batch(
-                        s.corpus.train, s.model.config.block_size, cfg.batch_size, s.batch_gen
-                    )
-                    for _ in range(cfg.grad_accum)
-                )
-            ]
-            loss = train_step(s.model, s.optimizer, batches, cfg, s.device, s.fwd)
+            loss = train_step(s.model, s.optimizer, _batches(s, cfg), cfg, s.device, s.fwd)
             if not math.isfinite(loss):
                 raise NonFiniteLossError(
-                    f"loss became {loss} at step {state.step + 1}; training stopped, the last "
-                    f"good checkpoint ({s.run / RunDir.LAST}) is kept. Lower --lr or raise --warmup-steps"
+                    f"loss became {loss} at step {state.step + 1}; training stopped, the last good "
+                    f"checkpoint ({s.run / RunDir.LAST}) is kept. Lower --lr or raise "
+                    "--warmup-steps"
                 )
-            state.step, state.tokens, session[1] = (
-                state.step + 1,
-                state.tokens + tokens_per_step,
-                session[1] + tokens_per_step,
-            )
+            state.step += 1
+            state.tokens += tokens_per_step
+            session[1] += tokens_per_step
             bar.update(1)
             if (
-                budget_kind == "time"
-                and not clock.sized_at[0]
-                and (sized := clock.size_steps(state.step, cfg))
+                budget is not None
+                and (sized := budget.observe(state.step - start_step)) is not None
             ):
-                horizon = state.horizon = bar.total = s.dd.from_main(
-                    sized
-                )  # this session's speed (resumed too)
+                # this session's speed (resumed too)
+                horizon = state.horizon = bar.total = s.dd.from_main(sized)
             if state.step % 10 == 0:
+                tok_s = session[1] / max(1e-9, time.perf_counter() - session[0])
                 bar.set_postfix(
-                    loss=f"{loss:.3f}",
-                    val=f"{state.best_val:.3f}",
-                    tok_s=f"{session[1] / max(1e-9, time.perf_counter() - session[0]):,.0f}",
+                    loss=f"{loss:.3f}", val=f"{state.best_val:.3f}", tok_s=f"{tok_s:,.0f}"
                 )
     bar.close()
     distributed.teardown(s.dd)
     if stopped == "interrupted":
+        signame = signal.Signals(stop.signum or signal.SIGTERM).name
         raise TrainingInterrupted(
-            f"stopped by signal {signal.Signals(stop.signum or signal.SIGTERM).name} at step {state.step}; "
-            f"checkpoint written to {s.run / RunDir.LAST}; continue with the same command plus --resume"
+            f"stopped by signal {signame} at step {state.step}; checkpoint written to "
+            f"{s.run / RunDir.LAST}; continue with the same command plus --resume"
         )
     return _result(s, cfg, state, history, stopped, session)
 
 
 def _result(
-    s: Setup, cfg: TrainConfig, state: RunState, history: list[EvalRow], stopped: str, session: list
+    s: Setup,
+    cfg: TrainConfig,
+    state: RunState,
+    history: list[EvalRow],
+    stopped: str,
+    session: list[float],
 ) -> TrainResult:
+    last = history[-1]
+    # the loop evaluates before it stops, with both losses
+    assert state.first_val is not None and last.train_loss is not None, "no evaluation recorded"
     session_s = time.perf_counter() - session[0]
     res = TrainResult(
         out_dir=s.run.path,
@@ -538,8 +568,8 @@ def _result(
         tokens_per_s=session[1] / session_s if session_s > 0 else 0.0,
         first_val_loss=state.first_val,
         best_val_loss=state.best_val,
-        final_val_loss=history[-1].val_loss,
-        final_train_loss=history[-1].train_loss,
+        final_val_loss=last.val_loss,
+        final_train_loss=last.train_loss,
         stopped=stopped,
         history=history,
         time_budget_s=cfg.max_time,

@@ -22,12 +22,16 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, overload
 
 import torch
 
 from nanobard.config import TrainConfig
 from nanobard.hardware import resolve_precision
+
+if TYPE_CHECKING:
+    from torch.optim.optimizer import ParamsT
 
 # Keller Jordan's quintic Newton-Schulz coefficients (as torch.optim.Muon).
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -47,9 +51,8 @@ def orthogonalise(
     tall = x.size(-2) > x.size(-1)
     if tall:
         x = x.mT  # iterate on the wide side: (.., min, max)
-    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(
-        min=eps
-    )  # spectral norm <= Frobenius norm <= 1
+    # spectral norm <= Frobenius norm <= 1
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
     mm_add = torch.baddbmm if x.dim() == 3 else torch.addmm  # fused multiply-adds, as torch's Muon
     for _ in range(steps):
         gram = x @ x.mT  # (.., min, min)
@@ -68,7 +71,7 @@ class Muon(torch.optim.Optimizer):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float,
         weight_decay: float = 0.0,
         momentum: float = 0.95,
@@ -88,8 +91,14 @@ class Muon(torch.optim.Optimizer):
         )
         self.ns_dtype = ns_dtype  # not in the groups: a torch.dtype does not belong in a checkpoint
 
+    # torch's Optimizer.step signature (a closure re-evaluates the loss and returns it)
+    @overload
+    def step(self, closure: None = None) -> None: ...
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
     @torch.no_grad()
-    def step(self, closure: Any = None) -> None:
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         assert closure is None, "Muon here takes no closure"
         for group in self.param_groups:
             lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
@@ -113,6 +122,7 @@ class Muon(torch.optim.Optimizer):
                 for j, i in enumerate(idx):
                     params[i].mul_(1 - lr * wd)
                     params[i].add_(ortho[j], alpha=-scale)
+        return None
 
 
 class CombinedOptimizer:

@@ -1,6 +1,7 @@
-"""How long a from-scratch run trains and at what learning rate: the step budget a config allows,
-the wall-time clock that sizes a time-only budget from the speed of the first steps (and refines it
-at every evaluation after), and the warmup + cosine schedule over that horizon."""
+"""How long a run trains and at what learning rate: the step budget a config allows, the wall-time
+budget that sizes a time-only run's steps from the speed of its first steps (and refines them at
+every evaluation after), and the warmup + cosine schedule over that horizon. The from-scratch loop
+and the fine-tuning Trainer (hf/trainer.py) share the time budget and the cosine."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def lr_at(step: int, cfg: TrainConfig, horizon: int | None, time_fraction: float
         progress = min(1.0, (step - cfg.warmup_steps) / span)
     else:
         progress = min(1.0, time_fraction)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+    return cfg.min_lr + cosine(progress) * (cfg.lr - cfg.min_lr)
 
 
 def step_budget(cfg: TrainConfig, n_train_tokens: int, block_size: int) -> tuple[int | None, str]:
@@ -44,58 +45,80 @@ def step_budget(cfg: TrainConfig, n_train_tokens: int, block_size: int) -> tuple
 
 # why a run stops at the top of a step: a budget step_budget names, the clock, or a signal
 STOP_REASONS = (None, "steps", "epochs", "time", "interrupted")
-CALIBRATION_STEPS = (3, 13)  # time steps 3..13 of a session (the first ones are slower)
+
+
+def cosine(progress: float) -> float:
+    """Half a cosine from 1 (progress 0) down to 0 (progress 1 and after): the decay of both
+    tracks' learning rates (the from-scratch one to ``min_lr``, the Trainer's to 0)."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
 
 
 @dataclass
-class Clock:
-    """Wall time of the run across sessions, and the step timings that size a time-only budget."""
+class TimeBudget:
+    """A wall-time budget in seconds, one rule for both tracks (the from-scratch loop and the
+    Hugging Face Trainer):
 
-    before_s: float = 0.0  # elapsed in earlier sessions (resume)
+    1. **calibrate**: time the steps after the first ``WARMUP_STEPS`` (slower: allocations, lazy
+       initialisation) until at least ``MIN_TIMED`` steps are timed and they cover at least
+       ``MIN_FRACTION`` of the budget (tiny steps are then timed well, slow ones sized early);
+    2. **size** (``observe``): the step count that fills what is left, each evaluation's measured
+       cost (``eval_s`` every ``eval_interval`` steps) included;
+    3. **refine** at each evaluation after sizing: the same from the mean step time since sizing
+       and the evaluations' real cost. The first steps run slower, so a first estimate leaves time
+       unused; a machine busy with something else for a while slows some steps, so a horizon fitted
+       once to that stretch would stop the run early (measured: 395 s of a 570 s budget) or, after
+       a fast stretch, overrun it.
+
+    The horizon is a step count that the cosine schedule runs over, so a resumed run that keeps it
+    (RunState.horizon) follows the same schedule. ``before_s``: time spent in earlier sessions.
+    """
+
+    seconds: float
+    eval_interval: int
+    before_s: float = 0.0
     t0: float = field(default_factory=time.perf_counter)
-    stamps: list[float] = field(default_factory=list)
+    stamps: list[float] = field(default_factory=list)  # step ends since calibration began
     eval_s: float = 0.0  # the last evaluation's duration
+    horizon: int | None = None  # None until sized
     sized_at: tuple[int, float] = (0, 0.0)  # (step, elapsed) when the horizon was first sized
     evals_since_sized_s: float = 0.0  # time spent evaluating since then
+    WARMUP_STEPS = 1
+    MIN_TIMED = 2
+    MIN_FRACTION = 0.01
 
     def elapsed(self) -> float:
         return self.before_s + time.perf_counter() - self.t0
 
-    def size_steps(self, step: int, cfg: TrainConfig) -> int | None:
-        """With only a time budget: once a few steps are timed, the step count that fills the
-        budget, evaluations included (None until then). The LR schedule stays a function of the
-        step (the horizon is saved in RunState), so a resumed run follows the same schedule."""
-        self.stamps.append(time.perf_counter())
-        first, last = CALIBRATION_STEPS
-        if len(self.stamps) != last + 1:
-            return None
-        per_step = (self.stamps[last] - self.stamps[first]) / (last - first)
-        self.sized_at = (step, self.elapsed())
-        return self._fit(step, per_step, cfg, "measured")
+    @property
+    def sized(self) -> bool:
+        return self.horizon is not None
 
-    def refine(self, step: int, cfg: TrainConfig, eval_s: float) -> int:
-        """At each evaluation after sizing: the horizon again, from the mean step time since sizing
-        and the last evaluation's real cost. The first steps and the step-0 evaluation run slower,
-        so the first estimate leaves time unused; and a machine that is busy with something else for
-        a while (a learner's browser, a second job) slows some steps, so a horizon fitted once to
-        that stretch would stop the run minutes early (measured: 395 s of a 570 s budget) -- or,
-        after a fast stretch, overrun it. Re-fitting at every evaluation keeps both in check."""
+    def observe(self, step: int) -> int | None:
+        """Called at the end of every step (``step`` steps done in this session); returns the
+        horizon at the step it is first sized, None otherwise."""
+        if self.sized or step < self.WARMUP_STEPS:
+            return None
+        self.stamps.append(time.perf_counter())
+        timed, span = len(self.stamps) - 1, self.stamps[-1] - self.stamps[0]
+        if timed < self.MIN_TIMED or span < self.MIN_FRACTION * self.seconds:
+            return None
+        self.sized_at = (step, self.elapsed())
+        return self._fit(step, span / timed, "measured")
+
+    def refine(self, step: int, eval_s: float) -> int:
+        """At an evaluation after sizing, ``eval_s`` its duration: the horizon again, from the mean
+        step time since sizing and the evaluations' real cost."""
         sized_step, sized_elapsed = self.sized_at
         self.evals_since_sized_s += eval_s
         per_step = (self.elapsed() - self.evals_since_sized_s - sized_elapsed) / max(
             1, step - sized_step
         )
         self.eval_s = eval_s
-        return self._fit(step, per_step, cfg, "refined")
+        return self._fit(step, per_step, "refined")
 
-    def _fit(self, step: int, per_step: float, cfg: TrainConfig, how: str) -> int:
-        left = max(0.0, cfg.max_time - self.elapsed())
-        horizon = step + int(left / (per_step + self.eval_s / cfg.eval_interval))
-        logger.info(
-            "%s %.1f ms/step: %d steps fit the %.0f s budget",
-            how,
-            per_step * 1e3,
-            horizon,
-            cfg.max_time,
-        )
-        return horizon
+    def _fit(self, step: int, per_step: float, how: str) -> int:
+        left = max(0.0, self.seconds - self.elapsed())
+        self.horizon = step + int(left / (per_step + self.eval_s / self.eval_interval))
+        logger.info("%s %.1f ms/step: %d steps fit the %.0f s budget", how, per_step * 1e3,
+                    self.horizon, self.seconds)  # fmt: skip
+        return self.horizon

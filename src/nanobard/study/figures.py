@@ -1,35 +1,39 @@
-"""Figures (matplotlib, Agg backend): data in, PNG path out. Nothing here trains or loads models."""
+"""The study's figures (matplotlib, Agg backend): the training curves of both tracks, the models
+compared, and ``study_figures``, which writes every figure of a study into its run folder under the
+names in rundir.py (the figures of what is inside the models are in interp/figures.py).
+"""
 
 from __future__ import annotations
 
-import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from nanobard.records import EvalRow  # noqa: E402
+from nanobard.interp.figures import (
+    attention_heads,
+    head_ablation,
+    head_formation,
+    induction_heads,
+    logit_lens,
+    loss_by_position,
+    plt,
+    save_figure,
+)
+from nanobard.records import EvalRow
+from nanobard.rundir import RunDir
 
 if TYPE_CHECKING:
-    from nanobard.study.records import Headline
+    from matplotlib.axes import Axes
 
-DPI = 110
-
-
-def _save(fig: Any, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    from nanobard.study.records import Headline, StudyState
 
 
 def training_progress(history: list[EvalRow], title: str, path: str | os.PathLike) -> Path:
-    """Train/val loss (nats per token) against steps and against tokens seen, and the learning rate."""
+    """Train/val loss (nats per token) against steps and against tokens seen, and the learning
+    rate."""
     rows = list(history)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for ax, xkey, xlabel in (
@@ -61,7 +65,7 @@ def training_progress(history: list[EvalRow], title: str, path: str | os.PathLik
             ax.margins(x=0.5)
     fig.suptitle(title, fontsize=13)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def model_comparison(head: Headline, path: str | os.PathLike) -> Path:
@@ -109,13 +113,13 @@ def model_comparison(head: Headline, path: str | os.PathLike) -> Path:
     axes[3].set_title("training time and throughput")
     fig.suptitle(f"From-scratch GPT vs fine-tuned {p.name}", fontsize=13)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _bars(
-    ax: Any,
+    ax: Axes,
     names: list[str],
-    values: list[float],
+    values: Sequence[float],
     colors: list[str],
     notes: list[str],
     top: float = 1.18,
@@ -128,59 +132,47 @@ def _bars(
         ax.set_ylim(0, max(values) * top)
 
 
-def attention_heads(
-    weights: torch.Tensor,
-    tokens: list[str],
-    layer: int,
-    title: str,
-    path: str | os.PathLike,
-    max_heads: int = 8,
-    max_tokens: int = 32,
-) -> Path:
-    """Heatmaps of the heads of one layer. weights: [layer, head, query_pos, key_pos].
-
-    Only the first ``max_tokens`` positions are drawn, so labels stay readable; with causal
-    attention the top-left block is exactly the attention of that prefix.
-    """
-    heads = min(weights.shape[1], max_heads)
-    T = min(len(tokens), max_tokens)
-    cols = 2 if heads <= 4 else 4
-    rows = math.ceil(heads / cols)
-    side = 3.4 if T <= 20 else 4.2
-    fig, axes = plt.subplots(
-        rows,
-        cols,
-        figsize=(side * cols + 1.2, side * rows + 0.8),
-        squeeze=False,
-        layout="constrained",
-    )
-    labels = [_label(t) for t in tokens[:T]]
-    fontsize = 8 if T <= 20 else 6
-    im = None
-    for h in range(rows * cols):
-        ax = axes[h // cols][h % cols]
-        if h >= heads:
-            ax.axis("off")
-            continue
-        im = ax.imshow(weights[layer, h, :T, :T].numpy(), cmap="viridis", vmin=0, vmax=1)
-        ax.set_title(f"head {h}", fontsize=10)
-        ax.set_xticks(range(T), labels, rotation=90, fontsize=fontsize)
-        ax.set_yticks(range(T), labels, fontsize=fontsize)
-        if h // cols == rows - 1 or h + cols >= heads:
-            ax.set_xlabel("key (attended to)")
-        if h % cols == 0:
-            ax.set_ylabel("query (attending)")
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.7, label="attention weight")
-    fig.suptitle(title, fontsize=12)
-    return _save(fig, path)
-
-
-def _label(token: str) -> str:
-    return token.replace("\n", "\\n").replace(" ", "·") or "∅"
-
-
 def _human(n: float) -> str:
     for unit, k in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= k:
             return f"{n / k:.1f}{unit}"
     return str(int(n))
+
+
+def study_figures(run: RunDir, state: StudyState, head: Headline) -> list[str]:
+    """Every figure of the study as a PNG in the run folder; returns their file names. Induction
+    heads and head ablation per model, the logit lens and loss by position of all models on one
+    axis each (the pretrained model before fine-tuning too, when analysed), and head formation from
+    the per-head scores in the from-scratch training history (left out when it has none)."""
+    s, f, a, interp = state.scratch, state.finetune, state.attention, state.interpret
+    assert s and f and a and interp, "the figures stage runs after training and the analyses"
+    made = [
+        training_progress(s.history, f"From-scratch GPT ({s.num_params:,} parameters)",
+                          run / RunDir.FIG_TRAINING_SCRATCH),
+        training_progress(f.history,
+                          f"Fine-tuning {f.model_name} ({f.num_params:,} parameters)",
+                          run / RunDir.FIG_TRAINING_HF),
+        model_comparison(head, run / RunDir.FIG_COMPARISON),
+    ]  # fmt: skip
+    w = torch.load(run / RunDir.ATTENTION_WEIGHTS, weights_only=True)
+    for key, analysis in (("scratch", a.scratch), ("pretrained", a.pretrained)):
+        layer = analysis.strongest_previous_token_layer
+        heads = w[key].shape[1]
+        shown = f"all {heads} heads" if heads <= 8 else f"8 of {heads} heads"
+        title = (
+            f"{analysis.model}: {shown} of layer {layer} (the layer of its strongest "
+            "previous-token head)"
+        )
+        made.append(
+            attention_heads(w[key], analysis.tokens, layer, title, run / RunDir.FIG_ATTENTION[key])
+        )
+    for track, m in (("scratch", interp.scratch), ("pretrained", interp.pretrained)):
+        made.append(induction_heads(m.induction, run / RunDir.FIG_INDUCTION[track]))
+        made.append(head_ablation(m.ablation, run / RunDir.FIG_ABLATION[track]))
+    models = [
+        m for m in (interp.scratch, interp.pretrained_before, interp.pretrained) if m is not None
+    ]
+    made.append(logit_lens([m.lens for m in models], run / RunDir.FIG_LOGIT_LENS))
+    made.append(loss_by_position([m.positions for m in models], run / RunDir.FIG_LOSS_BY_POSITION))
+    formed = head_formation(s.history, run / RunDir.FIG_HEAD_FORMATION)
+    return [p.name for p in made + ([formed] if formed else [])]

@@ -1,45 +1,110 @@
-"""Interpretability figures (matplotlib, Agg backend): one result of ``interpret`` in, one PNG out.
-
-Per-head tables are drawn as heatmaps ``# [layer, head]`` (layers down, heads across). Losses on
-text are in bits per character, so the character model and a BPE model share one axis.
-``interpretability_figures`` draws all of them for a study.
+"""Figures of what is inside a model (matplotlib, Agg backend): one record of ``interp`` in, one
+PNG out. Attention heatmaps of one layer; per-head tables as heatmaps ``# [layer, head]`` (layers
+down, heads across); losses on text in bits per character, so the character model and a BPE model
+share one axis. ``save_figure`` is the one way every figure of nanobard is written.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TypedDict
 
-import numpy as np
-from matplotlib.patches import Rectangle
-from matplotlib.ticker import FuncFormatter
+import matplotlib
 
-from nanobard.interp.circuits import AblationResult, InductionResult, LogitLensResult, PositionLoss
-from nanobard.records import EvalRow
-from nanobard.study.plots import _save, plt
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-if TYPE_CHECKING:
-    from nanobard.study.records import InterpretStudy
+from nanobard.interp.circuits import (  # noqa: E402
+    AblationResult,
+    InductionResult,
+    LogitLensResult,
+    PositionLoss,
+)
+from nanobard.records import EvalRow  # noqa: E402
 
-FIG_INDUCTION = {
-    "scratch": "induction_heads_scratch.png",
-    "pretrained": "induction_heads_pretrained.png",
-}
-FIG_ABLATION = {
-    "scratch": "head_ablation_scratch.png",
-    "pretrained": "head_ablation_pretrained.png",
-}
-FIG_LOGIT_LENS = "logit_lens.png"
-FIG_LOSS_BY_POSITION = "loss_by_position.png"
-FIG_HEAD_FORMATION = "head_formation_scratch.png"
+DPI = 110
+
+
+def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def attention_heads(
+    weights: torch.Tensor,
+    tokens: list[str],
+    layer: int,
+    title: str,
+    path: str | os.PathLike,
+    max_heads: int = 8,
+    max_tokens: int = 32,
+) -> Path:
+    """Heatmaps of the heads of one layer. weights: [layer, head, query_pos, key_pos].
+
+    Only the first ``max_tokens`` positions are drawn, so labels stay readable; with causal
+    attention the top-left block is exactly the attention of that prefix.
+    """
+    heads = min(weights.shape[1], max_heads)
+    T = min(len(tokens), max_tokens)
+    cols = 2 if heads <= 4 else 4
+    rows = math.ceil(heads / cols)
+    side = 3.4 if T <= 20 else 4.2
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(side * cols + 1.2, side * rows + 0.8),
+        squeeze=False,
+        layout="constrained",
+    )
+    labels = [_label(t) for t in tokens[:T]]
+    fontsize = 8 if T <= 20 else 6
+    im = None
+    for h in range(rows * cols):
+        ax = axes[h // cols][h % cols]
+        if h >= heads:
+            ax.axis("off")
+            continue
+        im = ax.imshow(weights[layer, h, :T, :T].numpy(), cmap="viridis", vmin=0, vmax=1)
+        ax.set_title(f"head {h}", fontsize=10)
+        ax.set_xticks(range(T), labels, rotation=90, fontsize=fontsize)
+        ax.set_yticks(range(T), labels, fontsize=fontsize)
+        if h // cols == rows - 1 or h + cols >= heads:
+            ax.set_xlabel("key (attended to)")
+        if h % cols == 0:
+            ax.set_ylabel("query (attending)")
+    assert im is not None, "the weights have no heads to draw"
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.7, label="attention weight")
+    fig.suptitle(title, fontsize=12)
+    return save_figure(fig, path)
+
+
+def _label(token: str) -> str:
+    return token.replace("\n", "\\n").replace(" ", "·") or "∅"
+
 
 ANNOTATE_MAX_CELLS = 120  # write each cell's value when the table is no bigger than this
 HIGHLIGHT = 4  # head formation: heads drawn in colour (the strongest at the end), the rest grey
 
 
-def _styles(n: int) -> list[dict[str, str]]:
+class Style(TypedDict):
+    """Keyword arguments of ``Axes.plot`` that draw one model's line."""
+
+    color: str
+    ls: str
+
+
+def _styles(n: int) -> list[Style]:
     """Line styles of n models in the report's colours: from scratch blue, the pretrained model
     before fine-tuning grey and dashed (it can lie right under the fine-tuned one), after purple."""
     colors = {2: ["tab:blue", "tab:purple"], 3: ["tab:blue", "tab:gray", "tab:purple"]}.get(
@@ -48,14 +113,14 @@ def _styles(n: int) -> list[dict[str, str]]:
     return [{"color": c, "ls": "--" if c == "tab:gray" else "-"} for c in colors]
 
 
-def _table(rows: list[list[float | None]]) -> np.ndarray:
+def _table(rows: Sequence[Sequence[float | None]]) -> np.ndarray:
     """A [layer, head] table as floats, None -> NaN."""
     return np.array([[math.nan if v is None else v for v in row] for row in rows], dtype=float)
 
 
 def _heatmap(
-    fig: Any,
-    ax: Any,
+    fig: Figure,
+    ax: Axes,
     table: np.ndarray,
     title: str,
     label: str,
@@ -103,7 +168,8 @@ def induction_heads(result: InductionResult, path: str | os.PathLike) -> Path:
     """Induction score and previous-token score of every head, side by side (0-1, mean attention
     weight on random tokens repeated twice)."""
     ind, prev = _table(result.induction), _table(result.previous_token)
-    fig, axes = plt.subplots(1, 2, figsize=_heatmap_size(*ind.shape, 2), layout="constrained")
+    L, H = ind.shape
+    fig, axes = plt.subplots(1, 2, figsize=_heatmap_size(L, H, 2), layout="constrained")
     _heatmap(
         fig,
         axes[0],
@@ -128,11 +194,11 @@ def induction_heads(result: InductionResult, path: str | os.PathLike) -> Path:
     )
     fig.suptitle(
         f"{result.model}: induction heads ({result.batch} x {result.seq_len} random tokens, each "
-        f"sequence repeated twice;\nloss {result.loss_first_bits:.2f} bits/token on the first copy, "
-        f"{result.loss_second_bits:.2f} on the second)",
+        f"sequence repeated twice;\nloss {result.loss_first_bits:.2f} bits/token on the first "
+        f"copy, {result.loss_second_bits:.2f} on the second)",
         fontsize=11,
     )
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def head_ablation(result: AblationResult, path: str | os.PathLike) -> Path:
@@ -159,7 +225,8 @@ def head_ablation(result: AblationResult, path: str | os.PathLike) -> Path:
     )
     missing = [i for i in range(L) if i not in result.layers]
     note = (
-        f"hatched: not ablated (only layers {', '.join(map(str, result.layers))} were, to save time)"
+        f"hatched: not ablated (only layers {', '.join(map(str, result.layers))} were, to save "
+        "time)"
         if missing
         else "every head was ablated"
     )
@@ -169,7 +236,7 @@ def head_ablation(result: AblationResult, path: str | os.PathLike) -> Path:
         f"(clean: {result.clean_bpc:.3f} bits/char; red = the model needs this head)",
         fontsize=11,
     )
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def logit_lens(results: list[LogitLensResult], path: str | os.PathLike) -> Path:
@@ -202,7 +269,7 @@ def logit_lens(results: list[LogitLensResult], path: str | os.PathLike) -> Path:
         "unembedding",
         fontsize=11,
     )
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _log_bins(r: PositionLoss, n_bins: int = 32) -> tuple[list[float], list[float]]:
@@ -211,7 +278,7 @@ def _log_bins(r: PositionLoss, n_bins: int = 32) -> tuple[list[float], list[floa
     xs, ys = [], []
     for lo, hi in zip(edges[:-1], edges[1:]):
         pts = [
-            (x, r.bpc[x], r.chars[x]) for x in range(lo, hi) if r.bpc[x] is not None and r.chars[x]
+            (x, b, r.chars[x]) for x in range(lo, hi) if (b := r.bpc[x]) is not None and r.chars[x]
         ]
         if pts:
             w = sum(c for *_, c in pts)
@@ -241,12 +308,13 @@ def loss_by_position(results: list[PositionLoss], path: str | os.PathLike) -> Pa
     ax.set_xlabel("character position in the context window (characters read before it, log scale)")
     ax.set_ylabel("bits per character (lower is better)")
     ax.set_title(
-        "Loss by position in the context: faint = each position, line = averaged over log-spaced bins",
+        "Loss by position in the context: faint = each position, line = averaged over "
+        "log-spaced bins",
         fontsize=10,
     )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def head_formation(history: list[EvalRow], path: str | os.PathLike) -> Path | None:
@@ -256,13 +324,14 @@ def head_formation(history: list[EvalRow], path: str | os.PathLike) -> Path | No
     rows = [r for r in history if r.heads]
     if not rows:
         return None
+    heads = [r.heads for r in rows if r.heads]  # the scores of each row of rows
     tokens = [r.tokens for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(14, 4.8), layout="constrained")
     for ax, key, name in (
         (axes[0], "previous_token", "previous-token score"),
         (axes[1], "induction", "induction score"),
     ):
-        _formation_panel(ax, tokens, [_table(r.heads[key]) for r in rows], name)
+        _formation_panel(ax, tokens, [_table(h[key]) for h in heads], name)
         loss_ax = ax.twinx()
         loss_ax.plot(
             tokens, [r.val_loss for r in rows], "k--", lw=1.2, alpha=0.7, label="validation loss"
@@ -274,10 +343,10 @@ def head_formation(history: list[EvalRow], path: str | os.PathLike) -> Path | No
         "twice, at each evaluation)",
         fontsize=11,
     )
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _formation_panel(ax: Any, tokens: list[int], tables: list[np.ndarray], name: str) -> None:
+def _formation_panel(ax: Axes, tokens: list[int], tables: list[np.ndarray], name: str) -> None:
     """One line per head; the ``HIGHLIGHT`` heads strongest at the end in colour, the rest grey."""
     series = np.stack(tables)  # [eval, layer, head]
     _, L, H = series.shape
@@ -305,27 +374,5 @@ def _formation_panel(ax: Any, tokens: list[int], tables: list[np.ndarray], name:
     ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
-    ax.legend(handles[::-1], labels[::-1], loc="upper left", fontsize=8)  # strongest first
-
-
-def interpretability_figures(
-    interp: InterpretStudy,
-    history: list[EvalRow],
-    out_dir: str | os.PathLike,
-) -> list[Path]:
-    """Every interpretability figure of a study (names in ``plots_interpret``): induction heads and
-    head ablation per model, the logit lens and loss by position of all models on one axis each
-    (the pretrained model before fine-tuning too, when analysed), and head formation from the
-    per-head scores in the from-scratch training ``history`` (left out when it has none)."""
-    out = Path(out_dir)
-    made = []
-    for track, a in (("scratch", interp.scratch), ("pretrained", interp.pretrained)):
-        made.append(induction_heads(a.induction, out / FIG_INDUCTION[track]))
-        made.append(head_ablation(a.ablation, out / FIG_ABLATION[track]))
-    models = [
-        a for a in (interp.scratch, interp.pretrained_before, interp.pretrained) if a is not None
-    ]
-    made.append(logit_lens([a.lens for a in models], out / FIG_LOGIT_LENS))
-    made.append(loss_by_position([a.positions for a in models], out / FIG_LOSS_BY_POSITION))
-    formed = head_formation(history, out / FIG_HEAD_FORMATION)
-    return made + ([formed] if formed else [])
+    # strongest first
+    ax.legend(handles[::-1], labels[::-1], loc="upper left", fontsize=8)
