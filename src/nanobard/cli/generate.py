@@ -32,8 +32,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         choices=["auto", "float32", "bfloat16", "int8"],
         help="precision of the weights while generating. float32 (default) gives the same text on "
         "every machine. A CPU spends each token reading the weights, so fewer bytes are faster: "
-        "bfloat16 (= auto on a CPU) ~1.7-2x, int8 (weight-only, CPU) ~2.5x for the 10.7M model; "
-        "samples then differ slightly from float32",
+        "bfloat16 (= auto on a CPU) or int8 (weight-only, CPU) are faster for larger models "
+        "(benchmarks/README.md has the measured speeds); samples then differ slightly from float32",
     )
     g.set_defaults(handler=handle)
 
