@@ -70,7 +70,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How the from-scratch model is trained. Budgets: the first of steps/epochs/time reached ends it."""
+    """How the from-scratch model is trained. Budgets: the first of steps/epochs/time reached
+    ends it."""
 
     batch_size: int = opt(
         12, "sequences per micro-batch; reduce (16 -> 8 -> 4) if you run out of memory"
@@ -138,7 +139,8 @@ class TrainConfig:
             raise ConfigError("beta1 and beta2 must be in [0, 1)")
         if self.optimizer not in get_args(OptimizerName):
             raise ConfigError(
-                f"optimizer must be one of {', '.join(get_args(OptimizerName))}, got {self.optimizer!r}"
+                f"optimizer must be one of {', '.join(get_args(OptimizerName))}, "
+                f"got {self.optimizer!r}"
             )
         if self.dtype not in get_args(DType):
             raise ConfigError(
@@ -228,8 +230,8 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "quick": Preset(
         "quick",
-        "about 3 minutes on 2 CPU cores: a 0.8M-parameter model trained with Muon (lr 1e-2), good enough for "
-        "recognisable text",
+        "about 3 minutes on 2 CPU cores: a 0.8M-parameter model trained with Muon (lr 1e-2), "
+        "good enough for recognisable text",
         ModelConfig(block_size=128, n_layer=4, n_head=4, n_embd=128),
         TrainConfig(
             batch_size=16,
@@ -276,8 +278,9 @@ PRESETS: dict[str, Preset] = {
     ),
     "fast": Preset(
         "fast",
-        "shortest wall time to nanoGPT's baby-config loss (1.886) on tiny Shakespeare on a CPU: the baby "
-        "model trained with Muon, batch 16, lr 1.4e-2, 30 warmup steps, a 380-step schedule (~30 s on 2 cores)",
+        "shortest wall time to nanoGPT's baby-config loss (1.886) on tiny Shakespeare on a CPU: "
+        "the baby model trained with Muon, batch 16, lr 1.4e-2, 30 warmup steps, a 380-step "
+        "schedule (~30 s on 2 cores)",
         ModelConfig(block_size=64, n_layer=4, n_head=4, n_embd=128),
         TrainConfig(
             batch_size=16,
@@ -292,9 +295,10 @@ PRESETS: dict[str, Preset] = {
     ),
     "cpu-10min": Preset(
         "cpu-10min",
-        "best validation loss in 10 minutes of CPU wall time: a wider model (4 x 192, context 128), Muon, weight "
-        "decay 0.3, bfloat16 autocast where it is native; the cosine schedule is sized to the 570 s budget from the "
-        "speed measured in the first steps, so it decays fully on a slow machine and a fast one alike",
+        "best validation loss in 10 minutes of CPU wall time: a wider model "
+        "(4 x 192, context 128), Muon, weight decay 0.3, bfloat16 autocast where it is native; "
+        "the cosine schedule is sized to the 570 s budget from the speed measured in the first "
+        "steps, so it decays fully on a slow machine and a fast one alike",
         ModelConfig(block_size=128, n_layer=4, n_head=6, n_embd=192),
         TrainConfig(
             batch_size=16,
@@ -399,11 +403,11 @@ class StudyPreset:
 
 
 # Fine-tuning a 135M model on a CPU, by wall time; scores on the first 20,000 validation characters.
-# LoRA rank 8 at lr 3e-3: in the same 75 s it takes ~1.5x the steps of full fine-tuning and ends lower
-# on both CPU kinds (benchmarks/finetune_budget.py: 1.544 vs 1.561 bits/char with AVX-512 BF16,
-# 1.542 vs 1.590 without).
-# Samples: 3 prompts x 3 strategies x 40 tokens, before and after (720 tokens decoded by a 135M model,
-# a large part of the stage's time beyond training on a CPU).
+# LoRA rank 8 at lr 3e-3: in the same 75 s it takes ~1.5x the steps of full fine-tuning and ends
+# lower on both CPU kinds (benchmarks/finetune_budget.py: 1.544 vs 1.561 bits/char with AVX-512
+# BF16, 1.542 vs 1.590 without).
+# Samples: 3 prompts x 3 strategies x 40 tokens, before and after (720 tokens decoded by a 135M
+# model, a large part of the stage's time beyond training on a CPU).
 _CPU_FINETUNE = FinetuneConfig(
     max_steps=None,
     max_time=75.0,
@@ -418,16 +422,16 @@ _CPU_FINETUNE = FinetuneConfig(
 STUDY_PRESETS: dict[str, StudyPreset] = {
     "quick": StudyPreset(
         "quick",
-        "the whole study in about 5 minutes on 2 CPU cores: 75 s of from-scratch training and 75 s of "
-        "LoRA fine-tuning, whatever the machine",
+        "the whole study in about 5 minutes on 2 CPU cores: 75 s of from-scratch training and "
+        "75 s of LoRA fine-tuning, whatever the machine",
         "quick",
         _CPU_FINETUNE,
         scratch_time=75.0,
     ),
     "cpu-10min": StudyPreset(
         "cpu-10min",
-        "the quick study with the best from-scratch model that 10 minutes of CPU buy (the cpu-10min "
-        "preset): about 15 minutes on 2 CPU cores",
+        "the quick study with the best from-scratch model that 10 minutes of CPU buy "
+        "(the cpu-10min preset): about 15 minutes on 2 CPU cores",
         "cpu-10min",
         _CPU_FINETUNE,
     ),
@@ -448,7 +452,8 @@ STUDY_PRESETS: dict[str, StudyPreset] = {
     ),
     "gpu": StudyPreset(
         "gpu",
-        "larger, for a CUDA machine: the 10.7M scratch model, 1 epoch of fine-tuning, whole-text scores",
+        "larger, for a CUDA machine: the 10.7M scratch model, 1 epoch of fine-tuning, "
+        "whole-text scores",
         "gpu",
         FinetuneConfig(
             max_steps=None,

@@ -1,5 +1,6 @@
 """The one base class of errors a user can cause. The CLI prints exactly these as one line (and
-exits with their ``exit_code``); any other exception is a bug in nanobard and keeps its traceback."""
+exits with their ``exit_code``); any other exception is a bug in nanobard and keeps its
+traceback."""
 
 from __future__ import annotations
 

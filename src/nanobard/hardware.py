@@ -145,7 +145,8 @@ def pick_device(name: str = "auto") -> torch.device:
             getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
         ):
             raise ConfigError(
-                f"--device {name}: Apple's MPS backend is not available here; use --device auto or cpu"
+                f"--device {name}: Apple's MPS backend is not available here; "
+                "use --device auto or cpu"
             )
         return device
     if torch.cuda.is_available():
@@ -169,8 +170,8 @@ def _why_not_bf16(device: torch.device) -> str:
     if device.type == "cpu":
         c = cpu_info()
         return (
-            f"this CPU ({c.kind}, torch capability {c.capability}) has no AVX-512 BF16 or AMX, so torch "
-            "emulates bfloat16: matmuls run tens of times slower than float32"
+            f"this CPU ({c.kind}, torch capability {c.capability}) has no AVX-512 BF16 or AMX, "
+            "so torch emulates bfloat16: matmuls run tens of times slower than float32"
         )
     return f"{device.type} has no fast bfloat16 here"
 

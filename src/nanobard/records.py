@@ -1,6 +1,7 @@
 """Typed results: a dataclass that derives from ``Record`` is written as plain JSON by
-``to_dict()``/``save()`` and rebuilt, nested records and paths included, by ``from_dict()``/``load()``.
-Every JSON file of a run folder is one of these (rundir.py names the files).
+``to_dict()``/``save()`` and rebuilt, nested records and paths included, by
+``from_dict()``/``load()``. Every JSON file of a run folder is one of these (rundir.py names the
+files).
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def _fields(obj: Any) -> dict[str, Any]:
 
 
 def _from_fields(cls: Any, data: dict[str, Any]) -> Any:
-    """A dataclass from its JSON fields (unknown keys ignored: an older or newer file still loads)."""
+    """A dataclass from its JSON fields (unknown keys ignored: an older or newer file still
+    loads)."""
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: _decode(hints[k], v) for k, v in data.items() if k in known})

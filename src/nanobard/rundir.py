@@ -60,7 +60,8 @@ class RunDir:
     FIG_HEAD_FORMATION = "head_formation_scratch.png"
 
     def write_config(self, config: Record, name: str = CONFIG) -> Path:
-        """The one writer of a run's configuration file: the full config it ran with, as a record."""
+        """The one writer of a run's configuration file: the full config it ran with, as a
+        record."""
         return config.save(self.path / name)
 
     def __truediv__(self, name: str) -> Path:

@@ -43,8 +43,9 @@ def handle(args: argparse.Namespace) -> int:
         print(line)
     c = analysis.causality
     print(
-        f"causality: attention above diagonal max {c.attention_above_diagonal_max:.3g} ({c.attention_check}); "
-        f"future gradient max {c.future_gradient_max:.3g} ({c.gradient_check})"
+        f"causality: attention above diagonal max {c.attention_above_diagonal_max:.3g} "
+        f"({c.attention_check}); future gradient max {c.future_gradient_max:.3g} "
+        f"({c.gradient_check})"
     )
     print(f"figure: {png}")
     return 0

@@ -28,7 +28,8 @@ class Parser(argparse.ArgumentParser):
         )
         self.exit(
             2,
-            f"nanobard: error: {self.prog.removeprefix('nanobard ')}: {message}{hint}; see {self.prog} --help\n",
+            f"nanobard: error: {self.prog.removeprefix('nanobard ')}: {message}{hint}; "
+            f"see {self.prog} --help\n",
         )
 
 
@@ -148,5 +149,6 @@ def print_score_table(rows: list[tuple[str, int, Score]]) -> None:
     print(f"{'model':<38} {'params':>12} {'chars':>8} {'nats/token':>11} {'bits/char':>10}")
     for name, params, score in rows:
         print(
-            f"{name:<38} {params:>12,} {score.chars:>8,} {score.nats_per_token:>11.4f} {score.bits_per_char:>10.4f}"
+            f"{name:<38} {params:>12,} {score.chars:>8,} "
+            f"{score.nats_per_token:>11.4f} {score.bits_per_char:>10.4f}"
         )

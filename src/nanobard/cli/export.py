@@ -1,4 +1,5 @@
-"""``nanobard export``: the from-scratch GPT as a Hugging Face GPT-2 folder (and optionally GGUF)."""
+"""``nanobard export``: the from-scratch GPT as a Hugging Face GPT-2 folder
+(and optionally GGUF)."""
 
 from __future__ import annotations
 

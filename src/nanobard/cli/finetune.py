@@ -44,8 +44,9 @@ def handle(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print(
-        f"\nfine-tuned {res.model_name} ({res.num_params:,} parameters, {res.trainable_params:,} trained) for "
-        f"{res.steps} steps, {res.tokens:,} tokens in {res.train_seconds:.1f} s ({res.tokens_per_s:,.0f} tokens/s)"
+        f"\nfine-tuned {res.model_name} ({res.num_params:,} parameters, "
+        f"{res.trainable_params:,} trained) for {res.steps} steps, {res.tokens:,} tokens "
+        f"in {res.train_seconds:.1f} s ({res.tokens_per_s:,.0f} tokens/s)"
     )
     print(f"scored on the first {res.before.chars + 1:,} characters of the validation text:")
     print_score_table(

@@ -59,7 +59,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--lora-r",
         type=int,
         default=None,
-        help="LoRA rank of the fine-tuning (merged on save); 0 = full fine-tuning (the CPU study presets use 8)",
+        help="LoRA rank of the fine-tuning (merged on save); 0 = full fine-tuning "
+        "(the CPU study presets use 8)",
     )
     r.add_argument(
         "--score-chars", type=int, default=None, help="validation characters to score (0 = all)"
@@ -110,17 +111,20 @@ def handle(args: argparse.Namespace) -> int:
     s, p = res.headline.scratch, res.headline.pretrained
     print(f"\nstudy finished in {time.perf_counter() - t0:.0f} s; report: {res.report}")
     print(
-        f"\nbits per character on the same {res.headline.score_chars:,} validation characters (lower is better):"
+        f"\nbits per character on the same {res.headline.score_chars:,} validation characters "
+        "(lower is better):"
     )
     print(
-        f"  {'model':<34} {'params':>12} {'bits/char':>10} {'loss reduction':>15} {'train time':>11}"
+        f"  {'model':<34} {'params':>12} {'bits/char':>10} "
+        f"{'loss reduction':>15} {'train time':>11}"
     )
     print(
         f"  {'from scratch':<34} {s.num_params:>12,} {s.bits_per_char:>10.4f} "
         f"{s.loss_reduction_pct:>14.1f}% {s.train_seconds:>10.0f}s"
     )
     print(
-        f"  {p.name + ' before fine-tuning':<34} {p.num_params:>12,} {p.bits_per_char_before:>10.4f}"
+        f"  {p.name + ' before fine-tuning':<34} {p.num_params:>12,} "
+        f"{p.bits_per_char_before:>10.4f}"
     )
     print(
         f"  {p.name + ' after fine-tuning':<34} {p.num_params:>12,} {p.bits_per_char:>10.4f} "

@@ -59,8 +59,9 @@ def handle(args: argparse.Namespace) -> int:
         f"in {res.elapsed_s:.1f} s, {res.tokens_per_s:,.0f} tokens/s; stopped by {res.stopped}"
     )
     print(
-        f"val loss: first {res.first_val_loss:.4f}, best {res.best_val_loss:.4f}, final {res.final_val_loss:.4f} "
-        f"(nats/char); best checkpoint: {out / RunDir.BEST}; result: {out / RunDir.TRAIN_RESULT}"
+        f"val loss: first {res.first_val_loss:.4f}, best {res.best_val_loss:.4f}, "
+        f"final {res.final_val_loss:.4f} (nats/char); best checkpoint: {out / RunDir.BEST}; "
+        f"result: {out / RunDir.TRAIN_RESULT}"
     )
     if args.sample_tokens > 0:
         print("\n--- sample (temperature 0.8) ---")

@@ -116,7 +116,8 @@ def read_text_file(path: str | os.PathLike) -> str:
 
 
 def tiny_shakespeare_path() -> Path:
-    """Local path of tiny Shakespeare: ``$NANOBARD_TINYSHAKESPEARE``, else the verified cached download."""
+    """Local path of tiny Shakespeare: ``$NANOBARD_TINYSHAKESPEARE``, else the verified cached
+    download."""
     env = os.environ.get(TINY_SHAKESPEARE_ENV)
     if env:
         p = Path(env)
@@ -148,7 +149,8 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def download_verified(url: str, dest: Path, sha256: str) -> None:
     """Download ``url`` to ``dest`` through pooch: into a temporary file, checked against the
-    SHA-256, then moved into place, so ``dest`` is never a partial or wrong file. One-line errors."""
+    SHA-256, then moved into place, so ``dest`` is never a partial or wrong file. One-line
+    errors."""
     import pooch
 
     logger.info("downloading %s", url)
@@ -250,13 +252,14 @@ def check_fits(split: CorpusSplit | TokenCorpus, block_size: int) -> None:
     need = block_size + 2
     if len(split.train) < need:
         raise CorpusError(
-            f"corpus {split.name!r} is too short: {split.n_chars} characters, the training part needs at "
-            f"least {need} for --block-size {block_size}; use a longer text or a smaller --block-size"
+            f"corpus {split.name!r} is too short: {split.n_chars} characters, the training part "
+            f"needs at least {need} for --block-size {block_size}; use a longer text or a "
+            "smaller --block-size"
         )
     if len(split.val) < need:
         raise CorpusError(
-            f"the validation part of {split.name!r} ({len(split.val)} characters, the last 10%) is shorter "
-            f"than one block ({need}); use a longer text or a smaller --block-size"
+            f"the validation part of {split.name!r} ({len(split.val)} characters, the last 10%) "
+            f"is shorter than one block ({need}); use a longer text or a smaller --block-size"
         )
 
 

@@ -3,10 +3,11 @@
 As nanoGPT's ``prepare.py`` does: the character ids of the training and validation parts are
 written as flat ``uint16`` arrays (``uint32`` when the vocabulary has more than 65,536 characters)
 to ``<cache>/tokens/<sha256 of the text>/{train,val}.npy`` with a ``meta.json`` holding the
-vocabulary (``np.load(path, mmap_mode="r")`` opens them without nanobard). A later run on the same text maps those files instead of reading and encoding the
-text again, and every process under ``torchrun`` maps the same files. Memory stays small whatever
-the corpus size: the file is read, validated and encoded in chunks of a few MB with vectorised
-NumPy lookups (one table from code point to id), never as one Python list of ints.
+vocabulary (``np.load(path, mmap_mode="r")`` opens them without nanobard). A later run on the
+same text maps those files instead of reading and encoding the text again, and every process
+under ``torchrun`` maps the same files. Memory stays small whatever the corpus size: the file is
+read, validated and encoded in chunks of a few MB with vectorised NumPy lookups (one table from
+code point to id), never as one Python list of ints.
 
 The ids equal ``CharTokenizer.from_text(train, val).encode(text)``: the sorted characters of the
 training part, then the characters found only in the validation part (see tokenizer.py). The
@@ -48,7 +49,8 @@ _N_CODE_POINTS = 0x110000
 
 @dataclass
 class TokenCorpus:
-    """A corpus as token ids: ``train`` and ``val`` are 1-D integer arrays (memory-mapped when cached)."""
+    """A corpus as token ids: ``train`` and ``val`` are 1-D integer arrays
+    (memory-mapped when cached)."""
 
     name: str
     tokenizer: CharTokenizer
@@ -84,7 +86,8 @@ def _file_chunks(path: Path) -> Iterator[str]:
                 text = carry + decoder.decode(raw, final=not raw)
             except UnicodeDecodeError as e:
                 raise CorpusError(
-                    f"{path} is not UTF-8 text (bad byte at offset {offset + e.start}); convert it, e.g. "
+                    f"{path} is not UTF-8 text (bad byte at offset {offset + e.start}); "
+                    "convert it, e.g. "
                     f"`iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8.txt`"
                 ) from None
             offset += len(raw)
@@ -229,7 +232,8 @@ def load_tokens(
     data_path: str | os.PathLike | None = None,
     cache_root: Path | None = None,
 ) -> TokenCorpus:
-    """The corpus as memory-mapped token ids, encoded on first use and cached by the text's SHA-256."""
+    """The corpus as memory-mapped token ids, encoded on first use and cached by the text's
+    SHA-256."""
     if data_path is not None:
         path = Path(data_path)
         check_text_file(path)

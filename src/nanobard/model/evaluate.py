@@ -154,7 +154,8 @@ def score_hf(
     batch_size: int = 4,
     progress: bool = False,
 ) -> Score:
-    """Bits per character of a Hugging Face causal LM on ``text`` (its own tokenizer, no special tokens)."""
+    """Bits per character of a Hugging Face causal LM on ``text`` (its own tokenizer, no special
+    tokens)."""
     t0 = time.perf_counter()
     model.eval()
     device = next(model.parameters()).device

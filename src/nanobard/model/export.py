@@ -1,8 +1,9 @@
-"""Export a from-scratch checkpoint as a Hugging Face ``GPT2LMHeadModel`` folder (and, optionally, GGUF).
+"""Export a from-scratch checkpoint as a Hugging Face ``GPT2LMHeadModel`` folder (and, optionally,
+GGUF).
 
 The folder holds ``config.json``, ``model.safetensors``, ``generation_config.json``, a character
-tokenizer (``tokenizer.json``) and a ``README.md`` model card, so that plain ``transformers`` loads it
-without nanobard::
+tokenizer (``tokenizer.json``) and a ``README.md`` model card, so that plain ``transformers`` loads
+it without nanobard::
 
     pipe = transformers.pipeline("text-generation", model="exported/")
     pipe("ROMEO:\\n")  # greedy up to the context: the same text as `nanobard generate --greedy`
@@ -79,8 +80,9 @@ class ExportResult:
         """One line for the CLI, e.g. ``exported ... to out/ (6 files, 3.4 MB)``."""
         extra = f", GGUF {self.gguf_file.name}" if self.gguf_file else ""
         return (
-            f"exported {self.checkpoint} ({self.num_params:,} parameters) as a Hugging Face GPT-2 to "
-            f"{self.out_dir} ({len(self.files)} files, {self.size_bytes / 1e6:.2f} MB{extra})"
+            f"exported {self.checkpoint} ({self.num_params:,} parameters) as a Hugging Face "
+            f"GPT-2 to {self.out_dir} ({len(self.files)} files, "
+            f"{self.size_bytes / 1e6:.2f} MB{extra})"
         )
 
 
@@ -205,6 +207,9 @@ def model_card(
         else next((ch for ch in tok.chars if ch.isalpha()), tok.chars[0])
     )
     n_new = max(1, c.block_size - len(prompt))
+    positions = c.pos_encoding + (
+        " (fixed table written into `wpe`)" if c.pos_encoding == "sinusoidal" else ""
+    )
     gguf_note = (
         f"\n- `{GGUF_NAME}` holds the same float32 weights; load it with this folder's config: "
         f'`GPT2LMHeadModel.from_pretrained(folder, gguf_file="{GGUF_NAME}", '
@@ -228,19 +233,22 @@ as a Hugging Face `GPT2LMHeadModel`. It reads and writes **one character per tok
 | layers / heads / width | {c.n_layer} / {c.n_head} / {c.n_embd} |
 | context (`n_positions`) | {c.block_size} characters |
 | vocabulary | {tok.vocab_size} characters: `{chars}` |
-| positions | {c.pos_encoding}{" (fixed table written into `wpe`)" if c.pos_encoding == "sinusoidal" else ""} |
+| positions | {positions} |
 | validation loss at export | {val} |
 
 ```python
 from transformers import pipeline
 
 pipe = pipeline("text-generation", model="PATH/TO/THIS/FOLDER")
-print(pipe({prompt!r})[0]["generated_text"])  # greedy, until the {c.block_size}-character context is full
-print(pipe({prompt!r}, max_new_tokens={min(n_new, 10)})[0]["generated_text"])  # or a number of new characters
+print(pipe({prompt!r})[0]["generated_text"])\
+  # greedy, until the {c.block_size}-character context is full
+print(pipe({prompt!r}, max_new_tokens={min(n_new, 10)})[0]["generated_text"])\
+  # or a number of new characters
 ```
 
 Notes
-- Greedy output equals `nanobard generate --greedy` while prompt + new characters fit in {c.block_size};
+- Greedy output equals `nanobard generate --greedy` while prompt + new characters fit in \
+{c.block_size};
   the model has no positions beyond that (transformers then fails with `index out of range`), so
   keep prompt + `max_new_tokens` within the context. `generation_config.json` sets `max_length`
   to the context and `do_sample` to false; with `max_new_tokens` transformers notes that both
@@ -349,7 +357,8 @@ def byte_level_spelling() -> dict[int, str]:
 
 
 def gguf_tensors(model: GPT) -> dict[str, torch.Tensor]:
-    """Our weights under llama.cpp's gpt2 tensor names, matrices (out, in) as llama.cpp stores them."""
+    """Our weights under llama.cpp's gpt2 tensor names, matrices (out, in) as llama.cpp stores
+    them."""
     out: dict[str, torch.Tensor] = {}
     for k, v in hf_state_dict(model).items():
         if k.endswith(CONV1D):

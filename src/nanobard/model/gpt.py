@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 
 def sinusoidal_encoding(block_size: int, n_embd: int) -> torch.Tensor:
-    """Fixed encoding of Vaswani et al.: PE[p, 2i] = sin(p / 10000^(2i/C)), PE[p, 2i+1] = cos(...)."""
+    """Fixed encoding of Vaswani et al.: PE[p, 2i] = sin(p / 10000^(2i/C)),
+    PE[p, 2i+1] = cos(...)."""
     pos = torch.arange(block_size, dtype=torch.float32)[:, None]  # (T, 1)
     freq = torch.exp(
         torch.arange(0, n_embd, 2, dtype=torch.float32) * (-math.log(10000.0) / n_embd)

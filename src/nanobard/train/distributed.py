@@ -46,7 +46,8 @@ class Dist:
 
     def from_main(self, value: T) -> T:
         """Rank 0's ``value`` on every rank (a step horizon each rank fitted to its own clock, the
-        decision to stop: ranks that disagreed on when to stop would wait for each other forever)."""
+        decision to stop: ranks that disagreed on when to stop would wait for each other
+        forever)."""
         if not self.enabled:
             return value
         box = [value]

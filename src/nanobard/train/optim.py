@@ -171,7 +171,8 @@ def _adamw(
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> Optimizer:
-    """The optimizer ``cfg.optimizer`` names, over the model's trainable parameters (see module docstring)."""
+    """The optimizer ``cfg.optimizer`` names, over the model's trainable parameters
+    (see module docstring)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if cfg.optimizer == "adamw":
         return _adamw([p for _, p in named], cfg, device)
