@@ -283,3 +283,31 @@ def test_checkpoint_that_runs_code_on_load_is_refused(tmp_path, monkeypatch):
 def test_invalid_train_configs(kw):
     with pytest.raises(ConfigError):
         tcfg(**kw)
+
+
+def test_a_resumed_time_budget_fills_what_the_first_session_left(tmp_path, tiny_text, fake_clock):
+    """Interrupted at step 20 of a 3 s budget, then resumed: the second session calibrates on its
+    own steps but sizes the run's horizon (a global step), so the two sessions together end when
+    the budget is spent, not after a second session's worth of steps counted from 0."""
+    import os
+    import signal
+
+    from nanobard.train.loop import TrainingInterrupted
+
+    def interrupt_at_20(model, row):
+        if row.step == 20:
+            os.kill(os.getpid(), signal.SIGINT)  # the loop stops after the step, resumably
+        return row
+
+    cfg = tcfg(max_steps=None, max_time=3.0, eval_interval=10)
+    split = split_text(tiny_text)
+    with pytest.raises(TrainingInterrupted):
+        train(TINY_MODEL, cfg, split, tmp_path, progress=False, on_eval=[interrupt_at_20])
+    first = json.loads(
+        torch.load(tmp_path / "ckpt_last.pt", weights_only=True)["train_state"]["counters"]
+    )
+    assert first["step"] == 21
+    res = train(TINY_MODEL, cfg, split, tmp_path, resume=True, progress=False)
+    assert res.stopped == "time"
+    # every fake step is 1/16 s and evaluations are free: 3 s hold 48 steps in all
+    assert res.steps == pytest.approx(48, abs=1) and res.elapsed_s == pytest.approx(3.0, abs=STEP_S)

@@ -98,3 +98,25 @@ def test_both_tracks_decay_along_the_same_cosine():
     for step in (10, 35, 60, 85, 110, 200):  # after warmup the two schedules are the same curve
         assert lr_at(step, cfg, 110, 0.0) == pytest.approx(lr_factor(step, 10, 110))
     assert lr_factor(5, 10, 110) == 0.5  # the Trainer's warmup starts from 0
+
+
+def test_the_trainers_callback_sizes_a_resumed_run_in_global_steps(
+    fake_time, monkeypatch, tmp_path
+):
+    """The fine-tuning track's budget on a run resumed at global step 100: it calibrates on the
+    session's own steps, and its horizon (what the Trainer stops at and the cosine runs to) is a
+    global step that fills what is left of the budget."""
+    from nanobard.hf import trainer as ht
+
+    monkeypatch.setattr(ht, "time", schedule.time)  # the same fake clock
+    budget = TimeBudget(10.0, 1000)
+    cb = ht.metrics_callback(tmp_path / "m.jsonl", 1, fake_time[0], None, budget)
+    state = SimpleNamespace(global_step=100, is_world_process_zero=True)
+    control = SimpleNamespace(should_training_stop=False, should_evaluate=False, should_save=False)
+    cb.on_train_begin(None, state, control)
+    while not control.should_training_stop:
+        cb.on_step_begin(None, state, control)
+        fake_time[0] += 1.0  # one second a step
+        state.global_step += 1
+        cb.on_step_end(None, state, control)
+    assert budget.horizon == state.global_step == 110  # 10 steps of 1 s after the resume

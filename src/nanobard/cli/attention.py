@@ -14,7 +14,10 @@ def add(sub: argparse._SubParsersAction) -> None:
         "attention", help="attention heatmap, head statistics and causality check for one model"
     )
     a.add_argument(
-        "model", metavar="MODEL", help="model_scratch_best.pt, a run folder, an HF folder or hub id"
+        "model",
+        metavar="MODEL",
+        help="model_scratch_best.pt, a run folder, or an HF folder or hub id of a GPT-2 or "
+        "Llama-style model (the architectures nanobard's Lens opens)",
     )
     a.add_argument(
         "--text", default=SHAKESPEARE_TEXT, help="text to look at (characters the model knows)"
@@ -32,7 +35,9 @@ def handle(args: argparse.Namespace) -> int:
 
     m = open_model(args.model, attn="eager")
     lens = make_lens(m.model, m.tokenizer, m.name)
-    maps = A.attention_maps(lens, args.text, max_tokens=None if m.kind == "scratch" else 48)
+    maps = A.attention_maps(
+        lens, args.text, max_tokens=None if m.kind == "scratch" else A.HF_MAP_TOKENS
+    )
     n_layers = maps.weights.shape[0]
     layer = args.layer if args.layer is not None else n_layers - 1
     if not 0 <= layer < n_layers:

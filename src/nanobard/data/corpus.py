@@ -160,13 +160,13 @@ def download_verified(url: str, dest: Path, sha256: str) -> None:
         pooch.retrieve(
             url, known_hash=f"sha256:{sha256}", fname=dest.name, path=dest.parent, progressbar=False
         )
-    except ValueError as e:  # pooch: the SHA-256 did not match (the download is deleted)
-        raise CorpusError(f"download of {url} failed its checksum ({e}); try again later") from None
     except OSError as e:  # no network, an HTTP error (requests' errors are OSErrors)
         raise CorpusError(
             f"cannot download {url} ({type(e).__name__}: {e}); download it yourself and set "
             f"{TINY_SHAKESPEARE_ENV}=PATH"
         ) from None
+    except ValueError as e:  # pooch: the SHA-256 did not match (the download is deleted)
+        raise CorpusError(f"download of {url} failed its checksum ({e}); try again later") from None
 
 
 # --------------------------------------------------------------------------------------------

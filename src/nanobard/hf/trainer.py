@@ -128,6 +128,9 @@ def metrics_callback(
     transformers is imported, so no annotation can name it)."""
     from transformers import TrainerCallback
 
+    if budget is not None:  # the budget counts from where the caller's clock does
+        budget.t0 = t0
+
     class MetricsCallback(TrainerCallback):
         def __init__(self) -> None:
             self.last: dict[str, float] = {}
@@ -157,14 +160,16 @@ def metrics_callback(
                 RunDir(path.parent).append_metrics(row, path.name)
 
         def on_train_begin(self, args, state, control, **kw):
-            self.mark, self.start_step = time.perf_counter(), state.global_step
+            self.mark = time.perf_counter()
+            if budget is not None:  # a resumed run: this session calibrates on its own steps
+                budget.start_step = state.global_step
 
         def on_step_begin(self, args, state, control, **kw):
             # an evaluation (and its checkpoint) ran since the last step ended: the budget counts it
             if budget is not None and state.global_step % budget.eval_interval == 0:
                 spent = time.perf_counter() - self.mark
                 if budget.sized:
-                    budget.refine(state.global_step - self.start_step, spent)
+                    budget.refine(state.global_step, spent)
                 else:
                     budget.eval_s = spent
 
@@ -172,7 +177,7 @@ def metrics_callback(
             self.mark = time.perf_counter()
             elapsed = self.mark - t0
             if budget is not None:
-                budget.observe(state.global_step - self.start_step)
+                budget.observe(state.global_step)
             out_of_time = max_time is not None and elapsed > max_time
             horizon_reached = (
                 budget is not None and budget.sized and state.global_step >= (budget.horizon or 0)

@@ -15,6 +15,8 @@ import torch
 from nanobard.interp.lens import Lens, eval_mode
 from nanobard.records import Record
 
+HF_MAP_TOKENS = 48  # a BPE model's attention map: a heatmap a person can still read
+
 
 @dataclass
 class AttentionMaps:

@@ -67,7 +67,6 @@ from nanobard.train.loop import TrainResult, train
 logger = logging.getLogger(__name__)
 
 ANALYSIS_CHARS = 200_000  # validation characters the analyses may read (they use far fewer)
-HF_ATTENTION_TOKENS = 48  # the pretrained model's attention map: a heatmap a person can read
 
 
 @dataclass
@@ -192,7 +191,7 @@ def attention_stage(ctx: Context) -> AttentionStudy:
         pre.model, pre.tokenizer, f"{ctx.done('finetune').model_name} fine-tuned"
     )
     maps_s = A.attention_maps(scratch, text)
-    maps_h = A.attention_maps(pretrained, text, max_tokens=HF_ATTENTION_TOKENS)
+    maps_h = A.attention_maps(pretrained, text, max_tokens=A.HF_MAP_TOKENS)
     weights = {"scratch": maps_s.weights, "pretrained": maps_h.weights}
     torch.save(weights, ctx.run / RunDir.ATTENTION_WEIGHTS)
     scratch_attention = A.analyse_attention(scratch, maps_s)

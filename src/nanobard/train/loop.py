@@ -466,9 +466,11 @@ def train(
     budget = None
     if budget_kind == "time":
         assert cfg.max_time is not None
-        budget = TimeBudget(cfg.max_time, cfg.eval_interval, before_s=state.elapsed_s)
+        budget = TimeBudget(
+            cfg.max_time, cfg.eval_interval, before_s=state.elapsed_s, start_step=state.step
+        )
     clock_start = time.perf_counter() - state.elapsed_s  # wall time counts across sessions
-    session, start_step = [time.perf_counter(), 0], state.step
+    session = [time.perf_counter(), 0]
     tokens_per_step = cfg.batch_size * cfg.grad_accum * s.model.config.block_size
     evaluated = state.step if history else None  # a resumed run was evaluated at its checkpoint
     lr, loss, stopped = lr_at(state.step, cfg, cfg.lr_decay_steps or horizon, 0.0), None, None
@@ -525,12 +527,13 @@ def train(
             state.tokens += tokens_per_step
             session[1] += tokens_per_step
             bar.update(1)
-            if (
-                budget is not None
-                and (sized := budget.observe(state.step - start_step)) is not None
-            ):
-                # this session's speed (resumed too)
-                horizon = state.horizon = bar.total = s.dd.from_main(sized)
+            if budget is not None and not budget.sized:
+                # rank 0's clock sizes the horizon for every rank (theirs differ a little), so all
+                # ranks leave calibration at the same step; this session's speed (resumed too)
+                sized = s.dd.from_main(budget.observe(state.step))
+                budget.horizon = sized
+                if sized is not None:
+                    horizon = state.horizon = bar.total = sized
             if state.step % 10 == 0:
                 tok_s = session[1] / max(1e-9, time.perf_counter() - session[0])
                 bar.set_postfix(

@@ -69,13 +69,16 @@ class TimeBudget:
        once to that stretch would stop the run early (measured: 395 s of a 570 s budget) or, after
        a fast stretch, overrun it.
 
-    The horizon is a step count that the cosine schedule runs over, so a resumed run that keeps it
-    (RunState.horizon) follows the same schedule. ``before_s``: time spent in earlier sessions.
+    Every ``step`` here is the run's global step count and the horizon a global step: a resumed
+    session (``start_step``: the steps done before it, ``before_s``: the time they took) is
+    calibrated on its own steps, and its horizon is what the whole run can reach in the budget.
+    The cosine schedule runs over that horizon (RunState.horizon keeps it across sessions).
     """
 
     seconds: float
     eval_interval: int
     before_s: float = 0.0
+    start_step: int = 0  # steps done in earlier sessions (resume)
     t0: float = field(default_factory=time.perf_counter)
     stamps: list[float] = field(default_factory=list)  # step ends since calibration began
     eval_s: float = 0.0  # the last evaluation's duration
@@ -94,9 +97,9 @@ class TimeBudget:
         return self.horizon is not None
 
     def observe(self, step: int) -> int | None:
-        """Called at the end of every step (``step`` steps done in this session); returns the
-        horizon at the step it is first sized, None otherwise."""
-        if self.sized or step < self.WARMUP_STEPS:
+        """Called at the end of every step (``step``: the run's steps so far); returns the horizon
+        at the step it is first sized, None otherwise."""
+        if self.sized or step - self.start_step < self.WARMUP_STEPS:
             return None
         self.stamps.append(time.perf_counter())
         timed, span = len(self.stamps) - 1, self.stamps[-1] - self.stamps[0]
