@@ -63,8 +63,8 @@ def case_train(
     (the trainer's own step)."""
     from nanobard.config import get_preset, with_overrides
     from nanobard.model.gpt import GPT
-    from nanobard.train.loop import train_step
     from nanobard.train.optim import make_optimizer
+    from nanobard.train.step import train_step
 
     p = get_preset(preset)
     mcfg = with_overrides(p.model, {"vocab_size": 65, "dropout": 0.0})
@@ -305,7 +305,7 @@ def case_ten_minutes(
     on ``rescore_batches`` validation batches x 3 seeds (the in-run figure averages 20 batches)."""
     from nanobard.data.corpus import load_split
     from nanobard.model.checkpoint import load_model
-    from nanobard.train.loop import EVAL_SEED_OFFSET, estimate_loss
+    from nanobard.train.step import EVAL_SEED_OFFSET, estimate_loss
 
     with tempfile.TemporaryDirectory() as out:
         cmd = [

@@ -21,7 +21,7 @@ from nanobard.hardware import cpu_info
 from nanobard.interp.circuits import record_head_scores
 from nanobard.model.gpt import GPT
 from nanobard.records import EvalRow
-from nanobard.train.loop import estimate_loss
+from nanobard.train.step import estimate_loss
 
 
 def main(presets: list[str]) -> None:

@@ -15,8 +15,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from nanobard.config import get_preset, with_overrides
 from nanobard.model.gpt import GPT
-from nanobard.train.loop import train_step
 from nanobard.train.optim import make_optimizer
+from nanobard.train.step import train_step
 
 
 def main() -> None:

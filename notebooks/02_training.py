@@ -48,7 +48,9 @@ from nanobard.lessons.notebook import start
 from nanobard.lessons.scratch import lr_sweep
 from nanobard.model.sampling import STRATEGIES
 from nanobard.study.figures import training_progress
-from nanobard.train.loop import RunState, estimate_loss, lr_at, read_metrics, train, train_step
+from nanobard.train.loop import RunState, read_metrics, train
+from nanobard.train.schedule import lr_at
+from nanobard.train.step import estimate_loss, train_step
 
 # its output folder, runs/notebooks/02_training/, and the tiny mode (toy sizes)
 nb = start("02_training")
@@ -335,7 +337,7 @@ show(
 # %% [markdown]
 # ## 6. Learning rate scheduling
 #
-# The learning rate need not be constant. nanobard's schedule (`train.lr_at`) has two parts:
+# The learning rate need not be constant. nanobard's schedule (`schedule.lr_at`) has two parts:
 #
 # - **linear warmup**: over the first `warmup_steps` steps the rate climbs from nearly 0 to `lr`. At
 #   the start the weights are random and AdamW's running averages of the gradient are still empty,

@@ -10,7 +10,8 @@ from nanobard.config import ConfigError, ModelConfig, TrainConfig
 from nanobard.data.corpus import split_text
 from nanobard.model import checkpoint
 from nanobard.model.checkpoint import CheckpointError, load_model, read_checkpoint
-from nanobard.train.loop import lr_at, train
+from nanobard.train.loop import train
+from nanobard.train.schedule import lr_at
 from tests.fixtures import TINY_MODEL, tcfg
 
 

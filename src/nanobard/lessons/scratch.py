@@ -41,8 +41,9 @@ from nanobard.model.gpt import GPT
 from nanobard.model.sampling import STRATEGIES, ScratchDecoder, TextGenerator
 from nanobard.records import Record
 from nanobard.rundir import RunDir
-from nanobard.train.loop import NonFiniteLossError, estimate_loss, train, train_step
+from nanobard.train.loop import NonFiniteLossError, train
 from nanobard.train.optim import make_optimizer
+from nanobard.train.step import estimate_loss, train_step
 
 if TYPE_CHECKING:
     import numpy as np

@@ -8,7 +8,6 @@ continues exactly (same batches, masks, weights).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -29,21 +28,20 @@ from nanobard.data.corpus import CorpusSplit, check_fits, get_batch
 from nanobard.data.tokenizer import CharTokenizer
 from nanobard.data.tokens import TokenCorpus, tokens_from_split
 from nanobard.errors import NanobardError
-from nanobard.hardware import autocast_context, pick_device, resolve_precision
-from nanobard.model.checkpoint import CheckpointError, load_model, save_checkpoint
+from nanobard.hardware import pick_device, resolve_precision
+from nanobard.model.checkpoint import load_model, save_checkpoint
 from nanobard.model.gpt import GPT
 from nanobard.records import EvalRow, Record
 from nanobard.rundir import RunDir
 from nanobard.train import distributed
 from nanobard.train.optim import Optimizer, make_optimizer
 from nanobard.train.schedule import STOP_REASONS, TimeBudget, lr_at, step_budget
+from nanobard.train.step import EVAL_SEED_OFFSET, estimate_loss, train_step
 
 if TYPE_CHECKING:
-    import numpy as np
+    pass
 
 logger = logging.getLogger(__name__)
-
-EVAL_SEED_OFFSET = 1_000_003  # evaluation batches come from their own, fixed stream
 
 
 OnEval = Callable[[GPT, EvalRow], EvalRow]
@@ -97,65 +95,6 @@ class RunState(Record):
     first_val: float | None = None
     horizon: int | None = None  # steps a time-only budget was sized to (see TimeBudget)
     horizon_refined: bool = False  # re-sized at an evaluation after sizing (TimeBudget.refine)
-
-
-def train_step(
-    model: GPT,
-    optimizer: Optimizer,
-    batches: list[tuple[torch.Tensor, torch.Tensor]],
-    cfg: TrainConfig,
-    device: torch.device,
-    fwd: torch.nn.Module | None = None,
-    after_backward: Callable[[GPT], None] | None = None,
-) -> float:
-    """One optimizer step: forward and backward over each (x, y) micro-batch (B, T), gradient
-    clipping, the update. ``fwd`` is the model as wrapped for the forward pass (DDP, compiled);
-    under DDP gradients are all-reduced once, on the last micro-batch. ``after_backward(model)``
-    sees the gradients before they are clipped (the lessons record their norms). Returns the last
-    micro-batch's loss in nats per token (what the progress bar shows)."""
-    fwd = fwd or model
-    for i, (x, y) in enumerate(batches):
-        # under DDP, no all-reduce before the last micro-batch
-        with (
-            autocast_context(device, cfg.dtype),
-            fwd.no_sync()
-            if isinstance(fwd, torch.nn.parallel.DistributedDataParallel) and i < len(batches) - 1
-            else contextlib.nullcontext(),
-        ):
-            loss = fwd(x.to(device), y.to(device)).loss / len(batches)
-            loss.backward()
-    if after_backward is not None:
-        after_backward(model)
-    if cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss.item() * len(batches)
-
-
-@torch.no_grad()
-def estimate_loss(
-    model: torch.nn.Module,
-    data: torch.Tensor | np.ndarray,
-    block_size: int,
-    batch_size: int,
-    iters: int,
-    seed: int,
-    device: torch.device,
-    dtype: str,
-) -> float:
-    """Mean loss (nats/token) over ``iters`` batches drawn from a fixed seed: the same batches
-    at every evaluation, so successive values differ only because the model changed."""
-    was_training = model.training
-    model.eval()
-    g = torch.Generator().manual_seed(seed)
-    total = 0.0
-    for _ in range(iters):
-        x, y = get_batch(data, block_size, batch_size, g)
-        with autocast_context(device, dtype):
-            total += model(x.to(device), y.to(device)).loss.item()
-    model.train(was_training)
-    return total / iters
 
 
 class _StopFlag:
@@ -584,10 +523,11 @@ def _result(
 
 __all__ = [
     "train",
-    "train_step",
     "TrainResult",
     "RunState",
-    "lr_at",
-    "CheckpointError",
+    "TrainRunConfig",
+    "OnEval",
     "TrainingInterrupted",
+    "NonFiniteLossError",
+    "read_metrics",
 ]
