@@ -407,62 +407,30 @@ def interpret_sections(run: RunDir, state: StudyState) -> list[dict[str, Any]]:
     )
     history = state.scratch.history if state.scratch else []
 
-    def figs(*named: tuple[str, str]) -> list[dict[str, str]]:
-        return [f for f in (_figure(run, n, c) for n, c in named) if f]
+    def section(
+        id_: str, title: str, how: str, named: list[tuple[str, str]], found: list[str]
+    ) -> dict[str, Any]:
+        figures = [f for f in (_figure(run, name, caption) for name, caption in named) if f]
+        return {"id": id_, "title": title, "how": HOW[how], "figures": figures, "found": found}
 
-    return [
-        {
-            "id": "induction",
-            "title": "Induction heads",
-            "how": HOW["induction"],
-            "figures": figs(
-                *(
-                    (RunDir.FIG_INDUCTION[t], f"Induction and previous-token scores, {w}")
-                    for t, _, w in tracks
-                )
-            ),
-            "found": [s for _, a, _ in tracks for s in induction_found(a)],
-        },
-        {
-            "id": "ablation",
-            "title": "Head ablation",
-            "how": HOW["ablation"],
-            "figures": figs(
-                *(
-                    (RunDir.FIG_ABLATION[t], f"Cost of removing each head, {w}")
-                    for t, _, w in tracks
-                )
-            ),
-            "found": [s for _, a, _ in tracks for s in ablation_found(a)],
-        },
-        {
-            "id": "logit-lens",
-            "title": "Logit lens",
-            "how": HOW["lens"],
-            "figures": figs(
-                (RunDir.FIG_LOGIT_LENS, "Bits/char and top-1 agreement read off each layer")
-            ),
-            "found": lens_found(interp),
-        },
-        {
-            "id": "loss-by-position",
-            "title": "Loss by position",
-            "how": HOW["positions"],
-            "figures": figs(
-                (RunDir.FIG_LOSS_BY_POSITION, "Bits/char by position in the context window")
-            ),
-            "found": positions_found(interp),
-        },
-        {
-            "id": "head-formation",
-            "title": "Head formation",
-            "how": HOW["formation"],
-            "figures": figs(
-                (RunDir.FIG_HEAD_FORMATION, "Per-head scores and validation loss during training")
-            ),
-            "found": formation_found(history),
-        },
+    induction = [
+        (RunDir.FIG_INDUCTION[t], f"Induction and previous-token scores, {w}") for t, _, w in tracks
     ]
+    ablation = [(RunDir.FIG_ABLATION[t], f"Cost of removing each head, {w}") for t, _, w in tracks]
+    lens = [(RunDir.FIG_LOGIT_LENS, "Bits/char and top-1 agreement read off each layer")]
+    positions = [(RunDir.FIG_LOSS_BY_POSITION, "Bits/char by position in the context window")]
+    formation = [(RunDir.FIG_HEAD_FORMATION, "Per-head scores and validation loss during training")]
+    return [
+        section("induction", "Induction heads", "induction", induction,
+                [s for _, a, _ in tracks for s in induction_found(a)]),
+        section("ablation", "Head ablation", "ablation", ablation,
+                [s for _, a, _ in tracks for s in ablation_found(a)]),
+        section("logit-lens", "Logit lens", "lens", lens, lens_found(interp)),
+        section("loss-by-position", "Loss by position", "positions", positions,
+                positions_found(interp)),
+        section("head-formation", "Head formation", "formation", formation,
+                formation_found(history)),
+    ]  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
