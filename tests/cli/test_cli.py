@@ -56,7 +56,8 @@ def test_help_explains_every_command_without_importing_torch(tmp_path):
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path
     ).stdout
-    for c in ("train", "generate", "finetune", "evaluate", "run", "attention", "export", "bench"):
+    commands = ("train", "generate", "finetune", "evaluate", "run", "attention", "serve", "export")
+    for c in (*commands, "bench"):
         assert c in out
     assert "run out of memory" in " ".join(out.split())  # help text from the dataclass fields
     assert out.strip().endswith("NO TORCH")
@@ -219,6 +220,17 @@ CASES = {
         ["export", "{run}", "--out", "{run}"],
         "holds the checkpoint itself",
     ),
+    "serve without a model": (None, ["serve", "--no-browser"], "no models to serve"),
+    "serve a missing checkpoint": (
+        None,
+        ["serve", "{d}/none.pt", "--no-browser"],
+        "no from-scratch checkpoint",
+    ),
+    "serve on a port out of range": (
+        None,
+        ["serve", "{run}", "--port", "70000", "--no-browser"],
+        "--port must be in 0 .. 65535",
+    ),
     "unwritable output folder": (
         lambda d: (d / "ro").mkdir(exist_ok=True) or os.chmod(d / "ro", 0o500),
         ["train", "--data", "{d}/c.txt", "--out", "{d}/ro/run", *TINY],
@@ -255,6 +267,39 @@ def test_argument_errors_and_a_real_process_end_in_one_line(trained):
         and "Traceback" not in r.stderr
         and r.stderr.startswith("nanobard: error:")
     )
+
+
+def test_serve_runs_until_stopped_and_a_busy_port_is_one_line(trained):
+    import json
+    import re
+    import signal
+    import socket
+    import urllib.request
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nanobard", "serve", str(trained / "run"), "--port", "0",
+         "--host", "0.0.0.0", "--no-browser"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=trained,
+    )  # fmt: skip
+    try:
+        line = proc.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+", line)
+        assert url and "serving 1 model(s)" in line, line
+        with urllib.request.urlopen(url.group() + "/api/models", timeout=30) as r:
+            models = json.loads(r.read())["models"]
+        assert [m["id"] for m in models] == ["scratch"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert "listening on 0.0.0.0: anyone who can reach this machine" in err
+    assert "loading model 1/1: from scratch" in err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        r = nb("serve", str(trained / "run"), "--port", str(busy.getsockname()[1]),
+               "--no-browser", cwd=trained)  # fmt: skip
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "cannot listen on 127.0.0.1" in r.stderr and "--port 0" in r.stderr
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch, trained):

@@ -6,6 +6,7 @@ from nanobard.model.sampling import (
     filter_logits,
     generate_ids,
     pick_token,
+    sampling_probs,
     stream_text,
 )
 
@@ -29,6 +30,21 @@ def test_greedy_and_seeded_sampling():
     # at a very low temperature sampling becomes greedy
     g = torch.Generator().manual_seed(0)
     assert {pick_token(logits, SamplingConfig(temperature=0.01), g) for _ in range(50)} == {1}
+
+
+def test_sampling_probs_is_the_distribution_pick_token_draws_from():
+    logits = torch.log(torch.tensor([0.5, 0.25, 0.15, 0.1]))
+    cfg = SamplingConfig(temperature=2.0, top_k=3)
+    probs = sampling_probs(logits, cfg)
+    assert probs[3] == 0 and abs(probs.sum().item() - 1) < 1e-6
+    want = torch.softmax(logits[:3] / 2.0, -1)
+    assert torch.allclose(probs[:3], want)
+    g = torch.Generator().manual_seed(0)
+    draws = torch.tensor([pick_token(logits, cfg, g) for _ in range(3000)])
+    freq = torch.bincount(draws, minlength=4).float() / len(draws)
+    assert torch.allclose(freq, probs, atol=0.03)
+    greedy = sampling_probs(logits, SamplingConfig(temperature=0.0))
+    assert greedy.tolist() == [1.0, 0.0, 0.0, 0.0]
 
 
 def test_stream_text_waits_for_complete_utf8():

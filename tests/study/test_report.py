@@ -61,6 +61,7 @@ def test_report_has_every_section_and_embeds_every_figure(tmp_path):
     assert "2.6000" in html and "1.9000" in html  # bits/char in the comparison table
     assert html.count('<table class="samples">') == 2  # one per prompt
     assert "16.2 s" in html and "15 s" in html  # scratch stage: took, and its budget
+    assert f"nanobard serve {run.path}" in html  # the live explorer, for this run
 
 
 def test_budget_rows_follow_the_stage_order_with_a_total(tmp_path):

@@ -13,11 +13,21 @@ import logging
 import os
 import sys
 
-from nanobard.cli import attention, bench, evaluate, export, finetune, generate, run, train
+from nanobard.cli import (
+    attention,
+    bench,
+    evaluate,
+    export,
+    finetune,
+    generate,
+    run,
+    serve,
+    train,
+)
 from nanobard.cli.common import Parser
 from nanobard.errors import NanobardError
 
-COMMANDS = (train, generate, finetune, evaluate, run, attention, export, bench)
+COMMANDS = (train, generate, finetune, evaluate, run, attention, serve, export, bench)
 _OS_USER_ERRORS = (
     FileNotFoundError,
     PermissionError,

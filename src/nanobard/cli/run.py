@@ -96,8 +96,9 @@ def handle(args: argparse.Namespace) -> int:
         "lora_r": args.lora_r,
         "score_chars": args.score_chars,
     }
+    out = run_folder(args, "study")
     res = run_study(
-        run_folder(args, "study"),
+        out,
         args.preset,
         args.corpus,
         args.data,
@@ -130,4 +131,5 @@ def handle(args: argparse.Namespace) -> int:
         f"  {p.name + ' after fine-tuning':<34} {p.num_params:>12,} {p.bits_per_char:>10.4f} "
         f"{p.loss_reduction_pct:>14.1f}% {p.train_seconds:>10.0f}s"
     )
+    print(f"\nto type your own text and watch all three models respond: nanobard serve {out}")
     return 0

@@ -157,13 +157,16 @@ class Lens:
                 h.remove()
         return Trace(ids, logits.float(), resid, heads, calls, att)
 
-    def run_from(self, trace: Trace, layer: int, x: torch.Tensor) -> torch.Tensor:
-        """Run layers ``layer`` .. L-1 on x (k * B, T, C), a residual stream for ``k`` copies of
-        the traced batch (row r is traced row r % B); returns the stream entering the final norm."""
+    def run_from(
+        self, trace: Trace, layer: int, x: torch.Tensor, stop: int | None = None
+    ) -> torch.Tensor:
+        """Run layers ``layer`` .. L-1 (or .. ``stop`` - 1) on x (k * B, T, C), a residual stream
+        for ``k`` copies of the traced batch (row r is traced row r % B); returns the stream
+        entering layer ``stop`` (by default the final norm)."""
         B = trace.ids.shape[0]
         k = x.shape[0] // B
         assert k * B == x.shape[0], f"{x.shape[0]} rows are not copies of a traced batch of {B}"
-        for i in range(layer, self.n_layers):
+        for i in range(layer, self.n_layers if stop is None else stop):
             if self.kind == "scratch":
                 out = self.layers[i](x)  # no cache, fast attention path
             else:
@@ -178,10 +181,14 @@ class Lens:
     @contextmanager
     def ablate(self, layer: int, heads: torch.Tensor, values: torch.Tensor) -> Iterator[None]:
         """Inside the block, row r of any batch has head ``heads[r]`` of ``layer`` replaced by
-        ``values[heads[r]]`` (values [head, hd]); ``heads[r] = -1`` leaves row r intact."""
+        ``values[heads[r]]`` (values [head, hd]); ``heads[r] = -1`` leaves row r intact. ``heads``
+        may also be a (B, nh) boolean mask: row r has every head marked in ``heads[r]`` replaced."""
         nh = self.n_heads
-        keep = (heads >= 0).to(self.device)
-        mask = F.one_hot(heads.clamp(min=0).to(self.device), nh) * keep[:, None]  # (B, nh)
+        if heads.dim() == 2:
+            mask = heads.to(self.device, torch.long)  # (B, nh)
+        else:
+            keep = (heads >= 0).to(self.device)
+            mask = F.one_hot(heads.clamp(min=0).to(self.device), nh) * keep[:, None]  # (B, nh)
 
         def hook(module, args):
             h = args[0]  # (B, T, nh * hd)

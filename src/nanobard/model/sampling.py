@@ -79,13 +79,22 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def sampling_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """The distribution ``pick_token`` draws from, (V,) float32: softmax of logits / temperature
+    inside the top-k and top-p sets, 0 outside them; greedy (temperature 0) puts all the mass on
+    the most likely token."""
+    logits = logits.float()
+    if cfg.temperature == 0:
+        return F.one_hot(torch.argmax(logits), logits.size(-1)).float()
+    return F.softmax(filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p), dim=-1)
+
+
 def pick_token(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator) -> int:
     """One next token from logits (V,)."""
     logits = logits.float().cpu()
     if cfg.temperature == 0:
         return int(torch.argmax(logits))
-    probs = F.softmax(filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p), dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return int(torch.multinomial(sampling_probs(logits, cfg), 1, generator=generator))
 
 
 def generate_ids(
@@ -99,11 +108,11 @@ def generate_ids(
     g = torch.Generator().manual_seed(cfg.seed)
     with torch.inference_mode():
         logits = decoder.start(prompt_ids)
-        for _ in range(max_new_tokens):
+        for i in range(max_new_tokens):
             tok = pick_token(logits, cfg, g)
             yield tok
-            if stop_ids and tok in stop_ids:
-                return
+            if (stop_ids and tok in stop_ids) or i == max_new_tokens - 1:
+                return  # the last token needs no pass of its own
             logits = decoder.advance(tok)
 
 

@@ -76,6 +76,7 @@ def render_report(run: RunDir, state: StudyState, head: Headline, machine: dict[
         head=head,
         machine=machine,
         run_rows=run_rows(run, state, head),
+        run_folder=str(run.path),
         budget_rows=budget_rows(state),
         config=_config_text(run),
         comparison_rows=comparison_rows(state, head),

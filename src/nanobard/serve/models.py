@@ -1,0 +1,240 @@
+"""The models ``nanobard serve`` serves, opened once at start-up and shared by every request.
+
+A study's run folder gives three: the from-scratch best checkpoint, the pretrained model before
+fine-tuning and after it, each with its heads' scores from the study (interpretability.json).
+Any other argument is one model: a checkpoint, a training run folder, a Hugging Face folder or
+``smollm2-135m``. Requests name a model by its id, never by a path.
+
+Every forward pass of a model holds that model's lock: the lens records a pass through hooks on
+the model's modules, so two passes at once would record into each other. A generation takes the
+lock one token at a time, so an analysis in another tab runs between two tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from nanobard.data.tokenizer import CharTokenizer
+from nanobard.errors import NanobardError
+from nanobard.hf.finetune import FinetunedModelInfo
+from nanobard.hf.pretrained import Pretrained, hf_generator, is_scratch, open_model
+from nanobard.interp.lens import make_lens
+from nanobard.interp.probe import Probe, probe
+from nanobard.model.checkpoint import resolve_checkpoint
+from nanobard.model.gpt import GPT
+from nanobard.model.sampling import (
+    SamplingConfig,
+    ScratchDecoder,
+    TextGenerator,
+    generate_ids,
+    stream_text,
+)
+from nanobard.rundir import RunDir
+from nanobard.study.records import InterpretStudy
+
+if TYPE_CHECKING:
+    from nanobard.interp.analysis import Analysis
+    from nanobard.interp.lens import Lens
+    from nanobard.model.sampling import Decoder
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?\n"
+
+
+class ServeError(NanobardError, ValueError):
+    """The server cannot start as asked; the message says what to give instead."""
+
+
+@dataclass
+class ServedModel:
+    id: str  # what a request names it by
+    name: str
+    kind: Literal["scratch", "pretrained"]
+    source: str  # where it was opened from (shown, never taken from a request)
+    lens: Lens
+    generator: TextGenerator
+    head_scores: dict[str, list[list[float | None]]] | None = None  # [layer][head], from the run
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def info(self) -> dict[str, Any]:
+        """What ``GET /api/models`` says of this model."""
+        lens = self.lens
+        tokens = "characters" if lens.kind == "scratch" else "BPE"
+        return {
+            "id": self.id,
+            "name": self.name,
+            "kind": self.kind,
+            "source": self.source,
+            "parameters": sum(p.numel() for p in lens.model.parameters()),
+            "tokenizer": f"{tokens} ({lens.vocab_size:,} tokens)",
+            "vocab_size": lens.vocab_size,
+            "context": lens.context,
+            "layers": lens.n_layers,
+            "heads": lens.n_heads,
+            "head_scores": self.head_scores,
+        }
+
+    def analyze(self, text: str, **options: Any) -> Probe:
+        """``interp.probe.probe`` on this model, holding its lock."""
+        with self.lock:
+            return probe(self.lens, text, **options)
+
+    def stream(
+        self,
+        prompt_ids: list[int],
+        max_new_tokens: int,
+        cfg: SamplingConfig,
+        on_token: Callable[[], None] = lambda: None,
+    ) -> Iterator[str]:
+        """The continuation of ``prompt_ids`` as text pieces; each token's pass holds the lock,
+        and ``on_token`` is called once per token."""
+        gen = self.generator
+        decoder = _Locked(gen.make_decoder(), self.lock, on_token)
+        ids = generate_ids(decoder, prompt_ids, max_new_tokens, cfg, gen.stop_ids)
+        return stream_text(gen.decode, ids)
+
+
+class _Locked:
+    """A decoder whose every pass holds ``lock`` (see the module's docstring)."""
+
+    def __init__(self, decoder: Decoder, lock: threading.Lock, on_token: Callable[[], None]):
+        self.decoder, self.lock, self.on_token = decoder, lock, on_token
+
+    def start(self, prompt_ids: list[int]) -> torch.Tensor:
+        with self.lock:
+            out = self.decoder.start(prompt_ids)
+        self.on_token()
+        return out
+
+    def advance(self, token: int) -> torch.Tensor:
+        with self.lock:
+            out = self.decoder.advance(token)
+        self.on_token()
+        return out
+
+
+@dataclass(frozen=True)
+class _Plan:
+    id: str
+    name: str
+    kind: Literal["scratch", "pretrained"]
+    source: str
+    analysis: Analysis | None = None
+
+
+def plan_models(sources: list[str]) -> list[_Plan]:
+    """What to open for each argument (no model is loaded here). No argument: the newest run
+    folder under ./runs that holds a model."""
+    if not sources:
+        sources = [str(_newest_run())]
+    plans: list[_Plan] = []
+    for src in sources:
+        run = RunDir(Path(src))
+        if (run / RunDir.BEST).is_file() and (run / RunDir.FINETUNED).is_dir():
+            plans += _study_plans(run)
+        elif is_scratch(src):
+            path = resolve_checkpoint(src)
+            if not path.is_file():
+                raise ServeError(f"{src}: no from-scratch checkpoint there")
+            plans.append(_Plan("scratch", "from scratch", "scratch", str(path)))
+        else:
+            name = Path(src).name if Path(src).exists() else src
+            plans.append(_Plan("pretrained", name, "pretrained", src))
+    seen: dict[str, int] = {}
+    unique = []
+    for p in plans:  # two models of one kind: scratch, scratch-2, ...
+        seen[p.id] = seen.get(p.id, 0) + 1
+        n = seen[p.id]
+        unique.append(p if n == 1 else _Plan(f"{p.id}-{n}", f"{p.name} ({n})", p.kind, p.source,
+                                             p.analysis))  # fmt: skip
+    return unique
+
+
+def _study_plans(run: RunDir) -> list[_Plan]:
+    info = FinetunedModelInfo.load(run / RunDir.FINETUNED / RunDir.FINETUNED_INFO)
+    study = (
+        InterpretStudy.load(run / RunDir.INTERPRET) if (run / RunDir.INTERPRET).exists() else None
+    )
+    base = info.base_model
+    return [
+        _Plan("scratch", "from scratch", "scratch", str(run / RunDir.BEST),
+              study.scratch if study else None),
+        _Plan("pretrained", f"{base} before fine-tuning", "pretrained", base,
+              study.pretrained_before if study else None),
+        _Plan("finetuned", f"{base} fine-tuned", "pretrained", str(run / RunDir.FINETUNED),
+              study.pretrained if study else None),
+    ]  # fmt: skip
+
+
+def _newest_run(root: Path = Path("runs")) -> Path:
+    runs = [
+        p for p in root.glob("*") if (p / RunDir.BEST).is_file() or (p / RunDir.FINETUNED).is_dir()
+    ]
+    if not runs:
+        raise ServeError(
+            "no models to serve: give a run folder (`make run` writes one under runs/), a "
+            "checkpoint (.pt), a Hugging Face model folder or smollm2-135m"
+        )
+    return max(runs, key=lambda p: p.stat().st_mtime)
+
+
+def open_models(sources: list[str], device: str | torch.device = "cpu") -> list[ServedModel]:
+    """Open every model of ``sources`` (see plan_models), logging each as it loads."""
+    plans = plan_models(sources)
+    out = []
+    for i, plan in enumerate(plans):
+        t0 = time.perf_counter()
+        logger.info("loading model %d/%d: %s (%s)", i + 1, len(plans), plan.name, plan.source)
+        out.append(_open(plan, device))
+        logger.info("  %s ready in %.1f s", plan.id, time.perf_counter() - t0)
+    return out
+
+
+def _open(plan: _Plan, device: str | torch.device) -> ServedModel:
+    opened = open_model(plan.source, device)
+    model, tok = opened.model, opened.tokenizer
+    model.eval()
+    if isinstance(model, GPT) and isinstance(tok, CharTokenizer):
+        scratch = model
+        gen = TextGenerator(plan.name, tok.encode, tok.decode, lambda: ScratchDecoder(scratch))
+    else:
+        hf = Pretrained(model, tok, plan.name, "")  # type: ignore[arg-type]  # open_model: "hf"
+        gen = hf_generator(plan.source, loaded=hf)
+    return ServedModel(
+        id=plan.id,
+        name=plan.name,
+        kind=plan.kind,
+        source=plan.source,
+        lens=make_lens(model, tok, plan.name),
+        generator=gen,
+        head_scores=_scores(plan.analysis),
+    )
+
+
+def _scores(a: Analysis | None) -> dict[str, list[list[float | None]]] | None:
+    """The heads' previous-token and induction scores and ablation costs from the study."""
+    if a is None:
+        return None
+    return {
+        "previous_token": a.induction.previous_token,  # type: ignore[dict-item]
+        "induction": a.induction.induction,  # type: ignore[dict-item]
+        "ablation_bpc": a.ablation.delta_bpc,
+    }
+
+
+def default_text(models: list[ServedModel], text: str = DEFAULT_TEXT) -> str:
+    """The page's first text: ``text`` without the characters a character model cannot read."""
+    for m in models:
+        if m.lens.kind == "scratch":
+            known = set(m.lens.tokenizer.chars)
+            text = "".join(c for c in text if c in known) or m.lens.tokenizer.chars[0]
+    return text
