@@ -25,6 +25,8 @@ import threading
 import time
 import urllib.parse
 
+import torch
+
 from nanobard.data.corpus import load_corpus
 from nanobard.hardware import cpu_info
 
@@ -81,7 +83,9 @@ def main() -> None:
         conn = http.client.HTTPConnection(u.hostname, u.port)
         conn.request("GET", "/api/models")
         models = json.loads(conn.getresponse().read())["models"]
-        print(f"CPU: {cpu_info().kind} ({cpu_info().model}); server up in {load_s:.1f} s "
+        cap = torch.backends.cpu.get_cpu_capability()
+        print(f"CPU: {cpu_info().kind} ({cpu_info().model}), torch kernels {cap}; server up in "
+              f"{load_s:.1f} s "
               f"with {len(models)} models")  # fmt: skip
         rows = []
         for m in models:

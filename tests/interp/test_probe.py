@@ -43,13 +43,30 @@ def hf(tiny_text, tmp_path_factory):
     return make_lens(pre.model, pre.tokenizer, "tiny-gpt2")
 
 
+@pytest.fixture(scope="module")
+def llama(hf):
+    """A tiny Llama (grouped-query attention, rotary positions: the SmolLM2 path) on the same
+    BPE as the tiny GPT-2."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=hf.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    ))  # fmt: skip
+    return make_lens(model.eval(), hf.tokenizer, "tiny-llama")
+
+
+KINDS = ["scratch", "hf", "llama"]
+
+
 def _direct_bits(lens, ids: list[int]) -> torch.Tensor:
     with torch.no_grad():
         logits = lens.trace(torch.tensor([ids])).logits[0]
     return F.cross_entropy(logits[:-1], torch.tensor(ids[1:]), reduction="none") / math.log(2)
 
 
-@pytest.mark.parametrize("which", ["scratch", "hf"])
+@pytest.mark.parametrize("which", KINDS)
 def test_tokens_cover_the_text_and_surprise_is_the_models_loss(which, request):
     lens = request.getfixturevalue(which)
     p = probe(lens, TEXT)
@@ -102,8 +119,8 @@ def test_prediction_at_a_character_is_the_prediction_after_that_prefix(scratch, 
     assert start <= 8 < end and p.next.after == end
 
 
-def test_attention_and_logit_lens_match_the_models_own(scratch, hf):
-    for lens in (scratch, hf):
+def test_attention_and_logit_lens_match_the_models_own(scratch, hf, llama):
+    for lens in (scratch, hf, llama):
         p = probe(lens, TEXT, head=(1, 1), logit_lens=True, thumbnails=True)
         maps = attention_maps(lens, TEXT).weights[1, 1]
         for i, row in enumerate(p.attention.weights):
@@ -115,7 +132,7 @@ def test_attention_and_logit_lens_match_the_models_own(scratch, hf):
         assert len(p.thumbnails) == lens.n_layers and len(p.thumbnails[0]) == lens.n_heads
 
 
-@pytest.mark.parametrize("which", ["scratch", "hf"])
+@pytest.mark.parametrize("which", KINDS)
 def test_switching_a_head_off_costs_what_the_studys_ablation_says(which, request):
     lens = request.getfixturevalue(which)
     study = head_ablation(lens, TEXT, layers=[0])  # one window: the same tokens as the probe
@@ -124,10 +141,28 @@ def test_switching_a_head_off_costs_what_the_studys_ablation_says(which, request
         assert p.ablated.heads == [[0, h]]
         cost = p.ablated.bits_per_char - p.bits_per_char
         assert cost == pytest.approx(study.delta_bpc[0][h], abs=1e-4)
+        # the clean candidates' probabilities with the head off: the ablated model's own
+        assert len(p.ablated.clean_candidates) == len(p.next.candidates)
+        ablated = {c.id: c.prob for c in p.ablated.next.candidates}
+        shared = [(c.id, q) for c, q in zip(p.next.candidates, p.ablated.clean_candidates)
+                  if c.id in ablated]  # fmt: skip
+        assert shared and all(q == pytest.approx(ablated[i], abs=1e-5) for i, q in shared)
     both = probe(lens, TEXT, ablate=[[0, 0], [1, 1]], logit_lens=True)
     assert both.ablated.bits_per_char != pytest.approx(both.bits_per_char, abs=1e-4)
     assert len(both.ablated.lens) == lens.n_layers + 1
     assert both.ablated.lens[0] == both.lens[0]  # the embeddings come before any head
+
+
+def test_a_character_split_over_byte_tokens(hf):
+    text = "a😀b😀"  # byte-level BPE: the emoji is several tokens, the first covering it
+    p = probe(hf, text, at=2)
+    assert p.spans[-1][1] == len(text) == 4  # (each byte token alone decodes to "\ufffd")
+    widths = [e - s for s, e in p.spans]
+    assert 0 in widths  # the emoji's other byte tokens cover no character
+    start, end = p.spans[p.next.position]
+    assert end == 2  # the prediction after the whole emoji, not after its first byte
+    assert p.spans[p.next.position + 1] == [2, 3]  # the next token is "b"
+    assert all(c.token for c in p.next.candidates)
 
 
 def test_a_long_text_is_cut_from_the_front(scratch):

@@ -1,5 +1,7 @@
+import pytest
 import torch
 
+from nanobard.config import ConfigError
 from nanobard.model.sampling import (
     HFDecoder,
     SamplingConfig,
@@ -45,6 +47,10 @@ def test_sampling_probs_is_the_distribution_pick_token_draws_from():
     assert torch.allclose(freq, probs, atol=0.03)
     greedy = sampling_probs(logits, SamplingConfig(temperature=0.0))
     assert greedy.tolist() == [1.0, 0.0, 0.0, 0.0]
+    coldest = sampling_probs(logits * 30, SamplingConfig(temperature=0.01))
+    assert torch.isfinite(coldest).all() and coldest[0] == 1.0
+    with pytest.raises(ConfigError, match="at least 0.01"):
+        SamplingConfig(temperature=1e-39)  # logits / 1e-39 would be inf: NaN probabilities
 
 
 def test_stream_text_waits_for_complete_utf8():

@@ -14,7 +14,8 @@ import pytest
 
 from nanobard.interp.probe import probe
 from nanobard.model.sampling import SamplingConfig
-from nanobard.serve.app import HEADERS, MAX_BODY
+from nanobard.serve.app import HEADERS, MAX_BODY, STATIC
+from nanobard.serve.server import allowed_hosts
 
 PROMPT = "ROMEO:\n"
 
@@ -24,8 +25,10 @@ def request(url: str, method: str, path: str, body: bytes | str | dict | None = 
     u = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
     data = json.dumps(body).encode() if isinstance(body, dict) else body
-    chunked = (headers or {}).get("Transfer-Encoding") == "chunked"
-    conn.request(method, path, body=data, headers=headers or {}, encode_chunked=chunked)
+    headers = {**({"Content-Type": "application/json"} if method == "POST" else {}),
+               **(headers or {})}  # fmt: skip
+    chunked = headers.get("Transfer-Encoding") == "chunked"
+    conn.request(method, path, body=data, headers=headers, encode_chunked=chunked)
     r = conn.getresponse()
     out = r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
     conn.close()
@@ -117,6 +120,9 @@ BAD = [
     ("/api/generate", {"model": "scratch", "prompt": "a", "seed": -1}, 400, "seed"),
     ("/api/generate", {"model": "scratch", "prompt": "☃"}, 400, "'☃'"),
     ("/api/generate", {"model": "ghost", "prompt": "a"}, 404, "unknown model"),
+    ("/api/analyze", {"model": "scratch", "text": "ab", "temperature": 1e-39}, 400, "at least"),
+    ("/api/generate", {"model": "pretrained", "prompt": "a\ud800"}, 400, "surrogate"),
+    ("/api/analyze", {"model": "finetuned", "text": "\udfff b"}, 400, "surrogate"),
 ]
 
 
@@ -128,7 +134,9 @@ def test_bad_requests_get_a_one_line_json_error(server, path, body, status, mess
 
 
 def test_malformed_oversized_and_wrong_method(server):
-    for raw in (b"{bad", b"[1, 2]", b"\xff\xfe", b""):
+    nested = b"[" * 30_000 + b"]" * 30_000  # 60 KB: under the size limit, too deep to parse
+    huge = b'{"model": "scratch", "text": "a", "top_k": ' + b"9" * 5000 + b"}"
+    for raw in (b"{bad", b"[1, 2]", b"\xff\xfe", b"", nested, huge):
         status, _, data = request(server, "POST", "/api/analyze", raw)
         assert status == 400 and json.loads(data)["error"], raw
     big = b'{"model": "scratch", "text": "' + b"a" * (2 * 1024 * 1024) + b'"}'
@@ -177,13 +185,74 @@ def test_only_the_packaged_page_is_served_with_its_security_headers(server):
         server, "POST", "/api/generate", {"model": "scratch", "prompt": "a", "max_new_tokens": 2}
     )
     assert headers["content-security-policy"] == csp  # streamed responses too
-    _, body_html = request(server, "GET", "/")[0], request(server, "GET", "/")[2]
-    assert b"http://" not in body_html and b"https://" not in body_html  # nothing from a CDN
+    for path in STATIC:  # nothing from a CDN, no font from elsewhere
+        body = request(server, "GET", path)[2]
+        assert b"http://" not in body and b"https://" not in body and b"@import" not in body
 
 
 def test_another_host_name_is_refused(server):
     status, _, data = request(server, "GET", "/api/models", headers={"Host": "evil.example"})
     assert status == 400 and "not served here" in json.loads(data)["error"]
+    port = urllib.parse.urlsplit(server).port
+    for host in (f"localhost:{port}", f"[::1]:{port}", "127.0.0.1"):
+        assert request(server, "GET", "/api/models", headers={"Host": host})[0] == 200, host
+    for host in (f"evil.example:{port}", f"127.0.0.1.evil.example:{port}", f"[::2]:{port}"):
+        assert request(server, "GET", "/api/models", headers={"Host": host})[0] == 400, host
+    u = urllib.parse.urlsplit(server)
+    with socket.create_connection((u.hostname, u.port), timeout=10) as s:  # HTTP/1.0, no Host
+        s.sendall(b"GET /api/models HTTP/1.0\r\n\r\n")
+        assert s.recv(100).split()[1] == b"400"
+
+
+def test_a_page_elsewhere_cannot_drive_the_api(server):
+    """A page on another site can POST to 127.0.0.1 without reading the answer: a body that is
+    not JSON, a foreign Origin or a cross-site fetch is refused before any model works."""
+    before = _status(server)
+    body = {"model": "scratch", "prompt": "a", "max_new_tokens": 5}
+    cases = [
+        ({"Content-Type": "text/plain"}, 415),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, 415),
+        ({"Origin": "https://evil.example"}, 403),
+        ({"Origin": "http://localhost:1"}, 403),
+        ({"Sec-Fetch-Site": "cross-site"}, 403),
+    ]
+    for headers, status in cases:
+        got, _, data = request(server, "POST", "/api/generate", body, headers)
+        assert got == status and json.loads(data)["error"], headers
+    assert _status(server)["tokens"] == before["tokens"]
+    same = {"Origin": server, "Sec-Fetch-Site": "same-origin"}  # the page itself
+    assert request(server, "POST", "/api/generate", body, same)[0] == 200
+
+
+def test_a_bug_is_a_one_line_500_with_the_security_headers(server, served, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("a bug\nwith a second line")
+
+    monkeypatch.setattr(served[0], "analyze", boom)
+    status, headers, data = request(server, "POST", "/api/analyze",
+                                    {"model": served[0].id, "text": "ab"})  # fmt: skip
+    error = json.loads(data)["error"]
+    assert status == 500 and "RuntimeError" in error and "Traceback" not in error
+    assert headers["content-security-policy"] == HEADERS["Content-Security-Policy"]
+
+
+def test_an_analysis_nobody_waits_for_is_not_run(server, served):
+    m = served[0]
+    gate = threading.Event()
+    m.worker.submit(gate.wait, 30)  # the model's worker is busy
+    before = _status(server)["analyses"]
+    u = urllib.parse.urlsplit(server)
+    for _ in range(3):  # three keystrokes whose analyses the page aborts
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+        conn.request("POST", "/api/analyze", body=json.dumps({"model": m.id, "text": "ab"}),
+                     headers={"Content-Type": "application/json"})  # fmt: skip
+        time.sleep(0.2)
+        conn.close()
+    time.sleep(0.3)
+    gate.set()
+    status, data = api(server, "/api/analyze", {"model": m.id, "text": "abc"})
+    assert status == 200
+    assert _status(server)["analyses"] == before + 1  # only the one that was waited for
 
 
 def test_twenty_concurrent_analyses_are_all_answered(server):
@@ -206,7 +275,8 @@ def test_twenty_concurrent_analyses_are_all_answered(server):
 def _open_stream(server: str, body: dict) -> tuple[http.client.HTTPConnection, object]:
     u = urllib.parse.urlsplit(server)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
-    conn.request("POST", "/api/generate", body=json.dumps(body))
+    conn.request("POST", "/api/generate", body=json.dumps(body),
+                 headers={"Content-Type": "application/json"})  # fmt: skip
     r = conn.getresponse()
     assert r.status == 200
     return conn, r
@@ -230,6 +300,13 @@ def test_analysis_runs_while_a_long_generation_streams_and_a_closed_tab_stops_it
     while _status(server)["generations"] and time.perf_counter() < deadline:
         time.sleep(0.05)
     assert _status(server)["generations"] == 0, "the generation kept running"
+    time.sleep(0.3)  # the token being made when the tab closed is the last
     made = _status(server)["tokens"] - before
-    time.sleep(0.3)
+    time.sleep(0.5)
     assert _status(server)["tokens"] - before == made < 2000, (made, time.perf_counter() - t0)
+
+
+def test_a_wildcard_address_still_checks_the_host_name():
+    hosts = allowed_hosts("0.0.0.0")
+    assert "*" not in hosts and {"127.0.0.1", "localhost", "::1"} <= set(hosts)
+    assert allowed_hosts("127.0.0.1") == ["127.0.0.1", "::1", "localhost"]

@@ -4,7 +4,9 @@ bits, generation streams in and stops; no console error, no request leaves the s
 
 from __future__ import annotations
 
+import json
 import urllib.parse
+import urllib.request
 
 import pytest
 
@@ -95,8 +97,8 @@ def test_the_explorer_reacts_in_headless_chromium(server):
         assert ablated != clean
         assert page.is_visible(f"{PANEL.format('scratch')} th.ab")
 
-        # 4. generation streams in for every model at once, and Stop stops it
-        page.fill("#max-new", "400")
+        # 4. generation streams in for every model at once, and Stop stops it on the server
+        page.fill("#max-new", "2000")
         page.click("#generate")
         out = f"{PANEL.format('scratch')} .gen-out .generated"
         page.wait_for_function(
@@ -107,12 +109,24 @@ def test_the_explorer_reacts_in_headless_chromium(server):
             "([sel, n]) => document.querySelector(sel).textContent.length > n", arg=[out, first]
         )
         page.click("#stop")
-        stats = f"{PANEL.format('scratch')} .gen-stats"
-        page.wait_for_function(
-            "sel => /stopped|tokens in/.test(document.querySelector(sel).textContent)", arg=stats
-        )
-        for model in ("pretrained", "finetuned"):
+        for model in ("scratch", "pretrained", "finetuned"):
+            stats = f"{PANEL.format(model)} .gen-stats"
+            page.wait_for_function(
+                "sel => document.querySelector(sel).textContent === 'stopped'", arg=stats
+            )
             assert page.text_content(f"{PANEL.format(model)} .gen-out .prompt")
+        stopped = len(page.text_content(out) or "")
+        assert 0 < stopped < 2000
+
+        def generations() -> int:
+            return json.loads(urllib.request.urlopen(server + "/api/status").read())["generations"]
+
+        for _ in range(100):  # the server has stopped every generation
+            if not generations():
+                break
+            page.wait_for_timeout(50)
+        assert generations() == 0
+        assert page.is_disabled("#stop")
         browser.close()
     assert errors == []
     assert foreign == []

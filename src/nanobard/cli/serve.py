@@ -55,5 +55,9 @@ def handle(args: argparse.Namespace) -> int:
     print(f"serving {len(models)} model(s) at {url}  (Ctrl-C stops)", flush=True)
     if not args.no_browser:
         webbrowser.open(url)
-    serve_forever(app, sock)
+    try:
+        serve_forever(app, sock)
+    finally:  # queued analyses are dropped, not run, on the way out
+        for m in models:
+            m.worker.shutdown(wait=False, cancel_futures=True)
     return 0

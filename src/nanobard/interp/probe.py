@@ -6,7 +6,8 @@ heads switched off (mean-ablation, as ``head_ablation``).
 
 Positions are characters of the text, so a character model and a BPE model line up: the
 prediction "after character ``at``" is read at the token covering character ``at - 1``. A text
-longer than the model's context is cut from the front (``Probe.start`` says where it starts).
+longer than the model's context (or MAX_TOKENS) is cut from the front (``Probe.start`` says
+where it starts).
 
     p = probe(make_lens(model, tokenizer), "ROMEO:\\nBut soft", head=(1, 2), logit_lens=True)
     p.next.candidates[0].token, p.bits_per_char, p.attention.weights[-1]
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 LN2 = math.log(2)
 MAX_CHARS = 4096  # the longest text a probe reads
 MAX_TOP = 50  # the most candidates a next-token table lists
+# The most tokens a probe reads (or the model's context, when shorter). Attention for every layer
+# and head is kept for the thumbnails: SmolLM2-135M's 30 x 9 heads at 512 tokens hold 283 MB.
+MAX_TOKENS = 512
 THUMBNAIL = 16  # a head's thumbnail: its attention map averaged down to at most 16 x 16
 
 
@@ -76,6 +80,7 @@ class Ablated(Record):
     bits_per_char: float | None
     surprise_bits: list[float | None]
     next: NextToken
+    clean_candidates: list[float]  # the probability of each of Probe.next's candidates, now
     lens: list[LensLayer] | None = None
 
 
@@ -126,7 +131,7 @@ def probe(
         raise ProbeError("the text gives no tokens; type at least one character")
     ends = torch.tensor(counts).cumsum(0).tolist()
     starts = [e - c for e, c in zip(ends, counts)]
-    cut = max(0, len(ids) - lens.context)  # keep the last `context` tokens
+    cut = max(0, len(ids) - min(lens.context, MAX_TOKENS))  # keep the last ones
     ids, starts, ends = ids[cut:], starts[cut:], ends[cut:]
     pos = _position(at, starts, ends, len(text))
     need_attention = head is not None or thumbnails
@@ -147,18 +152,17 @@ def probe(
             lens=_lens_layers(lens, tr.resid, pos, lens_top) if logit_lens else None,
         )
         if need_attention:
-            att = torch.stack([a[0] for a in tr.attentions or []]).float().cpu()  # [L, H, T, T]
+            att = [a[0] for a in tr.attentions or []]  # L of [H, T, T]
             if head is not None:
-                rows = att[head[0], head[1]]
-                weights = [
-                    [round(v, 4) for v in rows[i, : i + 1].tolist()] for i in range(len(ids))
-                ]
+                rows = att[head[0]][head[1]].float().cpu()
+                weights = [[round(v, 4) for v in r[: i + 1]] for i, r in enumerate(rows.tolist())]
                 result.attention = HeadView(head[0], head[1], weights)
             if thumbnails:
-                result.thumbnails = _thumbnails(att)
+                result.thumbnails = [_thumbnails(a) for a in att]
         if ablate:
+            clean_ids = [c.id for c in result.next.candidates]
             result.ablated = _ablated(lens, tr, ids, starts, ends, pos, sampling, top, ablate,
-                                      lens_top if logit_lens else 0)  # fmt: skip
+                                      lens_top if logit_lens else 0, clean_ids)  # fmt: skip
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -196,7 +200,10 @@ def _position(at: int | None, starts: list[int], ends: list[int], n_chars: int) 
             f"character {at} is before the {len(ends)} tokens the model's context holds "
             f"(they start at character {starts[0]})"
         )
-    return next(i for i, e in enumerate(ends) if e >= at)
+    i = next((i for i, e in enumerate(ends) if e >= at), len(ends) - 1)
+    while i + 1 < len(ends) and ends[i + 1] == ends[i]:  # the rest of a split multi-byte character
+        i += 1
+    return i
 
 
 def _surprise(
@@ -246,12 +253,10 @@ def _lens_layers(lens: Lens, resid: list[torch.Tensor], pos: int, k: int) -> lis
     return out
 
 
-def _thumbnails(att: torch.Tensor) -> list[list[list[list[float]]]]:
-    """Every head's map [L, H, T, T] averaged down to at most THUMBNAIL x THUMBNAIL."""
-    L, H, T, _ = att.shape
-    g = min(T, THUMBNAIL)
-    pooled = F.adaptive_avg_pool2d(att.reshape(L * H, 1, T, T), g).reshape(L, H, g, g)
-    return [[[[round(v, 4) for v in row] for row in m] for m in layer] for layer in pooled.tolist()]
+def _thumbnails(att: torch.Tensor) -> list[list[list[float]]]:
+    """One layer's maps [H, T, T], each averaged down to at most THUMBNAIL x THUMBNAIL."""
+    pooled = F.adaptive_avg_pool2d(att.float()[:, None], min(att.shape[-1], THUMBNAIL))[:, 0]
+    return [[[round(v, 4) for v in row] for row in m] for m in pooled.cpu().tolist()]
 
 
 def _ablated(
@@ -265,6 +270,7 @@ def _ablated(
     top: int,
     heads: Sequence[Sequence[int]],
     lens_top: int,
+    clean_ids: list[int],
 ) -> Ablated:
     """The same text with ``heads`` mean-ablated together: from the first such layer onward."""
     nh = lens.n_heads
@@ -286,10 +292,12 @@ def _ablated(
             resid.append(x)
     logits = lens.logits(x)[0]
     surprise, bpc, _ = _surprise(logits, ids, starts, ends)
+    probs = F.softmax(logits[pos].float(), dim=-1).cpu()
     return Ablated(
         heads=sorted([layer, h] for layer, hs in by_layer.items() for h in set(hs)),
         bits_per_char=bpc,
         surprise_bits=surprise,
         next=_next(lens, logits[pos], pos, ends[pos], cfg, top),
+        clean_candidates=[round(float(probs[i]), 5) for i in clean_ids],
         lens=_lens_layers(lens, resid, pos, lens_top) if lens_top else None,
     )

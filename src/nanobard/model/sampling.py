@@ -28,6 +28,9 @@ Encode = Callable[[str], list[int]]  # text -> token ids
 Decode = Callable[[list[int]], str]  # token ids -> text
 
 
+MIN_TEMPERATURE = 0.01  # the lowest above 0 (greedy) that leaves a distribution to sample
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """temperature 0 means greedy (argmax). top_k 0 and top_p 1.0 disable those filters."""
@@ -40,6 +43,11 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         if self.temperature < 0:
             raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+        if 0 < self.temperature < MIN_TEMPERATURE:  # logits / 1e-39 overflow float32 to inf
+            raise ConfigError(
+                f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, "
+                f"got {self.temperature:g}"
+            )
         if self.top_k < 0:
             raise ConfigError(f"top_k must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
@@ -105,15 +113,42 @@ def generate_ids(
     stop_ids: set[int] | None = None,
 ) -> Iterator[int]:
     """Yield up to ``max_new_tokens`` new token ids, one at a time (stops early on a stop id)."""
-    g = torch.Generator().manual_seed(cfg.seed)
-    with torch.inference_mode():
-        logits = decoder.start(prompt_ids)
-        for i in range(max_new_tokens):
-            tok = pick_token(logits, cfg, g)
-            yield tok
-            if (stop_ids and tok in stop_ids) or i == max_new_tokens - 1:
-                return  # the last token needs no pass of its own
-            logits = decoder.advance(tok)
+    return TokenStream(decoder, prompt_ids, max_new_tokens, cfg, stop_ids)
+
+
+class TokenStream:
+    """The iterator ``generate_ids`` returns. Each ``next()`` is one complete step (a forward
+    pass under ``torch.inference_mode`` and a pick), holding no torch state between steps, so a
+    server may run successive steps on whichever thread is free. The last token needs no pass of
+    its own: ``max_new_tokens`` tokens cost ``max_new_tokens`` passes."""
+
+    def __init__(
+        self,
+        decoder: Decoder,
+        prompt_ids: list[int],
+        max_new_tokens: int,
+        cfg: SamplingConfig,
+        stop_ids: set[int] | None = None,
+    ):
+        self.decoder, self.prompt_ids, self.cfg = decoder, prompt_ids, cfg
+        self.left, self.stop_ids = max_new_tokens, stop_ids or set()
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.last: int | None = None
+
+    def __iter__(self) -> TokenStream:
+        return self
+
+    def __next__(self) -> int:
+        if self.left <= 0 or self.last in self.stop_ids:
+            raise StopIteration
+        with torch.inference_mode():
+            if self.last is None:
+                logits = self.decoder.start(self.prompt_ids)
+            else:
+                logits = self.decoder.advance(self.last)
+            self.last = pick_token(logits, self.cfg, self.generator)
+        self.left -= 1
+        return self.last
 
 
 def stream_text(decode: Decode, ids: Iterator[int]) -> Iterator[str]:

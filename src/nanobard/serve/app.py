@@ -8,9 +8,9 @@ nanobard: no CDN, works offline) and a JSON API, run by uvicorn.
     POST /api/generate   {"model", "prompt", ...} -> server-sent events: "text" pieces, then
                          "done" (or "error"); closing the connection stops the generation
 
-Inference runs in worker threads, so the event loop keeps answering while a model works; see
-models.py for how one model's passes take turns. Every error is a 4xx (or, for a bug, a 500)
-with a one-line JSON body ``{"error": "..."}``; the server keeps serving.
+Inference runs on each model's worker thread, so the event loop keeps answering while a model
+works; see models.py for how one model's passes take turns. Every error is a 4xx (or, for a bug,
+a 500) with a one-line JSON body ``{"error": "..."}``; the server keeps serving.
 """
 
 from __future__ import annotations
@@ -23,12 +23,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -85,8 +84,9 @@ async def _body(request: Request) -> dict[str, Any]:
         raise ApiError(400, "the client went away before sending the whole body") from None
     try:
         data = json.loads(b"".join(chunks))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"the body is not valid JSON ({e})") from None
+    except (ValueError, RecursionError) as e:  # a decoding error, a 5,000-digit number, [[[[...
+        first = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise ApiError(400, f"the body is not valid JSON ({first})") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object")
     return data
@@ -109,6 +109,10 @@ class Fields:
             raise ApiError(400, f"{name} is empty; type at least one character")
         if len(v) > MAX_CHARS:
             raise ApiError(400, f"{name} has {len(v):,} characters; the limit is {MAX_CHARS:,}")
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:  # JSON can carry a lone surrogate ("\ud800"); no text has one
+            raise ApiError(400, f"{name} holds an unpaired UTF-16 surrogate") from None
         return v
 
     def number(self, name: str, default: float, low: float, high: float, integer: bool = False):
@@ -136,7 +140,7 @@ class Fields:
         return [list(p) for p in pairs] if many else (tuple(v) if v is not None else None)
 
     def sampling(self) -> SamplingConfig:
-        return SamplingConfig(
+        return SamplingConfig(  # which refuses a temperature too small to sample with
             temperature=self.number("temperature", 1.0, 0, MAX_TEMPERATURE),
             top_k=self.number("top_k", 0, 0, 1_000_000, integer=True),
             top_p=self.number("top_p", 1.0, 1e-6, 1.0),
@@ -157,16 +161,32 @@ GENERATE = ("model", "prompt", "max_new_tokens", *SAMPLING)
 # the app
 
 
-def create_app(models: list[ServedModel], allowed_hosts: list[str] | None = None) -> Starlette:
-    """The explorer over ``models``. ``allowed_hosts``: the Host headers answered (by default
-    the local names only, so another site cannot reach the API by rebinding its DNS to us)."""
+class Counters:
+    """What ``GET /api/status`` reports; updated from the model workers, hence the lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.values = {"generations": 0, "tokens": 0, "analyses": 0}
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self.lock:
+            self.values[name] += n
+
+    def snapshot(self) -> dict[str, int]:
+        with self.lock:
+            return dict(self.values)
+
+
+def create_app(models: list[ServedModel], allowed_hosts: list[str] | None = None) -> ASGIApp:
+    """The explorer over ``models``, inside ``Guard``. ``allowed_hosts``: the Host names
+    answered (by default the local names only, so another site cannot reach the API by rebinding
+    its DNS to us)."""
     if not models:
         raise ServeError("no models to serve")
     text = default_text(models)
     by_id = {m.id: m for m in models}
     pages = {path: (_static(name), kind) for path, (name, kind) in STATIC.items()}
-    running = {"generations": 0, "tokens": 0}  # generations now, tokens generated so far
-    lock = threading.Lock()
+    counters = Counters()  # generations now; tokens generated and analyses run since start-up
 
     def model(fields: Fields) -> ServedModel:
         mid = fields.data.get("model")
@@ -184,7 +204,7 @@ def create_app(models: list[ServedModel], allowed_hosts: list[str] | None = None
         return JSONResponse({"models": [m.info() for m in models], "limits": limits, "text": text})
 
     async def api_status(request: Request) -> Response:
-        return JSONResponse(running)
+        return JSONResponse(counters.snapshot())
 
     async def api_analyze(request: Request) -> Response:
         f = Fields(await _body(request), ANALYZE)
@@ -199,7 +219,13 @@ def create_app(models: list[ServedModel], allowed_hosts: list[str] | None = None
             ablate=f.heads("ablate", many=True),
             sampling=f.sampling(),
         )
-        result = await run_in_threadpool(m.analyze, text, **opts)
+
+        def job() -> Any:
+            counters.add("analyses")
+            return m.analyze(text, **opts)
+
+        loop = asyncio.get_running_loop()
+        result = await _unless_gone(request, loop.run_in_executor(m.worker, job))
         return JSONResponse(result.to_dict())
 
     async def api_generate(request: Request) -> Response:
@@ -208,11 +234,13 @@ def create_app(models: list[ServedModel], allowed_hosts: list[str] | None = None
         prompt = f.text("prompt")
         n = f.number("max_new_tokens", 200, 1, MAX_NEW_TOKENS, integer=True)
         cfg = f.sampling()
-        ids = m.generator.encode(prompt)  # a prompt the model cannot read is refused here
+        # on the worker (its tokenizer is the one analyses use); an unreadable prompt is refused
+        loop = asyncio.get_running_loop()
+        ids = await loop.run_in_executor(m.worker, m.generator.encode, prompt)
         if not ids:
             raise ApiError(400, "the prompt gives no tokens")
         return StreamingResponse(
-            _events(m, ids, n, cfg, running, lock),
+            _events(m, ids, n, cfg, counters),
             media_type="text/event-stream",
             headers={"X-Accel-Buffering": "no"},
         )
@@ -230,8 +258,27 @@ def create_app(models: list[ServedModel], allowed_hosts: list[str] | None = None
         HTTPException: lambda r, e: _error(e.status_code, _http_message(r, e)),
         Exception: _internal,
     }
-    middleware = [Middleware(Guard, allowed_hosts=allowed_hosts or list(LOCAL_HOSTS))]
-    return Starlette(routes=routes, exception_handlers=handlers, middleware=middleware)
+    app = Starlette(routes=routes, exception_handlers=handlers)
+    return Guard(app, allowed_hosts or list(LOCAL_HOSTS))  # outermost: a 500 has the headers too
+
+
+async def _unless_gone(request: Request, job: asyncio.Future) -> Any:
+    """The result of ``job``; if the client hangs up first (the page aborts an analysis that a
+    newer keystroke made stale), the job is cancelled while it still waits for the worker."""
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watch = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({job, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if not job.done():
+        job.cancel()
+        raise ApiError(499, "the client closed the connection")
+    return job.result()
 
 
 async def _events(
@@ -239,56 +286,43 @@ async def _events(
     ids: list[int],
     n: int,
     cfg: SamplingConfig,
-    running: dict[str, int],
-    lock: threading.Lock,
+    counters: Counters,
 ) -> AsyncIterator[str]:
-    """Server-sent events of one generation, produced in a thread of its own; when the client
-    goes away this generator is closed and the thread stops after its current token."""
+    """Server-sent events of one generation, one token per job on the model's worker. When the
+    client goes away, Starlette cancels this generator: no further token is asked for, and the
+    token being made when it left is the last."""
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-    stop = threading.Event()
     count = [0]  # tokens generated (one forward pass each)
 
-    def put(kind: str, data: Any) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, (kind, data))
-        except RuntimeError:  # the loop has closed (the server is shutting down)
-            stop.set()
-
-    def on_token() -> None:
-        with lock:
-            running["tokens"] += 1
+    def on_token() -> None:  # on the worker thread
         count[0] += 1
+        counters.add("tokens")
 
-    def work() -> None:
-        t0, chars = time.perf_counter(), 0
-        try:
-            for piece in m.stream(ids, n, cfg, on_token):
-                if stop.is_set():
-                    return
-                chars += len(piece)
-                put("text", {"text": piece})
-            secs = time.perf_counter() - t0
-            put("done", {"tokens": count[0], "chars": chars, "seconds": round(secs, 3),
-                         "tokens_per_second": round(count[0] / secs, 1)})  # fmt: skip
-        except Exception as e:  # a bug, or a failure of the model: said in the stream
-            logger.exception("generation failed")
-            put("error", {"error": f"generation failed: {type(e).__name__}: {e}"})
-        finally:
-            with lock:
-                running["generations"] -= 1
-
-    with lock:
-        running["generations"] += 1
-    threading.Thread(target=work, name=f"generate-{m.id}", daemon=True).start()
+    pieces = m.stream(ids, n, cfg, on_token)
+    counters.add("generations")
+    t0, chars = time.perf_counter(), 0
     try:
-        while True:
-            kind, data = await queue.get()
-            yield f"event: {kind}\ndata: {json.dumps(data)}\n\n"
-            if kind != "text":
-                return
+        while (piece := await loop.run_in_executor(m.worker, next, pieces, None)) is not None:
+            chars += len(piece)
+            yield _event("text", {"text": piece})
+        secs = time.perf_counter() - t0
+        yield _event("done", {"tokens": count[0], "chars": chars, "seconds": round(secs, 3),
+                              "tokens_per_second": round(count[0] / secs, 1)})  # fmt: skip
+    except Exception as e:  # a bug, or a failure of the model: said in the stream
+        logger.exception("generation failed")
+        yield _event("error", {"error": f"generation failed: {type(e).__name__}: {e}"})
     finally:
-        stop.set()
+        counters.add("generations", -1)
+        close = getattr(pieces, "close", None)  # a generator: after the step in flight, on
+        if close is not None:  # the thread that runs it
+            try:
+                m.worker.submit(close)
+            except RuntimeError:  # the worker has shut down with the server
+                pass
+
+
+def _event(kind: str, data: dict[str, Any]) -> str:
+    return f"event: {kind}\ndata: {json.dumps(data)}\n\n"
 
 
 class Guard:
@@ -309,14 +343,37 @@ class Guard:
                 MutableHeaders(scope=message).update(HEADERS)
             await send(message)
 
-        host = Headers(scope=scope).get("host", "")
-        name = host[1:].split("]")[0] if host.startswith("[") else host.rsplit(":", 1)[0]
-        if "*" not in self.hosts and name not in self.hosts:
-            await _error(400, f"host {host!r} is not served here")(
-                scope, receive, send_with_headers
-            )
+        refused = self.refusal(scope)
+        if refused is not None:
+            await refused(scope, receive, send_with_headers)
             return
         await self.app(scope, receive, send_with_headers)
+
+    def refusal(self, scope: Scope) -> JSONResponse | None:
+        headers = Headers(scope=scope)
+        host = headers.get("host", "")
+        if _host_name(host) not in self.hosts:
+            return _error(400, f"host {host!r} is not served here")
+        if scope["method"] == "POST":
+            # A page elsewhere may POST to 127.0.0.1 without reading the answer; a JSON body
+            # needs a CORS preflight, which this server never grants, and a browser names the
+            # page's origin: both are checked.
+            kind = headers.get("content-type", "").split(";")[0].strip().lower()
+            if kind != "application/json":
+                return _error(415, "send the body as Content-Type: application/json")
+            origin = headers.get("origin")
+            if origin is not None and urlsplit(origin).netloc != host:
+                return _error(403, f"requests from {origin} are not served")
+            if headers.get("sec-fetch-site") == "cross-site":
+                return _error(403, "cross-site requests are not served")
+        return None
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header: "[::1]:8765" -> "::1", "localhost:8765" -> "localhost"."""
+    if host.startswith("["):
+        return host[1:].split("]")[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 def _static(name: str) -> bytes:

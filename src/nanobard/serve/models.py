@@ -5,17 +5,20 @@ fine-tuning and after it, each with its heads' scores from the study (interpreta
 Any other argument is one model: a checkpoint, a training run folder, a Hugging Face folder or
 ``smollm2-135m``. Requests name a model by its id, never by a path.
 
-Every forward pass of a model holds that model's lock: the lens records a pass through hooks on
-the model's modules, so two passes at once would record into each other. A generation takes the
-lock one token at a time, so an analysis in another tab runs between two tokens.
+Each model has one worker thread, and every forward pass of that model is a job on it: the lens
+records a pass through hooks on the model's modules, so two passes at once would record into each
+other. A generation is one job per token, so an analysis from another tab runs between two of its
+tokens, and different models work in parallel. A fixed, small set of threads also bounds memory:
+every thread that runs torch keeps its own scratch buffers (20 requests on 20 threads peaked
+~450 MB higher than on 3; benchmarks/serve.py).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -43,7 +46,6 @@ from nanobard.study.records import InterpretStudy
 if TYPE_CHECKING:
     from nanobard.interp.analysis import Analysis
     from nanobard.interp.lens import Lens
-    from nanobard.model.sampling import Decoder
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +65,10 @@ class ServedModel:
     lens: Lens
     generator: TextGenerator
     head_scores: dict[str, list[list[float | None]]] | None = None  # [layer][head], from the run
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    worker: ThreadPoolExecutor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{self.id}")
 
     def info(self) -> dict[str, Any]:
         """What ``GET /api/models`` says of this model."""
@@ -84,9 +89,8 @@ class ServedModel:
         }
 
     def analyze(self, text: str, **options: Any) -> Probe:
-        """``interp.probe.probe`` on this model, holding its lock."""
-        with self.lock:
-            return probe(self.lens, text, **options)
+        """``interp.probe.probe`` on this model (run it on ``worker``)."""
+        return probe(self.lens, text, **options)
 
     def stream(
         self,
@@ -95,31 +99,17 @@ class ServedModel:
         cfg: SamplingConfig,
         on_token: Callable[[], None] = lambda: None,
     ) -> Iterator[str]:
-        """The continuation of ``prompt_ids`` as text pieces; each token's pass holds the lock,
-        and ``on_token`` is called once per token."""
+        """The continuation of ``prompt_ids`` as text pieces, one forward pass per ``next()``
+        (run each on ``worker``); ``on_token`` is called once per token."""
         gen = self.generator
-        decoder = _Locked(gen.make_decoder(), self.lock, on_token)
-        ids = generate_ids(decoder, prompt_ids, max_new_tokens, cfg, gen.stop_ids)
-        return stream_text(gen.decode, ids)
+        ids = generate_ids(gen.make_decoder(), prompt_ids, max_new_tokens, cfg, gen.stop_ids)
+        return stream_text(gen.decode, _counted(ids, on_token))
 
 
-class _Locked:
-    """A decoder whose every pass holds ``lock`` (see the module's docstring)."""
-
-    def __init__(self, decoder: Decoder, lock: threading.Lock, on_token: Callable[[], None]):
-        self.decoder, self.lock, self.on_token = decoder, lock, on_token
-
-    def start(self, prompt_ids: list[int]) -> torch.Tensor:
-        with self.lock:
-            out = self.decoder.start(prompt_ids)
-        self.on_token()
-        return out
-
-    def advance(self, token: int) -> torch.Tensor:
-        with self.lock:
-            out = self.decoder.advance(token)
-        self.on_token()
-        return out
+def _counted(ids: Iterator[int], on_token: Callable[[], None]) -> Iterator[int]:
+    for i in ids:
+        on_token()
+        yield i
 
 
 @dataclass(frozen=True)

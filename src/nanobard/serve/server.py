@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from nanobard.serve.app import LOCAL_HOSTS
 from nanobard.serve.models import ServeError
@@ -44,34 +44,55 @@ def url_of(sock: socket.socket) -> str:
 
 
 def allowed_hosts(host: str) -> list[str]:
-    """Host headers answered: the local names, and the address given with --host (any, for a
-    wildcard address)."""
+    """Host names answered: the local names, and the address given with --host; for a wildcard
+    address (0.0.0.0, ::) also this machine's name and addresses (never "any name": that would
+    let a page elsewhere rebind its own name to this machine)."""
+    names = {*LOCAL_HOSTS, host}
     if host in ("0.0.0.0", "::", ""):
-        return ["*"]
-    return sorted({*LOCAL_HOSTS, host})
+        me = socket.gethostname()
+        names |= {me, socket.getfqdn()}
+        try:
+            names |= {str(a[4][0]) for a in socket.getaddrinfo(me, None)}
+        except socket.gaierror:
+            pass
+        names.add(_outward_address())
+    return sorted(n for n in names if n)
+
+
+def _outward_address() -> str:
+    """The address this machine uses on its network (a UDP socket's own end; nothing is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+            return str(s.getsockname()[0])
+        except OSError:
+            return ""
 
 
 def warn_if_public(host: str) -> None:
     if host not in LOCAL_HOSTS:
         logger.warning(
-            "listening on %s: anyone who can reach this machine can use these models", host
+            "listening on %s: anyone who can reach this machine can use these models "
+            "(requests must name it by %s)",
+            host,
+            ", ".join(allowed_hosts(host)),
         )
 
 
-def _server(app: Starlette):
+def _server(app: ASGIApp):
     import uvicorn
 
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     return uvicorn.Server(config)
 
 
-def serve_forever(app: Starlette, sock: socket.socket) -> None:
+def serve_forever(app: ASGIApp, sock: socket.socket) -> None:
     """Serve until Ctrl-C."""
     _server(app).run(sockets=[sock])
 
 
 @contextmanager
-def running(app: Starlette, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+def running(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
     """The app served in a background thread; yields its URL; stops it on exit."""
     sock = bind(host, port)
     server = _server(app)

@@ -33,9 +33,9 @@ function showSliders() {
   $("#top-p-out").textContent = s.top_p >= 1 ? "off" : s.top_p.toFixed(2);
 }
 
-async function postJSON(path, body) {
+async function postJSON(path, body, signal) {
   const r = await fetch(path, { method: "POST", headers: { "Content-Type": "application/json" },
-    body: JSON.stringify(body) });
+    body: JSON.stringify(body), signal });
   const data = await r.json();
   if (!r.ok) throw new Error(data.error || `HTTP ${r.status}`);
   return data;
@@ -115,22 +115,27 @@ async function analyze(p) {
   const text = $("#text").value;
   const seq = ++p.seq;
   const error = $(".error", p.node);
-  if (!text) { p.node.classList.add("empty"); return; }
+  if (p.ctrl) p.ctrl.abort();  // the server drops an analysis nobody waits for
+  p.ctrl = new AbortController();
+  p.node.classList.toggle("empty", !text);
+  if (!text) { p.node.classList.remove("busy"); return; }
+  const chars = Array.from(text);  // code points, as the server counts characters
   const wantThumbs = p.thumbsFor !== text;
   const body = { model: p.m.id, text, top: 10, head: p.head, lens: true, thumbnails: wantThumbs,
     ablate: [...p.off].map((k) => k.split(",").map(Number)), ...sampling() };
   delete body.seed;
-  if (state.at !== null && state.at <= text.length) body.at = state.at;
+  if (state.at !== null && state.at <= chars.length) body.at = state.at;
   p.node.classList.add("busy");
   try {
-    const r = await postJSON("/api/analyze", body);
+    const r = await postJSON("/api/analyze", body, p.ctrl.signal);
     if (seq !== p.seq) return;  // a newer request is on its way
     if (r.thumbnails) { p.thumbs = r.thumbnails; p.thumbsFor = text; }
     p.probe = r;
+    p.chars = chars;
     error.hidden = true;
-    render(p, text);
+    render(p, chars);
   } catch (e) {
-    if (seq !== p.seq) return;
+    if (seq !== p.seq || e.name === "AbortError") return;
     error.textContent = e.message;
     error.hidden = false;
   } finally {
@@ -144,7 +149,7 @@ function tokenOfChar(r, n) {  // character index -> token index (-1 before the m
   return of;
 }
 
-function render(p, text) {
+function render(p, text) {  // text: the analysed text's characters (an array of code points)
   const r = p.probe;
   const of = tokenOfChar(r, text.length);
   p.of = of;
@@ -184,7 +189,11 @@ function renderSurprise(p, text, of) {
     const s = charSpan(p, text, c, of);
     const t = of[c];
     if (t >= 0) {
-      const bits = r.surprise_bits[t];
+      let bits = r.surprise_bits[t];
+      // a character split over several byte tokens costs them all (the rest cover 0 characters)
+      for (let u = t + 1; u < r.spans.length && r.spans[u][0] === r.spans[u][1]; u++) {
+        if (bits !== null) bits += r.surprise_bits[u];
+      }
       const [a, b] = r.spans[t];
       if (bits === null) s.classList.add("unscored");
       else s.style.background = bitsColour(bits / Math.max(1, b - a));
@@ -210,12 +219,11 @@ function renderSurprise(p, text, of) {
 function renderNext(p) {
   const r = p.probe;
   const nx = r.next;
-  const text = $("#text").value;
-  const tail = text.slice(Math.max(0, nx.after - 12), nx.after);
+  const tail = p.chars.slice(Math.max(0, nx.after - 12), nx.after).join("");
   $(".after", p.node).textContent = `after “${show(tail)}”`;
-  const ab = r.ablated ? new Map(r.ablated.next.candidates.map((c) => [c.id, c.prob])) : null;
+  const ab = r.ablated ? r.ablated.clean_candidates : null;
   p.node.classList.toggle("has-ablation", !!ab);
-  const rows = nx.candidates.map((c) => {
+  const rows = nx.candidates.map((c, i) => {
     const tr = el("tr");
     if (c.sampled > 0) tr.classList.add("kept");
     const bar = el("span", "bar");
@@ -226,7 +234,7 @@ function renderNext(p) {
     prob.append(bar, el("span", "v", (100 * c.prob).toFixed(1) + "%"));
     const samp = el("td", "s");
     samp.append(sbar, el("span", "v", c.sampled > 0 ? (100 * c.sampled).toFixed(1) + "%" : "–"));
-    const abl = el("td", "ab", ab ? (ab.has(c.id) ? (100 * ab.get(c.id)).toFixed(1) + "%" : "<") : "");
+    const abl = el("td", "ab", ab ? (100 * ab[i]).toFixed(1) + "%" : "");
     tr.append(el("td", "tok", show(c.token)), prob, samp, abl);
     return tr;
   });
@@ -317,15 +325,18 @@ async function generateAll() {
   const prompt = $("#text").value;
   const body = { prompt, max_new_tokens: Number($("#max-new").value) || 200, ...sampling() };
   $("#stop").disabled = false;
-  running = [...state.panels.values()].map((p) => streamInto(p, body));
-  await Promise.allSettled(running.map((r) => r.done));
-  $("#stop").disabled = true;
+  const mine = [...state.panels.values()].map((p) => streamInto(p, body));
+  running = mine;
+  await Promise.allSettled(mine.map((r) => r.done));
+  if (running === mine) $("#stop").disabled = true;  // unless a newer run has started
 }
 
 function streamInto(p, body) {
   const ctrl = new AbortController();
   const out = $(".gen-out", p.node);
   const stats = $(".gen-stats", p.node);
+  const run = (p.genRun || 0) + 1;
+  p.genRun = run;
   out.replaceChildren(el("span", "prompt", body.prompt));
   const generated = el("span", "generated", "");
   out.append(generated);
@@ -354,9 +365,9 @@ function streamInto(p, body) {
         }
       }
     } catch (e) {
-      stats.textContent = e.name === "AbortError" ? "stopped" : e.message;
+      if (p.genRun === run) stats.textContent = e.name === "AbortError" ? "stopped" : e.message;
     } finally {
-      p.node.classList.remove("generating");
+      if (p.genRun === run) p.node.classList.remove("generating");
     }
   })();
   return { ctrl, done };
@@ -397,7 +408,11 @@ async function start() {
   state.models.forEach((m) => state.panels.set(m.id, makePanel(m)));
   $("#status").textContent = `${state.models.length} model(s): ` +
     state.models.map((m) => m.name).join(" · ");
-  text.addEventListener("input", () => { state.at = null; analyzeAll(); });
+  text.addEventListener("input", () => {
+    state.at = null;
+    state.panels.forEach((p) => { p.hover = null; });
+    analyzeAll();
+  });
   ["#temperature", "#top-k", "#top-p"].forEach((id) => $(id).addEventListener("input", () => {
     showSliders();
     analyzeAll(60);
