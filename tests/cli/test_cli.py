@@ -221,6 +221,38 @@ CASES = {
         "holds the checkpoint itself",
     ),
     "serve without a model": (None, ["serve", "--no-browser"], "no models to serve"),
+    "patch prompts of different lengths": (
+        None,
+        [
+            "patch",
+            "{run}",
+            "--clean",
+            "ROMEO:",
+            "--corrupt",
+            "ROMEO",
+            "--target",
+            "O",
+            "--out",
+            "{d}/p",
+        ],
+        "same number of characters: 6 and 5",
+    ),  # fmt: skip
+    "patch a target of two tokens": (
+        None,
+        [
+            "patch",
+            "{run}",
+            "--clean",
+            "ROMEO:",
+            "--corrupt",
+            "MEROE:",
+            "--target",
+            "OO",
+            "--out",
+            "{d}/p",
+        ],
+        "must be one token",
+    ),  # fmt: skip
     "serve a missing checkpoint": (
         None,
         ["serve", "{d}/none.pt", "--no-browser"],
@@ -267,6 +299,24 @@ def test_argument_errors_and_a_real_process_end_in_one_line(trained):
         and "Traceback" not in r.stderr
         and r.stderr.startswith("nanobard: error:")
     )
+
+
+def test_patch_writes_the_documented_json_and_a_figure(trained, capsys):
+    import json
+
+    out = trained / "patched"
+    args = ["patch", str(trained / "run"), "--clean", "ROMEO: O light", "--corrupt",
+            "MEROE: O light", "--target", "\n", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    r = json.loads((out / "patching.json").read_text())
+    keys = {"tokens_clean", "tokens_corrupt", "logit_clean", "logit_corrupt", "resid_pre",
+            "attn_out", "mlp_out", "heads", "dla"}  # fmt: skip
+    assert keys <= set(r) and {"heads", "mlp", "embed"} <= set(r["dla"])
+    n_layer, n_tokens = 1, len("ROMEO: O light")  # TINY: one layer, two heads
+    assert len(r["resid_pre"]) == n_layer and len(r["resid_pre"][0]) == n_tokens
+    assert len(r["heads"]) == n_layer and len(r["heads"][0]) == 2
+    assert (out / "patching.png").stat().st_size > 10_000
+    assert "the head that restores most" in capsys.readouterr().out
 
 
 def test_serve_runs_until_stopped_and_a_busy_port_is_one_line(trained):

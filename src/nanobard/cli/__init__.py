@@ -20,6 +20,7 @@ from nanobard.cli import (
     export,
     finetune,
     generate,
+    patch,
     run,
     serve,
     train,
@@ -27,7 +28,7 @@ from nanobard.cli import (
 from nanobard.cli.common import Parser
 from nanobard.errors import NanobardError
 
-COMMANDS = (train, generate, finetune, evaluate, run, attention, serve, export, bench)
+COMMANDS = (train, generate, finetune, evaluate, run, attention, patch, serve, export, bench)
 _OS_USER_ERRORS = (
     FileNotFoundError,
     PermissionError,

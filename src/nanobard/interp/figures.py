@@ -29,6 +29,7 @@ from nanobard.interp.circuits import (  # noqa: E402
     LogitLensResult,
     PositionLoss,
 )
+from nanobard.interp.patching import PatchingResult  # noqa: E402
 from nanobard.records import EvalRow  # noqa: E402
 
 DPI = 110
@@ -376,3 +377,54 @@ def _formation_panel(ax: Axes, tokens: list[int], tables: list[np.ndarray], name
     handles, labels = ax.get_legend_handles_labels()
     # strongest first
     ax.legend(handles[::-1], labels[::-1], loc="upper left", fontsize=8)
+
+
+def activation_patching(result: PatchingResult, path: str | os.PathLike) -> Path:
+    """Activation patching of one clean / corrupted pair: the fraction of the target's logit
+    difference recovered by patching each site (residual stream, attention output and MLP output
+    by layer and position; each head at every position), and the direct logit attribution of
+    each head on the clean prompt."""
+    r = result
+    L, T = len(r.resid_pre), len(r.tokens_clean)
+    labels = [
+        _label(c) if c == x else f"{_label(x)}→{_label(c)}"
+        for c, x in zip(r.tokens_clean, r.tokens_corrupt)
+    ]
+    fig, axes = plt.subplots(
+        2,
+        3,
+        figsize=(min(22.0, max(13.0, 0.15 * T * 3 + 3)), min(16.0, max(7.0, 0.3 * L * 2 + 3))),
+        layout="constrained",
+    )
+    kw = dict(cmap="RdBu_r", vmin=-1.0, vmax=1.0, aspect="auto")
+    for ax, table, name in zip(axes[0], (r.resid_pre, r.attn_out, r.mlp_out),
+                               ("residual stream (before each layer)", "attention output",
+                                "MLP output")):  # fmt: skip
+        im = ax.imshow(np.array(table), **kw)
+        ax.set_title(name, fontsize=10)
+        ax.set_xticks(range(T), labels, rotation=90, fontsize=6 if T > 24 else 8)
+        ax.set_yticks(range(L) if L <= 16 else range(0, L, 2))
+        ax.set_ylabel("layer")
+    fig.colorbar(im, ax=axes[0, 2], shrink=0.85, label="fraction of the logit difference recovered")
+    _heatmap(fig, axes[1, 0], _table(r.heads), "each head, patched at every position",
+             "fraction recovered", cmap="RdBu_r", vmin=-1, vmax=1, fmt=".2f")  # fmt: skip
+    dla = _table(r.dla.heads)
+    m = float(np.abs(dla).max()) or 1.0
+    _heatmap(fig, axes[1, 1], dla, "direct logit attribution of each head (clean prompt)",
+             "logit", cmap="PuOr", vmin=-m, vmax=m, fmt=".1f")  # fmt: skip
+    parts = {"embed": r.dla.embed, **{f"MLP {i}": v for i, v in enumerate(r.dla.mlp)}}
+    parts |= {"heads": sum(map(sum, r.dla.heads)), "biases": sum(r.dla.attn_bias) + r.dla.rest}
+    ax = axes[1, 2]
+    ax.barh(list(parts), list(parts.values()), color=["tab:purple" if v > 0 else "tab:orange"
+                                                      for v in parts.values()])  # fmt: skip
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", lw=0.6)
+    ax.set_title(f"direct logit attribution: the parts add up to {r.dla.logit:.2f}", fontsize=10)
+    ax.tick_params(axis="y", labelsize=7 if len(parts) > 16 else 9)
+    fig.suptitle(
+        f"{r.model}: activation patching for target {_label(r.target)!r} "
+        f"(logit {r.logit_clean:.2f} clean, {r.logit_corrupt:.2f} corrupted); "
+        "1 = patching this site from the clean run restores the clean answer",
+        fontsize=11,
+    )
+    return save_figure(fig, path)

@@ -48,6 +48,8 @@ class Trace:
     head_inputs: list[torch.Tensor]  # L of (B, T, nh * hd): input of each output projection
     calls: list[tuple[tuple, dict]]  # the positional and keyword arguments each layer got
     attentions: list[torch.Tensor] | None = None  # L of (B, nh, T, T), when asked
+    attn_out: list[torch.Tensor] | None = None  # L of (B, T, C): each attention block's output
+    mlp_out: list[torch.Tensor] | None = None  # L of (B, T, C): each MLP's output
 
 
 @dataclass
@@ -62,6 +64,8 @@ class Lens:
     final_norm: nn.Module
     unembed: nn.Module
     out_projs: list[nn.Module]  # per layer, the module whose input holds the heads side by side
+    attns: list[nn.Module]  # per layer, the attention block (its output is added to the stream)
+    mlps: list[nn.Module]  # per layer, the MLP (likewise)
     n_heads: int
     context: int  # longest input in tokens
     vocab_size: int
@@ -133,6 +137,8 @@ class Lens:
         resid: list[Any] = [None] * (L + 1)
         heads: list[Any] = [None] * L
         calls: list[Any] = [None] * L
+        attn_out: list[Any] = [None] * L
+        mlp_out: list[Any] = [None] * L
 
         def on_layer(i: int):
             def hook(module, args, kwargs):
@@ -144,18 +150,23 @@ class Lens:
         def on_proj(i: int):
             return lambda module, args: heads.__setitem__(i, args[0].detach())
 
+        def on_output(store: list, i: int):
+            return lambda module, args, out: store.__setitem__(i, _first(out))
+
         handles = [
             self.final_norm.register_forward_pre_hook(lambda m, a: resid.__setitem__(L, a[0]))
         ]
         for i in range(L):
             handles.append(self.layers[i].register_forward_pre_hook(on_layer(i), with_kwargs=True))
             handles.append(self.out_projs[i].register_forward_pre_hook(on_proj(i)))
+            handles.append(self.attns[i].register_forward_hook(on_output(attn_out, i)))
+            handles.append(self.mlps[i].register_forward_hook(on_output(mlp_out, i)))
         try:
             logits, att = self._forward(ids.to(self.device), attention)
         finally:
             for h in handles:
                 h.remove()
-        return Trace(ids, logits.float(), resid, heads, calls, att)
+        return Trace(ids, logits.float(), resid, heads, calls, att, attn_out, mlp_out)
 
     def run_from(
         self, trace: Trace, layer: int, x: torch.Tensor, stop: int | None = None
@@ -182,7 +193,8 @@ class Lens:
     def ablate(self, layer: int, heads: torch.Tensor, values: torch.Tensor) -> Iterator[None]:
         """Inside the block, row r of any batch has head ``heads[r]`` of ``layer`` replaced by
         ``values[heads[r]]`` (values [head, hd]); ``heads[r] = -1`` leaves row r intact. ``heads``
-        may also be a (B, nh) boolean mask: row r has every head marked in ``heads[r]`` replaced."""
+        may also be a (B, nh) boolean mask: row r has every head marked in ``heads[r]`` replaced.
+        ``values`` may also be [T, head, hd]: a value per position (activation patching)."""
         nh = self.n_heads
         if heads.dim() == 2:
             mask = heads.to(self.device, torch.long)  # (B, nh)
@@ -194,7 +206,8 @@ class Lens:
             h = args[0]  # (B, T, nh * hd)
             B, T, D = h.shape
             m = mask.to(h.dtype)[:, None, :, None]  # (B, 1, nh, 1)
-            v = values.to(h.device, h.dtype)[None, None]  # (1, 1, nh, hd)
+            v = values.to(h.device, h.dtype)  # [head, hd], or [T, head, hd] per position
+            v = v[None, None] if v.dim() == 2 else v[None]  # (1, 1 or T, nh, hd)
             h = h.reshape(B, T, nh, D // nh) * (1 - m) + v * m
             return (h.reshape(B, T, D), *args[1:])
 
@@ -221,6 +234,8 @@ def make_lens(
             model=model, tokenizer=tokenizer, kind="scratch", embed=t["wte"], layers=blocks,
             final_norm=t["ln_f"], unembed=model.lm_head,
             out_projs=[b.attn.c_proj for b in cast("Iterable[Block]", blocks)],
+            attns=[b.attn for b in cast("Iterable[Block]", blocks)],
+            mlps=[b.mlp for b in cast("Iterable[Block]", blocks)],
             n_heads=c.n_head, context=c.block_size, vocab_size=c.vocab_size,
             name=name or "scratch",
         )  # fmt: skip
@@ -233,6 +248,7 @@ def make_lens(
             model=model, tokenizer=tokenizer, kind="llama", embed=inner.embed_tokens,
             layers=inner.layers, final_norm=inner.norm, unembed=head,
             out_projs=[b.self_attn.o_proj for b in inner.layers],
+            attns=[b.self_attn for b in inner.layers], mlps=[b.mlp for b in inner.layers],
             n_heads=hc.num_attention_heads, context=hc.max_position_embeddings,
             vocab_size=hc.vocab_size, name=name or hc.model_type,
         )  # fmt: skip
@@ -241,6 +257,7 @@ def make_lens(
         return Lens(
             model=model, tokenizer=tokenizer, kind="gpt2", embed=tr.wte, layers=tr.h,
             final_norm=tr.ln_f, unembed=head, out_projs=[b.attn.c_proj for b in tr.h],
+            attns=[b.attn for b in tr.h], mlps=[b.mlp for b in tr.h],
             n_heads=hc.n_head, context=hc.n_positions, vocab_size=hc.vocab_size,
             name=name or hc.model_type,
         )  # fmt: skip
@@ -283,6 +300,11 @@ def eager_attention(model: nn.Module) -> Iterator[None]:
 @contextmanager
 def _nothing() -> Iterator[None]:
     yield
+
+
+def _first(out: Any) -> torch.Tensor:
+    """A module's main output: the tensor itself, or the first of a tuple (HF attention)."""
+    return out[0] if isinstance(out, tuple) else out
 
 
 def _tile(obj: Any, k: int, batch: int) -> Any:
