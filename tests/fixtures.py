@@ -25,6 +25,7 @@ from nanobard.interp.circuits import (
     PositionLoss,
     circuit_findings,
 )
+from nanobard.interp.patching import LogitAttribution, PatchingResult
 from nanobard.model.evaluate import Score
 from nanobard.records import EvalRow
 from nanobard.rundir import RunDir
@@ -140,7 +141,37 @@ def synthetic_interpret(
         pretrained_before=synthetic_analysis(
             f"{hf_name} before fine-tuning", 6, 3, ablated=[0, 3], seed=3, width=160
         ),
+        patching_scratch=synthetic_patching(scratch_name, 2, 4, seed=4),
+        patching_pretrained=synthetic_patching(
+            f"{hf_name} fine-tuned", 6, 3, seed=5, layers=[0, 3, 5]
+        ),  # fmt: skip
     )
+
+
+def synthetic_patching(
+    name: str, L: int, H: int, *, seed: int, T: int = 12, layers: list[int] | None = None
+) -> PatchingResult:
+    """A patching result whose clue moves to the last position at layer L // 2; ``layers``:
+    the layers patched (None: all)."""
+    rng = random.Random(seed)
+    keep = set(range(L) if layers is None else layers)
+
+    def row(layer: int, n: int, hot: int | None) -> list[float | None]:
+        if layer not in keep:
+            return [None] * n
+        return [1.0 if i == hot else round(rng.uniform(-0.1, 0.2), 3) for i in range(n)]
+
+    clean = list(f"ROMEO: {EVIL}"[:T].ljust(T, "x"))
+    return PatchingResult(
+        model=name, tokens_clean=clean, tokens_corrupt=["J", *clean[1:]], target="O",
+        target_id=3, logit_clean=4.0, logit_corrupt=1.0,
+        resid_pre=[row(i, T, 0 if i < L // 2 else T - 1) for i in range(L)],
+        attn_out=[row(i, T, T - 1 if i == L // 2 else None) for i in range(L)],
+        mlp_out=[row(i, T, None) for i in range(L)],
+        heads=[row(i, H, 1 if i == L // 2 else None) for i in range(L)],
+        dla=LogitAttribution(embed=0.1, heads=_grid(rng, L, H), attn_bias=[0.0] * L,
+                             mlp=[0.2] * L, rest=0.05, logit=4.0),
+    )  # fmt: skip
 
 
 def synthetic_history(n: int = 6, *, heads: bool = True, L: int = 2, H: int = 4) -> list[EvalRow]:
@@ -302,6 +333,7 @@ def synthetic_study(
         *RunDir.FIG_ABLATION.values(),
         RunDir.FIG_LOGIT_LENS,
         RunDir.FIG_LOSS_BY_POSITION,
+        *RunDir.FIG_PATCHING.values(),
     ] + ([RunDir.FIG_HEAD_FORMATION] * heads)
     for name in names if figures else []:
         (run / name).write_bytes(PNG_1PX)

@@ -58,6 +58,10 @@ class RunDir:
     FIG_LOGIT_LENS = "logit_lens.png"
     FIG_LOSS_BY_POSITION = "loss_by_position.png"
     FIG_HEAD_FORMATION = "head_formation_scratch.png"
+    FIG_PATCHING = {
+        "scratch": "activation_patching_scratch.png",
+        "pretrained": "activation_patching_pretrained.png",
+    }
 
     def write_config(self, config: Record, name: str = CONFIG) -> Path:
         """The one writer of a run's configuration file: the full config it ran with, as a

@@ -267,6 +267,7 @@ def test_study_figures_draws_each_file_from_its_record(tmp_path, drawn, heads):
         *RunDir.FIG_ABLATION.values(),
         RunDir.FIG_LOGIT_LENS,
         RunDir.FIG_LOSS_BY_POSITION,
+        *RunDir.FIG_PATCHING.values(),
     }
     if heads:
         expected.add(RunDir.FIG_HEAD_FORMATION)
@@ -279,6 +280,11 @@ def test_study_figures_draws_each_file_from_its_record(tmp_path, drawn, heads):
         np.testing.assert_array_equal(_image(ind), _grid(a.induction.induction))
         (abl,) = _panels(drawn[RunDir.FIG_ABLATION[track]])
         np.testing.assert_array_equal(_image(abl), _grid(a.ablation.delta_bpc))
+        p = getattr(interp, f"patching_{track}")
+        resid, attn, mlp, heads_ax, dla, _ = _panels(drawn[RunDir.FIG_PATCHING[track]])
+        for ax, table in ((resid, p.resid_pre), (attn, p.attn_out), (mlp, p.mlp_out),
+                          (heads_ax, p.heads), (dla, p.dla.heads)):  # fmt: skip
+            np.testing.assert_array_equal(_image(ax), _grid(table))
     everyone = [interp.scratch, interp.pretrained_before, interp.pretrained]
     lens = drawn[RunDir.FIG_LOGIT_LENS].axes[0].get_lines()
     assert [_xy(line)[1] for line in lens] == [a.lens.bpc for a in everyone]

@@ -65,7 +65,14 @@ def test_interpretability_is_recorded_for_both_models(study):
         "pretrained_before": f"{name} before fine-tuning",
     }
     analyses = ["induction", "ablation", "lens", "positions"]
-    assert list(data) == list(models) and all(data.values())  # the model before fine-tuning too
+    patched = ["patching_scratch", "patching_pretrained"]
+    assert list(data) == [*models, *patched] and all(data.values())  # before fine-tuning too
+    for part, model in zip(patched, ["from scratch", f"{name} fine-tuned"]):
+        p = data[part]  # an induction pair from the validation text, every layer patched
+        assert p["model"] == model and len(p["tokens_clean"]) == len(p["tokens_corrupt"]) <= 32
+        assert p["tokens_clean"] != p["tokens_corrupt"] and p["logit_clean"] > p["logit_corrupt"]
+        assert [len(p[k]) for k in ("resid_pre", "attn_out", "mlp_out", "heads")] == [2] * 4
+        assert all(v is not None for row in p["heads"] for v in row) and len(p["heads"][0]) == 4
     for part, model in models.items():
         d = data[part]
         assert list(d) == ["model", "settings", "seconds", *analyses, "findings"], part

@@ -45,11 +45,14 @@ def test_report_has_every_section_and_embeds_every_figure(tmp_path):
         "Logit lens",
         "Loss by position",
         "Head formation",
+        "Activation patching",
         "Causality check",
         "What this run found",
     ):
         assert section in html, section
-    assert html.count("data:image/png;base64,") == len(state.figures) == 12
+    assert html.count("data:image/png;base64,") == len(state.figures) == 14
+    assert "Patching head 3.1 alone from the clean run restores 100%" in html  # the 6-layer one
+    assert "at the last position from layer 3 on" in html
     for finding in state.interpret.scratch.findings:  # the analyses' own sentences, escaped
         assert finding.replace("<", "&lt;").replace(">", "&gt;") in html.replace("&#39;", "'")
     assert re.search(

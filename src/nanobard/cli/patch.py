@@ -55,7 +55,12 @@ def handle(args: argparse.Namespace) -> int:
     r.save(out / "patching.json")
     png = figure(r, out / "patching.png")
     flat = sorted(
-        ((v, layer, h) for layer, row in enumerate(r.heads) for h, v in enumerate(row)),
+        (
+            (v, layer, h)
+            for layer, row in enumerate(r.heads)
+            for h, v in enumerate(row)
+            if v is not None
+        ),
         reverse=True,
     )
     v, layer, h = flat[0]

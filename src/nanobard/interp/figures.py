@@ -400,7 +400,7 @@ def activation_patching(result: PatchingResult, path: str | os.PathLike) -> Path
     for ax, table, name in zip(axes[0], (r.resid_pre, r.attn_out, r.mlp_out),
                                ("residual stream (before each layer)", "attention output",
                                 "MLP output")):  # fmt: skip
-        im = ax.imshow(np.array(table), **kw)
+        im = ax.imshow(np.ma.masked_invalid(_table(table)), **kw)
         ax.set_title(name, fontsize=10)
         ax.set_xticks(range(T), labels, rotation=90, fontsize=6 if T > 24 else 8)
         ax.set_yticks(range(L) if L <= 16 else range(0, L, 2))

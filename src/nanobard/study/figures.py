@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from nanobard.interp.figures import (
+    activation_patching,
     attention_heads,
     head_ablation,
     head_formation,
@@ -174,5 +175,9 @@ def study_figures(run: RunDir, state: StudyState, head: Headline) -> list[str]:
     ]
     made.append(logit_lens([m.lens for m in models], run / RunDir.FIG_LOGIT_LENS))
     made.append(loss_by_position([m.positions for m in models], run / RunDir.FIG_LOSS_BY_POSITION))
+    for track, p in (("scratch", interp.patching_scratch),
+                     ("pretrained", interp.patching_pretrained)):  # fmt: skip
+        if p is not None:
+            made.append(activation_patching(p, run / RunDir.FIG_PATCHING[track]))
     formed = head_formation(s.history, run / RunDir.FIG_HEAD_FORMATION)
     return [p.name for p in made + ([formed] if formed else [])]

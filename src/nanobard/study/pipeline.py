@@ -45,7 +45,13 @@ from nanobard.hf.pretrained import load_pretrained, scratch_generator
 from nanobard.interp import attention as A
 from nanobard.interp.analysis import analyse
 from nanobard.interp.circuits import record_head_scores
-from nanobard.interp.lens import make_lens
+from nanobard.interp.lens import Lens, make_lens
+from nanobard.interp.patching import (
+    PatchingError,
+    PatchingResult,
+    activation_patching,
+    induction_pair,
+)
 from nanobard.model.checkpoint import load_model
 from nanobard.model.evaluate import score_scratch
 from nanobard.rundir import RunDir
@@ -206,17 +212,38 @@ def interpret_stage(ctx: Context) -> InterpretStudy:
     (the characters the from-scratch vocabulary has, so both read the same slice)."""
     val = ctx.corpus().val_text(ANALYSIS_CHARS)
     model, tok, _ = load_model(ctx.run / RunDir.BEST)
-    scratch = analyse(make_lens(model, tok, "from scratch"), val, vocab_chars=tok.chars)
+    lens = make_lens(model, tok, "from scratch")
+    scratch = analyse(lens, val, vocab_chars=tok.chars)
+    patch_scratch = _patching(lens, val)
     name = ctx.done("finetune").model_name
     after = load_pretrained(str(ctx.run / RunDir.FINETUNED))
     lens = make_lens(after.model, after.tokenizer, f"{name} fine-tuned")
     pretrained = analyse(lens, val, vocab_chars=tok.chars)
+    patch_pretrained = _patching(lens, val)
     del after, lens  # one 135M model in memory at a time
     before = load_pretrained(name)
     lens = make_lens(before.model, before.tokenizer, f"{name} before fine-tuning")
-    study = InterpretStudy(scratch, pretrained, analyse(lens, val, vocab_chars=tok.chars))
+    study = InterpretStudy(scratch, pretrained, analyse(lens, val, vocab_chars=tok.chars),
+                           patch_scratch, patch_pretrained)  # fmt: skip
     study.save(ctx.run / RunDir.INTERPRET)
     return study
+
+
+def _patching(lens: Lens, val: str) -> PatchingResult | None:
+    """Activation patching of an induction pair from the validation text: every layer of a small
+    model; of a big one (over 12 layers) every sixth and the last (each site costs a pass)."""
+    char = lens.kind == "scratch"
+    try:
+        clean, corrupt, target = induction_pair(
+            lens, val[:20_000], span=16 if char else 8, filler=32 if char else 16,
+            tries=8 if lens.n_layers <= 12 else 4,
+        )  # fmt: skip
+    except PatchingError as e:  # e.g. a corpus too short for a pair: the report says so
+        logger.warning("no activation patching for %s: %s", lens.name, e)
+        return None
+    L = lens.n_layers
+    layers = None if L <= 12 else sorted({*range(0, L, 6), L - 1})
+    return activation_patching(lens, clean, corrupt, target, layers=layers)
 
 
 def samples_stage(ctx: Context) -> list[Sample]:

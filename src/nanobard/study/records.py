@@ -10,6 +10,7 @@ from nanobard.config import FinetuneConfig, ModelConfig, TrainConfig
 from nanobard.hf.finetune import FinetuneResult, Sample
 from nanobard.interp.analysis import Analysis
 from nanobard.interp.attention import AttentionAnalysis
+from nanobard.interp.patching import PatchingResult
 from nanobard.model.evaluate import Score
 from nanobard.records import EvalRow, Record
 from nanobard.train.loop import TrainResult
@@ -71,6 +72,9 @@ class InterpretStudy(Record):
     scratch: Analysis
     pretrained: Analysis
     pretrained_before: Analysis | None = None
+    # activation patching of an induction pair built from the validation text, per model
+    patching_scratch: PatchingResult | None = None
+    patching_pretrained: PatchingResult | None = None
 
 
 @dataclass

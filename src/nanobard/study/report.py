@@ -24,6 +24,7 @@ from markupsafe import Markup
 from nanobard.hf.finetune import Sample
 from nanobard.interp.analysis import Analysis
 from nanobard.interp.circuits import circuit_findings
+from nanobard.interp.patching import patching_findings
 from nanobard.records import EvalRow
 from nanobard.rundir import RunDir
 from nanobard.study.records import (
@@ -365,6 +366,16 @@ def formation_found(history: list[EvalRow]) -> list[str]:
 
 
 HOW = {
+    "patching": (
+        "A clean prompt repeats a stretch of validation text (the answer: the token that followed "
+        "it the first time); the corrupted prompt has other text in the first copy's place. Each "
+        "cell is one activation copied from the clean run into the corrupted run, and how much "
+        "of the target's logit difference that brings back (1: all of it): the residual stream "
+        "before each layer, each attention and MLP output (layers down, positions across, "
+        "corrupted tokens marked corrupted→clean), and each head at every position; then each "
+        "head's direct logit attribution on the clean prompt, and the parts of the logit. "
+        "Blank rows: layers not patched (a big model patches every sixth layer and the last)."
+    ),
     "induction": (
         "Each cell is one head (layers down, heads across) on random tokens repeated twice: the "
         "left map is how much a token in the second copy attends to the token that followed it in "
@@ -421,6 +432,10 @@ def interpret_sections(run: RunDir, state: StudyState) -> list[dict[str, Any]]:
     lens = [(RunDir.FIG_LOGIT_LENS, "Bits/char and top-1 agreement read off each layer")]
     positions = [(RunDir.FIG_LOSS_BY_POSITION, "Bits/char by position in the context window")]
     formation = [(RunDir.FIG_HEAD_FORMATION, "Per-head scores and validation loss during training")]
+    patched = [("scratch", interp.patching_scratch, "from-scratch GPT"),
+               ("pretrained", interp.patching_pretrained, "fine-tuned model")]  # fmt: skip
+    patching = [(RunDir.FIG_PATCHING[t], f"Activation patching, {w}") for t, p, w in patched if p]
+    patching_found = [s for _, p, _ in patched if p for s in patching_findings(p)]
     return [
         section("induction", "Induction heads", "induction", induction,
                 [s for _, a, _ in tracks for s in induction_found(a)]),
@@ -431,6 +446,8 @@ def interpret_sections(run: RunDir, state: StudyState) -> list[dict[str, Any]]:
                 positions_found(interp)),
         section("head-formation", "Head formation", "formation", formation,
                 formation_found(history)),
+        section("patching", "Activation patching", "patching", patching,
+                patching_found or ["Activation patching did not run in this study."]),
     ]  # fmt: skip
 
 
