@@ -165,6 +165,23 @@ def test_a_character_split_over_byte_tokens(hf):
     assert all(c.token for c in p.next.candidates)
 
 
+@pytest.mark.parametrize("which", KINDS)
+def test_direct_logit_attribution_of_the_top_prediction(which, request):
+    from nanobard.interp.patching import direct_logit_attribution
+
+    lens = request.getfixturevalue(which)
+    p = probe(lens, TEXT, dla=True)
+    want = direct_logit_attribution(lens, TEXT, p.next.candidates[0].id)
+    assert sum(p.dla.heads, []) == pytest.approx(sum(want.heads, []), abs=1e-5)
+    assert p.dla.mlp == pytest.approx(want.mlp, abs=1e-5)
+    assert (p.dla.embed, p.dla.logit) == pytest.approx((want.embed, want.logit), abs=1e-5)
+    if lens.kind == "scratch":  # at a position: the prefix's own attribution (causal)
+        at = probe(lens, TEXT, at=20, dla=True)
+        prefix = direct_logit_attribution(lens, TEXT[:20], at.next.candidates[0].id)
+        assert at.dla.logit == pytest.approx(prefix.logit, abs=1e-4)
+        assert sum(at.dla.heads, []) == pytest.approx(sum(prefix.heads, []), abs=1e-4)
+
+
 def test_a_long_text_is_cut_from_the_front(scratch):
     text = TEXT * 3  # 177 characters, the context holds 64
     p = probe(scratch, text)

@@ -70,6 +70,8 @@ def test_the_explorer_reacts_in_headless_chromium(server):
             _wait_change(page, sel, "".join(before[model]))
             _settled(page, model)
             assert _next_table(page, model) != before[model]
+        for model in before:  # the top prediction's direct logit attribution, from the API
+            assert "direct logit attribution of" in page.text_content(f"{PANEL.format(model)} .dla")
         chars = page.locator(f"{PANEL.format('scratch')} .surprise .ch").count()
         assert chars == len("ROMEO:\nWhat light is this? Speak, ")
 

@@ -205,7 +205,7 @@ def activation_patching(
                 heads.append(score(lens.run_from(tx, layer, tx.resid[layer].repeat(H, 1, 1))))
         secs["patching"] = time.perf_counter() - t0
         t1 = time.perf_counter()
-        dla = _attribution_of(lens, tc, tid)
+        dla = attribution_at(lens, tc, tid)
         secs["dla"] = time.perf_counter() - t1
     result = PatchingResult(
         model=lens.name,
@@ -242,13 +242,14 @@ def direct_logit_attribution(lens: Lens, text: Tokens, target: str | int) -> Log
     """What each component writes straight into the target's logit at the last position."""
     ids, tid = _ids(lens, text), target_id(lens, target)
     with eval_mode(lens.model):
-        return _attribution_of(lens, lens.trace(torch.tensor([ids])), tid)
+        return attribution_at(lens, lens.trace(torch.tensor([ids])), tid)
 
 
-def _attribution_of(lens: Lens, tr: Trace, tid: int) -> LogitAttribution:
+def attribution_at(lens: Lens, tr: Trace, tid: int, pos: int = -1) -> LogitAttribution:
+    """Direct logit attribution of ``tid`` at position ``pos`` of a traced batch of one."""
     L, H = lens.n_layers, lens.n_heads
     assert tr.attn_out is not None and tr.mlp_out is not None
-    normalize, rest = _frozen_norm(lens, tr.resid[L][0, -1])
+    normalize, rest = _frozen_norm(lens, tr.resid[L][0, pos])
 
     def logit(x: torch.Tensor) -> torch.Tensor:  # (k, C) components -> (k,) direct logits
         zero = lens.unembed(torch.zeros_like(x[:1]))[0, tid]  # the unembedding's bias
@@ -256,21 +257,21 @@ def _attribution_of(lens: Lens, tr: Trace, tid: int) -> LogitAttribution:
 
     heads, bias = [], []
     for layer in range(L):
-        z = tr.head_inputs[layer][0, -1]  # (nh * hd,) at the last position
+        z = tr.head_inputs[layer][0, pos]  # (nh * hd,)
         hd = z.shape[-1] // H
         mask = torch.eye(H, dtype=z.dtype, device=z.device).repeat_interleave(hd, dim=1)
         proj = lens.out_projs[layer]
         b = proj(torch.zeros_like(z)[None])  # (1, C): the output bias (0 without one)
         heads.append(logit(proj(mask * z) - b).tolist())  # row h: head h alone
         bias.append(float(logit(b)[0]))
-    mlp = logit(torch.stack([o[0, -1] for o in tr.mlp_out])).tolist()
+    mlp = logit(torch.stack([o[0, pos] for o in tr.mlp_out])).tolist()
     return LogitAttribution(
-        embed=float(logit(tr.resid[0][0, -1][None])[0]),
+        embed=float(logit(tr.resid[0][0, pos][None])[0]),
         heads=heads,
         attn_bias=bias,
         mlp=mlp,
         rest=rest(tid),
-        logit=float(tr.logits[0, -1, tid]),
+        logit=float(tr.logits[0, pos, tid]),
     )
 
 

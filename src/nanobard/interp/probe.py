@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from nanobard.interp.circuits import InterpretError
 from nanobard.interp.lens import eager_attention, eval_mode
+from nanobard.interp.patching import LogitAttribution, attribution_at
 from nanobard.model.sampling import SamplingConfig, sampling_probs
 from nanobard.records import Record
 
@@ -98,6 +99,7 @@ class Probe(Record):
     thumbnails: list[list[list[list[float]]]] | None = None  # [layer][head] pooled maps
     lens: list[LensLayer] | None = None
     ablated: Ablated | None = None
+    dla: LogitAttribution | None = None  # of the top candidate, at the same position
     seconds: float = 0.0
 
 
@@ -118,11 +120,13 @@ def probe(
     logit_lens: bool = False,
     lens_top: int = 3,
     ablate: Sequence[Sequence[int]] = (),
+    dla: bool = False,
 ) -> Probe:
     """Read ``text`` with the model behind ``lens`` (see the module's docstring). ``at``: the
     prediction after that many characters (default: after the whole text); ``top``: candidates
     listed; ``head``: (layer, head) whose full attention map is returned; ``ablate``: (layer,
-    head) pairs switched off together, each replaced by its mean over this text's positions."""
+    head) pairs switched off together, each replaced by its mean over this text's positions;
+    ``dla``: the direct logit attribution of the top candidate (interp.patching)."""
     t0 = time.perf_counter()
     sampling = sampling or SamplingConfig()
     _check(lens, text, top, head, ablate)
@@ -159,6 +163,8 @@ def probe(
                 result.attention = HeadView(head[0], head[1], weights)
             if thumbnails:
                 result.thumbnails = [_thumbnails(a) for a in att]
+        if dla:
+            result.dla = attribution_at(lens, tr, result.next.candidates[0].id, pos)
         if ablate:
             clean_ids = [c.id for c in result.next.candidates]
             result.ablated = _ablated(lens, tr, ids, starts, ends, pos, sampling, top, ablate,

@@ -153,7 +153,8 @@ def _is_pair(p: Any) -> bool:
 
 
 SAMPLING = ("temperature", "top_k", "top_p", "seed")
-ANALYZE = ("model", "text", "at", "top", "head", "thumbnails", "lens", "ablate", *SAMPLING)
+ANALYZE = ("model", "text", "at", "top", "head", "thumbnails", "lens", "ablate", "dla",
+           *SAMPLING)  # fmt: skip
 GENERATE = ("model", "prompt", "max_new_tokens", *SAMPLING)
 
 
@@ -217,6 +218,7 @@ def create_app(models: list[ServedModel], allowed_hosts: list[str] | None = None
             thumbnails=f.flag("thumbnails"),
             logit_lens=f.flag("lens"),
             ablate=f.heads("ablate", many=True),
+            dla=f.flag("dla"),
             sampling=f.sampling(),
         )
 

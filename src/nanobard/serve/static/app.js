@@ -121,7 +121,8 @@ async function analyze(p) {
   if (!text) { p.node.classList.remove("busy"); return; }
   const chars = Array.from(text);  // code points, as the server counts characters
   const wantThumbs = p.thumbsFor !== text;
-  const body = { model: p.m.id, text, top: 10, head: p.head, lens: true, thumbnails: wantThumbs,
+  const body = { model: p.m.id, text, top: 10, head: p.head, lens: true, dla: true,
+    thumbnails: wantThumbs,
     ablate: [...p.off].map((k) => k.split(",").map(Number)), ...sampling() };
   delete body.seed;
   if (state.at !== null && state.at <= chars.length) body.at = state.at;
@@ -239,8 +240,19 @@ function renderNext(p) {
     return tr;
   });
   $(".next tbody", p.node).replaceChildren(...rows);
+  $(".dla", p.node).textContent = r.dla ? dlaLine(r.dla, nx.candidates[0].token) : "";
   $(".kept-info", p.node).textContent = `${nx.kept.toLocaleString()} of ${p.m.vocab_size.toLocaleString()} ` +
     `tokens can be sampled with these settings · entropy ${nx.entropy_bits.toFixed(2)} bits`;
+}
+
+function dlaLine(d, token) {  // what writes the top prediction straight into its logit
+  let best = [-Infinity, 0, 0];
+  d.heads.forEach((row, l) => row.forEach((v, h) => { if (v > best[0]) best = [v, l, h]; }));
+  const sum = (xs) => xs.reduce((a, b) => a + b, 0);
+  const f = (v) => `${v >= 0 ? "+" : ""}${v.toFixed(2)}`;
+  return `direct logit attribution of “${show(token)}” (logit ${d.logit.toFixed(2)}): embeddings ` +
+    `${f(d.embed)} · heads ${f(sum(d.heads.map(sum)))} (most: ${best[1]}.${best[2]} ` +
+    `${f(best[0])}) · MLPs ${f(sum(d.mlp))} · biases ${f(sum(d.attn_bias) + d.rest)}`;
 }
 
 function renderGrid(p) {
