@@ -5,7 +5,8 @@ process over a study's run folder (its three models), measured over HTTP from th
 
 Measures (medians over --repeats requests, each a fresh text of 256 characters of the corpus):
 - ``analyze``: POST /api/analyze as the page sends it after a keystroke (one head's attention,
-  the logit lens, every head's thumbnail), and the bare request (tokens, surprise, next token);
+  the logit lens, every head's thumbnail, the top prediction's direct logit attribution), and
+  the bare request (tokens, surprise, next token);
 - ``first text``: from sending POST /api/generate to the first generated characters;
 - 20 ``analyze`` requests at once (the three models in turn): all answered, and the wall time;
 - the server's resident memory (VmRSS) after all of it, and its peak (VmHWM).
@@ -90,7 +91,8 @@ def main() -> None:
         rows = []
         for m in models:
             batch = texts(args.repeats, args.chars)
-            page = {"head": [m["layers"] - 1, 0], "lens": True, "thumbnails": True, "top": 10}
+            page = {"head": [m["layers"] - 1, 0], "lens": True, "thumbnails": True, "top": 10,
+                    "dla": True}  # fmt: skip
             full = [post(url, "/api/analyze", {"model": m["id"], "text": t, **page}) for t in batch]
             bare = [post(url, "/api/analyze", {"model": m["id"], "text": t}) for t in batch]
             gen = [

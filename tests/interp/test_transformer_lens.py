@@ -5,8 +5,6 @@ in one of the two; the tolerances are float32 round-off on models this small."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -25,11 +23,12 @@ from transformer_lens import patching as tl_patching  # noqa: E402
 from transformer_lens.model_bridge import TransformerBridge  # noqa: E402
 
 CLEAN = "ROMEO: O, she doth teach the torches to burn bright! ROMEO: O, she"
-CORRUPT = "JULIET O, she doth teach the torches to burn bright! ROMEO: O, she"
 
 
 def _worst(a, b) -> float:
-    return float((torch.as_tensor(a, dtype=torch.float32) - torch.as_tensor(b).float()).abs().max())
+    a, b = torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b).float()
+    assert a.shape == b.shape, (a.shape, b.shape)  # no broadcasting hides a missing axis
+    return float((a - b).abs().max())
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +36,27 @@ def scratch(tmp_path_factory, tiny_text):
     """(our Lens, TransformerLens's bridge, the token ids of CLEAN and CORRUPT)."""
     out = tmp_path_factory.mktemp("tl")
     shape = ModelConfig(block_size=96, n_layer=2, n_head=4, n_embd=32, bias=True)
-    train(shape, tcfg(max_steps=40, eval_interval=40), split_text(tiny_text), out / "run",
-          progress=False)  # fmt: skip
+    cfg = tcfg(max_steps=400, eval_interval=400, lr=1e-2, min_lr=1e-3)  # it uses the context
+    train(shape, cfg, split_text(tiny_text), out / "run", progress=False)
     model, tok, _ = load_model(out / "run" / "model_scratch_best.pt")
     export_hf(out / "run" / "model_scratch_best.pt", out / "hf")
-    bridge = TransformerBridge.boot_transformers(str(out / "hf"), device="cpu")
+    clean = tok.encode(CLEAN)
+    ids = (clean, _corrupt_near_the_end(clean, tok.vocab_size))
+    return make_lens(model.eval(), tok, "scratch"), _boot(out / "hf"), ids, out / "hf"
+
+
+def _corrupt_near_the_end(ids: list[int], vocab: int) -> list[int]:
+    """``ids`` with the token before the last changed: close enough to move the prediction of
+    a model trained for seconds, far enough for attention to have to carry it."""
+    out = list(ids)
+    out[-2] = (out[-2] + 7) % vocab
+    return out
+
+
+def _boot(folder):
+    bridge = TransformerBridge.boot_transformers(str(folder), device="cpu")
     bridge.eval()
-    ids = (tok.encode(CLEAN), tok.encode(CORRUPT))
-    return make_lens(model.eval(), tok, "scratch"), bridge, ids
+    return bridge
 
 
 @pytest.fixture(scope="module")
@@ -64,26 +76,26 @@ def llama(tmp_path_factory, tiny_text):
     llama_dir = tmp_path_factory.mktemp("llama")
     model.save_pretrained(llama_dir)
     tok.save_pretrained(llama_dir)
-    bridge = TransformerBridge.boot_transformers(str(llama_dir), device="cpu")
-    bridge.eval()
     ours = LlamaForCausalLM.from_pretrained(llama_dir, attn_implementation="eager").eval()
     clean = tok.encode(CLEAN, add_special_tokens=False)
-    corrupt = [clean[0] + 1, *clean[1:]]  # the first token changed, the length kept
-    return make_lens(ours, tok, "llama"), bridge, (clean, corrupt)
+    corrupt = _corrupt_near_the_end(clean, len(tok))
+    return make_lens(ours, tok, "llama"), _boot(llama_dir), (clean, corrupt), llama_dir
 
 
 MODELS = ["scratch", "llama"]
 
 
-def _target(lens, clean: list[int]) -> int:
-    """The clean run's own top prediction: a target the model has a view on."""
+def _target(lens, clean: list[int], corrupt: list[int] | None = None) -> int:
+    """The clean run's top prediction; with ``corrupt``, the token whose logit the corruption
+    moves the most (the clearest signal to patch back)."""
     with torch.no_grad():
-        return int(lens.trace(torch.tensor([clean])).logits[0, -1].argmax())
+        logits = lens.trace(torch.tensor([clean] + ([corrupt] if corrupt else []))).logits[:, -1]
+    return int(logits[0].argmax() if corrupt is None else (logits[0] - logits[1]).abs().argmax())
 
 
 @pytest.mark.parametrize("which", MODELS)
 def test_logits_and_attention_patterns_equal(which, request):
-    lens, bridge, (clean, _) = request.getfixturevalue(which)
+    lens, bridge, (clean, _), _ = request.getfixturevalue(which)
     ids = torch.tensor([clean])
     with torch.no_grad():
         ours = lens.trace(ids, attention=True)
@@ -95,7 +107,7 @@ def test_logits_and_attention_patterns_equal(which, request):
 
 
 def test_previous_token_and_induction_scores_equal(scratch):
-    lens, bridge, _ = scratch
+    lens, bridge, _, _ = scratch
     n = 20
     g = torch.Generator().manual_seed(0)
     half = torch.randint(0, lens.vocab_size, (4, n), generator=g)
@@ -113,8 +125,8 @@ def test_previous_token_and_induction_scores_equal(scratch):
 
 @pytest.mark.parametrize("which", MODELS)
 def test_activation_patching_equals_transformer_lens(which, request):
-    lens, bridge, (clean, corrupt) = request.getfixturevalue(which)
-    target = _target(lens, clean)
+    lens, bridge, (clean, corrupt), _ = request.getfixturevalue(which)
+    target = _target(lens, clean, corrupt)
     ours = activation_patching(lens, clean, corrupt, target, attribution=False)
     c, x = torch.tensor([clean]), torch.tensor([corrupt])
     with torch.no_grad():
@@ -123,6 +135,7 @@ def test_activation_patching_equals_transformer_lens(which, request):
     lc, lx = clean_logits[0, -1, target].item(), corrupt_logits[0, -1, target].item()
     assert ours.logit_clean == pytest.approx(lc, abs=1e-4)
     assert ours.logit_corrupt == pytest.approx(lx, abs=1e-4)
+    assert abs(lc - lx) > 0.05  # a difference to recover, not round-off
 
     def metric(logits: torch.Tensor) -> torch.Tensor:
         return (logits[0, -1, target] - lx) / (lc - lx)
@@ -135,12 +148,14 @@ def test_activation_patching_equals_transformer_lens(which, request):
     ):
         with torch.no_grad():
             theirs = fn(bridge, x, clean_cache, metric)
-        assert _worst(ours_sites, theirs) <= 1e-3, fn.func.__name__ if hasattr(fn, "func") else fn
+        assert _worst(ours_sites, theirs) <= 1e-3, fn
+        assert float(theirs.abs().max()) > 0.05, fn  # some site matters
 
 
 @pytest.mark.parametrize("which", MODELS)
 def test_direct_logit_attribution_equals_transformer_lens(which, request):
-    lens, bridge, (clean, _) = request.getfixturevalue(which)
+    lens, _, (clean, _), folder = request.getfixturevalue(which)
+    bridge = _boot(folder)  # a bridge of its own: compatibility mode changes its weights
     target = _target(lens, clean)
     ours = direct_logit_attribution(lens, clean, target)
     total = ours.embed + sum(map(sum, ours.heads)) + sum(ours.attn_bias) + sum(ours.mlp) + ours.rest
@@ -161,4 +176,7 @@ def test_direct_logit_attribution_equals_transformer_lens(which, request):
     assert logits[0, -1, target].item() == pytest.approx(ours.logit, abs=1e-4)
     assert _worst(ours.heads, theirs.reshape(lens.n_layers, lens.n_heads)) <= 1e-4
     assert _worst(ours.mlp, mlp.reshape(-1)) <= 1e-4
-    dataclasses.asdict(ours)
+    embed = cache.logit_attrs(cache["blocks.0.hook_resid_pre"][:, -1][None],
+                              tokens=torch.tensor([target]), pos_slice=-1)  # fmt: skip
+    assert ours.embed == pytest.approx(float(embed.reshape(-1)[0]), abs=1e-4)
+    assert max(abs(v) for row in ours.heads for v in row) > 0.05  # heads that matter

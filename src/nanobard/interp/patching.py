@@ -42,6 +42,8 @@ from nanobard.records import Record
 
 logger = logging.getLogger(__name__)
 
+MIN_GAP = 0.1  # logits: a pair whose clean prompt favours its target by less shows only noise
+MAX_ROWS = 32  # patched rows run at once: T rows of T tokens each grow as T squared
 Tokens = str | Sequence[int]  # text (encoded with the model's tokenizer) or token ids
 
 
@@ -181,7 +183,7 @@ def activation_patching(
             logits = lens.logits(final[:, -1:])[:, 0, tid]
             return ((logits - lx) / (lc - lx)).tolist()
 
-        rows, pos = torch.arange(T), torch.arange(T)
+        chunks = [torch.arange(c, min(T, c + MAX_ROWS)) for c in range(0, T, MAX_ROWS)]
         resid: list[list[float | None]] = []
         attn: list[list[float | None]] = []
         mlp: list[list[float | None]] = []
@@ -191,14 +193,21 @@ def activation_patching(
                 for store, n in ((resid, T), (attn, T), (mlp, T), (heads, H)):
                     store.append([None] * n)
                 continue
-            x = tx.resid[layer].repeat(T, 1, 1)
-            x[rows, pos] = tc.resid[layer][0, pos]  # row p: position p from the clean run
-            resid.append(score(lens.run_from(tx, layer, x)))
-            for store, modules, outs in ((attn, lens.attns, tc.attn_out),
-                                         (mlp, lens.mlps, tc.mlp_out)):  # fmt: skip
-                assert outs is not None
-                with _replace_output(modules[layer], pos, outs[layer][0, pos]):
-                    store.append(score(lens.run_from(tx, layer, tx.resid[layer].repeat(T, 1, 1))))
+            sites: dict[str, list[float | None]] = {"resid": [], "attn": [], "mlp": []}
+            for pos in chunks:  # row r of a chunk: position pos[r] from the clean run
+                n = len(pos)
+                x = tx.resid[layer].repeat(n, 1, 1)
+                x[torch.arange(n), pos] = tc.resid[layer][0, pos]
+                sites["resid"] += score(lens.run_from(tx, layer, x))
+                for key, modules, outs in (("attn", lens.attns, tc.attn_out),
+                                           ("mlp", lens.mlps, tc.mlp_out)):  # fmt: skip
+                    assert outs is not None
+                    with _replace_output(modules[layer], pos, outs[layer][0, pos]):
+                        x = tx.resid[layer].repeat(n, 1, 1)
+                        sites[key] += score(lens.run_from(tx, layer, x))
+            resid.append(sites["resid"])
+            attn.append(sites["attn"])
+            mlp.append(sites["mlp"])
             hd = tc.head_inputs[layer].shape[-1] // H
             clean_heads = tc.head_inputs[layer][0].reshape(T, H, hd)  # [T, head, hd]
             with lens.ablate(layer, torch.eye(H, dtype=torch.bool), clean_heads):  # row h: head h
@@ -250,10 +259,10 @@ def attribution_at(lens: Lens, tr: Trace, tid: int, pos: int = -1) -> LogitAttri
     L, H = lens.n_layers, lens.n_heads
     assert tr.attn_out is not None and tr.mlp_out is not None
     normalize, rest = _frozen_norm(lens, tr.resid[L][0, pos])
+    column = _unembedding_column(lens, tid, tr.resid[L][0, pos])
 
     def logit(x: torch.Tensor) -> torch.Tensor:  # (k, C) components -> (k,) direct logits
-        zero = lens.unembed(torch.zeros_like(x[:1]))[0, tid]  # the unembedding's bias
-        return (lens.unembed(normalize(x))[:, tid] - zero).float()
+        return (normalize(x).float() @ column).float()
 
     heads, bias = [], []
     for layer in range(L):
@@ -265,19 +274,42 @@ def attribution_at(lens: Lens, tr: Trace, tid: int, pos: int = -1) -> LogitAttri
         heads.append(logit(proj(mask * z) - b).tolist())  # row h: head h alone
         bias.append(float(logit(b)[0]))
     mlp = logit(torch.stack([o[0, pos] for o in tr.mlp_out])).tolist()
-    return LogitAttribution(
+    column_bias = _unembedding_bias(lens, tid)
+    out = LogitAttribution(
         embed=float(logit(tr.resid[0][0, pos][None])[0]),
         heads=heads,
         attn_bias=bias,
         mlp=mlp,
-        rest=rest(tid),
+        rest=float(rest() @ column) + column_bias,
         logit=float(tr.logits[0, pos, tid]),
     )
+    total = out.embed + sum(map(sum, heads)) + sum(bias) + sum(mlp) + out.rest
+    if abs(total - out.logit) > 1e-3 * max(1.0, abs(out.logit)):  # e.g. norms inside the blocks
+        raise PatchingError(
+            f"the direct contributions of {lens.name} add up to {total:.4f}, not its logit "
+            f"{out.logit:.4f}: its residual stream is not the sum the attribution assumes"
+        )
+    return out
+
+
+def _unembedding_column(lens: Lens, tid: int, like: torch.Tensor) -> torch.Tensor:
+    """The unembedding's row for ``tid`` as a (C,) float32 vector: one dot product per component
+    instead of a whole vocabulary's logits."""
+    weight = getattr(lens.unembed, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        return weight[tid].float()
+    eye = torch.eye(like.shape[-1], dtype=like.dtype, device=like.device)
+    return (lens.unembed(eye)[:, tid] - lens.unembed(torch.zeros_like(eye[:1]))[0, tid]).float()
+
+
+def _unembedding_bias(lens: Lens, tid: int) -> float:
+    bias = getattr(lens.unembed, "bias", None)
+    return float(bias[tid]) if isinstance(bias, torch.Tensor) else 0.0
 
 
 def _frozen_norm(
     lens: Lens, x: torch.Tensor
-) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[int], float]]:
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[], torch.Tensor]]:
     """The final norm as a linear map with the statistics of ``x`` (C,), the stream entering it:
     LayerNorm centres and divides by x's standard deviation, RMSNorm divides by x's root mean
     square; then the weight. Returns that map and the logit of the norm's own shift; refuses a
@@ -285,7 +317,9 @@ def _frozen_norm(
     norm = lens.final_norm
     weight = getattr(norm, "weight", None)
     shift = getattr(norm, "bias", None)
-    eps: float = getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-5))
+    eps = getattr(norm, "eps", getattr(norm, "variance_epsilon", None))
+    if not isinstance(eps, float):  # torch.nn.RMSNorm(eps=None): the dtype's own epsilon
+        eps = torch.finfo(x.dtype).eps
     centre = "rms" not in type(norm).__name__.lower()
     xf = x.float()
     scale = torch.sqrt(((xf - xf.mean()) ** 2 if centre else xf**2).mean() + eps)
@@ -299,15 +333,15 @@ def _frozen_norm(
     got = normalize(x[None])[0].float()
     if shift is not None:
         got = got + shift.float()
-    if not torch.allclose(got, expect, atol=1e-4, rtol=1e-4):
+    tol = 1e-4 if x.dtype == torch.float32 else 2e-2
+    if not torch.allclose(got, expect, atol=tol, rtol=tol):
         raise PatchingError(
             f"cannot attribute through {type(norm).__name__}: it is neither a LayerNorm nor an "
             "RMSNorm as the lens knows them"
         )
 
-    def rest(tid: int) -> float:
-        base = shift[None] if shift is not None else torch.zeros_like(x[None])
-        return float(lens.unembed(base.to(x.dtype))[0, tid])
+    def rest() -> torch.Tensor:  # the norm's shift, (C,) float32
+        return shift.float() if shift is not None else torch.zeros_like(xf)
 
     return normalize, rest
 
@@ -426,8 +460,11 @@ def induction_pair(
                 gap = float(logits[0] - logits[1])
                 if best is None or gap > best[0]:
                     best = (gap, clean, corrupt, a[k])
-    if best is None:
-        raise PatchingError("no segment of the text gives a pair whose target differs")
+    if best is None or best[0] < MIN_GAP:
+        raise PatchingError(
+            f"no segment of the text gives a pair whose clean prompt favours its target by "
+            f"{MIN_GAP} logits or more (best: {best[0] if best else 0:.3f}): nothing to recover"
+        )
     return best[1], best[2], best[3]
 
 

@@ -15,6 +15,7 @@ where it starts).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from contextlib import ExitStack, nullcontext
@@ -26,7 +27,7 @@ from torch.nn import functional as F
 
 from nanobard.interp.circuits import InterpretError
 from nanobard.interp.lens import eager_attention, eval_mode
-from nanobard.interp.patching import LogitAttribution, attribution_at
+from nanobard.interp.patching import LogitAttribution, PatchingError, attribution_at
 from nanobard.model.sampling import SamplingConfig, sampling_probs
 from nanobard.records import Record
 
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
     from nanobard.interp.lens import Lens, Trace
 
+logger = logging.getLogger(__name__)
 LN2 = math.log(2)
 MAX_CHARS = 4096  # the longest text a probe reads
 MAX_TOP = 50  # the most candidates a next-token table lists
@@ -164,7 +166,10 @@ def probe(
             if thumbnails:
                 result.thumbnails = [_thumbnails(a) for a in att]
         if dla:
-            result.dla = attribution_at(lens, tr, result.next.candidates[0].id, pos)
+            try:
+                result.dla = attribution_at(lens, tr, result.next.candidates[0].id, pos)
+            except PatchingError as e:  # a model whose stream the attribution cannot split
+                logger.warning("no direct logit attribution: %s", e)
         if ablate:
             clean_ids = [c.id for c in result.next.candidates]
             result.ablated = _ablated(lens, tr, ids, starts, ends, pos, sampling, top, ablate,

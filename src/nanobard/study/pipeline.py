@@ -233,17 +233,17 @@ def _patching(lens: Lens, val: str) -> PatchingResult | None:
     """Activation patching of an induction pair from the validation text: every layer of a small
     model; of a big one (over 12 layers) every sixth and the last (each site costs a pass)."""
     char = lens.kind == "scratch"
+    L = lens.n_layers
+    layers = None if L <= 12 else sorted({*range(0, L, 6), L - 1})
     try:
         clean, corrupt, target = induction_pair(
             lens, val[:20_000], span=16 if char else 8, filler=32 if char else 16,
-            tries=8 if lens.n_layers <= 12 else 4,
+            tries=8 if L <= 12 else 4,
         )  # fmt: skip
+        return activation_patching(lens, clean, corrupt, target, layers=layers)
     except PatchingError as e:  # e.g. a corpus too short for a pair: the report says so
         logger.warning("no activation patching for %s: %s", lens.name, e)
         return None
-    L = lens.n_layers
-    layers = None if L <= 12 else sorted({*range(0, L, 6), L - 1})
-    return activation_patching(lens, clean, corrupt, target, layers=layers)
 
 
 def samples_stage(ctx: Context) -> list[Sample]:
