@@ -135,7 +135,7 @@ def test_activation_patching_equals_transformer_lens(which, request):
     lc, lx = clean_logits[0, -1, target].item(), corrupt_logits[0, -1, target].item()
     assert ours.logit_clean == pytest.approx(lc, abs=1e-4)
     assert ours.logit_corrupt == pytest.approx(lx, abs=1e-4)
-    assert abs(lc - lx) > 0.05  # a difference to recover, not round-off
+    assert abs(lc - lx) > 0.02  # a difference to recover, far above round-off (1e-6)
 
     def metric(logits: torch.Tensor) -> torch.Tensor:
         return (logits[0, -1, target] - lx) / (lc - lx)

@@ -42,7 +42,7 @@ from nanobard.records import Record
 
 logger = logging.getLogger(__name__)
 
-MIN_GAP = 0.1  # logits: a pair whose clean prompt favours its target by less shows only noise
+MIN_GAP = 1e-3  # logits, 1,000x float32 round-off: a smaller gap would be patching noise
 MAX_ROWS = 32  # patched rows run at once: T rows of T tokens each grow as T squared
 Tokens = str | Sequence[int]  # text (encoded with the model's tokenizer) or token ids
 
