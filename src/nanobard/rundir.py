@@ -5,10 +5,24 @@ read and written here (the typed results themselves are records, see records.py)
 from __future__ import annotations
 
 import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from nanobard.errors import NanobardError
 from nanobard.records import EvalRow, Record
+
+logger = logging.getLogger(__name__)
+_HELD: dict[Path, int] = {}  # run folders this process holds the lock of, with a nesting count
+
+
+class RunFolderBusy(NanobardError):
+    """Another process is writing this run folder."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,54 @@ class RunDir:
         "pretrained": "activation_patching_pretrained.png",
     }
 
+    LOCK = ".nanobard.lock"  # held by the one process writing the folder: its pid, host, command
+
+    @contextmanager
+    def writer_lock(self, what: str) -> Iterator[None]:
+        """Be the folder's only writer while inside: an exclusive ``flock`` on LOCK, which the
+        operating system releases when the holder exits, however it exits; the holder's pid, host
+        and command are written in it for the next one to name. A lock left by a killed process
+        is taken over with one warning. Nested use in one process (a study trains into its own
+        folder) holds it once. Where ``fcntl`` is missing (Windows) there is no lock."""
+        key = self.ensure().path.resolve()
+        if key in _HELD:
+            _HELD[key] += 1
+            try:
+                yield
+            finally:
+                _HELD[key] -= 1
+            return
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            yield
+            return
+        f = open(self.path / self.LOCK, "a+")  # noqa: SIM115 - held for the whole block
+        try:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunFolderBusy(
+                    f"{self.path} is in use by {_holder(self.path / self.LOCK)}; wait for it to "
+                    "finish, or pass another --out"
+                ) from None
+            f.seek(0)
+            _warn_if_taken_over(self.path, f.read())
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": what,
+                                "since": time.strftime("%Y-%m-%d %H:%M:%S")}))  # fmt: skip
+            f.flush()
+            _HELD[key] = 1
+            try:
+                yield
+            finally:
+                del _HELD[key]
+                f.seek(0)
+                f.truncate()  # a clean exit leaves no holder to name
+        finally:
+            f.close()  # releases the flock
+
     def write_config(self, config: Record, name: str = CONFIG) -> Path:
         """The one writer of a run's configuration file: the full config it ran with, as a
         record."""
@@ -94,3 +156,24 @@ class RunDir:
         if p.exists():
             keep = [r for r in self.read_metrics(name) if r.step <= last_step]
             p.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in keep))
+
+
+def _holder(path: Path) -> str:
+    try:
+        h = json.loads(path.read_text())
+        return f"process {h['pid']} on {h['host']} ({h['what']}, since {h['since']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def _warn_if_taken_over(folder: Path, previous: str) -> None:
+    """The lock was free but names a holder: it died without cleaning up (kill -9, a crash)."""
+    try:
+        h = json.loads(previous)
+        pid, host = int(h["pid"]), str(h["host"])
+    except (ValueError, KeyError, TypeError):
+        return
+    logger.warning(
+        "%s: took over the lock of process %d on %s (%s), which is no longer running",
+        folder, pid, host, h.get("what", "?"),
+    )  # fmt: skip

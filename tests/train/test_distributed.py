@@ -112,6 +112,7 @@ def test_two_processes_match_one(tmp_path, tiny_file, extra):
     rows = [json.loads(ln) for ln in (two / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 6, 12]  # written once, by rank 0 only
     assert sorted(p.name for p in two.iterdir()) == [
+        ".nanobard.lock",  # rank 0's: one writer per run folder, empty after a clean exit
         "ckpt_last.pt",
         "config.json",
         "metrics.jsonl",
@@ -119,3 +120,4 @@ def test_two_processes_match_one(tmp_path, tiny_file, extra):
         "train_result.json",
     ]
     assert json.loads((two / "config.json").read_text())["processes"] == 2
+    assert (two / ".nanobard.lock").read_text() == ""

@@ -16,6 +16,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -356,11 +357,28 @@ def finetune(
     state, ~1.6 GB for a 135M model) once the fine-tuned model is saved. ``before``: the pretrained
     model's score on the same validation text when the caller has it already (the crossover lesson
     scores it once for all its runs); then it is not scored again and no samples are made before."""
-    from transformers import EarlyStoppingCallback
-
     out = Path(out_dir)
     device = pick_device(cfg.device)
     pre = load_pretrained(cfg.pretrained, device)  # fails before anything is written
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun rank 0 holds it for all ranks
+    with RunDir(out).writer_lock("nanobard finetune") if main else nullcontext():
+        return _finetune(cfg, data, out, resume, progress, keep_checkpoints, before, pre, device)
+
+
+def _finetune(
+    cfg: FinetuneConfig,
+    data: CorpusSplit | TokenCorpus,
+    out: Path,
+    resume: bool,
+    progress: bool,
+    keep_checkpoints: bool,
+    before: Score | None,
+    pre: Pretrained,
+    device: torch.device,
+) -> FinetuneResult:
+    """finetune() with the folder's lock held."""
+    from transformers import EarlyStoppingCallback
+
     out.mkdir(parents=True, exist_ok=True)
     score_text = data.val_text(cfg.score_chars or None)  # 0 or None: all of it
     if before is None:

@@ -313,6 +313,23 @@ def run_study(
 ) -> StudyOutcome:
     """Run every stage of ``STAGES`` not yet done in ``out`` (all with ``force``); ``on_stage(i,
     name)`` is called before each, done or not."""
+    with RunDir(Path(out)).writer_lock("nanobard run"):
+        return _run_study(out, preset, corpus, data_path, scratch_overrides, finetune_overrides,
+                          force, progress, on_stage, prompts)  # fmt: skip
+
+
+def _run_study(
+    out: str | os.PathLike,
+    preset: str,
+    corpus: str,
+    data_path: str | None,
+    scratch_overrides: dict[str, Any] | None,
+    finetune_overrides: dict[str, Any] | None,
+    force: bool,
+    progress: bool,
+    on_stage: Callable[[int, str], None] | None,
+    prompts: tuple[str, ...] | None,
+) -> StudyOutcome:
     ctx = _context(Path(out), C.get_study_preset(preset), corpus, data_path,
                    scratch_overrides or {}, finetune_overrides or {}, force, progress,
                    prompts)  # fmt: skip

@@ -16,6 +16,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -397,6 +398,21 @@ def train(
     evaluation, in order, before it is recorded (see ``OnEval``). Raises TrainingInterrupted after
     writing a resumable checkpoint on Ctrl-C/SIGTERM."""
     s = _setup(model_cfg, cfg, data, Path(out_dir))
+    # one writer per run folder (under torchrun, rank 0 holds it for every rank)
+    with s.run.writer_lock("nanobard train") if s.dd.is_main else nullcontext():
+        return _train(s, model_cfg, cfg, resume, progress, config_name, on_eval)
+
+
+def _train(
+    s: Setup,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    resume: bool,
+    progress: bool,
+    config_name: str,
+    on_eval: Sequence[OnEval],
+) -> TrainResult:
+    """train() with the folder's lock held: the loop, top to bottom."""
     state, history = _restore(s, cfg, resume)
     horizon, budget_kind = step_budget(cfg, len(s.corpus.train), s.model.config.block_size)
     if horizon is None:
