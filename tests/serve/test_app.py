@@ -9,11 +9,13 @@ import socket
 import threading
 import time
 import urllib.parse
+from pathlib import Path
 
 import pytest
 
 from nanobard.interp.probe import probe
 from nanobard.model.sampling import SamplingConfig
+from nanobard.rundir import RunDir
 from nanobard.serve.app import HEADERS, MAX_BODY, STATIC
 from nanobard.serve.server import allowed_hosts
 
@@ -64,7 +66,11 @@ def test_models_lists_the_studys_three(server, served):
         assert all(len(row) == m["heads"] for row in scores["previous_token"])
     assert models["scratch"]["tokenizer"].startswith("characters")
     assert models["finetuned"]["tokenizer"].startswith("BPE")
-    assert data["limits"]["max_chars"] == 4096 and data["text"]
+    assert data["limits"]["max_chars"] == 4096
+    # the page opens on the study's own text (its corpus's characters), not on Shakespeare's
+    study = Path(served[0].source).parent / RunDir.ATTENTION_ANALYSIS
+    out = json.loads(study.read_text())
+    assert data["text"] == out["text"] == served[0].text
 
 
 @pytest.mark.parametrize("model", ["scratch", "finetuned"])

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -41,7 +41,7 @@ from nanobard.model.sampling import (
     stream_text,
 )
 from nanobard.rundir import RunDir
-from nanobard.study.records import InterpretStudy
+from nanobard.study.records import AttentionStudy, InterpretStudy
 
 if TYPE_CHECKING:
     from nanobard.interp.analysis import Analysis
@@ -65,6 +65,7 @@ class ServedModel:
     lens: Lens
     generator: TextGenerator
     head_scores: dict[str, list[list[float | None]]] | None = None  # [layer][head], from the run
+    text: str | None = None  # a text of the run's corpus (a study's attention text)
     worker: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -119,6 +120,7 @@ class _Plan:
     kind: Literal["scratch", "pretrained"]
     source: str
     analysis: Analysis | None = None
+    text: str | None = None  # a text of its corpus, for the page to start with
 
 
 def plan_models(sources: list[str]) -> list[_Plan]:
@@ -144,8 +146,7 @@ def plan_models(sources: list[str]) -> list[_Plan]:
     for p in plans:  # two models of one kind: scratch, scratch-2, ...
         seen[p.id] = seen.get(p.id, 0) + 1
         n = seen[p.id]
-        unique.append(p if n == 1 else _Plan(f"{p.id}-{n}", f"{p.name} ({n})", p.kind, p.source,
-                                             p.analysis))  # fmt: skip
+        unique.append(p if n == 1 else replace(p, id=f"{p.id}-{n}", name=f"{p.name} ({n})"))
     return unique
 
 
@@ -155,9 +156,11 @@ def _study_plans(run: RunDir) -> list[_Plan]:
         InterpretStudy.load(run / RunDir.INTERPRET) if (run / RunDir.INTERPRET).exists() else None
     )
     base = info.base_model
+    attention = run / RunDir.ATTENTION_ANALYSIS  # the study's text, in its corpus's characters
+    text = AttentionStudy.load(attention).text if attention.exists() else None
     return [
         _Plan("scratch", "from scratch", "scratch", str(run / RunDir.BEST),
-              study.scratch if study else None),
+              study.scratch if study else None, text),
         _Plan("pretrained", f"{base} before fine-tuning", "pretrained", base,
               study.pretrained_before if study else None),
         _Plan("finetuned", f"{base} fine-tuned", "pretrained", str(run / RunDir.FINETUNED),
@@ -207,6 +210,7 @@ def _open(plan: _Plan, device: str | torch.device) -> ServedModel:
         lens=make_lens(model, tok, plan.name),
         generator=gen,
         head_scores=_scores(plan.analysis),
+        text=plan.text,
     )
 
 
@@ -222,7 +226,10 @@ def _scores(a: Analysis | None) -> dict[str, list[list[float | None]]] | None:
 
 
 def default_text(models: list[ServedModel], text: str = DEFAULT_TEXT) -> str:
-    """The page's first text: ``text`` without the characters a character model cannot read."""
+    """The page's first text: a served run's own corpus text when there is one (a code or
+    German corpus should not open on Shakespeare), else ``text``; without the characters a
+    character model cannot read."""
+    text = next((m.text for m in models if m.text), text)
     for m in models:
         if m.lens.kind == "scratch":
             known = set(m.lens.tokenizer.chars)
