@@ -383,3 +383,45 @@ def study_kwargs(tmp_path: Path, text: str, evil: bool = True, **extra) -> dict:
         progress=False,
         **extra,
     )
+
+
+def disk_full(monkeypatch, after: int = 0) -> None:
+    """From now on the disk takes ``after`` more bytes of what nanobard.files writes, then refuses
+    with ENOSPC, as a full disk does to a plain write."""
+    import builtins
+    import errno
+
+    from nanobard import files
+
+    left = [after]
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            n = min(len(data), left[0])
+            if n:
+                self.f.write(bytes(data[:n]))
+                left[0] -= n
+            if n < len(data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return n
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(files, "open", lambda *a, **k: Full(builtins.open(*a, **k)), raising=False)
+
+
+# what torch's CPU allocator raises when the memory a tensor asks for is not there
+CPU_OOM = (
+    "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+    "tried to allocate 68719476736 bytes. Error code 12 (Cannot allocate memory)"
+)

@@ -22,6 +22,7 @@ import functools
 import logging
 import os
 import platform
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Any, Literal
 
 import torch
 
-from nanobard.errors import ConfigError
+from nanobard.errors import ConfigError, NanobardError
 
 logger = logging.getLogger(__name__)
 
@@ -282,3 +283,59 @@ def emulation_env(kind: str) -> dict[str, str]:
     if kind != "avx2":
         raise ValueError(f"can only emulate 'avx2', not {kind!r}")
     return {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+# --------------------------------------------------------------------------------------------
+# out of memory
+
+
+class OutOfMemory(NanobardError):
+    """An allocation the device refused; the message says how much and which flags lower it."""
+
+    exit_code = 1
+
+
+_UNITS = {"b": 1, "bytes": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+          "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}  # fmt: skip
+# "you tried to allocate 68719476736 bytes" (CPU), "Tried to allocate 2.00 GiB" (CUDA, MPS)
+_ASKED = re.compile(r"tried to allocate\s+([\d.]+)\s*(bytes|[KMGT]i?B|B)\b", re.IGNORECASE)
+
+
+def _gib(n: float) -> str:
+    return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.0f} MiB"
+
+
+def _memory_of(device: torch.device | str) -> str:
+    """How much memory the device has and has free, for the message ('' when unknown)."""
+    kind = torch.device(device).type
+    try:
+        if kind == "cuda":
+            free, total = torch.cuda.mem_get_info(torch.device(device))
+        else:  # the CPU (and MPS, which shares it): the kernel's own count
+            fields = dict(ln.split(":", 1) for ln in Path("/proc/meminfo").read_text().splitlines())
+            total = int(fields["MemTotal"].split()[0]) * 1024
+            free = int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError, RuntimeError):
+        return ""
+    return f"it has {_gib(total)}, {_gib(free)} free now"
+
+
+def out_of_memory(exc: BaseException, device: torch.device | str, lower: str) -> OutOfMemory | None:
+    """A one-line ``OutOfMemory`` for an exception that is an allocation the device refused (the
+    CPU allocator's "can't allocate memory", CUDA's and MPS's out of memory); None for anything
+    else. ``lower``: the flags that lower the memory needed, with their values."""
+    text = str(exc)
+    if not (
+        isinstance(exc, torch.OutOfMemoryError)
+        or "can't allocate memory" in text
+        or "out of memory" in text.lower()
+    ):
+        return None
+    m = _ASKED.search(text)
+    asked = f" of {_gib(float(m.group(1)) * _UNITS[m.group(2).lower()])}" if m else ""
+    where = "the CPU" if torch.device(device).type == "cpu" else str(device)
+    mem = _memory_of(device)
+    return OutOfMemory(
+        f"out of memory: an allocation{asked} on {where} failed{f' ({mem})' if mem else ''}; "
+        f"{lower}"
+    )

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from nanobard import files
+from nanobard.errors import NanobardError
+
 R = TypeVar("R", bound="Record")
 
 
@@ -29,13 +32,34 @@ class Record:
         return _from_fields(cls, data)
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2))
-        return path
+        """Write the record as JSON, atomically: a crash or a full disk leaves the previous file."""
+        return files.write_text(path, json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def load(cls: type[R], path: str | os.PathLike) -> R:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """The record in ``path``; ``TornRecord`` (one line) if the file is not complete JSON."""
+        return cls.from_dict(read_json(path))
+
+
+class TornRecord(NanobardError):
+    """A JSON file of a run folder is cut short or damaged (a crash while it was written by an
+    older nanobard, a copy that stopped half way); the message names it and what to do."""
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON in ``path``; a file cut short or damaged raises ``TornRecord`` instead of a
+    traceback (a missing file stays FileNotFoundError)."""
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        why, at = (e.msg, e.pos) if isinstance(e, json.JSONDecodeError) else (e.reason, e.start)
+        raise TornRecord(
+            f"{path} is not complete JSON ({why} at position {at} of {len(raw)} bytes: cut short "
+            "by a crash or a full disk while it was written); delete it and run the command that "
+            "wrote it again"
+        ) from None
 
 
 def _encode(obj: Any) -> Any:

@@ -10,12 +10,13 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from nanobard import files
 from nanobard.errors import NanobardError
-from nanobard.records import EvalRow, Record
+from nanobard.records import EvalRow, Record, TornRecord
 
 logger = logging.getLogger(__name__)
 _HELD: dict[Path, int] = {}  # run folders this process holds the lock of, with a nesting count
@@ -110,18 +111,30 @@ class RunDir:
                 ) from None
             f.seek(0)
             _warn_if_taken_over(self.path, f.read())
-            f.seek(0)
-            f.truncate()
-            f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": what,
-                                "since": time.strftime("%Y-%m-%d %H:%M:%S")}))  # fmt: skip
-            f.flush()
+            try:  # the holder's name is for the next one's message: the flock alone locks
+                f.seek(0)
+                f.truncate()
+                f.write(
+                    json.dumps(
+                        {
+                            "pid": os.getpid(),
+                            "host": socket.gethostname(),
+                            "what": what,
+                            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                        }
+                    )
+                )
+                f.flush()  # fmt: skip
+            except OSError as e:  # a full disk: lock without the name
+                logger.debug("could not write %s: %s", self.path / self.LOCK, e)
             _HELD[key] = 1
             try:
                 yield
             finally:
                 del _HELD[key]
-                f.seek(0)
-                f.truncate()  # a clean exit leaves no holder to name
+                with suppress(OSError):
+                    f.seek(0)
+                    f.truncate()  # a clean exit leaves no holder to name
         finally:
             f.close()  # releases the flock
 
@@ -138,24 +151,38 @@ class RunDir:
         return self
 
     def read_metrics(self, name: str = METRICS) -> list[EvalRow]:
-        """The rows of a metrics file (empty when there is none)."""
+        """The rows of a metrics file (empty when there is none). A last line cut short (the
+        process was killed while appending it) is left out with a warning; a damaged line before
+        it is a ``TornRecord``."""
         p = self.path / name
         if not p.exists():
             return []
-        return [
-            EvalRow.from_dict(json.loads(ln)) for ln in p.read_text().splitlines() if ln.strip()
-        ]
+        lines = [ln for ln in p.read_text(encoding="utf-8", errors="replace").splitlines()
+                 if ln.strip()]  # fmt: skip
+        rows = []
+        for i, ln in enumerate(lines):
+            try:
+                rows.append(EvalRow.from_dict(json.loads(ln)))
+            except (ValueError, TypeError) as e:
+                if i < len(lines) - 1:
+                    raise TornRecord(
+                        f"{p}: line {i + 1} of {len(lines)} is not a metrics row ({e}); delete "
+                        "the line or the file"
+                    ) from None
+                logger.warning("%s: its last line is cut short (a crash while writing it); "
+                               "left out", p)  # fmt: skip
+        return rows
 
     def append_metrics(self, row: EvalRow, name: str = METRICS) -> None:
-        with open(self.path / name, "a") as f:
-            f.write(json.dumps(row.to_dict()) + "\n")
+        """Append one row: the whole line or, when the disk refuses, nothing."""
+        files.append_line(self.path / name, json.dumps(row.to_dict()))
 
     def trim_metrics(self, last_step: int, name: str = METRICS) -> None:
         """On resume, drop rows written after the checkpoint we resume from."""
         p = self.path / name
         if p.exists():
             keep = [r for r in self.read_metrics(name) if r.step <= last_step]
-            p.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in keep))
+            files.write_text(p, "".join(json.dumps(r.to_dict()) + "\n" for r in keep))
 
 
 def _holder(path: Path) -> str:

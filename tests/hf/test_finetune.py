@@ -5,9 +5,11 @@ import sys
 import pytest
 import torch
 
-from nanobard.data.corpus import split_text
+from nanobard.data.corpus import CorpusChanged, split_text
+from nanobard.files import WriteFailed
+from nanobard.hardware import OutOfMemory
 from nanobard.hf.finetune import FinetuneConfig, finetune
-from tests.fixtures import build_tiny_hf_model
+from tests.fixtures import CPU_OOM, build_tiny_hf_model
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +90,74 @@ def test_finetune_resume_continues_from_checkpoint(tiny_model, tmp_path):
         json.loads(ln)["step"] for ln in (tmp_path / "metrics_hf.jsonl").read_text().splitlines()
     ]
     assert steps[-1] == 40 and 20 in steps and steps.count(0) == 1
+    # the same characters, lines reordered: another text, refused before anything runs
+    lines = text.splitlines(keepends=True)
+    changed = split_text("".join(lines[1::2] + lines[::2]))
+    with pytest.raises(CorpusChanged) as e:
+        finetune(cfg(path, max_steps=50), changed, tmp_path, resume=True, progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and "checkpoint-40 was made on text (SHA-256 " in msg
+    assert f"{split.sha256[:12]}" in msg and f"{changed.sha256[:12]}" in msg
+    assert msg.endswith(
+        "pass --allow-new-corpus with --resume to continue fine-tuning on the new text"
+    )
+    res = finetune(cfg(path, max_steps=50), changed, tmp_path, resume=True, progress=False,
+                   allow_new_corpus=True)  # fmt: skip
+    assert res.steps == 50  # and the model before fine-tuning was scored again, on the new text
+    assert json.loads((tmp_path / "finetune_before.json").read_text())["corpus"]["sha256"] == (
+        changed.sha256
+    )
+    info = json.loads((tmp_path / "model_hf_finetuned" / "nanobard.json").read_text())
+    assert info["corpus"]["sha256"] == changed.sha256
+
+
+def test_a_full_disk_while_the_trainer_saves_keeps_the_last_whole_checkpoint(
+    tiny_model, tmp_path, monkeypatch
+):
+    """The disk fills while checkpoint-20 is written: the half folder goes, checkpoint-10 stays,
+    one line says so; --resume continues from checkpoint-10."""
+    path, text = tiny_model
+    real_save = torch.save
+
+    def full_at_20(obj, f, *a, **k):
+        if "checkpoint-20" in str(f):
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", full_at_20)
+    with pytest.raises(WriteFailed) as e:
+        finetune(cfg(path, max_steps=30), split_text(text), tmp_path, progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("no space left on the device")
+    assert "checkpoint-20; nothing was written there; kept: checkpoint-10 (the last " in msg
+    assert sorted(p.name for p in (tmp_path / "hf_checkpoints").iterdir()) == ["checkpoint-10"]
+    monkeypatch.undo()
+    (tmp_path / "hf_checkpoints" / "checkpoint-25").mkdir()  # cut short by a crash: skipped
+    res = finetune(cfg(path, max_steps=30), split_text(text), tmp_path, resume=True,
+                   progress=False)  # fmt: skip
+    assert res.steps == 30
+    assert (
+        json.loads((tmp_path / "hf_checkpoints" / "checkpoint-30" / "corpus.json").read_text())[
+            "sha256"
+        ]
+        == split_text(text).sha256
+    )
+
+
+def test_out_of_memory_names_the_flags_that_lower_it(tiny_model, tmp_path, monkeypatch):
+    from nanobard.hf import finetune as ft
+
+    def refuse(*a, **k):
+        raise RuntimeError(CPU_OOM)
+
+    monkeypatch.setattr(ft, "load_pretrained", refuse)
+    with pytest.raises(OutOfMemory) as e:
+        finetune(cfg(tiny_model[0]), split_text(tiny_model[1]), tmp_path, progress=False)
+    msg = str(e.value)
+    assert msg.startswith("out of memory: an allocation of 64.0 GiB on the CPU failed (it has ")
+    assert msg.endswith("lower --batch-size (now 8; raise --grad-accum, now 1, to keep the tokens "
+                        "per step) or --block-size (now 32), or train LoRA adapters only "
+                        "(--lora-r 8)")  # fmt: skip
 
 
 def test_lora_is_merged_before_saving(tiny_model, tmp_path):

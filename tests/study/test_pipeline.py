@@ -125,6 +125,43 @@ def test_rerun_skips_finished_stages(study):
     assert again.headline == res.headline
 
 
+def test_a_rerun_on_another_text_is_refused_and_a_torn_record_redone(study, tmp_path, caplog):
+    """The study's records know its text: a re-run on the same characters with the lines
+    reordered stops in one line before any stage runs (--force redoes it all); a stages.json cut
+    short is redone, with a warning, rather than a traceback."""
+    from pathlib import Path
+
+    import pytest
+
+    from nanobard import config as C
+    from nanobard.data.corpus import CorpusChanged
+    from nanobard.study.pipeline import _context, _done_so_far
+
+    out, res, kw = study
+    assert res.state.corpus.sha256 and len(res.state.corpus.sha256) == 64
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    lines = Path(kw["data_path"]).read_text().splitlines(keepends=True)
+    changed = tmp_path / "changed.txt"
+    changed.write_text("".join(lines[1::2] + lines[::2]))
+    before = (copy / RunDir.STAGES).read_text()
+    with pytest.raises(CorpusChanged) as e:
+        run_study(copy, "quick", **{**kw, "data_path": str(changed)})
+    msg = str(e.value)
+    assert "\n" not in msg and f"{copy / RunDir.STAGES} was made on corpus.txt (SHA-256 " in msg
+    assert "the text given now is changed.txt (SHA-256 " in msg
+    assert msg.endswith("pass --force to redo every stage on the new text, or another --out "
+                        "for a new study")  # fmt: skip
+    assert (copy / RunDir.STAGES).read_text() == before  # nothing ran
+    (copy / RunDir.STAGES).write_text(before[: len(before) // 2])  # a crash mid-write
+    preset = C.get_study_preset("quick")
+    ctx = _context(copy, preset, "shakespeare", kw["data_path"], kw["scratch_overrides"],
+                   kw["finetune_overrides"], False, False, None)  # fmt: skip
+    assert _done_so_far(ctx, copy / RunDir.STAGES) == StudyState()
+    assert any("stages.json is not complete JSON" in r.getMessage() and "redoing every stage"
+               in r.getMessage() for r in caplog.records)  # fmt: skip
+
+
 def test_interrupted_study_continues(study, tmp_path):
     out, _, kw = study
     copy = tmp_path / "copy"

@@ -7,12 +7,14 @@ import pytest
 import torch
 
 from nanobard.config import ConfigError, ModelConfig, TrainConfig
-from nanobard.data.corpus import split_text
+from nanobard.data.corpus import CorpusChanged, split_text
+from nanobard.files import WriteFailed
+from nanobard.hardware import OutOfMemory
 from nanobard.model import checkpoint
 from nanobard.model.checkpoint import CheckpointError, load_model, read_checkpoint
 from nanobard.train.loop import train
 from nanobard.train.schedule import lr_at
-from tests.fixtures import TINY_MODEL, tcfg
+from tests.fixtures import CPU_OOM, TINY_MODEL, disk_full, tcfg
 
 
 def test_training_lowers_loss_and_writes_the_run_folder(tmp_path, tiny_text):
@@ -218,23 +220,46 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_at(50, cfg, None, 0.5) == pytest.approx(0.55)  # time-only budget follows time
 
 
-def test_atomic_checkpoint_write_keeps_previous_on_failure(tmp_path, tiny_text, monkeypatch):
+def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, tiny_text, monkeypatch):
     train(TINY_MODEL, tcfg(max_steps=10), split_text(tiny_text), tmp_path, progress=False)
     path = tmp_path / "model_scratch_best.pt"
     before = path.read_bytes()
-
-    def boom(obj, f):
-        f.write(b"partial")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(checkpoint.torch, "save", boom)
+    disk_full(monkeypatch, after=1000)
     model, tok, _ = load_model(path)
-    with pytest.raises(
-        CheckpointError, match="No space left on device.*previous checkpoint is intact"
-    ):
+    with pytest.raises(WriteFailed, match="no space left on the device .*previous model_scratch"):
         checkpoint.save_checkpoint(path, model, tok)
     assert path.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    assert [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
+
+
+def test_a_run_whose_disk_fills_up_ends_in_one_line_with_what_was_kept(
+    tmp_path, tiny_text, monkeypatch
+):
+    """The disk fills while the second evaluation's checkpoints are written: the run stops with
+    the step-10 checkpoints kept and says how to go on; --resume then continues from them."""
+    real_save = checkpoint.files.write_bytes
+    calls = []
+
+    def fill_at_the_fifth(path, data):  # best, last at steps 0 and 10; best at 20 fills the disk
+        calls.append(path.name)
+        if len([c for c in calls if c.endswith(".pt")]) == 5:
+            disk_full(monkeypatch, after=100)
+        return real_save(path, data)
+
+    monkeypatch.setattr(checkpoint.files, "write_bytes", fill_at_the_fifth)
+    cfg = tcfg(max_steps=30, eval_interval=10)
+    with pytest.raises(WriteFailed) as e:
+        train(TINY_MODEL, cfg, split_text(tiny_text), tmp_path, progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("no space left on the device")
+    assert "the previous model_scratch_best.pt is kept; kept: ckpt_last.pt (step 10), " in msg
+    assert (
+        "model_scratch_best.pt (step 10); free some space or pass another --out, then run " in msg
+    )
+    assert msg.endswith("with --resume")
+    monkeypatch.undo()
+    res = train(TINY_MODEL, cfg, split_text(tiny_text), tmp_path, resume=True, progress=False)
+    assert [r.step for r in res.history] == [0, 10, 20, 30]
 
 
 def test_damaged_and_foreign_checkpoints(tmp_path, tiny_text):
@@ -312,3 +337,67 @@ def test_a_resumed_time_budget_fills_what_the_first_session_left(tmp_path, tiny_
     assert res.stopped == "time"
     # every fake step is 1/16 s and evaluations are free: 3 s hold 48 steps in all
     assert res.steps == pytest.approx(48, abs=1) and res.elapsed_s == pytest.approx(3.0, abs=STEP_S)
+
+
+def test_resume_refuses_a_changed_corpus_unless_asked(tmp_path, tiny_text):
+    """The checkpoint knows its text: the same characters with the lines reordered is another
+    text (and another validation split), refused in one line; --allow-new-corpus goes on."""
+    split = split_text(tiny_text)
+    train(TINY_MODEL, tcfg(max_steps=10), split, tmp_path, progress=False)
+    ckpt = read_checkpoint(tmp_path / "ckpt_last.pt")
+    assert json.loads(ckpt["corpus"]) == {"name": "text", "sha256": split.sha256,
+                                          "train_chars": len(split.train),
+                                          "val_chars": len(split.val)}  # fmt: skip
+    lines = tiny_text.splitlines(keepends=True)
+    changed = split_text("".join(lines[1::2] + lines[::2]))
+    assert sorted(changed.train + changed.val) == sorted(tiny_text)  # same characters
+    with pytest.raises(CorpusChanged) as e:
+        train(TINY_MODEL, tcfg(max_steps=20), changed, tmp_path, resume=True, progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("the corpus changed since this run began: ")
+    assert f"ckpt_last.pt was made on text (SHA-256 {split.sha256[:12]}, 18,000 training" in msg
+    assert f"the text given now is text (SHA-256 {changed.sha256[:12]}," in msg
+    assert "start afresh with another --out, or pass --allow-new-corpus with --resume" in msg
+    res = train(TINY_MODEL, tcfg(max_steps=20), changed, tmp_path, resume=True, progress=False,
+                allow_new_corpus=True)  # fmt: skip
+    assert res.steps == 20
+    assert json.loads(read_checkpoint(tmp_path / "ckpt_last.pt")["corpus"])["sha256"] == (
+        changed.sha256
+    )
+    # other characters cannot continue at all: the ids would mean other characters
+    with pytest.raises(CorpusChanged, match="other characters"):
+        train(TINY_MODEL, tcfg(max_steps=30), split_text(tiny_text.upper()), tmp_path,
+              resume=True, progress=False, allow_new_corpus=True)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "error, asked",
+    [
+        (RuntimeError(CPU_OOM), "64.0 GiB"),
+        (
+            torch.OutOfMemoryError(
+                "CUDA out of memory. Tried to allocate 2.50 GiB. GPU 0 has a "
+                "total capacity of 79.15 GiB"
+            ),
+            "2.5 GiB",
+        ),  # fmt: skip
+    ],
+)
+def test_out_of_memory_is_one_line_with_the_flags_that_lower_it(
+    tmp_path, tiny_text, monkeypatch, error, asked
+):
+    from nanobard.train import loop
+
+    def refuse(*a, **k):
+        raise error
+
+    monkeypatch.setattr(loop, "train_step", refuse)
+    with pytest.raises(OutOfMemory) as e:
+        train(TINY_MODEL, tcfg(max_steps=10), split_text(tiny_text), tmp_path, progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"out of memory: an allocation of {asked} on ")
+    assert msg.endswith(
+        f"lower --batch-size (now 8; raise --grad-accum, now 1, to keep the tokens per step), "
+        f"--block-size (now {TINY_MODEL.block_size}), --n-embd (now 32) or --n-layer (now 2)"
+    )
+    assert not (tmp_path / ".nanobard.lock").read_text()  # the folder is free again

@@ -27,6 +27,7 @@ from nanobard.cli import (
 )
 from nanobard.cli.common import Parser
 from nanobard.errors import NanobardError
+from nanobard.files import DISK_ERRNOS
 
 COMMANDS = (train, generate, finetune, evaluate, run, attention, patch, serve, export, bench)
 _OS_USER_ERRORS = (
@@ -51,6 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _device_of(args: argparse.Namespace) -> str:
+    """The device a command ran on, for an out-of-memory message."""
+    from nanobard.hardware import pick_device
+
+    try:
+        return str(pick_device(getattr(args, "device", None) or "auto"))
+    except NanobardError:
+        return "cpu"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -71,12 +82,25 @@ def main(argv: list[str] | None = None) -> int:
     except NanobardError as e:  # 130: interrupted with a checkpoint written, not an error
         print(f"nanobard: {'' if e.exit_code == 130 else 'error: '}{e}", file=sys.stderr)
         return e.exit_code
-    except _OS_USER_ERRORS as e:
+    except OSError as e:
+        if not isinstance(e, _OS_USER_ERRORS) and e.errno not in DISK_ERRNOS:
+            raise
         print(
             f"nanobard: error: {e.strerror or e}{': ' + str(e.filename) if e.filename else ''}",
             file=sys.stderr,
         )
-        return 2
+        return 2 if isinstance(e, _OS_USER_ERRORS) else 1
+    except (RuntimeError, MemoryError) as e:  # an allocation refused outside train/finetune
+        if "torch" not in sys.modules:
+            raise
+        from nanobard.hardware import out_of_memory
+
+        oom = out_of_memory(e, _device_of(args), f"see nanobard {args.command} --help for the "
+                            "sizes to lower")  # fmt: skip
+        if oom is None:
+            raise
+        print(f"nanobard: error: {oom}", file=sys.stderr)
+        return oom.exit_code
     except KeyboardInterrupt:
         print("nanobard: interrupted", file=sys.stderr)
         return 130

@@ -102,6 +102,12 @@ def add_run_flags(parser: argparse.ArgumentParser, what: str, resume: str) -> No
         "--out", metavar="DIR", help=f"run folder (default: runs/{what}-<timestamp>)"
     )
     parser.add_argument("--resume", action="store_true", help=resume)
+    parser.add_argument(
+        "--allow-new-corpus",
+        action="store_true",
+        help="with --resume: continue on a corpus that changed since the run began (by default "
+        "a resumed run refuses a text other than its checkpoint's SHA-256)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

@@ -42,6 +42,7 @@ def handle(args: argparse.Namespace) -> int:
         out,
         resume=args.resume,
         progress=not args.no_progress,
+        allow_new_corpus=args.allow_new_corpus,
     )
     print(
         f"\nfine-tuned {res.model_name} ({res.num_params:,} parameters, "

@@ -51,9 +51,8 @@ def handle(args: argparse.Namespace) -> int:
     )
     corpus = load_tokens(args.corpus, args.data)  # encoded once, then memory-mapped from the cache
     out = run_folder(args, "scratch")
-    res = train(
-        model_cfg, train_cfg, corpus, out, resume=args.resume, progress=not args.no_progress
-    )
+    res = train(model_cfg, train_cfg, corpus, out, resume=args.resume,
+                progress=not args.no_progress, allow_new_corpus=args.allow_new_corpus)  # fmt: skip
     print(
         f"\ntrained {res.num_params:,} parameters for {res.steps} steps ({res.tokens:,} tokens) "
         f"in {res.elapsed_s:.1f} s, {res.tokens_per_s:,.0f} tokens/s; stopped by {res.stopped}"

@@ -16,6 +16,8 @@ tracks are scored on exactly this validation text.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import os
 import re
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 
 from nanobard.errors import NanobardError
+from nanobard.records import Record
 
 if TYPE_CHECKING:
     from nanobard.data.tokens import TokenCorpus
@@ -47,6 +50,51 @@ class CorpusError(NanobardError, ValueError):
     """The corpus cannot be used; the message says why and what to do."""
 
 
+class CorpusChanged(NanobardError):
+    """A run folder's records were made on another text than the one given now."""
+
+
+@dataclass(frozen=True)
+class CorpusId(Record):
+    """Which text a run trained on, stored in every checkpoint and in the study's records: the
+    SHA-256 of the whole text (UTF-8, line ends as read) and where the split fell."""
+
+    name: str
+    sha256: str
+    train_chars: int
+    val_chars: int
+
+    def __str__(self) -> str:
+        return (
+            f"{self.name} (SHA-256 {self.sha256[:12]}, {self.train_chars:,} training + "
+            f"{self.val_chars:,} validation characters)"
+        )
+
+    def same_text(self, other: CorpusId) -> bool:
+        """The same text, split at the same place (the name may differ: a file renamed)."""
+        return (self.sha256, self.train_chars, self.val_chars) == (
+            other.sha256,
+            other.train_chars,
+            other.val_chars,
+        )
+
+
+def check_same_corpus(
+    recorded: CorpusId | None, now: CorpusId, where: str | os.PathLike, go_on: str
+) -> bool:
+    """Raise ``CorpusChanged`` when ``where`` (a checkpoint, a study's records) was made on
+    another text than ``now``; ``go_on``: how to continue, for the message. True when they agree,
+    False when ``where`` predates recorded corpora (nothing to compare)."""
+    if recorded is None:
+        return False
+    if recorded.same_text(now):
+        return True
+    raise CorpusChanged(
+        f"the corpus changed since this run began: {where} was made on {recorded}, the text given "
+        f"now is {now}; {go_on}"
+    )
+
+
 @dataclass(frozen=True)
 class CorpusSplit:
     """A corpus and its character-level split. ``val`` is the text every model is scored on."""
@@ -58,6 +106,17 @@ class CorpusSplit:
     @property
     def n_chars(self) -> int:
         return len(self.train) + len(self.val)
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        """SHA-256 of the whole text, as ``TokenCorpus.sha256``."""
+        h = hashlib.sha256(self.train.encode("utf-8"))
+        h.update(self.val.encode("utf-8"))
+        return h.hexdigest()
+
+    @property
+    def identity(self) -> CorpusId:
+        return CorpusId(self.name, self.sha256, len(self.train), len(self.val))
 
     def val_text(self, n: int | None = None) -> str:
         """The first ``n`` validation characters (all when None), as ``TokenCorpus.val_text``."""

@@ -32,6 +32,7 @@ import numpy as np
 from nanobard.data.corpus import (
     VAL_FRACTION,
     CorpusError,
+    CorpusId,
     CorpusSplit,
     cache_dir,
     check_text_file,
@@ -42,7 +43,7 @@ from nanobard.data.tokenizer import CharTokenizer
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when the files' layout or the encoding changes: old caches are then ignored
+FORMAT = 2  # bump when the files' layout or the encoding changes: old caches are then ignored
 CHUNK_BYTES = 1 << 23  # 8 MiB of text at a time
 _N_CODE_POINTS = 0x110000
 
@@ -57,10 +58,15 @@ class TokenCorpus:
     train: np.ndarray
     val: np.ndarray
     folder: Path | None = None  # the cache folder the arrays are mapped from
+    sha256: str = ""  # of the whole text (UTF-8, CRLF read as LF): which text this is
 
     @property
     def n_chars(self) -> int:
         return len(self.train) + len(self.val)
+
+    @property
+    def identity(self) -> CorpusId:
+        return CorpusId(self.name, self.sha256, len(self.train), len(self.val))
 
     def train_text(self, n: int | None = None) -> str:
         """The first ``n`` characters of the training part (all when None)."""
@@ -150,8 +156,9 @@ def encode_chunks(chunks: Callable[[], Iterator[str]], out_dir: Path, name: str)
         np.lib.format.open_memmap(out_dir / f"{part}.npy", mode="w+", dtype=dtype, shape=(size,))
         for part, size in (("train", split_at), ("val", n - split_at))
     ]
-    pos = 0
+    pos, digest = 0, hashlib.sha256()
     for chunk in chunks():
+        digest.update(chunk.encode("utf-8"))
         ids = table[_code_points(chunk)]
         cut = min(max(split_at - pos, 0), len(ids))  # this chunk's characters that train
         arrays[0][pos : pos + cut] = ids[:cut]
@@ -169,12 +176,13 @@ def encode_chunks(chunks: Callable[[], Iterator[str]], out_dir: Path, name: str)
                 "dtype": np.dtype(dtype).name,
                 "train_chars": split_at,
                 "val_chars": n - split_at,
+                "sha256": digest.hexdigest(),
                 "vocab": tok.to_json(),
             },
             ensure_ascii=False,
         )
     )
-    return TokenCorpus(name, tok, arrays[0], arrays[1], out_dir)
+    return TokenCorpus(name, tok, arrays[0], arrays[1], out_dir, digest.hexdigest())
 
 
 def open_cached(folder: Path) -> TokenCorpus | None:
@@ -187,7 +195,8 @@ def open_cached(folder: Path) -> TokenCorpus | None:
         val = np.load(folder / "val.npy", mmap_mode="r")
         if len(train) != meta["train_chars"] or len(val) != meta["val_chars"]:
             return None
-        return TokenCorpus(meta["name"], CharTokenizer.from_json(meta["vocab"]), train, val, folder)
+        tok = CharTokenizer.from_json(meta["vocab"])
+        return TokenCorpus(meta["name"], tok, train, val, folder, meta["sha256"])
     except (OSError, ValueError, KeyError):
         return None
 
@@ -249,5 +258,9 @@ def tokens_from_split(split: CorpusSplit) -> TokenCorpus:
     table = np.zeros(_N_CODE_POINTS, dtype=np.int64)
     table[[ord(c) for c in tok.chars]] = np.arange(tok.vocab_size)
     return TokenCorpus(
-        split.name, tok, table[_code_points(split.train)], table[_code_points(split.val)]
+        split.name,
+        tok,
+        table[_code_points(split.train)],
+        table[_code_points(split.val)],
+        sha256=split.sha256,
     )

@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -24,17 +24,23 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 import torch
 
+from nanobard import files
 from nanobard.config import SHAKESPEARE_PROMPTS as PROMPTS
 from nanobard.config import ConfigError, FinetuneConfig
-from nanobard.data.corpus import CorpusSplit
+from nanobard.data.corpus import CorpusChanged, CorpusId, CorpusSplit, check_same_corpus
 from nanobard.data.tokenizer import UnknownCharactersError
 from nanobard.data.tokens import TokenCorpus
-from nanobard.hardware import generation_dtype, pick_device, resolve_precision
+from nanobard.hardware import generation_dtype, out_of_memory, pick_device, resolve_precision
 from nanobard.hf.pretrained import Pretrained, hf_generator, load_pretrained
-from nanobard.hf.trainer import metrics_callback, trainer_class
+from nanobard.hf.trainer import (
+    checkpoint_corpus,
+    complete_checkpoints,
+    metrics_callback,
+    trainer_class,
+)
 from nanobard.model.evaluate import Score, score_hf
 from nanobard.model.sampling import STRATEGIES, TextGenerator
-from nanobard.records import EvalRow, Record
+from nanobard.records import EvalRow, Record, TornRecord
 from nanobard.rundir import RunDir
 from nanobard.train.schedule import TimeBudget
 
@@ -123,6 +129,7 @@ class BeforeFinetune(Record):
 
     score: Score
     samples: list[Sample]
+    corpus: CorpusId | None = None  # the text it was scored on
 
 
 @dataclass
@@ -132,20 +139,33 @@ class FinetunedModelInfo(Record):
     base_model: str
     config: FinetuneConfig
     steps: int
+    corpus: CorpusId | None = None  # the text it was fine-tuned on
 
 
 def _score_before(
-    pre: Pretrained, text: str, cfg: FinetuneConfig, out: Path, resume: bool, progress: bool
+    pre: Pretrained,
+    text: str,
+    cfg: FinetuneConfig,
+    out: Path,
+    resume: bool,
+    progress: bool,
+    corpus: CorpusId,
 ) -> BeforeFinetune:
     """The pretrained model's score and samples before fine-tuning (kept in
     finetune_before.json)."""
     path = out / RunDir.BEFORE
     if resume and path.exists():
-        return BeforeFinetune.load(path)
+        try:
+            kept = BeforeFinetune.load(path)
+        except TornRecord as e:
+            logger.warning("%s; scoring again", e)
+        else:
+            if kept.corpus is None or kept.corpus.same_text(corpus):
+                return kept
     logger.info("scoring %s before fine-tuning on %d validation characters", pre.name, len(text))
     score = score_hf(pre.model, pre.tokenizer, text, f"{pre.name} (before)", progress=progress)
     before = BeforeFinetune(
-        score, make_samples(_sampler(pre), "before", cfg.sample_tokens, cfg.prompts)
+        score, make_samples(_sampler(pre), "before", cfg.sample_tokens, cfg.prompts), corpus
     )
     if is_main_process():
         before.save(path)
@@ -321,7 +341,12 @@ def _training_args(
 
 
 def _save(
-    model: torch.nn.Module, pre: Pretrained, cfg: FinetuneConfig, out: Path, steps: int
+    model: torch.nn.Module,
+    pre: Pretrained,
+    cfg: FinetuneConfig,
+    out: Path,
+    steps: int,
+    corpus: CorpusId,
 ) -> tuple[PreTrainedModel, Path]:
     """Merge LoRA adapters if any and write ``model_hf_finetuned/`` (plain transformers can load
     it). ``model`` is what ``_with_lora`` gave the Trainer: a PeftModel with LoRA, else the
@@ -330,16 +355,40 @@ def _save(
         model = cast("PeftModel", model).merge_and_unload()
     merged = cast("PreTrainedModel", model)
     final_dir = out / RunDir.FINETUNED
-    if is_main_process():
-        merged.save_pretrained(final_dir)
-        pre.tokenizer.save_pretrained(final_dir)
-        FinetunedModelInfo(pre.name, cfg, steps).save(final_dir / RunDir.FINETUNED_INFO)
+    if is_main_process():  # whole or not at all: a full disk keeps the previous folder
+        with files.atomic_folder(final_dir) as tmp:
+            merged.save_pretrained(tmp)
+            pre.tokenizer.save_pretrained(tmp)
+            FinetunedModelInfo(pre.name, cfg, steps, corpus).save(tmp / RunDir.FINETUNED_INFO)
     return merged, final_dir
 
 
-def _last_checkpoint_step(ckpt_dir: Path, resume: bool) -> int | None:
-    found = list(ckpt_dir.glob("checkpoint-*")) if resume and ckpt_dir.exists() else []
-    return max(int(p.name.split("-")[1]) for p in found) if found else None
+def _last_checkpoint(ckpt_dir: Path, resume: bool) -> Path | None:
+    """The newest checkpoint written to the end, when resuming."""
+    found = complete_checkpoints(ckpt_dir) if resume and ckpt_dir.exists() else []
+    return found[-1] if found else None
+
+
+def _check_corpus(out: Path, last: Path | None, corpus: CorpusId, allow_new_corpus: bool) -> None:
+    """A resumed fine-tuning run goes on with the text its checkpoint (or, before the first
+    checkpoint, its before-score) was made on; another one only when asked."""
+    before = out / RunDir.BEFORE
+    recorded, where = (checkpoint_corpus(last), last) if last is not None else (None, before)
+    if recorded is None and before.exists():
+        with suppress(TornRecord):  # scored again then (_score_before)
+            recorded, where = BeforeFinetune.load(before).corpus, before
+    try:
+        check_same_corpus(
+            recorded,
+            corpus,
+            where,
+            "start afresh with another --out, or pass --allow-new-corpus with --resume to "
+            "continue fine-tuning on the new text",
+        )
+    except CorpusChanged as e:
+        if not allow_new_corpus:
+            raise
+        logger.warning("%s; continuing on the new text (--allow-new-corpus)", str(e).split(";")[0])
 
 
 def finetune(
@@ -351,18 +400,37 @@ def finetune(
     progress: bool = True,
     keep_checkpoints: bool = True,
     before: Score | None = None,
+    allow_new_corpus: bool = False,
 ) -> FinetuneResult:
     """Score before, fine-tune, save ``model_hf_finetuned/``, score after. See module docstring.
     ``keep_checkpoints=False`` deletes the Trainer's resumable checkpoints (weights and optimizer
     state, ~1.6 GB for a 135M model) once the fine-tuned model is saved. ``before``: the pretrained
     model's score on the same validation text when the caller has it already (the crossover lesson
-    scores it once for all its runs); then it is not scored again and no samples are made before."""
+    scores it once for all its runs); then it is not scored again and no samples are made before.
+    Resuming on another text than the run's raises ``CorpusChanged`` unless ``allow_new_corpus``;
+    a full disk ``WriteFailed``, a refused allocation ``OutOfMemory``, each in one line."""
     out = Path(out_dir)
     device = pick_device(cfg.device)
-    pre = load_pretrained(cfg.pretrained, device)  # fails before anything is written
-    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun rank 0 holds it for all ranks
-    with RunDir(out).writer_lock("nanobard finetune") if main else nullcontext():
-        return _finetune(cfg, data, out, resume, progress, keep_checkpoints, before, pre, device)
+    try:
+        pre = load_pretrained(cfg.pretrained, device)  # fails before anything is written
+        # under torchrun rank 0 holds it for all ranks
+        with RunDir(out).writer_lock("nanobard finetune") if is_main_process() else nullcontext():
+            return _finetune(cfg, data, out, resume, progress, keep_checkpoints, before, pre,
+                             device, allow_new_corpus)  # fmt: skip
+    except (RuntimeError, MemoryError) as e:
+        oom = out_of_memory(e, device, _lower_memory(cfg))
+        if oom is None:
+            raise
+        raise oom from None
+
+
+def _lower_memory(cfg: FinetuneConfig) -> str:
+    """The flags that lower fine-tuning's memory, with their values now."""
+    lora = "" if cfg.lora_r else ", or train LoRA adapters only (--lora-r 8)"
+    return (
+        f"lower --batch-size (now {cfg.batch_size}; raise --grad-accum, now {cfg.grad_accum}, to "
+        f"keep the tokens per step) or --block-size (now {cfg.block_size}){lora}"
+    )
 
 
 def _finetune(
@@ -375,14 +443,20 @@ def _finetune(
     before: Score | None,
     pre: Pretrained,
     device: torch.device,
+    allow_new_corpus: bool,
 ) -> FinetuneResult:
     """finetune() with the folder's lock held."""
     from transformers import EarlyStoppingCallback
 
     out.mkdir(parents=True, exist_ok=True)
+    corpus = data.identity
+    ckpt_dir = out / RunDir.HF_CHECKPOINTS
+    last = _last_checkpoint(ckpt_dir, resume)
+    if resume:
+        _check_corpus(out, last, corpus, allow_new_corpus)
     score_text = data.val_text(cfg.score_chars or None)  # 0 or None: all of it
     if before is None:
-        scored = _score_before(pre, score_text, cfg, out, resume, progress)
+        scored = _score_before(pre, score_text, cfg, out, resume, progress, corpus)
         before, samples_before = scored.score, scored.samples
     else:
         samples_before = []
@@ -398,25 +472,25 @@ def _finetune(
     model, trainable = _with_lora(pre.model, cfg)
 
     run = RunDir(out)
-    ckpt_dir, metrics_path = run / RunDir.HF_CHECKPOINTS, run / RunDir.METRICS_HF
+    metrics_path = run / RunDir.METRICS_HF
     if not resume and metrics_path.exists() and is_main_process():
         metrics_path.unlink()
     t0 = time.perf_counter()
     cb = metrics_callback(metrics_path, tokens_per_step, t0, cfg.max_time, budget)
     callbacks = [cb] + ([EarlyStoppingCallback(cfg.patience)] if cfg.patience else [])
-    trainer = trainer_class(budget)(
+    trainer = trainer_class(budget, corpus)(
         model=model,
         args=_training_args(cfg, device, ckpt_dir, max_steps, resume, progress),
         train_dataset=train_ds,
         eval_dataset=val_ds,
         callbacks=callbacks,
     )
-    steps_before = _last_checkpoint_step(ckpt_dir, resume)
-    trainer.train(resume_from_checkpoint=steps_before is not None or None)
+    steps_before = None if last is None else int(last.name.split("-")[-1])
+    trainer.train(resume_from_checkpoint=None if last is None else str(last))
     train_seconds = time.perf_counter() - t0
     steps = trainer.state.global_step
     assert trainer.model is not None, "the Trainer was given a model"
-    finetuned, final_dir = _save(trainer.model, pre, cfg, out, steps)
+    finetuned, final_dir = _save(trainer.model, pre, cfg, out, steps, corpus)
     if not keep_checkpoints and is_main_process():
         shutil.rmtree(ckpt_dir, ignore_errors=True)
 

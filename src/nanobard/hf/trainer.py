@@ -5,14 +5,19 @@
   steps, sizes the step count that fits the budget (evaluations and checkpoints included) and
   refines it at each evaluation; the cosine schedule runs over it, so fine-tuning ends on time
   with its learning rate decayed, whatever the machine;
-- ``metrics_hf.jsonl``: one row per evaluation, the same schema as the from-scratch track.
+- ``metrics_hf.jsonl``: one row per evaluation, the same schema as the from-scratch track;
+- checkpoints that are complete or absent: one the disk refused half way is removed and reported in
+  one line (the last complete one kept), each holds the corpus it was trained on
+  (``corpus.json``), and ``complete_checkpoints`` skips one a crash cut short.
 
 ``transformers`` is imported inside the functions: importing nanobard stays cheap.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +25,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.nn import functional as F
 
+from nanobard import files
+from nanobard.data.corpus import CorpusId
+from nanobard.files import WriteFailed
 from nanobard.records import EvalRow
 from nanobard.rundir import RunDir
 from nanobard.train.schedule import TimeBudget, cosine
@@ -74,15 +82,64 @@ def lr_factor(step: int, warmup: int, horizon: int) -> float:
 
 
 UNSIZED = 1_000_000  # the horizon before the budget has timed its first steps: an upper bound
+CORPUS = "corpus.json"  # in each checkpoint folder: the CorpusId it was trained on
+TRAINER_STATE = "trainer_state.json"  # the Trainer writes it last: a checkpoint with it is whole
 
 
-def trainer_class(budget: TimeBudget | None = None) -> type[Trainer]:
-    """The Trainer with nanobard's loss and, given a ``budget``, its time-sized schedule."""
+def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """The Trainer's checkpoint folders that were written to the end, oldest first (one cut short
+    by a crash has no readable trainer_state.json, and is skipped with a warning)."""
+    found = sorted(ckpt_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    whole = []
+    for p in found:
+        try:
+            json.loads((p / TRAINER_STATE).read_text())
+            whole.append(p)
+        except (OSError, ValueError):
+            logger.warning("%s was not written to the end (a crash while saving?); skipped", p)
+    return whole
+
+
+def checkpoint_corpus(folder: Path) -> CorpusId | None:
+    """The corpus a Trainer checkpoint was trained on (None when it predates corpus.json)."""
+    try:
+        return CorpusId.load(folder / CORPUS)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def trainer_class(
+    budget: TimeBudget | None = None, corpus: CorpusId | None = None
+) -> type[Trainer]:
+    """The Trainer with nanobard's loss and, given a ``budget``, its time-sized schedule; each
+    checkpoint it saves is whole (or removed, with a one-line ``WriteFailed``) and records
+    ``corpus``."""
     from transformers import Trainer
 
     class NanobardTrainer(Trainer):
         """Training losses from ``chunked_lm_loss`` where it is exact (a single process, a model
         type in CHUNKED_LOSS_MODELS); anything else takes the Trainer's own path."""
+
+        def _save_checkpoint(self, model, trial):
+            folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            try:
+                super()._save_checkpoint(model, trial)
+                if corpus is not None and self.args.should_save:
+                    corpus.save(folder / CORPUS)
+            except Exception as e:
+                why = e.cause if isinstance(e, WriteFailed) else files.describe(e, folder.parent)
+                if why is None:
+                    raise
+                shutil.rmtree(folder, ignore_errors=True)  # half a checkpoint resumes nothing
+                kept = [p.name for p in complete_checkpoints(folder.parent)]
+                raise WriteFailed(
+                    folder,
+                    why,
+                    f"kept: {kept[-1]} (the last complete checkpoint); free some space, then run "
+                    "the same command with --resume"
+                    if kept
+                    else "no complete checkpoint yet; free some space and run again",
+                ) from e
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             base = self.accelerator.unwrap_model(model)

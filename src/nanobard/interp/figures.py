@@ -23,6 +23,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
+from nanobard import files  # noqa: E402
 from nanobard.interp.circuits import (  # noqa: E402
     AblationResult,
     InductionResult,
@@ -36,9 +37,14 @@ DPI = 110
 
 
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as the image ``path`` names, whole or not at all (files.atomic_path), and
+    close it."""
     path = Path(path)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with files.atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 

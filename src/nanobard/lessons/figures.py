@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from nanobard.interp.figures import save_figure  # noqa: E402
 from nanobard.lessons.scratch import (  # noqa: E402
     CharAttention,
     MaskLesson,
@@ -24,15 +25,10 @@ from nanobard.lessons.transfer import CrossoverResult, ForgettingResult  # noqa:
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-DPI = 110
-
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    path = Path(path)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_crossover(result: CrossoverResult, path: str | os.PathLike) -> Path:

@@ -15,10 +15,10 @@ target, so a crash or a full disk mid-write leaves the previous checkpoint intac
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
@@ -26,7 +26,9 @@ from typing import Any
 
 import torch
 
+from nanobard import files
 from nanobard.config import ModelConfig
+from nanobard.data.corpus import CorpusId
 from nanobard.data.tokenizer import CharTokenizer
 from nanobard.errors import NanobardError
 from nanobard.model.gpt import GPT
@@ -40,24 +42,13 @@ class CheckpointError(NanobardError, ValueError):
 
 
 def atomic_save(obj: object, path: str | os.PathLike) -> None:
-    """torch.save to ``path`` atomically (temp file + fsync + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise CheckpointError(
-            f"could not write checkpoint {path} ({e.strerror or e}); the previous checkpoint "
-            "is intact. Free some disk space or choose another --out folder"
-        ) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """torch.save to ``path`` atomically (files.write_bytes: temp file, fsync, rename). The
+    archive is built in memory first: torch's zip writer, writing to a file, turns a full disk into
+    "unexpected pos" and leaves half an archive; a plain write says ENOSPC, which ``WriteFailed``
+    reports in one line with the previous checkpoint kept."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    files.write_bytes(path, buf.getbuffer())
 
 
 def save_checkpoint(
@@ -67,8 +58,10 @@ def save_checkpoint(
     *,
     train_state: dict[str, Any] | None = None,
     metrics: dict[str, float] | None = None,
+    corpus: CorpusId | None = None,
 ) -> None:
-    """Write model weights, config and vocabulary (and, for resuming, the training state)."""
+    """Write model weights, config and vocabulary (and, for resuming, the training state);
+    ``corpus``: the text it was trained on, which ``--resume`` checks."""
     raw = getattr(model, "_orig_mod", model)  # unwrap torch.compile
     obj: dict[str, Any] = {
         "format": FORMAT,
@@ -77,9 +70,19 @@ def save_checkpoint(
         "vocab": tokenizer.to_json(),
         "metrics": json.dumps(metrics or {}),
     }
+    if corpus is not None:
+        obj["corpus"] = json.dumps(corpus.to_dict())
     if train_state is not None:
         obj["train_state"] = train_state
     atomic_save(obj, path)
+
+
+def checkpoint_corpus(ckpt: dict[str, Any]) -> CorpusId | None:
+    """The text a checkpoint was trained on (None for one written before nanobard recorded it)."""
+    try:
+        return CorpusId.from_dict(json.loads(ckpt["corpus"]))
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -124,11 +127,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_model(
-    path: str | os.PathLike, device: str | torch.device = "cpu", expect: ModelConfig | None = None
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    expect: ModelConfig | None = None,
+    obj: dict[str, Any] | None = None,
 ) -> tuple[GPT, CharTokenizer, dict[str, Any]]:
-    """Rebuild the model and tokenizer from a checkpoint.
+    """Rebuild the model and tokenizer from a checkpoint (``obj``: its dict, when read already).
     Returns (model, tokenizer, checkpoint dict)."""
-    obj = read_checkpoint(path)
+    obj = read_checkpoint(path) if obj is None else obj
     try:
         cfg = ModelConfig(**json.loads(obj["model_config"]))
         tok = CharTokenizer.from_json(obj["vocab"])

@@ -22,8 +22,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, overload
 
-import torch
-
 from nanobard import config as C
 from nanobard.config import (
     SHAKESPEARE_PROMPTS,
@@ -32,7 +30,7 @@ from nanobard.config import (
     StudyPreset,
     TrainConfig,
 )
-from nanobard.data.corpus import check_fits
+from nanobard.data.corpus import check_fits, check_same_corpus
 from nanobard.data.prompts import (
     SHAKESPEARE_ATTENTION_TEXT,
     attention_text,
@@ -40,6 +38,7 @@ from nanobard.data.prompts import (
     is_shakespeare,
 )
 from nanobard.data.tokens import TokenCorpus, load_tokens
+from nanobard.files import write_text
 from nanobard.hf.finetune import FinetuneResult, Sample, finetune, make_samples
 from nanobard.hf.pretrained import load_pretrained, scratch_generator
 from nanobard.interp import attention as A
@@ -52,8 +51,9 @@ from nanobard.interp.patching import (
     activation_patching,
     induction_pair,
 )
-from nanobard.model.checkpoint import load_model
+from nanobard.model.checkpoint import atomic_save, load_model
 from nanobard.model.evaluate import score_scratch
+from nanobard.records import TornRecord
 from nanobard.rundir import RunDir
 from nanobard.study import figures
 from nanobard.study.records import (
@@ -156,7 +156,8 @@ def corpus_stage(ctx: Context) -> CorpusInfo:
     corpus = ctx.data_path or ctx.corpus_name
     ctx.run.write_config(StudyConfig(ctx.preset.name, corpus, scratch, finetune, prompts, text))
     n = len(ctx.score_text())
-    return CorpusInfo(c.name, len(c.train), len(c.val), n, c.tokenizer.vocab_size, prompts, text)
+    return CorpusInfo(c.name, len(c.train), len(c.val), n, c.tokenizer.vocab_size, prompts, text,
+                      c.sha256)  # fmt: skip
 
 
 def scratch_stage(ctx: Context) -> TrainResult:
@@ -199,7 +200,7 @@ def attention_stage(ctx: Context) -> AttentionStudy:
     maps_s = A.attention_maps(scratch, text)
     maps_h = A.attention_maps(pretrained, text, max_tokens=A.HF_MAP_TOKENS)
     weights = {"scratch": maps_s.weights, "pretrained": maps_h.weights}
-    torch.save(weights, ctx.run / RunDir.ATTENTION_WEIGHTS)
+    atomic_save(weights, ctx.run / RunDir.ATTENTION_WEIGHTS)
     scratch_attention = A.analyse_attention(scratch, maps_s)
     study = AttentionStudy(text, scratch_attention, A.analyse_attention(pretrained, maps_h))
     study.save(ctx.run / RunDir.ATTENTION_ANALYSIS)
@@ -252,7 +253,7 @@ def samples_stage(ctx: Context) -> list[Sample]:
     prompts = tuple(ctx.done("corpus").prompts)
     rows = make_samples(gen, "scratch", ctx.preset.sample_tokens, prompts)
     rows += ctx.done("finetune").samples
-    (ctx.run / RunDir.SAMPLES).write_text(samples_markdown(rows))
+    write_text(ctx.run / RunDir.SAMPLES, samples_markdown(rows))
     return rows
 
 
@@ -336,8 +337,7 @@ def _run_study(
     stages_path = ctx.run.ensure() / RunDir.STAGES
     if force:
         stages_path.unlink(missing_ok=True)
-    if stages_path.exists():
-        ctx.state = StudyState.load(stages_path)
+    ctx.state = _done_so_far(ctx, stages_path)
     for i, stage in enumerate(STAGES):
         if on_stage is not None:
             on_stage(i, stage.name)
@@ -349,6 +349,24 @@ def _run_study(
         ctx.state.seconds[stage.name] = round(time.perf_counter() - t, 2)
         ctx.state.save(stages_path)
     return StudyOutcome(ctx.state, headline(ctx.state), ctx.done("report"))
+
+
+def _done_so_far(ctx: Context, stages_path: Path) -> StudyState:
+    """The stages a previous run of this folder finished, if it ran on the same text: a torn
+    stages.json is redone (with a warning), another text is refused (``--force`` redoes it all)."""
+    if not stages_path.exists():
+        return StudyState()
+    try:
+        state = StudyState.load(stages_path)
+    except TornRecord as e:
+        logger.warning("%s; redoing every stage (a finished training resumes from its checkpoint)",
+                       str(e).split("; delete")[0])  # fmt: skip
+        return StudyState()
+    if state.corpus is not None:
+        check_same_corpus(state.corpus.identity, ctx.corpus().identity, stages_path,
+                          "pass --force to redo every stage on the new text, or another --out for "
+                          "a new study")  # fmt: skip
+    return state
 
 
 def _context(

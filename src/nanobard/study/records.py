@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nanobard.config import FinetuneConfig, ModelConfig, TrainConfig
+from nanobard.data.corpus import CorpusId
 from nanobard.hf.finetune import FinetuneResult, Sample
 from nanobard.interp.analysis import Analysis
 from nanobard.interp.attention import AttentionAnalysis
@@ -43,6 +44,13 @@ class CorpusInfo(Record):
     distinct_chars: int
     prompts: list[str]
     attention_text: str
+    sha256: str | None = None  # of the whole text: a re-run on another text is refused
+
+    @property
+    def identity(self) -> CorpusId | None:
+        if self.sha256 is None:  # a study from before nanobard recorded it
+            return None
+        return CorpusId(self.name, self.sha256, self.train_chars, self.val_chars)
 
 
 @dataclass

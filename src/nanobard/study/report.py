@@ -21,6 +21,7 @@ import jinja2
 import torch
 from markupsafe import Markup
 
+from nanobard import files
 from nanobard.hf.finetune import Sample
 from nanobard.interp.analysis import Analysis
 from nanobard.interp.circuits import circuit_findings
@@ -57,7 +58,7 @@ def write_report(run: RunDir, state: StudyState, head: Headline, machine: dict[s
     """Render the report of a finished study (every stage up to the figures) to
     ``run/report.html``."""
     path = run / RunDir.REPORT
-    path.write_text(render_report(run, state, head, machine), encoding="utf-8")
+    files.write_text(path, render_report(run, state, head, machine))
     return path
 
 

@@ -25,12 +25,25 @@ import torch
 from tqdm.auto import tqdm
 
 from nanobard.config import ConfigError, ModelConfig, TrainConfig, with_overrides
-from nanobard.data.corpus import CorpusSplit, check_fits, get_batch
+from nanobard.data.corpus import (
+    CorpusChanged,
+    CorpusSplit,
+    check_fits,
+    check_same_corpus,
+    get_batch,
+)
 from nanobard.data.tokenizer import CharTokenizer
 from nanobard.data.tokens import TokenCorpus, tokens_from_split
 from nanobard.errors import NanobardError
-from nanobard.hardware import pick_device, resolve_precision
-from nanobard.model.checkpoint import load_model, save_checkpoint
+from nanobard.files import WriteFailed
+from nanobard.hardware import out_of_memory, pick_device, resolve_precision
+from nanobard.model.checkpoint import (
+    CheckpointError,
+    checkpoint_corpus,
+    load_model,
+    read_checkpoint,
+    save_checkpoint,
+)
 from nanobard.model.gpt import GPT
 from nanobard.records import EvalRow, Record
 from nanobard.rundir import RunDir
@@ -194,12 +207,17 @@ def _setup(
     )
 
 
-def _restore(s: Setup, cfg: TrainConfig, resume: bool) -> tuple[RunState, list[EvalRow]]:
+def _restore(
+    s: Setup, cfg: TrainConfig, resume: bool, allow_new_corpus: bool = False
+) -> tuple[RunState, list[EvalRow]]:
     """The state to start from: the last checkpoint's when resuming, else a fresh one (and a
-    fresh run never appends to an old run's files)."""
+    fresh run never appends to an old run's files). A checkpoint of another text than the one
+    given now is refused unless ``allow_new_corpus``."""
     last = s.run / RunDir.LAST
     if resume and last.exists():
-        loaded, _, ckpt = load_model(last, s.device, expect=s.model.config)
+        ckpt = read_checkpoint(last)
+        _check_corpus(s, last, ckpt, allow_new_corpus)  # before the model: a vocabulary differs
+        loaded, _, _ = load_model(last, s.device, expect=s.model.config, obj=ckpt)
         s.model.load_state_dict(loaded.state_dict())
         ts = ckpt["train_state"]
         try:
@@ -229,6 +247,31 @@ def _restore(s: Setup, cfg: TrainConfig, resume: bool) -> tuple[RunState, list[E
             p.unlink(missing_ok=True)
     s.dd.barrier()
     return RunState(), []
+
+
+def _check_corpus(s: Setup, last: Path, ckpt: dict[str, Any], allow_new_corpus: bool) -> None:
+    """Resume on the checkpoint's own text; on another one only when asked, and only if its
+    characters are the checkpoint's (the ids would mean other characters otherwise)."""
+    go_on = (
+        "start afresh with another --out, or pass --allow-new-corpus with --resume to continue "
+        "training this model on the new text"
+    )
+    try:
+        check_same_corpus(checkpoint_corpus(ckpt), s.corpus.identity, last, go_on)
+    except CorpusChanged as e:
+        if not allow_new_corpus:
+            raise
+        logger.warning("%s; continuing on the new text (--allow-new-corpus)", str(e).split(";")[0])
+    try:
+        tok = CharTokenizer.from_json(ckpt["vocab"])
+    except (KeyError, TypeError, ValueError):
+        return  # load_model says what is wrong with it
+    if tok.chars != s.tokenizer.chars:
+        raise CorpusChanged(
+            f"{last} was trained on other characters than the text given now has "
+            f"({len(tok.chars)} vs {len(s.tokenizer.chars)} distinct); its ids would read as other "
+            "characters: start afresh with another --out"
+        )
 
 
 @dataclass
@@ -325,26 +368,52 @@ def _record(s: Setup, state: RunState, row: EvalRow) -> None:
     )
     rng_states = s.dd.gather_rng_states()
     if s.dd.is_main:  # only rank 0 writes; every rank holds the same weights
-        s.run.append_metrics(row)
-        if improved:
+        try:
+            s.run.append_metrics(row)
+            if improved:
+                save_checkpoint(
+                    s.run / RunDir.BEST,
+                    s.model,
+                    s.tokenizer,
+                    metrics={"step": row.step, "val_loss": row.val_loss},
+                    corpus=s.corpus.identity,
+                )
             save_checkpoint(
-                s.run / RunDir.BEST,
+                s.run / RunDir.LAST,
                 s.model,
                 s.tokenizer,
-                metrics={"step": row.step, "val_loss": row.val_loss},
+                train_state={
+                    "optimizer": s.optimizer.state_dict(),
+                    "batch_rng": s.batch_gen.get_state(),
+                    "torch_rng": rng_states if s.dd.enabled else rng_states[0],
+                    "counters": json.dumps(state.to_dict()),
+                },
+                corpus=s.corpus.identity,
             )
-        save_checkpoint(
-            s.run / RunDir.LAST,
-            s.model,
-            s.tokenizer,
-            train_state={
-                "optimizer": s.optimizer.state_dict(),
-                "batch_rng": s.batch_gen.get_state(),
-                "torch_rng": rng_states if s.dd.enabled else rng_states[0],
-                "counters": json.dumps(state.to_dict()),
-            },
-        )
+        except WriteFailed as e:
+            raise e.with_hint(_kept(s.run)) from None
     s.dd.barrier()
+
+
+def _kept(run: RunDir) -> str:
+    """What a run whose save failed can go on from, for the message."""
+    kept = {}
+    for name in (RunDir.LAST, RunDir.BEST):
+        try:
+            ckpt = read_checkpoint(run / name)
+        except CheckpointError:
+            continue
+        if "train_state" in ckpt:
+            kept[name] = f"step {json.loads(ckpt['train_state']['counters'])['step']}"
+        else:
+            kept[name] = f"step {json.loads(ckpt['metrics']).get('step', '?')}"
+    what = ", ".join(f"{k} ({v})" for k, v in kept.items()) or "no checkpoint yet"
+    then = (
+        "then run the same command with --resume"
+        if RunDir.LAST in kept
+        else "then run the command again"
+    )
+    return f"kept: {what}; free some space or pass another --out, {then}"
 
 
 def _stop_reason(cfg: TrainConfig, state: RunState, horizon: int | None, budget_kind: str,
@@ -391,16 +460,36 @@ def train(
     progress: bool = True,
     config_name: str = RunDir.CONFIG,
     on_eval: Sequence[OnEval] = (),
+    allow_new_corpus: bool = False,
 ) -> TrainResult:
     """Train a GPT on ``data.train``, evaluating on ``data.val``; write checkpoints, metrics and
     ``train_result.json`` into ``out_dir``. ``data`` is text (a CorpusSplit, encoded here) or token
     ids (a TokenCorpus, e.g. memory-mapped from the token cache). ``on_eval`` callbacks run at each
     evaluation, in order, before it is recorded (see ``OnEval``). Raises TrainingInterrupted after
-    writing a resumable checkpoint on Ctrl-C/SIGTERM."""
-    s = _setup(model_cfg, cfg, data, Path(out_dir))
-    # one writer per run folder (under torchrun, rank 0 holds it for every rank)
-    with s.run.writer_lock("nanobard train") if s.dd.is_main else nullcontext():
-        return _train(s, model_cfg, cfg, resume, progress, config_name, on_eval)
+    writing a resumable checkpoint on Ctrl-C/SIGTERM; ``CorpusChanged`` when resuming on another
+    text than the checkpoint's, unless ``allow_new_corpus``; ``WriteFailed`` when the disk refuses
+    a checkpoint (the previous one kept); ``OutOfMemory`` when the device refuses an
+    allocation."""
+    try:
+        s = _setup(model_cfg, cfg, data, Path(out_dir))
+        # one writer per run folder (under torchrun, rank 0 holds it for every rank)
+        with s.run.writer_lock("nanobard train") if s.dd.is_main else nullcontext():
+            return _train(s, model_cfg, cfg, resume, progress, config_name, on_eval,
+                          allow_new_corpus)  # fmt: skip
+    except (RuntimeError, MemoryError) as e:
+        oom = out_of_memory(e, pick_device(cfg.device), _lower_memory(model_cfg, cfg))
+        if oom is None:
+            raise
+        raise oom from None
+
+
+def _lower_memory(model_cfg: ModelConfig, cfg: TrainConfig) -> str:
+    """The flags that lower a from-scratch run's memory, with their values now."""
+    return (
+        f"lower --batch-size (now {cfg.batch_size}; raise --grad-accum, now {cfg.grad_accum}, to "
+        f"keep the tokens per step), --block-size (now {model_cfg.block_size}), --n-embd (now "
+        f"{model_cfg.n_embd}) or --n-layer (now {model_cfg.n_layer})"
+    )
 
 
 def _train(
@@ -411,9 +500,10 @@ def _train(
     progress: bool,
     config_name: str,
     on_eval: Sequence[OnEval],
+    allow_new_corpus: bool,
 ) -> TrainResult:
     """train() with the folder's lock held: the loop, top to bottom."""
-    state, history = _restore(s, cfg, resume)
+    state, history = _restore(s, cfg, resume, allow_new_corpus)
     horizon, budget_kind = step_budget(cfg, len(s.corpus.train), s.model.config.block_size)
     if horizon is None:
         horizon = state.horizon  # a time budget sized before a resume (None on a fresh run)
