@@ -387,37 +387,28 @@ def study_kwargs(tmp_path: Path, text: str, evil: bool = True, **extra) -> dict:
 
 def disk_full(monkeypatch, after: int = 0) -> None:
     """From now on the disk takes ``after`` more bytes of what nanobard.files writes, then refuses
-    with ENOSPC, as a full disk does to a plain write."""
-    import builtins
+    with ENOSPC: its ``os.write`` calls, the system calls a full disk fails, write what fits and
+    then raise, as a full disk does."""
     import errno
+    import os
+    import types
 
     from nanobard import files
 
     left = [after]
 
-    class Full:
-        def __init__(self, f):
-            self.f = f
+    def write(fd, data):
+        n = min(len(data), left[0])
+        if n == 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        left[0] -= n
+        return os.write(fd, bytes(data[:n]))
 
-        def write(self, data):
-            n = min(len(data), left[0])
-            if n:
-                self.f.write(bytes(data[:n]))
-                left[0] -= n
-            if n < len(data):
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return n
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-    monkeypatch.setattr(files, "open", lambda *a, **k: Full(builtins.open(*a, **k)), raising=False)
+    full_os = types.SimpleNamespace(
+        **{k: getattr(os, k) for k in dir(os) if not k.startswith("__")}
+    )
+    full_os.write = write
+    monkeypatch.setattr(files, "os", full_os)
 
 
 # what torch's CPU allocator raises when the memory a tensor asks for is not there

@@ -130,8 +130,31 @@ def test_training_onto_a_disk_that_fills_up(tmp_path, tiny_file):
     assert "rc=1" in out.stdout, out.stderr[-2000:]
     assert "Traceback" not in out.stderr and len(errors) == 1, out.stderr[-2000:]
     assert errors[0].startswith("nanobard: error: no space left on the device")
-    assert (
-        "ckpt_last.pt; nothing was written there; kept: model_scratch_best.pt (step " in errors[0]
+    assert errors[0].endswith(
+        "ckpt_last.pt; nothing was written there; kept: model_scratch_best.pt (step 0); free "
+        "some space, then run it again"
     )
     assert "model_scratch_best.pt" in out.stdout and ".tmp" not in out.stdout
     assert "generate rc=0" in out.stdout and "ROMEO:" in out.stdout
+
+
+def test_a_line_left_unfinished_by_an_older_writer_is_cut_before_the_next(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 0, "tokens": 0, "val_loss": 4.0}\n{"step": 10, "tok')  # killed
+    files.append_line(path, '{"step": 10, "tokens": 80, "val_loss": 3.0}')
+    assert [r.step for r in RunDir(tmp_path).read_metrics()] == [0, 10]
+    path.write_text('{"st')  # nothing but a torn line
+    files.append_line(path, '{"step": 0, "tokens": 0, "val_loss": 4.0}')
+    assert path.read_text() == '{"step": 0, "tokens": 0, "val_loss": 4.0}\n'
+
+
+def test_the_next_writer_removes_what_a_killed_one_left(tmp_path):
+    run = RunDir(tmp_path)
+    (tmp_path / ".ckpt_last.1a2b3c4d.tmp.pt").write_bytes(b"half")
+    (tmp_path / ".model_hf_finetuned.0f0f0f0f.tmp").mkdir()
+    (tmp_path / ".model_hf_finetuned.0f0f0f0f.tmp" / "model.safetensors").write_bytes(b"x")
+    (tmp_path / ".hidden.txt").write_text("a user's")
+    (tmp_path / "ckpt_last.pt").write_bytes(b"whole")
+    with run.writer_lock("test"):
+        left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [".hidden.txt", ".nanobard.lock", "ckpt_last.pt"]

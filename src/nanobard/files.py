@@ -12,10 +12,11 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from nanobard.errors import NanobardError
@@ -25,7 +26,8 @@ logger = logging.getLogger(__name__)
 # errors that say the disk, not nanobard, refused the write
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG)
 # how libraries that swallow the OSError report a full disk (torch's zip writer, safetensors' Rust)
-_DISK_FULL_TEXTS = ("no space left on device", "os error 28", "code: 28", "disk quota exceeded")
+_DISK_FULL_TEXTS = ("no space left on device", "os error 28", "code: 28")
+_NEARLY_FULL = 1 << 20  # bytes free under which a library's vague write error is a full disk
 
 
 class WriteFailed(NanobardError):
@@ -33,30 +35,39 @@ class WriteFailed(NanobardError):
 
     exit_code = 1
 
-    def __init__(self, path: str | os.PathLike, cause: str, hint: str = "") -> None:
-        self.path, self.cause, self.hint = Path(path), cause, hint
-        kept = (
+    def __init__(self, path: str | os.PathLike, cause: str, hint: str = "", kept: str = "") -> None:
+        self.path, self.cause, self.hint, self.kept = Path(path), cause, hint, kept
+        previous = (
             f"the previous {self.path.name} is kept"
             if self.path.exists()
             else "nothing was written there"
         )
-        super().__init__(f"{cause} writing {self.path}; {kept}" + (f"; {hint}" if hint else ""))
+        super().__init__(
+            f"{cause} writing {self.path}; {previous}"
+            + (f"; kept: {kept}" if kept else "")
+            + (f"; {hint}" if hint else "")
+        )
 
-    def with_hint(self, hint: str) -> WriteFailed:
-        """The same failure with what the caller knows about going on (e.g. how to resume)."""
-        return WriteFailed(self.path, self.cause, hint)
+    def with_hint(self, hint: str, kept: str | None = None) -> WriteFailed:
+        """The same failure with what the caller knows: what else is kept, how to go on."""
+        return WriteFailed(self.path, self.cause, hint, self.kept if kept is None else kept)
 
 
 def describe(exc: BaseException, where: str | os.PathLike) -> str | None:
     """What a failed write says, in a few words, if it is the disk's doing (full, quota,
     read-only, I/O error); None for anything else. ``where``: a path on the disk written to."""
+    if isinstance(exc, WriteFailed):  # a write inside a larger one (a file in a folder)
+        return exc.cause
     text = str(exc).lower()
-    full = (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or any(
+    if (isinstance(exc, OSError) and exc.errno == errno.EDQUOT) or "quota exceeded" in text:
+        return "disk quota exceeded"
+    full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or any(
         t in text for t in _DISK_FULL_TEXTS
     )
-    # torch's zip writer turns a short write into "unexpected pos": a full disk, when it is
-    if not full and "unexpected pos" in text:
-        full = free_bytes(where) < (1 << 20)
+    # torch's writers swallow the OSError: "unexpected pos", "iostream error", "file write
+    # failed"; a full disk when the disk is (nearly) full
+    if not full and isinstance(exc, RuntimeError):
+        full = 0 <= free_bytes(where) < _NEARLY_FULL
     if full:
         free = free_bytes(where)
         return "no space left on the device" + (f" ({_size(free)} free)" if free >= 0 else "")
@@ -118,11 +129,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    """``data`` to ``fd`` with plain ``write`` calls: a full disk fails here, not at a later
+    flush of a buffer."""
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Path:
     """Write ``data`` to ``path`` atomically (see ``atomic_path``)."""
     path = Path(path)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(data)
+    with atomic_path(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
     return path
 
 
@@ -133,36 +156,54 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def append_line(path: str | os.PathLike, line: str) -> None:
     """Append one line to ``path``: all of it or, when the disk refuses, none of it (the file is
-    cut back to where it was, so a reader never meets half a line)."""
+    cut back to where it was, so a reader never meets half a line). A last line an older writer
+    left unfinished is cut off first, so the new line does not run on from it."""
     path = Path(path)
     data = (line.rstrip("\n") + "\n").encode("utf-8")
-    with open(path, "ab") as f:
-        start = f.tell()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        end = os.lseek(fd, 0, os.SEEK_END)
+        start = _after_last_newline(fd, end)
+        os.lseek(fd, start, os.SEEK_SET)
         try:
-            f.write(data)
-            f.flush()
+            if start < end:
+                os.ftruncate(fd, start)
+            _write_all(fd, data)
         except OSError as e:
-            try:
-                f.truncate(start)
-            except OSError:  # pragma: no cover - the disk refuses even that
-                pass
+            with suppress(OSError):
+                os.ftruncate(fd, start)
             why = describe(e, path.parent)
             if why is None:
                 raise
             raise WriteFailed(path, why) from e
+    finally:
+        os.close(fd)
+
+
+def _after_last_newline(fd: int, end: int) -> int:
+    """Where the file's complete lines end (``end`` when it ends in a newline or is empty)."""
+    pos = end
+    while pos > 0:
+        n = min(4096, pos)
+        i = os.pread(fd, n, pos - n).rfind(b"\n")
+        if i >= 0:
+            return pos - n + i + 1
+        pos -= n
+    return 0
 
 
 @contextmanager
 def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary folder to fill with ``path``'s new content; once the block ends its files are
     flushed and it takes ``path``'s place (the previous folder is moved aside first, then
-    removed). A failure removes the temporary folder and leaves ``path`` as it was."""
+    removed). A failure, or Ctrl-C, removes the temporary folder and leaves ``path`` as it
+    was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     old = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
-    tmp.mkdir()
     try:
+        tmp.mkdir()
         yield tmp
         for f in tmp.rglob("*"):
             if f.is_file():
@@ -171,15 +212,32 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(path, old)
         os.replace(tmp, path)
     except Exception as e:
-        if old.exists() and not path.exists():  # put the previous folder back
-            os.replace(old, path)
         why = describe(e, path.parent)
         if why is None:
             raise
         raise WriteFailed(path, why) from e
     finally:
+        if old.exists() and not path.exists():  # put the previous folder back
+            os.replace(old, path)
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+_LEFTOVER = re.compile(r"^\..+\.[0-9a-f]{8}\.(tmp|old)(\.[^.]+)?$")
+
+
+def remove_leftovers(folder: str | os.PathLike) -> list[str]:
+    """Remove the temporary files and folders a killed writer left in ``folder`` (call it only
+    as the folder's one writer); their names."""
+    gone = []
+    for p in Path(folder).iterdir() if Path(folder).is_dir() else ():
+        if _LEFTOVER.match(p.name):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            gone.append(p.name)
+    return gone
 
 
 __all__ = [
@@ -192,4 +250,5 @@ __all__ = [
     "write_bytes",
     "write_text",
     "append_line",
+    "remove_leftovers",
 ]

@@ -294,11 +294,21 @@ class OutOfMemory(NanobardError):
 
     exit_code = 1
 
+    def __init__(self, what: str, lower: str = "") -> None:
+        self.what = what
+        super().__init__(f"{what}; {lower}" if lower else what)
+
+    def with_hint(self, lower: str) -> OutOfMemory:
+        """The same failure with a caller's own flags to lower it (the study's)."""
+        return OutOfMemory(self.what, lower)
+
 
 _UNITS = {"b": 1, "bytes": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
           "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}  # fmt: skip
 # "you tried to allocate 68719476736 bytes" (CPU), "Tried to allocate 2.00 GiB" (CUDA, MPS)
-_ASKED = re.compile(r"tried to allocate\s+([\d.]+)\s*(bytes|[KMGT]i?B|B)\b", re.IGNORECASE)
+_ASKED = re.compile(
+    r"(?:tried to|unable to) allocate\s+([\d.]+)\s*(bytes|[KMGT]i?B|B)\b", re.IGNORECASE
+)
 
 
 def _gib(n: float) -> str:
@@ -315,27 +325,34 @@ def _memory_of(device: torch.device | str) -> str:
             fields = dict(ln.split(":", 1) for ln in Path("/proc/meminfo").read_text().splitlines())
             total = int(fields["MemTotal"].split()[0]) * 1024
             free = int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError, RuntimeError):
+    except Exception:  # noqa: BLE001 - no figure is better than a second error in the message
         return ""
     return f"it has {_gib(total)}, {_gib(free)} free now"
 
 
 def out_of_memory(exc: BaseException, device: torch.device | str, lower: str) -> OutOfMemory | None:
     """A one-line ``OutOfMemory`` for an exception that is an allocation the device refused (the
-    CPU allocator's "can't allocate memory", CUDA's and MPS's out of memory); None for anything
-    else. ``lower``: the flags that lower the memory needed, with their values."""
+    CPU allocator's "can't allocate memory", CUDA's and MPS's out of memory, Python's and NumPy's
+    MemoryError); None for anything else. ``device``: where the work ran (the message's own words
+    win: a CPU allocation can fail in a CUDA run). ``lower``: the flags that lower the memory
+    needed, with their values."""
     text = str(exc)
     if not (
-        isinstance(exc, torch.OutOfMemoryError)
+        isinstance(exc, (torch.OutOfMemoryError, MemoryError))
         or "can't allocate memory" in text
         or "out of memory" in text.lower()
     ):
         return None
     m = _ASKED.search(text)
     asked = f" of {_gib(float(m.group(1)) * _UNITS[m.group(2).lower()])}" if m else ""
+    if "CUDA" in text:
+        device = device if torch.device(device).type == "cuda" else "cuda"
+    elif "MPS" in text:
+        device = "mps"
+    elif "DefaultCPUAllocator" in text or isinstance(exc, MemoryError):
+        device = "cpu"
     where = "the CPU" if torch.device(device).type == "cpu" else str(device)
     mem = _memory_of(device)
     return OutOfMemory(
-        f"out of memory: an allocation{asked} on {where} failed{f' ({mem})' if mem else ''}; "
-        f"{lower}"
+        f"out of memory: an allocation{asked} on {where} failed{f' ({mem})' if mem else ''}", lower
     )

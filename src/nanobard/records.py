@@ -54,10 +54,10 @@ def read_json(path: str | os.PathLike) -> Any:
     try:
         return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        why, at = (e.msg, e.pos) if isinstance(e, json.JSONDecodeError) else (e.reason, e.start)
+        why = str(e) if isinstance(e, json.JSONDecodeError) else f"{e.reason} at byte {e.start}"
         raise TornRecord(
-            f"{path} is not complete JSON ({why} at position {at} of {len(raw)} bytes: cut short "
-            "by a crash or a full disk while it was written); delete it and run the command that "
+            f"{path} is not complete JSON ({why}; the file has {len(raw)} bytes: cut short by a "
+            "crash or a full disk while it was written); delete it and run the command that "
             "wrote it again"
         ) from None
 

@@ -111,6 +111,9 @@ class RunDir:
                 ) from None
             f.seek(0)
             _warn_if_taken_over(self.path, f.read())
+            # the only writer now: temporary files a killed writer left are nobody's
+            for name in files.remove_leftovers(self.path):
+                logger.info("%s: removed %s, left by an interrupted write", self.path, name)
             try:  # the holder's name is for the next one's message: the flock alone locks
                 f.seek(0)
                 f.truncate()

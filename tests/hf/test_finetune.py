@@ -117,11 +117,14 @@ def test_a_full_disk_while_the_trainer_saves_keeps_the_last_whole_checkpoint(
     """The disk fills while checkpoint-20 is written: the half folder goes, checkpoint-10 stays,
     one line says so; --resume continues from checkpoint-10."""
     path, text = tiny_model
+    from nanobard import files
+
     real_save = torch.save
 
-    def full_at_20(obj, f, *a, **k):
+    def full_at_20(obj, f, *a, **k):  # what torch.save(obj, path) says when the disk is full
         if "checkpoint-20" in str(f):
-            raise OSError(28, "No space left on device")
+            monkeypatch.setattr(files, "free_bytes", lambda where: 0)
+            raise RuntimeError("basic_ios::clear: iostream error")
         return real_save(obj, f, *a, **k)
 
     monkeypatch.setattr(torch, "save", full_at_20)
@@ -136,6 +139,10 @@ def test_a_full_disk_while_the_trainer_saves_keeps_the_last_whole_checkpoint(
     res = finetune(cfg(path, max_steps=30), split_text(text), tmp_path, resume=True,
                    progress=False)  # fmt: skip
     assert res.steps == 30
+    rows = [
+        json.loads(ln)["step"] for ln in (tmp_path / "metrics_hf.jsonl").read_text().splitlines()
+    ]
+    assert rows == [0, 10, 20, 30]  # step 20, evaluated before its save failed, is not doubled
     assert (
         json.loads((tmp_path / "hf_checkpoints" / "checkpoint-30" / "corpus.json").read_text())[
             "sha256"

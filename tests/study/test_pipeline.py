@@ -272,3 +272,37 @@ def test_the_stage_table_is_the_study_state_in_order():
     names = [s.name for s in STAGES]
     assert names == [f.name for f in fields(StudyState) if f.name != "seconds"]
     assert len(set(names)) == len(names) and all(callable(s.run) for s in STAGES)
+
+
+def test_a_stages_one_line_error_says_how_the_study_goes_on(tmp_path):
+    """train's and finetune's hints name their own flags (--allow-new-corpus, --resume,
+    --batch-size), which nanobard run does not have: the study gives its own."""
+    from nanobard.data.corpus import CorpusChanged
+    from nanobard.files import WriteFailed
+    from nanobard.hardware import OutOfMemory
+    from nanobard.study.pipeline import _for_the_study
+
+    changed = CorpusChanged(
+        "the corpus changed since this run began: ...", "pass --allow-new-corpus"
+    )
+    assert str(_for_the_study(changed)) == (
+        "the corpus changed since this run began: ...; pass --force to redo every stage on the "
+        "new text, or another --out for a new study"
+    )
+    oom = OutOfMemory(
+        "out of memory: an allocation of 64.0 GiB on the CPU failed", "lower --n-embd"
+    )
+    assert str(_for_the_study(oom)).endswith("; choose a smaller --preset (quick is the smallest), "
+                                             "fine-tune LoRA adapters only (--lora-r 8) or a "
+                                             "smaller --pretrained model")  # fmt: skip
+    full = WriteFailed(
+        tmp_path / "ckpt_last.pt",
+        "no space left on the device (0 B free)",
+        "then run the same command with --resume",
+        "model_scratch_best.pt (step 0)",
+    )
+    assert str(_for_the_study(full)) == (
+        f"no space left on the device (0 B free) writing {tmp_path / 'ckpt_last.pt'}; nothing was "
+        "written there; kept: model_scratch_best.pt (step 0); free some space, then run the same "
+        "nanobard run command again (finished stages are kept)"
+    )

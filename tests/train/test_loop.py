@@ -252,11 +252,10 @@ def test_a_run_whose_disk_fills_up_ends_in_one_line_with_what_was_kept(
         train(TINY_MODEL, cfg, split_text(tiny_text), tmp_path, progress=False)
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("no space left on the device")
-    assert "the previous model_scratch_best.pt is kept; kept: ckpt_last.pt (step 10), " in msg
-    assert (
-        "model_scratch_best.pt (step 10); free some space or pass another --out, then run " in msg
+    assert msg.endswith(
+        "the previous model_scratch_best.pt is kept; kept: ckpt_last.pt (step 10), "
+        "model_scratch_best.pt (step 10); free some space, then run the same command with --resume"
     )
-    assert msg.endswith("with --resume")
     monkeypatch.undo()
     res = train(TINY_MODEL, cfg, split_text(tiny_text), tmp_path, resume=True, progress=False)
     assert [r.step for r in res.history] == [0, 10, 20, 30]
@@ -375,6 +374,10 @@ def test_resume_refuses_a_changed_corpus_unless_asked(tmp_path, tiny_text):
     [
         (RuntimeError(CPU_OOM), "64.0 GiB"),
         (
+            MemoryError("Unable to allocate 8.00 GiB for an array with shape (1073741824,)"),
+            "8.0 GiB",
+        ),
+        (
             torch.OutOfMemoryError(
                 "CUDA out of memory. Tried to allocate 2.50 GiB. GPU 0 has a "
                 "total capacity of 79.15 GiB"
@@ -401,3 +404,16 @@ def test_out_of_memory_is_one_line_with_the_flags_that_lower_it(
         f"--block-size (now {TINY_MODEL.block_size}), --n-embd (now 32) or --n-layer (now 2)"
     )
     assert not (tmp_path / ".nanobard.lock").read_text()  # the folder is free again
+
+
+def test_an_interrupted_run_says_how_its_caller_continues():
+    from nanobard.train.loop import TrainingInterrupted
+
+    e = TrainingInterrupted("stopped by signal SIGINT at step 648; checkpoint written to x.pt")
+    assert str(e).endswith("x.pt; continue with the same command plus --resume")
+    study = e.resumed_by("run the same nanobard run command again to continue")
+    assert str(study) == (
+        "stopped by signal SIGINT at step 648; checkpoint written to x.pt; run the same "
+        "nanobard run command again to continue"
+    )
+    assert study.exit_code == 130

@@ -53,6 +53,14 @@ class CorpusError(NanobardError, ValueError):
 class CorpusChanged(NanobardError):
     """A run folder's records were made on another text than the one given now."""
 
+    def __init__(self, what: str, go_on: str = "") -> None:
+        self.what = what
+        super().__init__(f"{what}; {go_on}" if go_on else what)
+
+    def with_hint(self, go_on: str) -> CorpusChanged:
+        """The same refusal with a caller's own way to go on (the study's --force)."""
+        return CorpusChanged(self.what, go_on)
+
 
 @dataclass(frozen=True)
 class CorpusId(Record):
@@ -85,13 +93,14 @@ def check_same_corpus(
     """Raise ``CorpusChanged`` when ``where`` (a checkpoint, a study's records) was made on
     another text than ``now``; ``go_on``: how to continue, for the message. True when they agree,
     False when ``where`` predates recorded corpora (nothing to compare)."""
-    if recorded is None:
+    if recorded is None or not recorded.sha256 or not now.sha256:  # unknown: nothing to compare
         return False
     if recorded.same_text(now):
         return True
     raise CorpusChanged(
         f"the corpus changed since this run began: {where} was made on {recorded}, the text given "
-        f"now is {now}; {go_on}"
+        f"now is {now}",
+        go_on,
     )
 
 

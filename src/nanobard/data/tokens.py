@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nanobard import files
 from nanobard.data.corpus import (
     VAL_FRACTION,
     CorpusError,
@@ -153,9 +154,10 @@ def encode_chunks(chunks: Callable[[], Iterator[str]], out_dir: Path, name: str)
     table[[ord(c) for c in vocab]] = np.arange(len(vocab), dtype=dtype)
     out_dir.mkdir(parents=True, exist_ok=True)
     arrays = [
-        np.lib.format.open_memmap(out_dir / f"{part}.npy", mode="w+", dtype=dtype, shape=(size,))
+        _reserved(np.lib.format.open_memmap(out_dir / f"{part}.npy", mode="w+", dtype=dtype,
+                                            shape=(size,)), out_dir / f"{part}.npy")
         for part, size in (("train", split_at), ("val", n - split_at))
-    ]
+    ]  # fmt: skip
     pos, digest = 0, hashlib.sha256()
     for chunk in chunks():
         digest.update(chunk.encode("utf-8"))
@@ -183,6 +185,25 @@ def encode_chunks(chunks: Callable[[], Iterator[str]], out_dir: Path, name: str)
         )
     )
     return TokenCorpus(name, tok, arrays[0], arrays[1], out_dir, digest.hexdigest())
+
+
+def _reserved(array: np.memmap, path: Path) -> np.memmap:
+    """The mapped file's blocks taken on disk now: a memory map into a sparse file on a full disk
+    dies of SIGBUS on a page write, with no message; reserving them fails here, in one line."""
+    if hasattr(os, "posix_fallocate"):  # Linux; elsewhere the map stays sparse
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        except OSError as e:
+            why = files.describe(e, path.parent)
+            if why is None:
+                raise
+            raise files.WriteFailed(
+                path, why, "point NANOBARD_CACHE at a disk with room for the token cache"
+            ) from None
+        finally:
+            os.close(fd)
+    return array
 
 
 def open_cached(folder: Path) -> TokenCorpus | None:
@@ -218,8 +239,8 @@ def _cached(
     try:
         logger.info("encoding %s into %s", name, folder)
         encode_chunks(chunks, tmp, name)
-        if folder.exists():  # damaged or of an older format: replace it
-            shutil.rmtree(folder, ignore_errors=True)
+        if folder.exists() and open_cached(folder) is None:  # damaged or of an older format
+            shutil.rmtree(folder, ignore_errors=True)  # (one another process just wrote is kept)
         try:
             os.replace(tmp, folder)
         except OSError:  # another process finished the same entry first

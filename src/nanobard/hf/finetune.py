@@ -473,19 +473,22 @@ def _finetune(
 
     run = RunDir(out)
     metrics_path = run / RunDir.METRICS_HF
-    if not resume and metrics_path.exists() and is_main_process():
-        metrics_path.unlink()
+    steps_before = None if last is None else int(last.name.split("-")[-1])
+    if is_main_process():  # rows past the checkpoint resumed from would be evaluated again
+        if steps_before is None:
+            metrics_path.unlink(missing_ok=True)
+        else:
+            run.trim_metrics(steps_before, RunDir.METRICS_HF)
     t0 = time.perf_counter()
     cb = metrics_callback(metrics_path, tokens_per_step, t0, cfg.max_time, budget)
     callbacks = [cb] + ([EarlyStoppingCallback(cfg.patience)] if cfg.patience else [])
     trainer = trainer_class(budget, corpus)(
         model=model,
-        args=_training_args(cfg, device, ckpt_dir, max_steps, resume, progress),
+        args=_training_args(cfg, device, ckpt_dir, max_steps, last is not None, progress),
         train_dataset=train_ds,
         eval_dataset=val_ds,
         callbacks=callbacks,
     )
-    steps_before = None if last is None else int(last.name.split("-")[-1])
     trainer.train(resume_from_checkpoint=None if last is None else str(last))
     train_seconds = time.perf_counter() - t0
     steps = trainer.state.global_step

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from nanobard import files
 from nanobard.data.corpus import CorpusId
 from nanobard.files import WriteFailed
-from nanobard.records import EvalRow
+from nanobard.records import EvalRow, TornRecord
 from nanobard.rundir import RunDir
 from nanobard.train.schedule import TimeBudget, cosine
 
@@ -104,7 +104,7 @@ def checkpoint_corpus(folder: Path) -> CorpusId | None:
     """The corpus a Trainer checkpoint was trained on (None when it predates corpus.json)."""
     try:
         return CorpusId.load(folder / CORPUS)
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, TornRecord):
         return None
 
 
@@ -123,11 +123,13 @@ def trainer_class(
         def _save_checkpoint(self, model, trial):
             folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
             try:
-                super()._save_checkpoint(model, trial)
-                if corpus is not None and self.args.should_save:
+                if corpus is not None and self.args.should_save:  # before the Trainer's own
+                    # files: it removes the older checkpoints once they are written
+                    folder.mkdir(parents=True, exist_ok=True)
                     corpus.save(folder / CORPUS)
+                super()._save_checkpoint(model, trial)
             except Exception as e:
-                why = e.cause if isinstance(e, WriteFailed) else files.describe(e, folder.parent)
+                why = files.describe(e, folder.parent)
                 if why is None:
                     raise
                 shutil.rmtree(folder, ignore_errors=True)  # half a checkpoint resumes nothing

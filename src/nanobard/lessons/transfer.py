@@ -108,8 +108,8 @@ def _first_train(data: Data, n: int) -> Data:
     """The same data with only the first ``n`` training characters (the validation text
     unchanged)."""
     # one branch per kind: the training part is token ids in one, text in the other
-    if isinstance(data, TokenCorpus):
-        return dataclasses.replace(data, train=data.train[:n])
+    if isinstance(data, TokenCorpus):  # part of the text: its SHA-256 is no longer known
+        return dataclasses.replace(data, train=data.train[:n], sha256="")
     return dataclasses.replace(data, train=data.train[:n])
 
 

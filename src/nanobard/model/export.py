@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from nanobard import files
 from nanobard.config import ModelConfig
 from nanobard.data.tokenizer import CharTokenizer
 from nanobard.errors import NanobardError
@@ -300,21 +301,23 @@ def export_hf(
     model = model.float().eval()
     hf = to_hf_gpt2(model)
     hf.generation_config = hf_generation_config(model.config)
-    out.mkdir(parents=True, exist_ok=True)
-    hf.save_pretrained(out, safe_serialization=True)
-    hf_tokenizer(tok, model.config.block_size).save_pretrained(out)
-    _mark_tokenizer_class(out / "tokenizer_config.json")
-    (out / "README.md").write_text(model_card(ckpt_path, model, tok, ckpt, gguf), encoding="utf-8")
-    # never leave an earlier export's weights beside these
-    (out / GGUF_NAME).unlink(missing_ok=True)
-    gguf_file = write_gguf(model, tok, out / GGUF_NAME) if gguf else None
-    files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
+    # written whole into a temporary folder that then takes out's place: a full disk leaves an
+    # earlier export as it was, and never an earlier export's weights beside these
+    with files.atomic_folder(out) as tmp:
+        hf.save_pretrained(tmp, safe_serialization=True)
+        hf_tokenizer(tok, model.config.block_size).save_pretrained(tmp)
+        _mark_tokenizer_class(tmp / "tokenizer_config.json")
+        card = model_card(ckpt_path, model, tok, ckpt, gguf)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+        if gguf:
+            write_gguf(model, tok, tmp / GGUF_NAME)
+    sizes = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
     result = ExportResult(
         out_dir=out,
         checkpoint=ckpt_path,
         num_params=model.num_params(),
-        files=files,
-        gguf_file=gguf_file,
+        files=sizes,
+        gguf_file=out / GGUF_NAME if gguf else None,
     )
     logger.info("%s", result.summary())
     return result

@@ -30,7 +30,7 @@ from nanobard.config import (
     StudyPreset,
     TrainConfig,
 )
-from nanobard.data.corpus import check_fits, check_same_corpus
+from nanobard.data.corpus import CorpusChanged, check_fits, check_same_corpus
 from nanobard.data.prompts import (
     SHAKESPEARE_ATTENTION_TEXT,
     attention_text,
@@ -38,7 +38,9 @@ from nanobard.data.prompts import (
     is_shakespeare,
 )
 from nanobard.data.tokens import TokenCorpus, load_tokens
-from nanobard.files import write_text
+from nanobard.errors import NanobardError
+from nanobard.files import WriteFailed, write_text
+from nanobard.hardware import OutOfMemory
 from nanobard.hf.finetune import FinetuneResult, Sample, finetune, make_samples
 from nanobard.hf.pretrained import load_pretrained, scratch_generator
 from nanobard.interp import attention as A
@@ -68,7 +70,7 @@ from nanobard.study.records import (
     headline,
 )
 from nanobard.study.report import machine_info, samples_markdown, write_report
-from nanobard.train.loop import TrainResult, train
+from nanobard.train.loop import TrainingInterrupted, TrainResult, train
 
 logger = logging.getLogger(__name__)
 
@@ -163,9 +165,12 @@ def corpus_stage(ctx: Context) -> CorpusInfo:
 def scratch_stage(ctx: Context) -> TrainResult:
     """Train the from-scratch GPT, recording every head's scores at each evaluation."""
     resume = not ctx.force and (ctx.run / RunDir.LAST).exists()
-    return train(ctx.model_cfg, ctx.train_cfg, ctx.corpus(), ctx.run.path, resume=resume,
-                 progress=ctx.progress, config_name=RunDir.CONFIG_SCRATCH,
-                 on_eval=[record_head_scores])  # fmt: skip
+    try:
+        return train(ctx.model_cfg, ctx.train_cfg, ctx.corpus(), ctx.run.path, resume=resume,
+                     progress=ctx.progress, config_name=RunDir.CONFIG_SCRATCH,
+                     on_eval=[record_head_scores])  # fmt: skip
+    except TrainingInterrupted as e:  # the study resumes by itself: no --resume to pass
+        raise e.resumed_by(AGAIN) from None
 
 
 def finetune_stage(ctx: Context) -> FinetuneResult:
@@ -345,10 +350,30 @@ def _run_study(
             logger.info("stage %s already done; skipping (use --force to redo)", stage.name)
             continue
         t = time.perf_counter()
-        setattr(ctx.state, stage.name, stage.run(ctx))
+        try:
+            record = stage.run(ctx)
+        except (CorpusChanged, OutOfMemory, WriteFailed) as e:  # say how the study goes on
+            raise _for_the_study(e) from None
+        setattr(ctx.state, stage.name, record)
         ctx.state.seconds[stage.name] = round(time.perf_counter() - t, 2)
         ctx.state.save(stages_path)
     return StudyOutcome(ctx.state, headline(ctx.state), ctx.done("report"))
+
+
+AGAIN = "run the same nanobard run command again (finished stages are kept)"
+NEW_TEXT = "pass --force to redo every stage on the new text, or another --out for a new study"
+
+
+def _for_the_study(e: CorpusChanged | OutOfMemory | WriteFailed) -> NanobardError:
+    """A stage's one-line error with the study's own way on: its flags, not train's."""
+    if isinstance(e, CorpusChanged):
+        return e.with_hint(NEW_TEXT)
+    if isinstance(e, OutOfMemory):
+        return e.with_hint(
+            "choose a smaller --preset (quick is the smallest), fine-tune LoRA adapters only "
+            "(--lora-r 8) or a smaller --pretrained model"
+        )
+    return e.with_hint(f"free some space, then {AGAIN}")
 
 
 def _done_so_far(ctx: Context, stages_path: Path) -> StudyState:
@@ -363,9 +388,7 @@ def _done_so_far(ctx: Context, stages_path: Path) -> StudyState:
                        str(e).split("; delete")[0])  # fmt: skip
         return StudyState()
     if state.corpus is not None:
-        check_same_corpus(state.corpus.identity, ctx.corpus().identity, stages_path,
-                          "pass --force to redo every stage on the new text, or another --out for "
-                          "a new study")  # fmt: skip
+        check_same_corpus(state.corpus.identity, ctx.corpus().identity, stages_path, NEW_TEXT)
     return state
 
 

@@ -26,7 +26,7 @@ from nanobard.hf.finetune import Sample
 from nanobard.interp.analysis import Analysis
 from nanobard.interp.circuits import circuit_findings
 from nanobard.interp.patching import patching_findings
-from nanobard.records import EvalRow
+from nanobard.records import EvalRow, read_json
 from nanobard.rundir import RunDir
 from nanobard.study.records import (
     AttentionStudy,
@@ -106,7 +106,7 @@ def _config(run: RunDir) -> StudyConfig | None:
 
 def _config_text(run: RunDir) -> str:
     p = run / RunDir.CONFIG
-    return json.dumps(json.loads(p.read_text()) if p.exists() else {}, indent=2, ensure_ascii=False)
+    return json.dumps(read_json(p) if p.exists() else {}, indent=2, ensure_ascii=False)
 
 
 def run_rows(run: RunDir, state: StudyState, head: Headline) -> list[list[Any]]:

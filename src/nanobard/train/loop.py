@@ -69,6 +69,15 @@ class TrainingInterrupted(NanobardError):
     """Ctrl-C or SIGTERM stopped training after a resumable checkpoint was written."""
 
     exit_code = 130
+    RESUME = "continue with the same command plus --resume"
+
+    def __init__(self, stopped: str, how: str = RESUME) -> None:
+        self.stopped = stopped  # what happened and where the checkpoint is
+        super().__init__(f"{stopped}; {how}")
+
+    def resumed_by(self, how: str) -> TrainingInterrupted:
+        """The same stop, with a caller's own way to continue (a study re-runs itself)."""
+        return TrainingInterrupted(self.stopped, how)
 
 
 class NonFiniteLossError(NanobardError):
@@ -237,13 +246,15 @@ def _restore(
             else rng
         )
         state = RunState.from_dict(json.loads(ts["counters"]))
-        s.run.trim_metrics(state.step)
+        if s.dd.is_main:  # only rank 0 writes
+            s.run.trim_metrics(state.step)
+        s.dd.barrier()
         logger.info("resuming from %s at step %d", last, state.step)
         return state, s.run.read_metrics()
     if resume:
         logger.info("no %s in %s; starting from scratch", RunDir.LAST, s.run.path)
-    elif s.dd.is_main:
-        for p in (last, s.run / RunDir.METRICS):
+    if s.dd.is_main:  # a fresh run leaves nothing of an older one to be taken for its own
+        for p in (last, s.run / RunDir.METRICS, s.run / RunDir.BEST, s.run / RunDir.TRAIN_RESULT):
             p.unlink(missing_ok=True)
     s.dd.barrier()
     return RunState(), []
@@ -391,12 +402,14 @@ def _record(s: Setup, state: RunState, row: EvalRow) -> None:
                 corpus=s.corpus.identity,
             )
         except WriteFailed as e:
-            raise e.with_hint(_kept(s.run)) from None
+            kept = _kept(s.run)
+            then = "run the same command with --resume" if RunDir.LAST in kept else "run it again"
+            raise e.with_hint(f"free some space, then {then}", kept) from None
     s.dd.barrier()
 
 
 def _kept(run: RunDir) -> str:
-    """What a run whose save failed can go on from, for the message."""
+    """The checkpoints a run whose save failed can go on from, with their steps."""
     kept = {}
     for name in (RunDir.LAST, RunDir.BEST):
         try:
@@ -407,13 +420,7 @@ def _kept(run: RunDir) -> str:
             kept[name] = f"step {json.loads(ckpt['train_state']['counters'])['step']}"
         else:
             kept[name] = f"step {json.loads(ckpt['metrics']).get('step', '?')}"
-    what = ", ".join(f"{k} ({v})" for k, v in kept.items()) or "no checkpoint yet"
-    then = (
-        "then run the same command with --resume"
-        if RunDir.LAST in kept
-        else "then run the command again"
-    )
-    return f"kept: {what}; free some space or pass another --out, {then}"
+    return ", ".join(f"{k} ({v})" for k, v in kept.items()) or "no checkpoint yet"
 
 
 def _stop_reason(cfg: TrainConfig, state: RunState, horizon: int | None, budget_kind: str,
@@ -590,7 +597,7 @@ def _train(
         signame = signal.Signals(stop.signum or signal.SIGTERM).name
         raise TrainingInterrupted(
             f"stopped by signal {signame} at step {state.step}; checkpoint written to "
-            f"{s.run / RunDir.LAST}; continue with the same command plus --resume"
+            f"{s.run / RunDir.LAST}"
         )
     return _result(s, cfg, state, history, stopped, session)
 
