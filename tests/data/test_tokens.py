@@ -1,6 +1,8 @@
 """The token cache: the same ids as the character tokenizer,
 reused, rebuilt when the text changes."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -73,3 +75,26 @@ def test_unusable_files_fail_with_one_line(tmp_path, content, message):
     path.write_bytes(content)
     with pytest.raises(CorpusError, match=message):
         load_tokens(data_path=path, cache_root=tmp_path / "cache")
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fallocate"), reason="Linux only")
+def test_a_full_disk_under_the_cache_is_one_line_not_a_bus_error(tmp_path, tiny_file, monkeypatch):
+    """The token files are memory-mapped: on a full disk an unreserved page write kills the
+    process with SIGBUS (measured on a 1 MB tmpfs); their blocks are reserved first instead."""
+    import errno
+
+    from nanobard.files import WriteFailed
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(WriteFailed) as e:
+        load_tokens(data_path=tiny_file, cache_root=tmp_path / "cache")
+    msg = str(e.value)
+    assert msg.startswith("no space left on the device") and "nothing was written there" in msg
+    assert msg.endswith("point NANOBARD_CACHE at a disk with room for the token cache")
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == []  # no half entry left
+    monkeypatch.undo()
+    corpus = load_tokens(data_path=tiny_file, cache_root=tmp_path / "cache")
+    assert corpus.sha256 == split_text(read_text_file(tiny_file)).sha256  # one text, one SHA-256

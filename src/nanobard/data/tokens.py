@@ -238,7 +238,11 @@ def _cached(
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key[:12]}-"))
     try:
         logger.info("encoding %s into %s", name, folder)
-        encode_chunks(chunks, tmp, name)
+        try:
+            encode_chunks(chunks, tmp, name)
+        except files.WriteFailed as e:  # named by the entry it was for, not its temp folder
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise files.WriteFailed(folder, e.cause, e.hint) from None
         if folder.exists() and open_cached(folder) is None:  # damaged or of an older format
             shutil.rmtree(folder, ignore_errors=True)  # (one another process just wrote is kept)
         try:
