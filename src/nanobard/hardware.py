@@ -208,6 +208,14 @@ def resolve_precision(
 GENERATION_PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16", "int8")
 
 
+def scoring_dtype(device: torch.device | str) -> torch.dtype:
+    """The matmuls' precision for scoring a pretrained model (bits per character): bfloat16 where
+    the device runs it natively (AMX, AVX-512 BF16, a GPU with bf16), float32 elsewhere (emulated
+    bfloat16 is slower). Measured on an AMX Xeon, SmolLM2-135M on 20,000 characters: 13.3 s in
+    float32, 5.6 s under bfloat16 autocast, 1.6041 vs 1.6043 bits/char."""
+    return torch.bfloat16 if native_bf16(device) else torch.float32
+
+
 def generation_dtype(requested: str, device: torch.device | str) -> torch.dtype:
     """The weights' precision for generating text (``torch.int8``: weight-only int8, quantize.py).
 

@@ -253,3 +253,32 @@ def test_time_budget_sizes_the_steps_and_ends_on_time(tiny_model, tmp_path):
     assert rows[-1]["step"] == res.steps  # a final evaluation at the step the budget allowed
     # the schedule was sized to the budget: the cosine had (nearly) decayed
     assert rows[-1]["lr"] < 3e-3 * 0.3
+    # the budget is the whole command's: every part timed, training given what the rest leave
+    assert list(res.phases) == ["load", "score_before", "samples_before", "data", "train", "save",
+                                "score_after", "samples_after"]  # fmt: skip
+    assert res.time_budget_s == 10.0 and res.wall_seconds > res.phases["train"] > 0
+
+
+def test_the_time_budget_is_split_between_training_and_the_parts_around_it(caplog):
+    """--max-time bounds the whole command: training gets the budget less what was spent and
+    what scoring, samples and saving will take after it; never less than a tenth, with a
+    warning that says what to lower."""
+    import logging
+
+    from nanobard.hf.finetune import Phases, _training_time
+
+    class Clock(Phases):
+        def spent(self):
+            return 30.0
+
+    c = cfg("unused", max_steps=None, max_time=100.0)
+    assert _training_time(c, Clock(), after_s=20.0) == 50.0
+    assert _training_time(cfg("unused", max_steps=40), Clock(), after_s=20.0) is None
+    with caplog.at_level(logging.WARNING):
+        assert _training_time(c, Clock(), after_s=65.0) == 10.0
+    assert "the 100 s budget leaves 5 s for training" in caplog.text
+    assert "raise --max-time or lower --score-chars / --sample-tokens" in caplog.text
+    clock = Phases()
+    clock.mark("load")
+    clock.split("score_before", 0.0, "samples_before")
+    assert list(clock.phases) == ["load", "score_before", "samples_before"]

@@ -22,7 +22,9 @@ def test_bits_per_char_by_hand():
 def test_uniform_model_scores_log2_vocab():
     # logits all zero -> uniform over V=4 -> every token costs ln 4 nats = 2 bits
     ids = [0, 1, 2, 3, 0, 1, 2, 3, 3, 2]
-    nll, n = sliding_nll(lambda x: torch.zeros(*x.shape, 4), ids, window=4, stride=2)
+    nll, n = sliding_nll(
+        lambda x, start: torch.zeros(x.shape[0], x.shape[1] - start, 4), ids, window=4, stride=2
+    )
     assert n == 9 and nll == pytest.approx(9 * math.log(4))
 
 
@@ -53,3 +55,28 @@ def test_sliding_window_equals_direct_sum_for_char_model(tiny_text):
         total += -sum(logp[t - b - 1, ids[t]].item() for t in range(f, e))
     assert s.nll_nats == pytest.approx(total, rel=1e-5)
     assert s.chars == 299 and s.bits_per_char == pytest.approx(total / 299 / math.log(2), rel=1e-5)
+
+
+def test_a_pretrained_model_is_scored_on_the_positions_it_scores_only(tmp_path, tiny_text):
+    """The LM head on the scored positions only, and bfloat16 autocast: the same score as the
+    model's full float32 forward (to round-off, and to 0.01 bits/char in bfloat16)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from nanobard.model import evaluate as E
+    from tests.fixtures import build_tiny_hf_model
+
+    folder = build_tiny_hf_model(tmp_path / "gpt2", tiny_text)
+    model, tok = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    x = torch.tensor([tok(tiny_text[:400])["input_ids"][:40]])
+    with torch.no_grad():
+        assert torch.allclose(E._logits_from(model)(x, 17), model(input_ids=x).logits[:, 17:],
+                              atol=1e-5)  # fmt: skip
+    text = tiny_text[:3000]
+    fast = E.score_hf(model, tok, text, max_window=64)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    nll, n = E.sliding_nll(lambda x, s: model(input_ids=x).logits[:, s:], ids, 65, 32, 4)
+    assert (fast.tokens, fast.precision) == (n, "float32")
+    assert fast.nll_nats == pytest.approx(nll, rel=1e-5)
+    bf16 = E.score_hf(model, tok, text, max_window=64, precision=torch.bfloat16)
+    assert bf16.precision == "bfloat16" and bf16.nll_nats != fast.nll_nats
+    assert bf16.bits_per_char == pytest.approx(fast.bits_per_char, abs=0.01)

@@ -88,3 +88,36 @@ def test_hf_decoder_cache_matches_full_recompute():
         a = list(generate_ids(HFDecoder(m), [5, 6, 7], 20, cfg))
         b = list(generate_ids(_NoCache(m), [5, 6, 7], 20, cfg))
         assert a == b
+
+
+def test_several_strategies_of_one_prompt_decode_in_one_batch_as_one_by_one():
+    """complete_many: each row its own config and seeded generator, the same picks as
+    TextGenerator.complete (past the context too, where both restart from the last half), and a
+    row that meets a stop id stops while the others go on."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from nanobard.model.sampling import STRATEGIES, TextGenerator, complete_many
+
+    torch.manual_seed(0)
+    m = GPT2LMHeadModel(
+        GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=60, n_positions=16)
+    ).eval()
+    batches = []
+
+    class Counting(HFDecoder):
+        def _run_rows(self, rows):
+            batches.append(len(rows))
+            return super()._run_rows(rows)
+
+    def gen(stop=None):
+        return TextGenerator("tiny", lambda s: [ord(c) % 60 for c in s], lambda ids: ",".join(
+            map(str, ids)), lambda: HFDecoder(m), stop, lambda: Counting(m))  # fmt: skip
+
+    cfgs = [STRATEGIES["greedy"], STRATEGIES["top_k"], STRATEGIES["temperature"]]
+    one_by_one = [gen().complete("ROMEO:", 30, c) for c in cfgs]
+    assert complete_many(gen(), "ROMEO:", 30, cfgs) == one_by_one
+    assert set(batches) == {3} and len(batches) == 30  # 30 tokens, 30 passes of 3 rows
+    stop = int(one_by_one[1].split(",")[4])  # the top-k row's fifth token stops it
+    stopped = complete_many(gen({stop}), "ROMEO:", 30, cfgs)
+    assert stopped == [gen({stop}).complete("ROMEO:", 30, c) for c in cfgs]
+    assert len(stopped[1].split(",")) <= 5 < len(stopped[0].split(","))

@@ -17,7 +17,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -30,7 +30,13 @@ from nanobard.config import ConfigError, FinetuneConfig
 from nanobard.data.corpus import CorpusChanged, CorpusId, CorpusSplit, check_same_corpus
 from nanobard.data.tokenizer import UnknownCharactersError
 from nanobard.data.tokens import TokenCorpus
-from nanobard.hardware import generation_dtype, out_of_memory, pick_device, resolve_precision
+from nanobard.hardware import (
+    generation_dtype,
+    out_of_memory,
+    pick_device,
+    resolve_precision,
+    scoring_dtype,
+)
 from nanobard.hf.pretrained import Pretrained, hf_generator, load_pretrained
 from nanobard.hf.trainer import (
     checkpoint_corpus,
@@ -39,7 +45,7 @@ from nanobard.hf.trainer import (
     trainer_class,
 )
 from nanobard.model.evaluate import Score, score_hf
-from nanobard.model.sampling import STRATEGIES, TextGenerator
+from nanobard.model.sampling import STRATEGIES, TextGenerator, complete_many
 from nanobard.records import EvalRow, Record, TornRecord
 from nanobard.rundir import RunDir
 from nanobard.train.schedule import TimeBudget
@@ -79,7 +85,14 @@ class FinetuneResult(Record):
     after: Score
     history: list[EvalRow] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
-    time_budget_s: float | None = None
+    time_budget_s: float | None = None  # the whole command's (--max-time), load to save
+    # wall seconds of each part, in order: load, score_before, samples_before, data, train,
+    # save, score_after, samples_after (a part a resumed run reused is absent)
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def wall_seconds(self) -> float:
+        return sum(self.phases.values())
 
 
 class BlockDataset(torch.utils.data.Dataset):
@@ -107,13 +120,12 @@ def make_samples(
     """Same prompts, same decoding settings and seeds, for comparing models. A prompt the model
     cannot encode (characters the from-scratch vocabulary lacks) gives a sample saying so."""
     rows = []
-    for prompt in prompts:
-        for strategy in SAMPLE_STRATEGIES:
-            try:
-                text = gen.complete(prompt, n_tokens, STRATEGIES[strategy])
-            except UnknownCharactersError as e:
-                text = f"[cannot encode this prompt: {e}]"
-            rows.append(Sample(when, strategy, prompt, text))
+    for prompt in prompts:  # a prompt's strategies decode in one batch where the model can
+        try:
+            texts = complete_many(gen, prompt, n_tokens, [STRATEGIES[s] for s in SAMPLE_STRATEGIES])
+        except UnknownCharactersError as e:
+            texts = [f"[cannot encode this prompt: {e}]"] * len(SAMPLE_STRATEGIES)
+        rows += [Sample(when, s, prompt, t) for s, t in zip(SAMPLE_STRATEGIES, texts, strict=True)]
     return rows
 
 
@@ -130,6 +142,7 @@ class BeforeFinetune(Record):
     score: Score
     samples: list[Sample]
     corpus: CorpusId | None = None  # the text it was scored on
+    samples_seconds: float = 0.0  # what making the samples took (the after ones take as long)
 
 
 @dataclass
@@ -163,13 +176,21 @@ def _score_before(
             if kept.corpus is None or kept.corpus.same_text(corpus):
                 return kept
     logger.info("scoring %s before fine-tuning on %d validation characters", pre.name, len(text))
-    score = score_hf(pre.model, pre.tokenizer, text, f"{pre.name} (before)", progress=progress)
-    before = BeforeFinetune(
-        score, make_samples(_sampler(pre), "before", cfg.sample_tokens, cfg.prompts), corpus
-    )
+    score = score_hf(pre.model, pre.tokenizer, text, f"{pre.name} (before)", progress=progress,
+                     precision=_scoring(pre))  # fmt: skip
+    t = time.perf_counter()
+    samples = make_samples(_sampler(pre), "before", cfg.sample_tokens, cfg.prompts)
+    before = BeforeFinetune(score, samples, corpus, round(time.perf_counter() - t, 2))
     if is_main_process():
         before.save(path)
     return before
+
+
+def _scoring(pre: Pretrained) -> torch.dtype:
+    """Before and after are scored in the same precision: the fastest the device has natively
+    (hardware.scoring_dtype), float32 where the model is not float32 already."""
+    p = next(pre.model.parameters())
+    return scoring_dtype(p.device) if p.dtype == torch.float32 else p.dtype
 
 
 def _sampler(pre: Pretrained) -> TextGenerator:
@@ -411,17 +432,76 @@ def finetune(
     a full disk ``WriteFailed``, a refused allocation ``OutOfMemory``, each in one line."""
     out = Path(out_dir)
     device = pick_device(cfg.device)
+    clock = Phases()
     try:
         pre = load_pretrained(cfg.pretrained, device)  # fails before anything is written
+        clock.mark("load")
         # under torchrun rank 0 holds it for all ranks
         with RunDir(out).writer_lock("nanobard finetune") if is_main_process() else nullcontext():
             return _finetune(cfg, data, out, resume, progress, keep_checkpoints, before, pre,
-                             device, allow_new_corpus)  # fmt: skip
+                             device, allow_new_corpus, clock)  # fmt: skip
     except (RuntimeError, MemoryError) as e:
         oom = out_of_memory(e, device, _lower_memory(cfg))
         if oom is None:
             raise
         raise oom from None
+
+
+SAVE_S_PER_MPARAM = 0.03  # merging LoRA and saving: ~2.6 s for SmolLM2-135M (AMX Xeon, tmpfs)
+MIN_TRAIN_SHARE = 0.1  # of --max-time, trained even when scoring and samples take the rest
+
+
+class Phases:
+    """Wall seconds of a command's parts, in order: ``mark(name)`` closes the part that ran
+    since the previous mark."""
+
+    def __init__(self) -> None:
+        self.start = self._t = time.perf_counter()
+        self.phases: dict[str, float] = {}
+        self.last = 0.0
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.last = self.phases[name] = round(now - self._t, 2)
+        self._t = now
+
+    def split(self, first: str, first_s: float, rest: str) -> None:
+        """Close the part since the last mark as two: ``first`` took ``first_s`` of it."""
+        self.mark(rest)
+        whole = self.phases.pop(rest)
+        self.phases[first] = round(min(first_s, whole), 2)
+        self.phases[rest] = round(whole - self.phases[first], 2)
+
+    def spent(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def _training_time(cfg: FinetuneConfig, clock: Phases, after_s: float) -> float | None:
+    """The seconds training may take when ``--max-time`` bounds the whole command: the budget
+    less what is spent and what scoring, sampling and saving after training will take (as long
+    as before it), at least MIN_TRAIN_SHARE of the budget; None without a time budget."""
+    if cfg.max_time is None:
+        return None
+    left = cfg.max_time - clock.spent() - after_s
+    floor = MIN_TRAIN_SHARE * cfg.max_time
+    if left < floor:
+        logger.warning(
+            "the %.0f s budget leaves %.0f s for training after loading, scoring and samples "
+            "(%.0f s spent, ~%.0f s to come); training %.0f s, so the command takes longer: raise "
+            "--max-time or lower --score-chars / --sample-tokens",
+            cfg.max_time, max(0.0, left), clock.spent(), after_s, floor,
+        )  # fmt: skip
+    return max(floor, left)
+
+
+def _log_split(cfg: FinetuneConfig, clock: Phases, train_time: float, after_s: float) -> None:
+    """One line: what the time budget was split into."""
+    done = ", ".join(f"{k} {v:.1f}" for k, v in clock.phases.items())
+    logger.info(
+        "time budget %.0f s: %.0f s spent (%s), %.0f s for training, ~%.0f s kept for the "
+        "score, samples and saving after it",
+        cfg.max_time, clock.spent(), done, train_time, after_s,
+    )  # fmt: skip
 
 
 def _lower_memory(cfg: FinetuneConfig) -> str:
@@ -444,6 +524,7 @@ def _finetune(
     pre: Pretrained,
     device: torch.device,
     allow_new_corpus: bool,
+    clock: Phases,
 ) -> FinetuneResult:
     """finetune() with the folder's lock held."""
     from transformers import EarlyStoppingCallback
@@ -455,16 +536,30 @@ def _finetune(
     if resume:
         _check_corpus(out, last, corpus, allow_new_corpus)
     score_text = data.val_text(cfg.score_chars or None)  # 0 or None: all of it
+    samples_s = 0.0
     if before is None:
         scored = _score_before(pre, score_text, cfg, out, resume, progress, corpus)
-        before, samples_before = scored.score, scored.samples
+        before, samples_before, samples_s = scored.score, scored.samples, scored.samples_seconds
+        if clock.spent() - sum(clock.phases.values()) < scored.score.seconds:
+            clock.mark("before_reused")  # a resumed run's finetune_before.json
+        else:
+            clock.split("score_before", scored.score.seconds, "samples_before")
     else:
         samples_before = []
     # under torchrun each process takes batch_size blocks
     world = int(os.environ.get("WORLD_SIZE", "1"))
     tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.block_size * world
-    max_steps, tokens_needed, budget = _step_plan(cfg, tokens_per_step, device)
+    # --max-time bounds the whole command: training gets what the parts around it leave
+    after_s = before.seconds + samples_s + SAVE_S_PER_MPARAM * pre.num_params / 1e6
+    train_time = _training_time(cfg, clock, after_s)
+    plan_cfg = cfg if train_time is None else replace(cfg, max_time=train_time)
+    max_steps, tokens_needed, budget = _step_plan(plan_cfg, tokens_per_step, device)
     train_ds, val_ds = _datasets(pre.tokenizer, data, cfg, tokens_needed)
+    clock.mark("data")
+    if train_time is not None:  # the tokenizing came out of the training's share
+        train_time = max(MIN_TRAIN_SHARE * (cfg.max_time or 0), train_time - clock.last)
+        budget = None if budget is None else TimeBudget(train_time, cfg.eval_interval)
+        _log_split(cfg, clock, train_time, after_s)
     if cfg.epochs is not None:
         by_epochs = math.ceil(cfg.epochs * len(train_ds) / (cfg.batch_size * cfg.grad_accum))
         max_steps = min(max_steps or by_epochs, by_epochs)
@@ -480,7 +575,7 @@ def _finetune(
         else:
             run.trim_metrics(steps_before, RunDir.METRICS_HF)
     t0 = time.perf_counter()
-    cb = metrics_callback(metrics_path, tokens_per_step, t0, cfg.max_time, budget)
+    cb = metrics_callback(metrics_path, tokens_per_step, t0, train_time, budget)
     callbacks = [cb] + ([EarlyStoppingCallback(cfg.patience)] if cfg.patience else [])
     trainer = trainer_class(budget, corpus)(
         model=model,
@@ -491,20 +586,25 @@ def _finetune(
     )
     trainer.train(resume_from_checkpoint=None if last is None else str(last))
     train_seconds = time.perf_counter() - t0
+    clock.mark("train")
     steps = trainer.state.global_step
     assert trainer.model is not None, "the Trainer was given a model"
     finetuned, final_dir = _save(trainer.model, pre, cfg, out, steps, corpus)
     if not keep_checkpoints and is_main_process():
         shutil.rmtree(ckpt_dir, ignore_errors=True)
+    clock.mark("save")
 
     logger.info("scoring the fine-tuned model")
-    after = score_hf(finetuned, pre.tokenizer, score_text, f"{pre.name} (after)", progress=progress)
+    after = score_hf(finetuned, pre.tokenizer, score_text, f"{pre.name} (after)",
+                     progress=progress, precision=_scoring(pre))  # fmt: skip
+    clock.mark("score_after")
     after_pre = Pretrained(
         model=finetuned, tokenizer=pre.tokenizer, name=str(final_dir), reason="fine-tuned"
     )
     samples = samples_before + make_samples(
         _sampler(after_pre), "after", cfg.sample_tokens, cfg.prompts
     )
+    clock.mark("samples_after")
     session_tokens = (steps - (steps_before or 0)) * tokens_per_step
     res = FinetuneResult(
         out_dir=out,
@@ -521,7 +621,10 @@ def _finetune(
         history=run.read_metrics(RunDir.METRICS_HF) if metrics_path.exists() else cb.rows,
         samples=samples,
         time_budget_s=cfg.max_time,
+        phases=dict(clock.phases),
     )
+    logger.info("fine-tuning took %.0f s: %s", res.wall_seconds,
+                ", ".join(f"{k} {v:.1f}" for k, v in res.phases.items()))  # fmt: skip
     if is_main_process():
         res.save(run / RunDir.FINETUNE_RESULT)
     return res

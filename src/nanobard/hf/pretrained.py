@@ -255,6 +255,7 @@ def hf_generator(
         decode=decode,
         make_decoder=lambda: HFDecoder(model),
         stop_ids=stop,
+        make_batch_decoder=lambda: HFDecoder(model),
     )
 
 

@@ -28,6 +28,7 @@ from torch.nn import functional as F
 from nanobard import files
 from nanobard.data.corpus import CorpusId
 from nanobard.files import WriteFailed
+from nanobard.model.evaluate import HEAD_ON_HIDDEN_MODELS
 from nanobard.records import EvalRow, TornRecord
 from nanobard.rundir import RunDir
 from nanobard.train.schedule import TimeBudget, cosine
@@ -37,9 +38,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Causal LMs whose head is exactly ``lm_head(decoder(ids).last_hidden_state)`` (no logit scaling or
-# soft-capping in between), so ``chunked_lm_loss`` computes the same loss as the model itself.
-CHUNKED_LOSS_MODELS = frozenset({"llama", "gpt2", "mistral", "qwen2"})
+# ``chunked_lm_loss`` computes the same loss as the model itself for these (see the constant)
+CHUNKED_LOSS_MODELS = HEAD_ON_HIDDEN_MODELS
 
 
 def chunked_lm_loss(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -69,6 +69,17 @@ class Decoder(Protocol):
 
     def advance(self, token: int) -> torch.Tensor:
         """Feed one sampled token; return logits (V,) for the next."""
+
+
+class BatchDecoder(Protocol):
+    """Several continuations of one prompt in one batch: each pass reads the weights once for all
+    of them (decoding on a CPU is bound by reading the weights)."""
+
+    def start_batch(self, prompt_ids: list[int], n: int) -> torch.Tensor:
+        """Feed the prompt to ``n`` rows; return logits (n, V) for each row's next token."""
+
+    def advance_batch(self, tokens: list[int]) -> torch.Tensor:
+        """Feed each row its sampled token; return logits (n, V) for the next."""
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -264,6 +275,32 @@ class HFDecoder:
             return self._run(self.ids[-(self.max_len // 2) :])
         return self._run([token])
 
+    # BatchDecoder: rows of equal length (one prompt, several strategies), no padding needed
+
+    def _run_rows(self, rows: list[list[int]]) -> torch.Tensor:
+        x = torch.tensor(rows, dtype=torch.long, device=self.device)  # (n, L)
+        with decode_attention(self.device):
+            out = self.model(input_ids=x, use_cache=True, **{self.cache_kw: self.past})
+        self.past = getattr(out, self.cache_kw)
+        self.length += x.size(1)
+        return out.logits[:, -1]  # (n, V)
+
+    def start_batch(self, prompt_ids: list[int], n: int) -> torch.Tensor:
+        if not prompt_ids:
+            raise ConfigError("the prompt is empty; give at least one character")
+        self.model.eval()
+        self.past, self.length = None, 0
+        self.rows = [list(prompt_ids)[-self.max_len :] for _ in range(n)]
+        return self._run_rows(self.rows)
+
+    def advance_batch(self, tokens: list[int]) -> torch.Tensor:
+        for row, token in zip(self.rows, tokens, strict=True):
+            row.append(token)
+        if self.length >= self.max_len:  # context full: restart from the last half
+            self.past, self.length = None, 0
+            return self._run_rows([row[-(self.max_len // 2) :] for row in self.rows])
+        return self._run_rows([[t] for t in tokens])
+
 
 def generate_text(
     decoder: Decoder,
@@ -288,6 +325,7 @@ class TextGenerator:
     decode: Decode
     make_decoder: Callable[[], Decoder]
     stop_ids: set[int] | None = None
+    make_batch_decoder: Callable[[], BatchDecoder] | None = None  # for ``complete_many``
 
     def stream(self, prompt: str, max_new_tokens: int, cfg: SamplingConfig) -> Iterator[str]:
         return generate_text(
@@ -302,3 +340,27 @@ class TextGenerator:
 
     def complete(self, prompt: str, max_new_tokens: int, cfg: SamplingConfig) -> str:
         return "".join(self.stream(prompt, max_new_tokens, cfg))
+
+
+def complete_many(
+    gen: TextGenerator, prompt: str, max_new_tokens: int, cfgs: Sequence[SamplingConfig]
+) -> list[str]:
+    """One continuation of ``prompt`` per config, each what ``gen.complete(prompt, n, cfg)``
+    gives (its own seeded generator, the same picks), decoded together in one batch where the
+    model has a ``BatchDecoder``: 9 samples of SmolLM2 on an AMX CPU, 13.4 s one by one."""
+    if gen.make_batch_decoder is None or len(cfgs) < 2 or max_new_tokens < 1:
+        return [gen.complete(prompt, max_new_tokens, c) for c in cfgs]
+    ids, stop = gen.encode(prompt), gen.stop_ids or set()
+    dec = gen.make_batch_decoder()
+    generators = [torch.Generator().manual_seed(c.seed) for c in cfgs]
+    out: list[list[int]] = [[] for _ in cfgs]
+    with torch.inference_mode():
+        logits = dec.start_batch(ids, len(cfgs))
+        for step in range(max_new_tokens):
+            for row, (cfg, g) in enumerate(zip(cfgs, generators, strict=True)):
+                if not out[row] or out[row][-1] not in stop:  # a stopped row picks no more
+                    out[row].append(pick_token(logits[row], cfg, g))
+            if step == max_new_tokens - 1 or all(o[-1] in stop for o in out):
+                break
+            logits = dec.advance_batch([o[-1] for o in out])
+    return ["".join(stream_text(gen.decode, iter(o))) for o in out]

@@ -22,7 +22,7 @@ import torch
 from markupsafe import Markup
 
 from nanobard import files
-from nanobard.hf.finetune import Sample
+from nanobard.hf.finetune import FinetuneResult, Sample
 from nanobard.interp.analysis import Analysis
 from nanobard.interp.circuits import circuit_findings
 from nanobard.interp.patching import patching_findings
@@ -135,6 +135,18 @@ def run_rows(run: RunDir, state: StudyState, head: Headline) -> list[list[Any]]:
     ]
 
 
+def _around_training(f: FinetuneResult) -> str:
+    """What the fine-tuning stage spent besides training, part by part (its budget covers them)."""
+    if not f.phases:  # a study from before the parts were timed
+        return " (scoring and samples before and after included in the time)"
+    rest = {k: v for k, v in f.phases.items() if k != "train"}
+    parts = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in rest.items())
+    return (
+        f"; {f.phases.get('train', 0.0):.0f} s training and {sum(rest.values()):.0f} s around it "
+        f"({parts}; scored in {f.after.precision})"
+    )
+
+
 def budget_rows(state: StudyState) -> list[list[str]]:
     """One row per finished stage, in study order: its wall-time budget (the training stages),
     the time it took (StudyState.seconds), and what that time bought; then the total."""
@@ -151,8 +163,8 @@ def budget_rows(state: StudyState) -> list[list[str]]:
         "finetune": f
         and (
             f"{f.steps:,} steps, {f.tokens:,} tokens, {f.tokens_per_s:,.0f} tokens/s; "
-            f"{f.before.bits_per_char:.3f} -> {f.after.bits_per_char:.3f} bits/char (scoring and "
-            "samples before and after included in the time)"
+            f"{f.before.bits_per_char:.3f} -> {f.after.bits_per_char:.3f} bits/char"
+            + _around_training(f)
         ),
         "evaluate": e and f"the from-scratch model scored on {e.score_chars:,} characters",
         "attention": state.attention
