@@ -178,8 +178,9 @@ class FinetuneConfig:
     epochs: float | None = opt(None, "passes over the tokenized training text (the seed uses 3)")
     max_time: float | None = opt(
         None,
-        "wall-time budget, e.g. 2m; alone, the step count is sized to fit it "
-        "from the speed of the first steps; with steps or epochs, a cap",
+        "wall-time budget of the whole command (loading, scoring and samples before and after, "
+        "training, saving), e.g. 2m; alone, the training steps are sized to fit what the rest "
+        "leaves, from the speed of the first steps; with steps or epochs, a cap",
     )
     lr: float = opt(1e-4, "peak learning rate")
     warmup_steps: int = opt(6, "steps of linear warmup")

@@ -280,5 +280,23 @@ def test_the_time_budget_is_split_between_training_and_the_parts_around_it(caplo
     assert "raise --max-time or lower --score-chars / --sample-tokens" in caplog.text
     clock = Phases()
     clock.mark("load")
-    clock.split("score_before", 0.0, "samples_before")
+    clock.split("score_before", 1e9, "samples_before")  # never more than the part itself
     assert list(clock.phases) == ["load", "score_before", "samples_before"]
+    assert clock.phases["samples_before"] == 0.0
+
+
+def test_the_report_says_what_the_stage_spent_around_training():
+    from pathlib import Path
+
+    from nanobard.hf.finetune import FinetuneResult
+    from nanobard.model.evaluate import Score
+    from nanobard.study.report import _around_training
+
+    score = Score("m", 100, 50, 60.0, 257, 128, 1.0, "bfloat16")
+    f = FinetuneResult(Path("run"), "m", "", 1, 1, 1, 1, 1.0, 1.0, score, score)
+    assert _around_training(f) == " (scoring and samples before and after included in the time)"
+    f.phases = {"load": 2.2, "score_before": 5.1, "train": 120.0, "save": 3.0}
+    assert _around_training(f) == (
+        "; 120 s training and 10 s around it (load 2.2 s, score before 5.1 s, save 3.0 s; "
+        "scored in bfloat16)"
+    )

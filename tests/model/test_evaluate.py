@@ -72,7 +72,12 @@ def test_a_pretrained_model_is_scored_on_the_positions_it_scores_only(tmp_path, 
         assert torch.allclose(E._logits_from(model)(x, 17), model(input_ids=x).logits[:, 17:],
                               atol=1e-5)  # fmt: skip
     text = tiny_text[:3000]
+    seen = []  # the positions the LM head runs on, per batch: the scored ones (and the first
+    # window's, batched with them), never the context alone
+    hook = model.lm_head.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
     fast = E.score_hf(model, tok, text, max_window=64)
+    hook.remove()
+    assert seen and max(seen) == 64 and min(seen) <= 32
     ids = tok(text, add_special_tokens=False)["input_ids"]
     nll, n = E.sliding_nll(lambda x, s: model(input_ids=x).logits[:, s:], ids, 65, 32, 4)
     assert (fast.tokens, fast.precision) == (n, "float32")

@@ -121,3 +121,9 @@ def test_several_strategies_of_one_prompt_decode_in_one_batch_as_one_by_one():
     stopped = complete_many(gen({stop}), "ROMEO:", 30, cfgs)
     assert stopped == [gen({stop}).complete("ROMEO:", 30, c) for c in cfgs]
     assert len(stopped[1].split(",")) <= 5 < len(stopped[0].split(","))
+    firsts = {int(t.split(",")[0]) for t in one_by_one}  # every row stops at once
+    batches.clear()
+    assert complete_many(gen(firsts), "ROMEO:", 30, cfgs) == [
+        gen(firsts).complete("ROMEO:", 30, c) for c in cfgs
+    ]
+    assert len(batches) == 1  # no pass after the last row stopped

@@ -53,7 +53,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--finetune-time",
         type=C.parse_duration,
         default=None,
-        help="fine-tuning time budget, e.g. 2m",
+        help="the fine-tuning stage's time budget, e.g. 2m (the whole stage: scoring and samples "
+        "before and after included)",
     )
     r.add_argument(
         "--lora-r",

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 import numpy as np
 import torch
@@ -163,9 +163,9 @@ def _score_before(
     resume: bool,
     progress: bool,
     corpus: CorpusId,
-) -> BeforeFinetune:
+) -> tuple[BeforeFinetune, bool]:
     """The pretrained model's score and samples before fine-tuning (kept in
-    finetune_before.json)."""
+    finetune_before.json), and whether a resumed run's record was reused."""
     path = out / RunDir.BEFORE
     if resume and path.exists():
         try:
@@ -174,7 +174,7 @@ def _score_before(
             logger.warning("%s; scoring again", e)
         else:
             if kept.corpus is None or kept.corpus.same_text(corpus):
-                return kept
+                return kept, True
     logger.info("scoring %s before fine-tuning on %d validation characters", pre.name, len(text))
     score = score_hf(pre.model, pre.tokenizer, text, f"{pre.name} (before)", progress=progress,
                      precision=_scoring(pre))  # fmt: skip
@@ -183,12 +183,12 @@ def _score_before(
     before = BeforeFinetune(score, samples, corpus, round(time.perf_counter() - t, 2))
     if is_main_process():
         before.save(path)
-    return before
+    return before, False
 
 
 def _scoring(pre: Pretrained) -> torch.dtype:
-    """Before and after are scored in the same precision: the fastest the device has natively
-    (hardware.scoring_dtype), float32 where the model is not float32 already."""
+    """The before-score's precision (the after-score takes the before-score's): the fastest the
+    device has natively (hardware.scoring_dtype) for a float32 model, else the model's own."""
     p = next(pre.model.parameters())
     return scoring_dtype(p.device) if p.dtype == torch.float32 else p.dtype
 
@@ -422,12 +422,15 @@ def finetune(
     keep_checkpoints: bool = True,
     before: Score | None = None,
     allow_new_corpus: bool = False,
+    budget_covers: Literal["command", "training"] = "command",
 ) -> FinetuneResult:
     """Score before, fine-tune, save ``model_hf_finetuned/``, score after. See module docstring.
     ``keep_checkpoints=False`` deletes the Trainer's resumable checkpoints (weights and optimizer
     state, ~1.6 GB for a 135M model) once the fine-tuned model is saved. ``before``: the pretrained
     model's score on the same validation text when the caller has it already (the crossover lesson
     scores it once for all its runs); then it is not scored again and no samples are made before.
+    ``cfg.max_time`` bounds the whole command from loading the model to saving the result
+    (``budget_covers="training"``: the training alone, as the from-scratch track's budget).
     Resuming on another text than the run's raises ``CorpusChanged`` unless ``allow_new_corpus``;
     a full disk ``WriteFailed``, a refused allocation ``OutOfMemory``, each in one line."""
     out = Path(out_dir)
@@ -439,7 +442,7 @@ def finetune(
         # under torchrun rank 0 holds it for all ranks
         with RunDir(out).writer_lock("nanobard finetune") if is_main_process() else nullcontext():
             return _finetune(cfg, data, out, resume, progress, keep_checkpoints, before, pre,
-                             device, allow_new_corpus, clock)  # fmt: skip
+                             device, allow_new_corpus, clock, budget_covers)  # fmt: skip
     except (RuntimeError, MemoryError) as e:
         oom = out_of_memory(e, device, _lower_memory(cfg))
         if oom is None:
@@ -525,6 +528,7 @@ def _finetune(
     device: torch.device,
     allow_new_corpus: bool,
     clock: Phases,
+    budget_covers: str,
 ) -> FinetuneResult:
     """finetune() with the folder's lock held."""
     from transformers import EarlyStoppingCallback
@@ -538,25 +542,27 @@ def _finetune(
     score_text = data.val_text(cfg.score_chars or None)  # 0 or None: all of it
     samples_s = 0.0
     if before is None:
-        scored = _score_before(pre, score_text, cfg, out, resume, progress, corpus)
+        scored, reused = _score_before(pre, score_text, cfg, out, resume, progress, corpus)
         before, samples_before, samples_s = scored.score, scored.samples, scored.samples_seconds
-        if clock.spent() - sum(clock.phases.values()) < scored.score.seconds:
+        if reused:
             clock.mark("before_reused")  # a resumed run's finetune_before.json
         else:
             clock.split("score_before", scored.score.seconds, "samples_before")
     else:
         samples_before = []
+    precision = getattr(torch, before.precision, torch.float32)  # the after-score's: the same
     # under torchrun each process takes batch_size blocks
     world = int(os.environ.get("WORLD_SIZE", "1"))
     tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.block_size * world
     # --max-time bounds the whole command: training gets what the parts around it leave
     after_s = before.seconds + samples_s + SAVE_S_PER_MPARAM * pre.num_params / 1e6
-    train_time = _training_time(cfg, clock, after_s)
+    train_time = _training_time(cfg, clock, after_s) if budget_covers == "command" else None
     plan_cfg = cfg if train_time is None else replace(cfg, max_time=train_time)
     max_steps, tokens_needed, budget = _step_plan(plan_cfg, tokens_per_step, device)
+    train_time = train_time or cfg.max_time  # a training-only budget: the config's
     train_ds, val_ds = _datasets(pre.tokenizer, data, cfg, tokens_needed)
     clock.mark("data")
-    if train_time is not None:  # the tokenizing came out of the training's share
+    if train_time is not None and budget_covers == "command":  # tokenizing came out of its share
         train_time = max(MIN_TRAIN_SHARE * (cfg.max_time or 0), train_time - clock.last)
         budget = None if budget is None else TimeBudget(train_time, cfg.eval_interval)
         _log_split(cfg, clock, train_time, after_s)
@@ -596,7 +602,7 @@ def _finetune(
 
     logger.info("scoring the fine-tuned model")
     after = score_hf(finetuned, pre.tokenizer, score_text, f"{pre.name} (after)",
-                     progress=progress, precision=_scoring(pre))  # fmt: skip
+                     progress=progress, precision=precision)  # fmt: skip
     clock.mark("score_after")
     after_pre = Pretrained(
         model=finetuned, tokenizer=pre.tokenizer, name=str(final_dir), reason="fine-tuned"

@@ -32,7 +32,7 @@ from nanobard.data.corpus import (
     sha256_file,
 )
 from nanobard.data.tokens import TokenCorpus
-from nanobard.hardware import pick_device
+from nanobard.hardware import pick_device, scoring_dtype
 from nanobard.hf.finetune import finetune
 from nanobard.hf.pretrained import Pretrained, load_pretrained
 from nanobard.model.checkpoint import load_model
@@ -179,7 +179,8 @@ def crossover(
     # 0 or None: all of it, as FinetuneConfig.score_chars
     text = data.val_text(score_chars or None)
     pre = load_pretrained(pretrained, pick_device())
-    zero = score_hf(pre.model, pre.tokenizer, text, f"{pre.name} (zero-shot)", progress=progress)
+    zero = score_hf(pre.model, pre.tokenizer, text, f"{pre.name} (zero-shot)", progress=progress,
+                    precision=scoring_dtype(next(pre.model.parameters()).device))  # fmt: skip
     name = pre.name
     del pre  # each fine-tuning run loads its own copy
     logger.info("zero-shot: %.3f bits/char on %d characters", zero.bits_per_char, zero.chars)
@@ -198,7 +199,9 @@ def crossover(
             FinetuneConfig(pretrained=pretrained, score_chars=score_chars, prompts=()),
             {**(finetune_overrides or {}), "max_time": budget_s, "train_chars": n},
         )
-        ft = finetune(cfg, part, ft_dir, progress=progress, keep_checkpoints=False, before=zero)
+        # the same budget as the scratch run's: training only (--max-time is a whole command's)
+        ft = finetune(cfg, part, ft_dir, progress=progress, keep_checkpoints=False, before=zero,
+                      budget_covers="training")  # fmt: skip
         if not keep_models:  # 540 MB each; only the score is needed
             shutil.rmtree(ft_dir / RunDir.FINETUNED, ignore_errors=True)
         result.points.append(

@@ -207,7 +207,10 @@ def score_hf(
         window,
         stride,
         time.perf_counter() - t0,
-        str(precision).removeprefix("torch."),
+        # autocast's, or the weights' own when they are not float32 (a bfloat16 folder)
+        str(
+            precision if precision != torch.float32 else next(model.parameters()).dtype
+        ).removeprefix("torch."),
     )
 
 
