@@ -71,7 +71,10 @@ def test_each_command_has_its_own_field_help(capsys):
     assert "sized to fit it from the speed measured in the first steps" in " ".join(
         train_help.split()
     )
-    assert "wall-time budget, e.g. 2m" in " ".join(finetune_help.split())  # not the training help
+    # not the training help: fine-tuning's budget is the whole command's
+    assert "wall-time budget of the whole command (loading, scoring" in " ".join(
+        finetune_help.split()
+    )
 
 
 @pytest.fixture(scope="module")
