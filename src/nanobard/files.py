@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import NoReturn
 
 from nanobard.errors import NanobardError
 
@@ -76,6 +77,14 @@ def describe(exc: BaseException, where: str | os.PathLike) -> str | None:
     return None
 
 
+def raise_as_write_failed(e: Exception, path: Path, hint: str = "") -> NoReturn:
+    """``WriteFailed`` for writing ``path`` when the disk refused it; ``e`` itself otherwise."""
+    why = describe(e, path.parent)
+    if why is None:
+        raise e
+    raise WriteFailed(path, why, hint) from e
+
+
 def free_bytes(where: str | os.PathLike) -> int:
     """Free bytes on the disk that holds ``where`` (its nearest existing parent); -1 if unknown."""
     p = Path(where)
@@ -121,10 +130,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         _fsync(tmp)
         os.replace(tmp, path)
     except Exception as e:
-        why = describe(e, path.parent)
-        if why is None:
-            raise
-        raise WriteFailed(path, why) from e
+        raise_as_write_failed(e, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -172,10 +178,7 @@ def append_line(path: str | os.PathLike, line: str) -> None:
         except OSError as e:
             with suppress(OSError):
                 os.ftruncate(fd, start)
-            why = describe(e, path.parent)
-            if why is None:
-                raise
-            raise WriteFailed(path, why) from e
+            raise_as_write_failed(e, path)
     finally:
         os.close(fd)
 
@@ -212,10 +215,7 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(path, old)
         os.replace(tmp, path)
     except Exception as e:
-        why = describe(e, path.parent)
-        if why is None:
-            raise
-        raise WriteFailed(path, why) from e
+        raise_as_write_failed(e, path)
     finally:
         if old.exists() and not path.exists():  # put the previous folder back
             os.replace(old, path)
@@ -251,4 +251,5 @@ __all__ = [
     "write_text",
     "append_line",
     "remove_leftovers",
+    "raise_as_write_failed",
 ]

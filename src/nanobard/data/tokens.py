@@ -195,12 +195,9 @@ def _reserved(array: np.memmap, path: Path) -> np.memmap:
         try:
             os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
         except OSError as e:
-            why = files.describe(e, path.parent)
-            if why is None:
-                raise
-            raise files.WriteFailed(
-                path, why, "point NANOBARD_CACHE at a disk with room for the token cache"
-            ) from None
+            files.raise_as_write_failed(
+                e, path, "point NANOBARD_CACHE at a disk with room for the token cache"
+            )
         finally:
             os.close(fd)
     return array
