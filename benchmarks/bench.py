@@ -289,7 +289,11 @@ def table(bench: dict[str, Any]) -> str:
     )
     results = bench["results"]
     peaks = {r["args"]["dtype"]: r["gflops"]["median"] for r in results if r["case"] == "matmul"}
-    lines = [head, f"{'benchmark':<44} {'median':>14} {'min-max':>21} {'util':>6} {'peak RSS':>9}"]
+    lines = [
+        head,
+        f"{'benchmark':<44} {'median':>14} {'min-max':>21} {'util':>6} {'shape':>6} "
+        f"{'peak RSS':>9}",
+    ]
     for r in results:
         if r["case"] == "skipped":
             lines.append(f"{r['label']:<44} {r['skipped']}")
@@ -303,6 +307,12 @@ def table(bench: dict[str, Any]) -> str:
             )
             if dt in peaks:
                 util = f"{100 * r['gflops']['median'] / peaks[dt]:.0f}%"
+        # the share of the matmul speed at the model's own shapes and dtype (cases.same_shape_peak)
+        shape = (
+            f"{100 * r['gflops']['median'] / r['shape_peak_gflops']['median']:.0f}%"
+            if "shape_peak_gflops" in r
+            else ""
+        )
         extra = ""
         if r["case"] in ("time_to_loss", "nanogpt"):
             extra = f"  best val {r['best_val_loss']['median']:.3f}" + (
@@ -317,7 +327,7 @@ def table(bench: dict[str, Any]) -> str:
             extra = f"  peak GPU memory {r['peak_gpu_mb']['median']:.0f} MB"
         lines.append(
             f"{r['label']:<44} {m_['median']:>9.4g} {unit:<5}{m_['min']:>10.4g}-{m_['max']:<10.4g}"
-            f"{util:>6} {r['peak_rss_mb']['median']:>7.0f}MB{extra}"
+            f"{util:>6} {shape:>6} {r['peak_rss_mb']['median']:>7.0f}MB{extra}"
         )
     return "\n".join(lines)
 

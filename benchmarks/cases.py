@@ -51,6 +51,31 @@ def case_matmul(dtype: str, n: int = 2048, reps: int = 10, device: str = "cpu") 
     return {"gflops": 2 * n**3 / ((_clock(dev) - t) / reps) / 1e9, "n": n}
 
 
+def same_shape_peak(
+    m: int, c: int, n_layer: int, vocab: int, dtype: torch.dtype, device: torch.device
+) -> float:
+    """GFLOP/s of the model's own matmuls alone, at its shapes and dtype: per layer (M, C) x (C,
+    3C), (C, C), (C, 4C) and (M, 4C) x (4C, C), and the output layer (C, V), with M = batch x
+    context; each timed forward and in its two backward shapes, FLOP-weighted. The ceiling a
+    training step at those shapes could reach, against which its achieved GFLOP/s are a share."""
+    flops, seconds = 0.0, 0.0
+    for k, n, count in ((c, 3 * c, n_layer), (c, c, n_layer), (c, 4 * c, n_layer),
+                        (4 * c, c, n_layer), (c, vocab, 1)):  # fmt: skip
+        for a_shape, b_shape in (((m, k), (k, n)), ((m, n), (n, k)), ((k, m), (m, n))):
+            a = torch.randn(*a_shape, dtype=dtype, device=device)
+            b = torch.randn(*b_shape, dtype=dtype, device=device)
+            for _ in range(3):
+                a @ b
+            reps = 20
+            t = _clock(device)
+            for _ in range(reps):
+                a @ b
+            dt = (_clock(device) - t) / reps
+            flops += count * 2 * a_shape[0] * a_shape[1] * b_shape[1]
+            seconds += count * dt
+    return flops / seconds / 1e9
+
+
 def case_train(
     preset: str,
     dtype: str,
@@ -62,6 +87,7 @@ def case_train(
     """Training steps of a preset's model and optimizer on random tokens
     (the trainer's own step)."""
     from nanobard.config import get_preset, with_overrides
+    from nanobard.hardware import resolve_precision
     from nanobard.model.gpt import GPT
     from nanobard.train.optim import make_optimizer
     from nanobard.train.step import train_step
@@ -82,6 +108,14 @@ def case_train(
     return {
         "tokens_per_s": tps,
         "gflops": tps * model.flops_per_token() / 1e9,
+        "shape_peak_gflops": same_shape_peak(
+            x.numel(),
+            mcfg.n_embd,
+            mcfg.n_layer,
+            mcfg.vocab_size,
+            resolve_precision(tcfg.dtype, dev),
+            dev,
+        ),
         "params": model.num_params(),
         "flops_per_token": model.flops_per_token(),
         "batch": x.size(0),
@@ -341,7 +375,7 @@ def case_ten_minutes(
             raise RuntimeError(proc.stderr[-500:])
         rows = [json.loads(ln) for ln in Path(out, "metrics.jsonl").read_text().splitlines()]
         model, tok, _ = load_model(Path(out, "model_scratch_best.pt"))
-        val = torch.tensor(tok.encode(load_split("tinyshakespeare").val))
+        val = torch.tensor(tok.encode(load_split(data_path=data).val))
         cfg = json.loads(Path(out, "config.json").read_text())["train"]
         rescored = [
             estimate_loss(

@@ -2,6 +2,7 @@
 wall time against the budget, each part's seconds (FinetuneResult.phases), steps and bits/char.
 
     .venv/bin/python benchmarks/finetune_stage.py [--max-time 150] [--lr 3e-3] [--lora-r 8]
+        [--set FIELD=VALUE ...]   # any other FinetuneConfig field, e.g. --set lora_alpha=16
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def main() -> None:
     ap.add_argument("--max-time", type=float, default=150.0)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--lora-r", type=int, default=None)
+    ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "transformers"):
@@ -34,6 +36,11 @@ def main() -> None:
         lr=base.lr if args.lr is None else args.lr,
         lora_r=base.lora_r if args.lora_r is None else args.lora_r,
     )
+    for item in args.set:  # FIELD=VALUE, converted to the type of the field's preset value
+        name, value = item.split("=", 1)
+        old = getattr(cfg, name)
+        new = None if value == "None" else type(old)(value) if old is not None else float(value)
+        cfg = dataclasses.replace(cfg, **{name: new})
     info = cpu_info()
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
@@ -41,7 +48,7 @@ def main() -> None:
     wall = time.perf_counter() - t
     print(f"{info.model} [{info.kind}]: budget {args.max_time:.0f} s, wall {wall:.1f} s; "
           f"{res.steps} steps; {res.before.bits_per_char:.4f} -> {res.after.bits_per_char:.4f} "
-          f"bits/char ({res.after.precision}); parts: {res.phases}")  # fmt: skip
+          f"bits/char ({res.after.precision}); {args.set}; parts: {res.phases}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """Profile training steps of the from-scratch GPT with torch.profiler: where does the time go?
 
     .venv/bin/python benchmarks/profile_step.py --preset fast --steps 20 [--dtype bfloat16]
+    .venv/bin/python benchmarks/profile_step.py --preset cpu-10min --phases   # where a step goes
 
 Prints the operators sorted by their own CPU time and writes the table to bench_results/.
+``--phases`` instead times the parts of a step (forward, backward, clipping, optimizer) and sets
+them against the time the model's matmuls alone would take at the same-shape peak.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from nanobard.config import get_preset, with_overrides
+from nanobard.hardware import autocast_context, resolve_precision
 from nanobard.model.gpt import GPT
 from nanobard.train.optim import make_optimizer
 from nanobard.train.step import train_step
@@ -32,9 +36,15 @@ def main() -> None:
         help="default: the preset's",
     )
     ap.add_argument("--out", default="bench_results")
+    ap.add_argument("--phases", action="store_true", help="time the parts of a step instead")
+    ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                    help="model overrides, e.g. pos_encoding=rotary qk_norm=True")  # fmt: skip
     args = ap.parse_args()
     p = get_preset(args.preset)
-    mcfg = with_overrides(p.model, {"vocab_size": 65, "dropout": 0.0})
+    extra = {
+        k: eval(v) if v in ("True", "False") else v for k, v in (a.split("=") for a in args.set)
+    }
+    mcfg = with_overrides(p.model, {"vocab_size": 65, "dropout": 0.0, **extra})
     tcfg = with_overrides(p.train, {"dtype": args.dtype})  # None keeps the preset's
     model = GPT(mcfg)
     opt = make_optimizer(model, tcfg, torch.device("cpu"))
@@ -45,6 +55,9 @@ def main() -> None:
 
     for _ in range(5):
         step()
+    if args.phases:
+        print(phases(model, opt, x, tcfg, args.steps))
+        return
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(args.steps):
             step()
@@ -53,6 +66,46 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(exist_ok=True)
     (out / f"profile-{args.preset}-{tcfg.dtype}.txt").write_text(text)
+
+
+def phases(model: GPT, opt, x: torch.Tensor, tcfg, steps: int) -> str:
+    """Median milliseconds of each part of a training step, and the matmul-only floor."""
+    import statistics
+    import time
+
+    from cases import same_shape_peak  # the script folder is on sys.path when run as a script
+
+    dev = torch.device("cpu")
+    times: dict[str, list[float]] = {"forward": [], "backward": [], "clip": [], "optimizer": []}
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        with autocast_context(dev, tcfg.dtype):
+            loss = model(x, x).loss
+            t1 = time.perf_counter()
+            loss.backward()
+        t2 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+        t3 = time.perf_counter()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        t4 = time.perf_counter()
+        for k, a, b in (("forward", t0, t1), ("backward", t1, t2), ("clip", t2, t3),
+                        ("optimizer", t3, t4)):  # fmt: skip
+            times[k].append(1000 * (b - a))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    total = sum(med.values())
+    c = model.config
+    dtype = resolve_precision(tcfg.dtype, dev)
+    peak = same_shape_peak(x.numel(), c.n_embd, c.n_layer, c.vocab_size, dtype, dev)
+    flops = model.flops_per_token() * x.numel()
+    floor = 1000 * 6 * (model.num_params() * x.numel()) / (peak * 1e9)
+    lines = [f"{k:<10} {v:7.1f} ms  {100 * v / total:4.0f}%" for k, v in med.items()]
+    lines.append(f"{'step':<10} {total:7.1f} ms  ({flops / total / 1e6:.0f} GFLOP/s achieved)")
+    lines.append(
+        f"the weight matmuls alone at the same-shape peak ({peak:.0f} GFLOP/s, {dtype}): "
+        f"{floor:.1f} ms = {100 * floor / total:.0f}% of the step"
+    )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -67,12 +67,14 @@ print(data.train_text(250))
 # ### A small trained model to look at
 #
 # Attention only shows something once a model has learned. So we first train a small one: the
-# `fast` preset, nanoGPT's CPU "baby" model (4 layers, 4 heads, 128-dimensional vectors, a context
-# of 64 characters) for 380 steps, about 30 seconds. How that training works is the subject of
+# `lesson` preset, nanoGPT's CPU "baby" model (4 layers, 4 heads, 128-dimensional vectors, a context
+# of 64 characters) for 380 steps, about 20 seconds. How that training works is the subject of
 # `02_training.ipynb`; here we only use the result.
 
 # %%
-model_cfg, train_cfg = resolve_preset("fast", {"max_steps": 30, "warmup_steps": 5} if TINY else {})
+model_cfg, train_cfg = resolve_preset(
+    "lesson", {"max_steps": 30, "warmup_steps": 5} if TINY else {}
+)
 if TINY:
     model_cfg = dataclasses.replace(model_cfg, n_layer=2, n_embd=64)
 res = train(model_cfg, train_cfg, data, OUT / "model", progress=False)

@@ -265,8 +265,10 @@ show(plot_lr_sweep(sweep, OUT / "lr_sweep.png"))
 # - `fast` asks: what reaches nanoGPT's baby-config validation loss (1.886 on tiny Shakespeare) in
 #   the least wall time? Timed runs of batch sizes and learning rates with AdamW found batch 16,
 #   lr 4e-3 best; switching the block matrices to the Muon optimizer, then re-tuning on both CPU
-#   kinds, gave lr 1.4e-2, 30 warmup steps and a 380-step schedule (times against nanoGPT in
-#   `benchmarks/README.md`).
+#   kinds, gave lr 1.4e-2, 30 warmup steps and a 380-step schedule (now the `lesson` preset the
+#   other notebooks train). Two changes to the architecture, rotary positions and normalised
+#   queries and keys, then learned enough more per step to reach the same loss in 240 steps with
+#   10 warmup steps (times against nanoGPT in `benchmarks/README.md`).
 # - `cpu-10min` asks: what is the lowest validation loss ten minutes buy? A wider model (4 layers ×
 #   192, context 128), Muon and weight decay 0.3 (AdamW's best in ten minutes: 1.543). Dropout,
 #   `torch.compile` and the tanh approximation of GELU were measured and dropped. A cosine over a
@@ -276,7 +278,7 @@ show(plot_lr_sweep(sweep, OUT / "lr_sweep.png"))
 
 # %%
 default_model, default_train = asdict(ModelConfig()), asdict(TrainConfig())
-for name in ("quick", "baby", "fast", "cpu-10min"):
+for name in ("quick", "baby", "lesson", "fast", "cpu-10min"):
     p = PRESETS[name]
     print(f"{name}: {p.description}")
     print("   model:", {k: v for k, v in asdict(p.model).items() if v != default_model[k]})

@@ -68,13 +68,15 @@ print(
 )
 
 # %% [markdown]
-# The two models: the `fast` preset trained from scratch for 380 steps (about 30 s; see
+# The two models: the `lesson` preset trained from scratch for 380 steps (about 20 s; see
 # `02_training.ipynb`), and SmolLM2-135M as it was pretrained. The pretrained model is loaded with
 # `attn="eager"`: the fused attention kernels that make it fast never form the weight matrix, so
 # only the explicit ("eager") path can return it.
 
 # %%
-model_cfg, train_cfg = resolve_preset("fast", {"max_steps": 30, "warmup_steps": 5} if TINY else {})
+model_cfg, train_cfg = resolve_preset(
+    "lesson", {"max_steps": 30, "warmup_steps": 5} if TINY else {}
+)
 res = train(model_cfg, train_cfg, data, OUT / "model", progress=False)
 model, tok, _ = load_model(OUT / "model" / "model_scratch_best.pt")
 model.eval()

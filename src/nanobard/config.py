@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 ConfigT = TypeVar("ConfigT", bound="DataclassInstance")  # any of the config dataclasses below
 
-PosEncoding = Literal["learned", "sinusoidal"]
+PosEncoding = Literal["learned", "sinusoidal", "rotary"]
+Activation = Literal["gelu", "relu2"]
 DType = Literal["auto", "float32", "bfloat16"]
 OptimizerName = Literal["adamw", "muon"]
 
@@ -43,12 +44,31 @@ class ModelConfig:
         False,
         "biases in Linear layers and LayerNorms (GPT-2 has them; nanoGPT finds none a bit better)",
     )
-    pos_encoding: PosEncoding = opt("learned", "learned (GPT-2) or sinusoidal (Vaswani et al.)")
+    pos_encoding: PosEncoding = opt(
+        "learned",
+        "learned (GPT-2), sinusoidal (Vaswani et al.), or rotary (RoPE, Su et al.: queries and "
+        "keys rotated by position, nothing added to the embeddings; not exportable to GPT-2)",
+    )
     tie_weights: bool = opt(True, "share token embedding and output layer weights, as GPT-2")
     causal: bool = opt(
         True,
         "causal attention mask (--no-causal trains an encoder-style model that sees the "
         "future: for the notebook's lesson, not for generating text)",
+    )
+    # Speed-run options (modded-nanogpt measured them): off in the readable presets, on in the
+    # record ones; what each buys is in benchmarks/README.md.
+    activation: Activation = opt(
+        "gelu", "MLP nonlinearity: gelu (GPT-2), or relu2 (ReLU squared; not exportable to GPT-2)"
+    )
+    qk_norm: bool = opt(
+        False,
+        "RMS-normalise each head's queries and keys (with a learned gain) before attention: "
+        "allows a higher learning rate (not exportable to GPT-2)",
+    )
+    zero_init: bool = opt(
+        False,
+        "start every block's output projections (attention and MLP c_proj) at zero, so each "
+        "block begins as the identity",
     )
 
     def __post_init__(self) -> None:
@@ -64,7 +84,15 @@ class ModelConfig:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.pos_encoding not in get_args(PosEncoding):
             raise ConfigError(
-                f"pos_encoding must be 'learned' or 'sinusoidal', got {self.pos_encoding!r}"
+                "pos_encoding must be 'learned', 'sinusoidal' or 'rotary', "
+                f"got {self.pos_encoding!r}"
+            )
+        if self.activation not in get_args(Activation):
+            raise ConfigError(f"activation must be 'gelu' or 'relu2', got {self.activation!r}")
+        if self.pos_encoding == "rotary" and (self.n_embd // self.n_head) % 2:
+            raise ConfigError(
+                f"rotary positions need an even head size; n_embd / n_head = "
+                f"{self.n_embd // self.n_head}"
             )
 
 
@@ -277,11 +305,10 @@ PRESETS: dict[str, Preset] = {
             patience=8,
         ),
     ),
-    "fast": Preset(
-        "fast",
-        "shortest wall time to nanoGPT's baby-config loss (1.886) on tiny Shakespeare on a CPU: "
-        "the baby model trained with Muon, batch 16, lr 1.4e-2, 30 warmup steps, a 380-step "
-        "schedule (~30 s on 2 cores)",
+    "lesson": Preset(
+        "lesson",
+        "the notebooks' model: nanoGPT's CPU baby shape (4 layers, 4 heads, 128 wide, context "
+        "64) on GPT-2's architecture, Muon at lr 1.4e-2, 380 steps (~20 s on 2 cores)",
         ModelConfig(block_size=64, n_layer=4, n_head=4, n_embd=128),
         TrainConfig(
             batch_size=16,
@@ -290,6 +317,25 @@ PRESETS: dict[str, Preset] = {
             min_lr=1.4e-3,
             warmup_steps=30,
             eval_interval=190,
+            eval_iters=20,
+            optimizer="muon",
+        ),
+    ),
+    "fast": Preset(
+        "fast",
+        "shortest wall time to nanoGPT's baby-config loss (1.886) on tiny Shakespeare on a CPU: "
+        "the baby model with rotary positions and normalised queries and keys, trained with "
+        "Muon, batch 16, lr 1.4e-2, 10 warmup steps, a 240-step schedule (~13 s on 2 cores)",
+        ModelConfig(
+            block_size=64, n_layer=4, n_head=4, n_embd=128, pos_encoding="rotary", qk_norm=True
+        ),
+        TrainConfig(
+            batch_size=16,
+            max_steps=240,
+            lr=1.4e-2,
+            min_lr=1.4e-3,
+            warmup_steps=10,
+            eval_interval=120,
             eval_iters=20,
             optimizer="muon",
         ),

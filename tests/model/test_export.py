@@ -204,3 +204,21 @@ def test_user_errors_are_clear(tmp_path, tiny_text):
     with pytest.raises(ExportError, match="ASCII"):
         export_hf(wide, tmp_path / "wide", gguf=True)
     assert not (tmp_path / "wide").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize(
+    "kw, named",
+    [
+        ({"pos_encoding": "rotary"}, "rotary positions"),
+        ({"qk_norm": True}, "normalised queries"),
+        ({"activation": "relu2", "zero_init": True}, "ReLU"),
+    ],
+)
+def test_speed_run_options_gpt2_cannot_hold_are_refused(tmp_path, tiny_text, kw, named):
+    ckpt = random_checkpoint(tmp_path / "m.pt", CharTokenizer.from_text(tiny_text), **kw)
+    with pytest.raises(ExportError, match=named):
+        export_hf(ckpt, tmp_path / "out", gguf=True)
+    assert not (tmp_path / "out").exists()
+    # zero_init changes only where training starts: such a model exports
+    ok = random_checkpoint(tmp_path / "ok.pt", CharTokenizer.from_text(tiny_text), zero_init=True)
+    assert export_hf(ok, tmp_path / "ok").out_dir.is_dir()

@@ -1,8 +1,11 @@
+from dataclasses import replace
+
 import pytest
 import torch
+from torch.nn import functional as F
 
 from nanobard.config import ConfigError, ModelConfig
-from nanobard.model.gpt import GPT
+from nanobard.model.gpt import GPT, rotary_table, rotate
 from nanobard.model.sampling import SamplingConfig, ScratchDecoder, generate_ids
 
 CFG = ModelConfig(vocab_size=17, block_size=16, n_layer=2, n_head=4, n_embd=32)
@@ -11,6 +14,26 @@ CFG = ModelConfig(vocab_size=17, block_size=16, n_layer=2, n_head=4, n_embd=32)
 def make(cfg=CFG, seed=0):
     torch.manual_seed(seed)
     return GPT(cfg).eval()
+
+
+# the speed-run options, one at a time and all together (zero_init only changes the start, so the
+# models below get random projections back for the equivalence tests)
+OPTIONS = {
+    "rotary": {"pos_encoding": "rotary"},
+    "qk_norm": {"qk_norm": True},
+    "relu2": {"activation": "relu2"},
+    "all": {"pos_encoding": "rotary", "qk_norm": True, "activation": "relu2", "zero_init": True},
+}
+VARIANTS = {"gpt2": {}, **OPTIONS}
+
+
+def variant(name: str, seed: int = 0) -> GPT:
+    model = make(replace(CFG, **VARIANTS[name]), seed)
+    with torch.no_grad():  # nonzero projections and norm gains, so every part shows in the logits
+        for n, p in model.named_parameters():
+            if n.endswith(("c_proj.weight", "_gain")):
+                p.add_(0.05 * torch.randn_like(p))
+    return model
 
 
 @pytest.mark.parametrize("pos", ["learned", "sinusoidal"])
@@ -24,16 +47,18 @@ def test_shapes_loss_and_attention(pos):
     assert torch.allclose(out.attentions[0].sum(-1), torch.ones(3, 4, 10))
 
 
-def test_readable_and_fast_attention_paths_agree():
-    model = make()
+@pytest.mark.parametrize("name", VARIANTS)
+def test_readable_and_fast_attention_paths_agree(name):
+    model = variant(name)
     idx = torch.randint(0, 17, (2, 16))
     fast = model(idx).logits
     readable = model(idx, return_attention=True).logits
     torch.testing.assert_close(fast, readable, atol=1e-5, rtol=1e-5)
 
 
-def test_causal_masking_future_tokens_never_change_earlier_logits():
-    model = make()
+@pytest.mark.parametrize("name", VARIANTS)
+def test_causal_masking_future_tokens_never_change_earlier_logits(name):
+    model = variant(name)
     idx = torch.randint(0, 17, (1, 16))
     base = model(idx).logits
     for t in range(15):
@@ -47,8 +72,9 @@ def test_causal_masking_future_tokens_never_change_earlier_logits():
         assert torch.count_nonzero(torch.triu(a[0], diagonal=1)) == 0
 
 
-def test_kv_cache_matches_full_forward_and_uncached_generation():
-    model = make()
+@pytest.mark.parametrize("name", VARIANTS)
+def test_kv_cache_matches_full_forward_and_uncached_generation(name):
+    model = variant(name)
     idx = torch.randint(0, 17, (1, 12))
     cache = model.new_cache(1)
     step_logits = [model(idx[:, :5], kv_cache=cache).logits[:, -1]]
@@ -164,14 +190,25 @@ def test_hf_gpt2_weights_give_identical_logits():
     assert ours.num_params() == sum(p.numel() for p in hf.parameters())
 
 
-@pytest.mark.parametrize("kw", [{"n_embd": 30, "n_head": 4}, {"n_layer": 0}, {"dropout": 1.5}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"n_embd": 30, "n_head": 4},
+        {"n_layer": 0},
+        {"dropout": 1.5},
+        {"activation": "swish"},
+        {"pos_encoding": "alibi"},
+        {"pos_encoding": "rotary", "n_embd": 36, "n_head": 4},  # head size 9: odd
+    ],
+)
 def test_invalid_model_configs(kw):
     with pytest.raises(ConfigError):
         ModelConfig(**kw)
 
 
-def test_decode_step_equals_the_cached_forward_pass():
-    model = make()
+@pytest.mark.parametrize("name", VARIANTS)
+def test_decode_step_equals_the_cached_forward_pass(name):
+    model = variant(name)
     idx = torch.randint(0, 17, (1, 12))
     cache_a, cache_b = model.new_cache(1), model.new_cache(1)
     model(idx[:, :4], kv_cache=cache_a)
@@ -199,3 +236,66 @@ def test_int8_weights_track_float32_and_generate():
         generate_ids(ScratchDecoder(model, dtype=torch.int8), [1], 40, SamplingConfig(seed=1))
     )
     assert len(out) == 40
+
+
+def test_rotary_scores_depend_on_distance_only():
+    table = rotary_table(32, 8)
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+    score = [
+        (rotate(q, table, p + 3) * rotate(k, table, p)).sum().item() for p in (0, 5, 20)
+    ]  # a query 3 positions after its key, at three places in the sequence
+    assert score == pytest.approx([score[0]] * 3, abs=1e-5)
+    assert (q * k).sum().item() != pytest.approx(score[0], abs=1e-3)  # the rotation did something
+    torch.testing.assert_close(rotate(q, table, 0), q)  # position 0: angle 0
+    assert torch.linalg.norm(rotate(q, table, 7)) == pytest.approx(torch.linalg.norm(q).item())
+
+
+def test_rotary_model_has_no_position_table_and_sees_order():
+    model = variant("rotary")
+    assert "transformer.wpe.weight" not in model.state_dict()
+    assert not hasattr(model, "pe") and model.num_params() == variant("gpt2").num_params() - 16 * 32
+    # without positions a causal model could still count, but the same two tokens in the other
+    # order must give a different last prediction
+    a, b = model(torch.tensor([[3, 5]])).logits[0, -1], model(torch.tensor([[5, 3]])).logits[0, -1]
+    assert not torch.allclose(a, b)
+
+
+def test_rotary_attention_with_trained_gains_still_sees_distance_only():
+    attn = variant("all").transformer.h[0].attn  # random q/k gains, rotary positions
+    x = torch.randn(1, 2, 32)  # a query token and a key token
+    scores = []
+    for start in (0, 4, 11):  # the same pair, one position apart, at three places
+        q, k, _ = attn.heads(x, start)
+        scores.append((q[0, :, 1] * k[0, :, 0]).sum(-1))  # per head
+    torch.testing.assert_close(scores[1], scores[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scores[2], scores[0], atol=1e-5, rtol=1e-5)
+
+
+def test_qk_norm_gives_unit_rms_queries_and_keys():
+    model = make(replace(CFG, qk_norm=True))
+    attn = model.transformer.h[0].attn
+    x = 5 * torch.randn(2, 7, 32)
+    q, k, v = attn.heads(x, 0)
+    assert q.shape == (2, 4, 7, 8)
+    for t in (q, k):  # gains start at 1
+        torch.testing.assert_close(t.pow(2).mean(-1), torch.ones(2, 4, 7), atol=1e-3, rtol=1e-3)
+    assert not torch.allclose(v.pow(2).mean(-1), torch.ones(2, 4, 7), atol=0.1)  # values are not
+    assert attn.q_gain.shape == (8,) and make().transformer.h[0].attn.q_gain is None
+
+
+def test_relu2_mlp_is_relu_squared():
+    mlp = make(replace(CFG, activation="relu2")).transformer.h[0].mlp
+    x = torch.randn(3, 32)
+    torch.testing.assert_close(mlp(x), mlp.c_proj(F.relu(mlp.c_fc(x)) ** 2))
+    assert not torch.allclose(mlp(x), mlp.c_proj(F.gelu(mlp.c_fc(x))))
+
+
+def test_zero_init_starts_every_block_as_the_identity():
+    model = make(replace(CFG, zero_init=True))
+    idx = torch.randint(0, 17, (2, 9))
+    t = model.transformer
+    direct = model.lm_head(t.ln_f(t.wte(idx) + t.wpe(torch.arange(9))))  # no block did anything
+    torch.testing.assert_close(model(idx).logits, direct)
+    projections = [p for n, p in model.named_parameters() if n.endswith("c_proj.weight")]
+    assert len(projections) == 4 and all(torch.count_nonzero(p) == 0 for p in projections)
+    assert torch.count_nonzero(make().transformer.h[0].mlp.c_proj.weight) > 0

@@ -45,6 +45,10 @@ def test_sampling_probs_is_the_distribution_pick_token_draws_from():
     draws = torch.tensor([pick_token(logits, cfg, g) for _ in range(3000)])
     freq = torch.bincount(draws, minlength=4).float() / len(draws)
     assert torch.allclose(freq, probs, atol=0.03)
+    tied = torch.log(torch.tensor([0.4, 0.2, 0.2, 0.2]))  # top-2 keeps all three tied at 0.2
+    g = torch.Generator().manual_seed(0)
+    drawn = {pick_token(tied, SamplingConfig(top_k=2), g) for _ in range(300)}
+    assert drawn == {0, 1, 2, 3} and sampling_probs(tied, SamplingConfig(top_k=2)).min() > 0
     greedy = sampling_probs(logits, SamplingConfig(temperature=0.0))
     assert greedy.tolist() == [1.0, 0.0, 0.0, 0.0]
     coldest = sampling_probs(logits * 30, SamplingConfig(temperature=0.01))

@@ -39,6 +39,19 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest():
     assert len(opt.param_groups) == 3  # the lr schedule reaches every group
 
 
+def test_qk_norm_gains_train_with_adamw_without_decay():
+    from dataclasses import replace
+
+    model = GPT(replace(MODEL, qk_norm=True, pos_encoding="rotary"))
+    opt = make_optimizer(model, tcfg(optimizer="muon"), torch.device("cpu"))
+    muon, adamw = opt.optimizers
+    gains = [p for n, p in model.named_parameters() if n.endswith("_gain")]
+    assert len(gains) == 2 * MODEL.n_layer
+    assert not {id(p) for g in muon.param_groups for p in g["params"]} & {id(p) for p in gains}
+    no_decay = next(g for g in adamw.param_groups if g["weight_decay"] == 0.0)
+    assert {id(p) for p in gains} <= {id(p) for p in no_decay["params"]}
+
+
 def test_combined_state_round_trips_and_refuses_foreign_state():
     model = GPT(MODEL)
     opt = make_optimizer(model, tcfg(optimizer="muon"), torch.device("cpu"))

@@ -87,6 +87,25 @@ class ExportResult:
         )
 
 
+def check_gpt2_architecture(cfg: ModelConfig) -> None:
+    """``ExportError`` when the model uses an option GPT-2's architecture has no place for."""
+    beyond = [
+        what
+        for what, used in (
+            ("rotary positions (--pos-encoding rotary)", cfg.pos_encoding == "rotary"),
+            ("normalised queries and keys (--qk-norm)", cfg.qk_norm),
+            ("the ReLU² activation (--activation relu2)", cfg.activation == "relu2"),
+        )
+        if used
+    ]
+    if beyond:
+        raise ExportError(
+            f"this model uses {' and '.join(beyond)}, which GPT-2's format cannot hold; "
+            "export works for models trained without them (the readable presets: "
+            "--pos-encoding learned --activation gelu --no-qk-norm)"
+        )
+
+
 def hf_config(cfg: ModelConfig) -> GPT2Config:
     """The ``GPT2Config`` that computes exactly what our GPT with ``cfg`` computes."""
     from transformers import GPT2Config
@@ -146,6 +165,7 @@ def to_hf_gpt2(model: GPT) -> GPT2LMHeadModel:
     """A ``GPT2LMHeadModel`` (float32, eval mode) with our model's weights; logits equal ours."""
     from transformers import GPT2LMHeadModel
 
+    check_gpt2_architecture(model.config)
     hf = GPT2LMHeadModel(hf_config(model.config))
     sd = hf_state_dict(model)
     missing, unexpected = hf.load_state_dict(sd, strict=False)
@@ -295,6 +315,7 @@ def export_hf(
     ckpt_path = resolve_checkpoint(checkpoint_or_run)
     out = Path(out_dir)
     model, tok, ckpt = load_model(ckpt_path)  # CheckpointError says what is wrong with the file
+    check_gpt2_architecture(model.config)
     _check_out_dir(out, ckpt_path)
     if gguf:
         _check_gguf_vocab(tok)
@@ -391,6 +412,7 @@ def write_gguf(model: GPT, tok: CharTokenizer, path: Path) -> Path:
     assumes GPT-2's tanh GELU and 1024 positions, and the weights do not fit."""
     import gguf
 
+    check_gpt2_architecture(model.config)
     _check_gguf_vocab(tok)
     c = model.config
     spelling = byte_level_spelling()

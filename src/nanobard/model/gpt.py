@@ -2,6 +2,11 @@
 
     positional encoding -> causal self-attention -> MLP -> block -> GPT
 
+The readable presets build GPT-2's architecture. Three options the record presets turn on
+(``ModelConfig``; modded-nanogpt's speed runs measured them): rotary positions instead of an added
+position embedding, RMS-normalised queries and keys (``qk_norm``), ReLU² in the MLP; and
+``zero_init`` starts the residual projections at zero.
+
 Shapes: B batch, T query positions, S key positions (T + cached positions), C = n_embd,
 nh = n_head, hs = C // nh (head size), V = vocab size.
 
@@ -40,6 +45,23 @@ def sinusoidal_encoding(block_size: int, n_embd: int) -> torch.Tensor:
     pe[:, 0::2] = torch.sin(pos * freq)
     pe[:, 1::2] = torch.cos(pos * freq[: n_embd // 2])
     return pe
+
+
+def rotary_table(block_size: int, head_size: int, base: float = 10000.0) -> torch.Tensor:
+    """cos and sin of position p times frequency base^(-2i/hs), i < hs/2: (2, T, hs/2)."""
+    freq = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)  # (hs/2,)
+    angle = torch.arange(block_size, dtype=torch.float32)[:, None] * freq  # (T, hs/2)
+    return torch.stack([angle.cos(), angle.sin()])
+
+
+def rotate(x: torch.Tensor, table: torch.Tensor, start: int) -> torch.Tensor:
+    """Rotary positions (RoPE): in x (B, T, ..., hs), queries or keys at absolute positions
+    start + t, each pair (x1[i], x2[i]) turned by the angle (start + t) * freq[i]. The dot product
+    of a rotated query and key then depends on their distance only."""
+    T, hs = x.size(1), x.size(-1)
+    cos, sin = table[:, start : start + T].to(x.dtype).view(2, T, *[1] * (x.dim() - 3), hs // 2)
+    x1, x2 = x.chunk(2, dim=-1)  # (B, T, ..., hs/2) each
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
 class KVCache:
@@ -86,16 +108,40 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)  # W^O
         self.attn_dropout = nn.Dropout(cfg.dropout)
         self.resid_dropout = nn.Dropout(cfg.dropout)
+        hs = cfg.n_embd // cfg.n_head
+        # qk_norm: per-channel gains of the normalised queries and keys, starting at 1
+        self.q_gain = nn.Parameter(torch.ones(hs)) if cfg.qk_norm else None
+        self.k_gain = nn.Parameter(torch.ones(hs)) if cfg.qk_norm else None
+        self.rotary: torch.Tensor | None
+        if cfg.pos_encoding == "rotary":
+            self.register_buffer("rotary", rotary_table(cfg.block_size, hs), persistent=False)
+        else:
+            self.rotary = None
+
+    def heads(self, x: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, C) at positions start.. -> queries, keys, values (B, nh, T, hs) each."""
+        B, T, C = x.shape
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)
+        if self.q_gain is None and self.rotary is None:  # GPT-2's attention: nothing more
+            q, k, v = qkv.unbind(2)  # (B, T, nh, hs) each
+        else:
+            qk, v = qkv[:, :, :2], qkv[:, :, 2]  # (B, T, 2, nh, hs), (B, T, nh, hs)
+            # queries and keys normalised and rotated together: half the operator calls. The
+            # gains come before the rotation, so a score still depends on the distance only
+            if self.q_gain is not None and self.k_gain is not None:
+                gains = torch.stack([self.q_gain, self.k_gain])[:, None]  # (2, 1, hs)
+                qk = F.rms_norm(qk, (qk.size(-1),)) * gains
+            if self.rotary is not None:
+                qk = rotate(qk, self.rotary, start)
+            q, k = qk.unbind(2)  # (B, T, nh, hs) each
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, hs) each
 
     def forward(
         self, x: torch.Tensor, cache: KVCache | None = None, need_weights: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, C = x.shape
         hs = C // self.n_head
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
-        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        q, k, v = self.heads(x, cache.pos if cache is not None else 0)  # 3 x (B, nh, T, hs)
         if cache is not None:
             k, v = cache.append(k, v)  # (B, nh, S, hs)
             q = q.to(k.dtype)  # attention runs in the cache's dtype
@@ -132,18 +178,23 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y)), weights
 
 
+def relu2(x: torch.Tensor) -> torch.Tensor:
+    """ReLU squared (So et al., Primer): max(x, 0)²."""
+    return F.relu(x).square()
+
+
 class MLP(nn.Module):
-    """Position-wise feed-forward: C -> 4C -> GELU -> C."""
+    """Position-wise feed-forward: C -> 4C -> GELU (or ReLU²) -> C."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.gelu = nn.GELU()
+        self.act = F.gelu if cfg.activation == "gelu" else relu2
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C)
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))  # (B, T, C)
 
 
 class Block(nn.Module):
@@ -174,6 +225,7 @@ class GPTOutput:
 
 class GPT(nn.Module):
     pe: torch.Tensor  # the sinusoidal table (T, C), a buffer; only with pos_encoding="sinusoidal"
+    # (rotary positions live in each attention layer; "learned" adds transformer.wpe)
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -189,7 +241,7 @@ class GPT(nn.Module):
         )
         if cfg.pos_encoding == "learned":
             self.transformer["wpe"] = nn.Embedding(cfg.block_size, cfg.n_embd)
-        else:
+        elif cfg.pos_encoding == "sinusoidal":
             self.register_buffer(
                 "pe", sinusoidal_encoding(cfg.block_size, cfg.n_embd), persistent=False
             )
@@ -199,7 +251,10 @@ class GPT(nn.Module):
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # scaled init of residual projections (GPT-2)
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+                if cfg.zero_init:
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -258,12 +313,12 @@ class GPT(nn.Module):
             raise ValueError(
                 f"sequence of {past + T} tokens exceeds the context length {self.config.block_size}"
             )
-        tok = self.transformer["wte"](idx)  # (B, T, C)
+        x = self.transformer["wte"](idx)  # (B, T, C)
         if self.config.pos_encoding == "learned":
-            pos = self.transformer["wpe"](torch.arange(past, past + T, device=idx.device))  # (T, C)
-        else:
-            pos = self.pe[past : past + T]  # (T, C)
-        x = self.transformer["drop"](tok + pos)  # (B, T, C)
+            x = x + self.transformer["wpe"](torch.arange(past, past + T, device=idx.device))
+        elif self.config.pos_encoding == "sinusoidal":
+            x = x + self.pe[past : past + T]  # (T, C) broadcast over the batch
+        x = self.transformer["drop"](x)  # (B, T, C)
         attentions: list[torch.Tensor] | None = [] if return_attention else None
         for i, block in enumerate(cast(nn.ModuleList, self.transformer["h"])):
             x, w = block(x, kv_cache[i] if kv_cache is not None else None, return_attention)
@@ -286,29 +341,28 @@ class GPT(nn.Module):
         # a ModuleDict holds plain Modules to a type checker: name what __init__ put in it
         wte, ln_f = cast(nn.Embedding, t["wte"]), cast(nn.LayerNorm, t["ln_f"])
         blocks = cast("Iterable[Block]", t["h"])
-        C, nh = c.n_embd, c.n_head
+        C = c.n_embd
         pos = cache[0].pos
         if pos >= c.block_size:
             raise ValueError(
                 f"sequence of {pos + 1} tokens exceeds the context length {c.block_size}"
             )
-        x = wte.weight[token] + (
-            cast(nn.Embedding, t["wpe"]).weight[pos]
-            if c.pos_encoding == "learned"
-            else self.pe[pos]
-        )
+        x = wte.weight[token]  # (C,)
+        if c.pos_encoding == "learned":
+            x = x + cast(nn.Embedding, t["wpe"]).weight[pos]
+        elif c.pos_encoding == "sinusoidal":
+            x = x + self.pe[pos]
         x = x.view(1, 1, C)  # (1, 1, C)
         for block, kv in zip(blocks, cache):
             a = block.attn
             h = F.layer_norm(x, (C,), block.ln_1.weight, block.ln_1.bias)
-            q, k, v = a.c_attn(h).view(1, 1, 3, nh, C // nh).unbind(2)  # 3 x (1, 1, nh, hs)
-            keys, values = kv.append(k.transpose(1, 2), v.transpose(1, 2))  # (1, nh, S, hs)
-            q = q.transpose(1, 2).to(keys.dtype)  # (1, nh, 1, hs)
-            y = F.scaled_dot_product_attention(q, keys, values)  # (1, nh, 1, hs)
+            q, k, v = a.heads(h, pos)  # 3 x (1, nh, 1, hs)
+            keys, values = kv.append(k, v)  # (1, nh, S, hs)
+            y = F.scaled_dot_product_attention(q.to(keys.dtype), keys, values)  # (1, nh, 1, hs)
             x = x + a.c_proj(y.to(x.dtype).reshape(1, 1, C))
             h = F.layer_norm(x, (C,), block.ln_2.weight, block.ln_2.bias)
             # the linear layers may be Int8Linear (quantize.py)
-            x = x + block.mlp.c_proj(F.gelu(block.mlp.c_fc(h)))
+            x = x + block.mlp.c_proj(block.mlp.act(block.mlp.c_fc(h)))
         x = F.layer_norm(x, (C,), ln_f.weight, ln_f.bias)
         return F.linear(x, self.lm_head.weight)[0, 0]  # (V,)
 
