@@ -30,6 +30,11 @@ def test_tiny_benchmark_run_writes_json_and_tables(tmp_path):
         for key in ("tokens_per_s", "gflops", "seconds"):
             if key in r:
                 assert r[key]["min"] <= r[key]["median"] <= r[key]["max"] and r[key]["median"] > 0
+    trains = [r for r in results if r["case"] == "train"]
+    assert trains and all(r["shape_peak_gflops"]["median"] > 0 for r in trains)
+    rows = [ln.split() for ln in table(bench).splitlines() if ln.startswith("train baby")]
+    # ... util share, same-shape share, peak RSS
+    assert len(rows) == 2 and all(r[-3].endswith("%") and r[-2].endswith("%") for r in rows)
     path = write_results(bench, tmp_path)
     assert json.loads(path.read_text())["results"][0]["case"] == "matmul"
     text = table(bench)
