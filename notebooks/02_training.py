@@ -257,7 +257,8 @@ show(plot_lr_sweep(sweep, OUT / "lr_sweep.png"))
 #
 # **How nanobard's presets were chosen.** The `quick`, `fast` and `cpu-10min` presets
 # (`src/nanobard/config.py`) came from measurements on 2-core CPUs of both kinds (AVX-512 BF16, and
-# AVX2 without native bfloat16), recorded in `benchmarks/README.md`, not from guesses:
+# AVX2 without native bfloat16; the 240-step `fast` on an Intel Xeon with AMX), recorded in
+# `benchmarks/README.md`, not from guesses:
 #
 # - `quick` asks: what do 75 s buy the 0.8M-parameter model of the default study? Muon at lr 1e-2
 #   reached validation loss 1.674 where AdamW at lr 2e-3 reached 2.026 (AVX-512 BF16; 1.722 against

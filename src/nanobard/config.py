@@ -55,8 +55,9 @@ class ModelConfig:
         "causal attention mask (--no-causal trains an encoder-style model that sees the "
         "future: for the notebook's lesson, not for generating text)",
     )
-    # Speed-run options (modded-nanogpt measured them): off in the readable presets, on in the
-    # record ones; what each buys is in benchmarks/README.md.
+    # Speed-run options (modded-nanogpt measured them): off in the readable presets and in
+    # cpu-10min, where they did not pay; fast turns on rotary and qk_norm. What each buys is in
+    # benchmarks/README.md.
     activation: Activation = opt(
         "gelu", "MLP nonlinearity: gelu (GPT-2), or relu2 (ReLU squared; not exportable to GPT-2)"
     )
