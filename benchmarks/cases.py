@@ -51,6 +51,28 @@ def case_matmul(dtype: str, n: int = 2048, reps: int = 10, device: str = "cpu") 
     return {"gflops": 2 * n**3 / ((_clock(dev) - t) / reps) / 1e9, "n": n}
 
 
+def set_fields(cfg: Any, items: list[str]) -> Any:
+    """``cfg`` with each ``FIELD=VALUE`` of ``items`` replaced, VALUE read as the type of the
+    field's current value (``true``/``false`` for flags, ``None`` for none): the benchmark
+    scripts' ``--set``."""
+    import dataclasses
+
+    for item in items:
+        name, value = item.split("=", 1)
+        old = getattr(cfg, name)
+        new: Any
+        if value == "None":
+            new = None
+        elif isinstance(old, bool):
+            new = value.lower() in ("1", "true", "yes")
+        else:
+            new = type(old)(value) if old is not None else float(value)
+            if old is None and new.is_integer() and value.lstrip("-").isdigit():
+                new = int(value)  # a step count, not a rate
+        cfg = dataclasses.replace(cfg, **{name: new})
+    return cfg
+
+
 def same_shape_peak(
     m: int, c: int, n_layer: int, vocab: int, dtype: torch.dtype, device: torch.device
 ) -> float:

@@ -10,13 +10,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 from nanobard.config import STUDY_PRESETS
 from nanobard.data.tokens import load_tokens
 from nanobard.hardware import cpu_info
 from nanobard.hf.finetune import finetune
+
+sys.path.insert(0, str(Path(__file__).parent))  # run as a script: the benchmarks' own helpers
+from cases import set_fields  # noqa: E402
 
 
 def main() -> None:
@@ -36,11 +41,7 @@ def main() -> None:
         lr=base.lr if args.lr is None else args.lr,
         lora_r=base.lora_r if args.lora_r is None else args.lora_r,
     )
-    for item in args.set:  # FIELD=VALUE, converted to the type of the field's preset value
-        name, value = item.split("=", 1)
-        old = getattr(cfg, name)
-        new = None if value == "None" else type(old)(value) if old is not None else float(value)
-        cfg = dataclasses.replace(cfg, **{name: new})
+    cfg = set_fields(cfg, args.set)
     info = cpu_info()
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:

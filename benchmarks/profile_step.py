@@ -38,13 +38,12 @@ def main() -> None:
     ap.add_argument("--out", default="bench_results")
     ap.add_argument("--phases", action="store_true", help="time the parts of a step instead")
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                    help="model overrides, e.g. pos_encoding=rotary qk_norm=True")  # fmt: skip
+                    help="model overrides, e.g. pos_encoding=rotary qk_norm=true")  # fmt: skip
     args = ap.parse_args()
     p = get_preset(args.preset)
-    extra = {
-        k: eval(v) if v in ("True", "False") else v for k, v in (a.split("=") for a in args.set)
-    }
-    mcfg = with_overrides(p.model, {"vocab_size": 65, "dropout": 0.0, **extra})
+    from cases import set_fields  # the script folder is on sys.path when run as a script
+
+    mcfg = set_fields(with_overrides(p.model, {"vocab_size": 65, "dropout": 0.0}), args.set)
     tcfg = with_overrides(p.train, {"dtype": args.dtype})  # None keeps the preset's
     model = GPT(mcfg)
     opt = make_optimizer(model, tcfg, torch.device("cpu"))
@@ -73,7 +72,7 @@ def phases(model: GPT, opt, x: torch.Tensor, tcfg, steps: int) -> str:
     import statistics
     import time
 
-    from cases import same_shape_peak  # the script folder is on sys.path when run as a script
+    from cases import same_shape_peak
 
     dev = torch.device("cpu")
     times: dict[str, list[float]] = {"forward": [], "backward": [], "clip": [], "optimizer": []}
