@@ -293,9 +293,37 @@ def test_hostile_input_ends_in_one_line(name, trained, capsys, monkeypatch):
     assert not (trained / "runs").exists()  # a failed command leaves no run folder behind
 
 
+ARGUMENT_ERRORS = {
+    # an unknown flag: its command, the closest real flag, that command's own --help
+    ("train", "--max-step", "3"): "nanobard train: error: unrecognized arguments: --max-step 3 "
+    "(did you mean --max-steps?); see nanobard train --help",
+    ("finetune", "--lora-rank", "4"): "nanobard finetune: error: unrecognized arguments: "
+    "--lora-rank 4 (did you mean --lora-r?); see nanobard finetune --help",
+    ("trian",): "nanobard: error: argument COMMAND: invalid choice: 'trian' (did you mean "
+    "'train'? choose from",
+    ("train", "--preset", "qick"): "(did you mean 'quick'? choose from",
+    ("train", "--zzz"): "nanobard train: error: unrecognized arguments: --zzz; see nanobard "
+    "train --help",  # nothing close: no guess
+}
+
+
+@pytest.mark.parametrize("argv", list(ARGUMENT_ERRORS))
+def test_argument_errors_name_the_command_and_suggest_the_closest(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(list(argv))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert ARGUMENT_ERRORS[argv] in err and "nanobard: nanobard" not in err, err
+
+
 def test_argument_errors_and_a_real_process_end_in_one_line(trained):
     r = nb("train", "--n-layers", "4", cwd=trained)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unrecognized arguments" in r.stderr
+    # the CLI prints each line once: no log line or transformers bar repeats the summary
+    r = nb("export", str(trained / "run"), "--out", str(trained / "exported_once"), cwd=trained)
+    both = r.stdout + r.stderr
+    assert r.returncode == 0 and both.count("exported ") == 1, both
+    assert "Writing model shards" not in both, both
     r = nb("generate", str(trained / "none.pt"), cwd=trained)
     assert (
         r.returncode == 2

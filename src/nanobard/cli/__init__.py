@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for command in COMMANDS:
         command.add(sub)
+    p.commands = dict(sub.choices)
     return p
 
 

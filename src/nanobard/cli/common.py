@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import re
 import sys
 import typing
 from pathlib import Path
@@ -18,19 +20,47 @@ if TYPE_CHECKING:  # these import torch: only for the type checker
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (usage is one --help away)."""
+    """argparse with one-line errors that name the command, suggest the closest flag or command
+    and point at that command's own ``--help``. Abbreviated flags are refused (a prefix that works
+    today would change meaning when a flag is added)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, Parser] = {}  # the root's subcommand parsers, by name
+
+    def parse_args(self, args=None, namespace=None):
+        """Unknown flags are reported by the command they were given to, not by the root."""
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            target = self.commands.get(getattr(ns, "command", None) or "", self)
+            target.error(
+                f"unrecognized arguments: {' '.join(extras)}{target._closest_flag(extras)}"
+            )
+        return ns
+
+    def _closest_flag(self, extras: list[str]) -> str:
+        names = [o[2:] for a in self._actions for o in a.option_strings if o.startswith("--")]
+        for arg in extras:
+            if arg.startswith("--"):
+                name = arg[2:].split("=", 1)[0]
+                close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+                if close:
+                    return f" (did you mean --{close[0]}?)"
+        return ""
 
     def error(self, message: str) -> typing.NoReturn:
-        hint = (
-            " (a negative number needs '=', e.g. --lr=-1e-3)"
-            if "expected one argument" in message
-            else ""
-        )
-        self.exit(
-            2,
-            f"nanobard: error: {self.prog.removeprefix('nanobard ')}: {message}{hint}; "
-            f"see {self.prog} --help\n",
-        )
+        hint = ""
+        if "expected one argument" in message:
+            hint = " (a negative number needs '=', e.g. --lr=-1e-3)"
+        elif m := re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message):
+            choices = [c.strip(" '\"") for c in m.group(2).split(",")]
+            close = difflib.get_close_matches(m.group(1), choices, n=1, cutoff=0.5)
+            if close:
+                message = message.replace(
+                    "(choose from", f"(did you mean '{close[0]}'? choose from"
+                )
+        self.exit(2, f"{self.prog}: error: {message}{hint}; see {self.prog} --help\n")
 
 
 def _flag_type(tp: Any) -> tuple[Any, list[str] | None]:

@@ -45,6 +45,7 @@ from nanobard.hf.trainer import (
     trainer_class,
 )
 from nanobard.model.evaluate import Score, score_hf
+from nanobard.model.export import no_shard_bar
 from nanobard.model.sampling import STRATEGIES, TextGenerator, complete_many
 from nanobard.records import EvalRow, Record, TornRecord
 from nanobard.rundir import RunDir
@@ -377,7 +378,7 @@ def _save(
     merged = cast("PreTrainedModel", model)
     final_dir = out / RunDir.FINETUNED
     if is_main_process():  # whole or not at all: a full disk keeps the previous folder
-        with files.atomic_folder(final_dir) as tmp:
+        with files.atomic_folder(final_dir) as tmp, no_shard_bar():
             merged.save_pretrained(tmp)
             pre.tokenizer.save_pretrained(tmp)
             FinetunedModelInfo(pre.name, cfg, steps, corpus).save(tmp / RunDir.FINETUNED_INFO)

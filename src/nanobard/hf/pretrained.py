@@ -29,6 +29,7 @@ import torch
 from nanobard.data.corpus import cache_dir
 from nanobard.errors import NanobardError
 from nanobard.model.checkpoint import load_model, resolve_checkpoint
+from nanobard.model.export import no_shard_bar
 from nanobard.model.sampling import HFDecoder, ScratchDecoder, TextGenerator
 
 if TYPE_CHECKING:
@@ -194,7 +195,8 @@ def embedded_folder() -> str:
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{EMBEDDED}-"))
     try:
-        model.save_pretrained(tmp)
+        with no_shard_bar():
+            model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         try:
             os.replace(tmp, folder)

@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -281,6 +283,21 @@ Notes
 """
 
 
+@contextmanager
+def no_shard_bar() -> Iterator[None]:
+    """transformers' "Writing model shards" bar off while a folder is saved (one shard: a bar that
+    only doubles the line the caller prints); as it was afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def _check_out_dir(out: Path, ckpt_path: Path) -> None:
     """Refuse to write into a file, into the run folder, or over an unrelated non-empty folder."""
     if out.exists() and not out.is_dir():
@@ -324,7 +341,7 @@ def export_hf(
     hf.generation_config = hf_generation_config(model.config)
     # written whole into a temporary folder that then takes out's place: a full disk leaves an
     # earlier export as it was, and never an earlier export's weights beside these
-    with files.atomic_folder(out) as tmp:
+    with files.atomic_folder(out) as tmp, no_shard_bar():
         hf.save_pretrained(tmp, safe_serialization=True)
         hf_tokenizer(tok, model.config.block_size).save_pretrained(tmp)
         _mark_tokenizer_class(tmp / "tokenizer_config.json")
@@ -340,8 +357,7 @@ def export_hf(
         files=sizes,
         gguf_file=out / GGUF_NAME if gguf else None,
     )
-    logger.info("%s", result.summary())
-    return result
+    return result  # the caller says what was written (the CLI prints result.summary() once)
 
 
 def _mark_tokenizer_class(path: Path) -> None:
