@@ -18,6 +18,14 @@ def session_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _trackers_local(tmp_path_factory):
+    """Experiment trackers write into this session's temporary folder, never the user's (trackio
+    reads TRACKIO_DIR when it is first imported, so this runs before any test)."""
+    os.environ["TRACKIO_DIR"] = str(tmp_path_factory.mktemp("trackio"))
+    os.environ["WANDB_SILENT"] = "true"
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch, session_cache):
     """Tests never touch the network or the user's cache."""
@@ -60,7 +68,8 @@ def study(tmp_path_factory, tiny_text, session_cache):
     old = os.environ.get("NANOBARD_CACHE")
     os.environ["NANOBARD_CACHE"] = str(session_cache)
     try:
-        outcome = run_study(tmp / "out", "quick", **kw)
+        # with TensorBoard: tests/study/test_pipeline.py reads its two runs back
+        outcome = run_study(tmp / "out", "quick", report_to="tensorboard", **kw)
     finally:
         if old is None:
             os.environ.pop("NANOBARD_CACHE", None)

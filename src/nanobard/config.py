@@ -23,6 +23,7 @@ PosEncoding = Literal["learned", "sinusoidal", "rotary"]
 Activation = Literal["gelu", "relu2"]
 DType = Literal["auto", "float32", "bfloat16"]
 OptimizerName = Literal["adamw", "muon"]
+REPORT_TO = ("none", "tensorboard", "trackio", "wandb")  # --report-to (train/tracking.py)
 
 
 def opt(default: Any, help: str) -> Any:

@@ -9,7 +9,17 @@ from nanobard.data.corpus import CorpusChanged, split_text
 from nanobard.files import WriteFailed
 from nanobard.hardware import OutOfMemory
 from nanobard.hf.finetune import FinetuneConfig, finetune
+from nanobard.records import EvalRow
+from nanobard.train.tracking import Tracker, row_scalars
 from tests.fixtures import CPU_OOM, build_tiny_hf_model
+
+
+class Recording(Tracker):
+    def __init__(self):
+        self.seen = []
+
+    def _log(self, scalars, step):
+        self.seen.append((step, scalars))
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +55,19 @@ def cfg(path, **kw):
 
 def test_finetune_end_to_end_loss_falls_and_folder_reloads(tiny_model, tmp_path):
     path, text = tiny_model
-    res = finetune(cfg(path), split_text(text), tmp_path, progress=False)
+    tracker = Recording()
+    res = finetune(cfg(path), split_text(text), tmp_path, progress=False, tracker=tracker)
     assert res.steps == 40
     assert res.after.bits_per_char < res.before.bits_per_char - 0.5
     assert res.before.chars == res.after.chars  # the same text for both
     rows = [json.loads(ln) for ln in (tmp_path / "metrics_hf.jsonl").read_text().splitlines()]
     assert rows[0]["step"] == 0 and rows[-1]["val_loss"] < rows[0]["val_loss"]
     assert {"step", "tokens", "train_loss", "val_loss", "lr", "elapsed_s"} <= rows[-1].keys()
+    # --report-to: the tracker got every row of the metrics file, and the Trainer's own logs
+    rows_logged = [(step, s) for step, s in tracker.seen if "val_loss" in s]
+    assert rows_logged == [(r["step"], row_scalars(EvalRow.from_dict(r))) for r in rows]
+    trainer_logged = [step for step, s in tracker.seen if "train/loss" in s]
+    assert trainer_logged == list(range(10, 41, 10)), tracker.seen
     assert {(s.model, s.strategy) for s in res.samples} >= {
         ("before", "greedy"),
         ("after", "top_k"),

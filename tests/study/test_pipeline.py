@@ -4,10 +4,14 @@ import json
 import re
 import shutil
 
+import pytest
+
+from nanobard.records import EvalRow
 from nanobard.rundir import RunDir
 from nanobard.study.pipeline import run_study
 from nanobard.study.records import Headline, InterpretStudy, StudyState
-from tests.fixtures import EVIL, study_kwargs
+from nanobard.train.tracking import row_scalars
+from tests.fixtures import EVIL, study_kwargs, tensorboard_scalars
 
 FILES = (
     "training_progress_scratch.png",
@@ -53,6 +57,21 @@ def test_study_writes_every_file_and_its_records_reload(study):
     assert len(a.heads_stats) == a.layers * a.heads
     assert all(state.seconds[s] >= 0 for s in ("scratch", "finetune", "interpret", "report"))
     assert not (out / RunDir.HF_CHECKPOINTS).exists()
+
+
+def test_report_to_logs_both_training_stages_with_the_head_scores(study):
+    """--report-to tensorboard: the study's two runs side by side in its folder, each holding
+    its metrics file (the from-scratch one with every head's scores)."""
+    out, _, _ = study
+    for track, metrics in (("scratch", RunDir.METRICS), ("finetune", RunDir.METRICS_HF)):
+        logged = tensorboard_scalars(out / "tensorboard" / track)
+        lines = (out / metrics).read_text().splitlines()
+        rows = [EvalRow.from_dict(json.loads(line)) for line in lines]
+        for row in rows:
+            for tag, value in row_scalars(row).items():
+                assert (row.step, pytest.approx(value, rel=1e-6)) in logged[tag], (track, tag)
+    heads = [t for t in tensorboard_scalars(out / "tensorboard/scratch") if t.startswith("heads/")]
+    assert "heads/induction/L1H3" in heads and len(heads) >= 2 * 4 * 2, heads
 
 
 def test_interpretability_is_recorded_for_both_models(study):

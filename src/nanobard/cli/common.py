@@ -141,6 +141,19 @@ def add_run_flags(parser: argparse.ArgumentParser, what: str, resume: str) -> No
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def add_report_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--report-to",
+        default="none",
+        choices=list(C.REPORT_TO),
+        help="also log the metrics-file scalars to an experiment tracker: tensorboard (event "
+        "files in DIR/tensorboard; `tensorboard --logdir runs` shows runs side by side), trackio "
+        "(its local store; `trackio show --project nanobard`) or wandb (offline into DIR/wandb "
+        "unless you are logged in); each is an optional install, e.g. "
+        "pip install 'nanobard[tensorboard]' (default: none)",
+    )
+
+
 def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prompt",

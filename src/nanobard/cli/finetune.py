@@ -8,6 +8,7 @@ from nanobard import config as C
 from nanobard.cli.common import (
     add_config_flags,
     add_corpus_flags,
+    add_report_flag,
     add_run_flags,
     overrides,
     print_score_table,
@@ -25,6 +26,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     )
     add_corpus_flags(f)
     add_run_flags(f, "finetune", "continue from the last checkpoint in DIR/hf_checkpoints")
+    add_report_flag(f)
     add_config_flags(f, C.FinetuneConfig, skip=("prompts",))
     f.set_defaults(handler=handle)
 
@@ -33,17 +35,22 @@ def handle(args: argparse.Namespace) -> int:
     from nanobard.data.tokens import load_tokens
     from nanobard.hf.finetune import finetune
     from nanobard.rundir import RunDir
+    from nanobard.train.tracking import flat_config, tracking
 
     cfg = C.resolve(C.FinetuneConfig(), overrides(args, C.FinetuneConfig))
     out = run_folder(args, "finetune")
-    res = finetune(
-        cfg,
-        load_tokens(args.corpus, args.data),
-        out,
-        resume=args.resume,
-        progress=not args.no_progress,
-        allow_new_corpus=args.allow_new_corpus,
-    )
+    with tracking(
+        args.report_to, out, "finetune", config=flat_config(cfg), resume=args.resume
+    ) as tracker:
+        res = finetune(
+            cfg,
+            load_tokens(args.corpus, args.data),
+            out,
+            resume=args.resume,
+            progress=not args.no_progress,
+            allow_new_corpus=args.allow_new_corpus,
+            tracker=tracker,
+        )
     print(
         f"\nfine-tuned {res.model_name} ({res.num_params:,} parameters, "
         f"{res.trainable_params:,} trained) for {res.steps} steps, {res.tokens:,} tokens "
@@ -60,4 +67,6 @@ def handle(args: argparse.Namespace) -> int:
     for row in res.samples:
         if row.strategy == "temperature" and row.prompt == res.samples[0].prompt:
             print(f"\n--- {row.model} fine-tuning, {row.strategy} ---\n{row.prompt}{row.text}")
+    if tracker.view:
+        print(f"\ncurves ({tracker.kind}): {tracker.view}")
     return 0

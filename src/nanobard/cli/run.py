@@ -6,7 +6,7 @@ import argparse
 import time
 
 from nanobard import config as C
-from nanobard.cli.common import add_corpus_flags, run_folder
+from nanobard.cli.common import add_corpus_flags, add_report_flag, run_folder
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -75,6 +75,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         "else openings of validation lines",
     )
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_report_flag(r)
     r.set_defaults(handler=handle)
 
 
@@ -109,6 +110,7 @@ def handle(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         on_stage=on_stage,
         prompts=tuple(args.prompt) if args.prompt else None,
+        report_to=args.report_to,
     )
     s, p = res.headline.scratch, res.headline.pretrained
     print(f"\nstudy finished in {time.perf_counter() - t0:.0f} s; report: {res.report}")
@@ -132,5 +134,9 @@ def handle(args: argparse.Namespace) -> int:
         f"  {p.name + ' after fine-tuning':<34} {p.num_params:>12,} {p.bits_per_char:>10.4f} "
         f"{p.loss_reduction_pct:>14.1f}% {p.train_seconds:>10.0f}s"
     )
+    if args.report_to == "tensorboard":
+        print(f"\ncurves: tensorboard --logdir {out.parent}")
+    elif args.report_to == "trackio":
+        print('\ncurves: trackio show --project "nanobard"')
     print(f"\nto type your own text and watch all three models respond: nanobard serve {out}")
     return 0

@@ -8,6 +8,7 @@ from nanobard import config as C
 from nanobard.cli.common import (
     add_config_flags,
     add_corpus_flags,
+    add_report_flag,
     add_run_flags,
     overrides,
     run_folder,
@@ -30,6 +31,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     )
     add_corpus_flags(t)
     add_run_flags(t, "scratch", "continue from DIR/ckpt_last.pt exactly where it stopped")
+    add_report_flag(t)
     t.add_argument(
         "--sample-tokens", type=int, default=300, help="characters to sample at the end (0 = none)"
     )
@@ -45,14 +47,18 @@ def handle(args: argparse.Namespace) -> int:
     from nanobard.model.sampling import SamplingConfig
     from nanobard.rundir import RunDir
     from nanobard.train.loop import train
+    from nanobard.train.tracking import flat_config, tracking
 
     model_cfg, train_cfg = C.resolve_preset(
         args.preset, overrides(args, C.ModelConfig, C.TrainConfig)
     )
     corpus = load_tokens(args.corpus, args.data)  # encoded once, then memory-mapped from the cache
     out = run_folder(args, "scratch")
-    res = train(model_cfg, train_cfg, corpus, out, resume=args.resume,
-                progress=not args.no_progress, allow_new_corpus=args.allow_new_corpus)  # fmt: skip
+    with tracking(args.report_to, out, "scratch", config=flat_config(model_cfg, train_cfg),
+                  resume=args.resume) as tracker:  # fmt: skip
+        res = train(model_cfg, train_cfg, corpus, out, resume=args.resume,
+                    progress=not args.no_progress, allow_new_corpus=args.allow_new_corpus,
+                    on_eval=[tracker.on_eval])  # fmt: skip
     print(
         f"\ntrained {res.num_params:,} parameters for {res.steps} steps ({res.tokens:,} tokens) "
         f"in {res.elapsed_s:.1f} s, {res.tokens_per_s:,.0f} tokens/s; stopped by {res.stopped}"
@@ -62,6 +68,8 @@ def handle(args: argparse.Namespace) -> int:
         f"final {res.final_val_loss:.4f} (nats/char); best checkpoint: {out / RunDir.BEST}; "
         f"result: {out / RunDir.TRAIN_RESULT}"
     )
+    if tracker.view:
+        print(f"curves ({tracker.kind}): {tracker.view}")
     if args.sample_tokens > 0:
         print("\n--- sample (temperature 0.8) ---")
         gen = scratch_generator(out / RunDir.BEST)

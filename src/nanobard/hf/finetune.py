@@ -50,6 +50,7 @@ from nanobard.model.sampling import STRATEGIES, TextGenerator, complete_many
 from nanobard.records import EvalRow, Record, TornRecord
 from nanobard.rundir import RunDir
 from nanobard.train.schedule import TimeBudget
+from nanobard.train.tracking import Tracker
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -424,6 +425,7 @@ def finetune(
     before: Score | None = None,
     allow_new_corpus: bool = False,
     budget_covers: Literal["command", "training"] = "command",
+    tracker: Tracker | None = None,
 ) -> FinetuneResult:
     """Score before, fine-tune, save ``model_hf_finetuned/``, score after. See module docstring.
     ``keep_checkpoints=False`` deletes the Trainer's resumable checkpoints (weights and optimizer
@@ -432,6 +434,7 @@ def finetune(
     scores it once for all its runs); then it is not scored again and no samples are made before.
     ``cfg.max_time`` bounds the whole command from loading the model to saving the result
     (``budget_covers="training"``: the training alone, as the from-scratch track's budget).
+    ``tracker`` (see train/tracking.py) also receives each evaluation and the Trainer's logs.
     Resuming on another text than the run's raises ``CorpusChanged`` unless ``allow_new_corpus``;
     a full disk ``WriteFailed``, a refused allocation ``OutOfMemory``, each in one line."""
     out = Path(out_dir)
@@ -443,7 +446,8 @@ def finetune(
         # under torchrun rank 0 holds it for all ranks
         with RunDir(out).writer_lock("nanobard finetune") if is_main_process() else nullcontext():
             return _finetune(cfg, data, out, resume, progress, keep_checkpoints, before, pre,
-                             device, allow_new_corpus, clock, budget_covers)  # fmt: skip
+                             device, allow_new_corpus, clock, budget_covers,
+                             tracker or Tracker())  # fmt: skip
     except (RuntimeError, MemoryError) as e:
         oom = out_of_memory(e, device, _lower_memory(cfg))
         if oom is None:
@@ -530,6 +534,7 @@ def _finetune(
     allow_new_corpus: bool,
     clock: Phases,
     budget_covers: str,
+    tracker: Tracker,
 ) -> FinetuneResult:
     """finetune() with the folder's lock held."""
     from transformers import EarlyStoppingCallback
@@ -582,7 +587,7 @@ def _finetune(
         else:
             run.trim_metrics(steps_before, RunDir.METRICS_HF)
     t0 = time.perf_counter()
-    cb = metrics_callback(metrics_path, tokens_per_step, t0, train_time, budget)
+    cb = metrics_callback(metrics_path, tokens_per_step, t0, train_time, budget, tracker)
     callbacks = [cb] + ([EarlyStoppingCallback(cfg.patience)] if cfg.patience else [])
     trainer = trainer_class(budget, corpus)(
         model=model,

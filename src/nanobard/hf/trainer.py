@@ -5,7 +5,8 @@
   steps, sizes the step count that fits the budget (evaluations and checkpoints included) and
   refines it at each evaluation; the cosine schedule runs over it, so fine-tuning ends on time
   with its learning rate decayed, whatever the machine;
-- ``metrics_hf.jsonl``: one row per evaluation, the same schema as the from-scratch track;
+- ``metrics_hf.jsonl``: one row per evaluation, the same schema as the from-scratch track (and
+  the same rows, with the Trainer's own logs, to a ``--report-to`` tracker);
 - checkpoints that are complete or absent: one the disk refused half way is removed and reported in
   one line (the last complete one kept), each holds the corpus it was trained on
   (``corpus.json``), and ``complete_checkpoints`` skips one a crash cut short.
@@ -32,6 +33,7 @@ from nanobard.model.evaluate import HEAD_ON_HIDDEN_MODELS
 from nanobard.records import EvalRow, TornRecord
 from nanobard.rundir import RunDir
 from nanobard.train.schedule import TimeBudget, cosine
+from nanobard.train.tracking import Tracker
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, Trainer
@@ -40,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 # ``chunked_lm_loss`` computes the same loss as the model itself for these (see the constant)
 CHUNKED_LOSS_MODELS = HEAD_ON_HIDDEN_MODELS
+# the Trainer's logs a tracker gets (as ``train/<name>``, the names transformers' own use)
+TRAINER_SCALARS = ("loss", "grad_norm", "learning_rate")
 
 
 def chunked_lm_loss(
@@ -180,11 +184,13 @@ def metrics_callback(
     t0: float,
     max_time: float | None,
     budget: TimeBudget | None = None,
+    tracker: Tracker | None = None,
 ) -> Any:
     """Appends each evaluation to ``path`` and ends training on the time budget: at the step count
     ``budget`` sized, or when ``max_time`` seconds have passed, whichever comes first. Returns a
     ``TrainerCallback`` whose ``rows`` are the evaluations (Any: its class is made here, where
-    transformers is imported, so no annotation can name it)."""
+    transformers is imported, so no annotation can name it). ``tracker`` gets each evaluation's
+    row and the Trainer's own logs (``TRAINER_SCALARS`` as ``train/<name>``)."""
     from transformers import TrainerCallback
 
     if budget is not None:  # the budget counts from where the caller's clock does
@@ -199,6 +205,9 @@ def metrics_callback(
             for k in ("loss", "learning_rate"):
                 if logs and k in logs:
                     self.last[k] = logs[k]
+            if tracker is not None and logs and state.is_world_process_zero:
+                logged = {f"train/{k}": logs[k] for k in TRAINER_SCALARS if k in logs}
+                tracker.log(logged, state.global_step)
 
         def on_evaluate(self, args, state, control, metrics=None, lr_scheduler=None, **kw):
             lr = (
@@ -217,6 +226,8 @@ def metrics_callback(
             self.rows.append(row)
             if state.is_world_process_zero:  # under torchrun only rank 0 writes
                 RunDir(path.parent).append_metrics(row, path.name)
+                if tracker is not None:
+                    tracker.log_row(row)
 
         def on_train_begin(self, args, state, control, **kw):
             self.mark = time.perf_counter()

@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -71,6 +72,7 @@ from nanobard.study.records import (
 )
 from nanobard.study.report import machine_info, samples_markdown, write_report
 from nanobard.train.loop import TrainingInterrupted, TrainResult, train
+from nanobard.train.tracking import Tracker, check_tracker, flat_config, tracking
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +94,7 @@ class Context:
     user_prompts: tuple[str, ...] | None
     force: bool
     progress: bool
+    report_to: str = "none"  # the experiment tracker of the two training stages
     state: StudyState = field(default_factory=StudyState)
     _tokens: TokenCorpus | None = None
 
@@ -104,6 +107,11 @@ class Context:
     def score_text(self) -> str:
         """The validation characters every model is scored on."""
         return self.corpus().val_text(self.ft_cfg.score_chars or None)
+
+    def tracker(self, track: str, resume: bool, *configs: Any) -> AbstractContextManager[Tracker]:
+        """The ``--report-to`` tracker of a training stage, grouped under the study's name."""
+        return tracking(self.report_to, self.run.path, track, group=self.run.path.name,
+                        config=flat_config(*configs), resume=resume)  # fmt: skip
 
     @overload
     def done(self, stage: Literal["corpus"]) -> CorpusInfo: ...
@@ -166,9 +174,11 @@ def scratch_stage(ctx: Context) -> TrainResult:
     """Train the from-scratch GPT, recording every head's scores at each evaluation."""
     resume = not ctx.force and (ctx.run / RunDir.LAST).exists()
     try:
-        return train(ctx.model_cfg, ctx.train_cfg, ctx.corpus(), ctx.run.path, resume=resume,
-                     progress=ctx.progress, config_name=RunDir.CONFIG_SCRATCH,
-                     on_eval=[record_head_scores])  # fmt: skip
+        with ctx.tracker("scratch", resume, ctx.model_cfg, ctx.train_cfg) as tracker:
+            # the tracker last: it logs the rows with their head scores
+            return train(ctx.model_cfg, ctx.train_cfg, ctx.corpus(), ctx.run.path, resume=resume,
+                         progress=ctx.progress, config_name=RunDir.CONFIG_SCRATCH,
+                         on_eval=[record_head_scores, tracker.on_eval])  # fmt: skip
     except TrainingInterrupted as e:  # the study resumes by itself: no --resume to pass
         raise e.resumed_by(AGAIN) from None
 
@@ -178,8 +188,9 @@ def finetune_stage(ctx: Context) -> FinetuneResult:
     resume = not ctx.force and (ctx.run / RunDir.BEFORE).exists()
     cfg = C.resolve(ctx.ft_cfg, {"prompts": tuple(ctx.done("corpus").prompts)})
     # keep_checkpoints=False: the Trainer's resumable state is 1.6 GB for a 135M model
-    return finetune(cfg, ctx.corpus(), ctx.run.path, resume=resume, progress=ctx.progress,
-                    keep_checkpoints=False)  # fmt: skip
+    with ctx.tracker("finetune", resume, cfg) as tracker:
+        return finetune(cfg, ctx.corpus(), ctx.run.path, resume=resume, progress=ctx.progress,
+                        keep_checkpoints=False, tracker=tracker)  # fmt: skip
 
 
 def evaluate_stage(ctx: Context) -> Scores:
@@ -316,12 +327,15 @@ def run_study(
     progress: bool = True,
     on_stage: Callable[[int, str], None] | None = None,
     prompts: tuple[str, ...] | None = None,
+    report_to: str = "none",
 ) -> StudyOutcome:
     """Run every stage of ``STAGES`` not yet done in ``out`` (all with ``force``); ``on_stage(i,
-    name)`` is called before each, done or not."""
+    name)`` is called before each, done or not. ``report_to``: the experiment tracker of the two
+    training stages (train/tracking.py), their runs grouped under the study folder's name."""
+    check_tracker(report_to)  # a tracker that is not installed fails before any stage
     with RunDir(Path(out)).writer_lock("nanobard run"):
         return _run_study(out, preset, corpus, data_path, scratch_overrides, finetune_overrides,
-                          force, progress, on_stage, prompts)  # fmt: skip
+                          force, progress, on_stage, prompts, report_to)  # fmt: skip
 
 
 def _run_study(
@@ -335,10 +349,12 @@ def _run_study(
     progress: bool,
     on_stage: Callable[[int, str], None] | None,
     prompts: tuple[str, ...] | None,
+    report_to: str,
 ) -> StudyOutcome:
     ctx = _context(Path(out), C.get_study_preset(preset), corpus, data_path,
                    scratch_overrides or {}, finetune_overrides or {}, force, progress,
                    prompts)  # fmt: skip
+    ctx.report_to = report_to
     stages_path = ctx.run.ensure() / RunDir.STAGES
     if force:
         stages_path.unlink(missing_ok=True)

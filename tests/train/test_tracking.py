@@ -1,0 +1,133 @@
+"""``--report-to``: each tracker, read back with its own reader, holds what metrics.jsonl holds.
+Everything offline: TensorBoard event files, trackio's local SQLite store, wandb offline."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import pytest
+
+from nanobard.cli import main
+from nanobard.records import EvalRow
+from nanobard.train.tracking import Tracker, row_scalars
+from tests.fixtures import tensorboard_scalars
+
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16",
+        "--batch-size", "4", "--max-steps", "6", "--eval-interval", "3", "--eval-iters", "1",
+        "--sample-tokens", "0", "--no-progress"]  # fmt: skip
+
+
+def train_cli(tiny_file, out, *extra):
+    return main(["-q", "train", "--data", str(tiny_file), "--out", str(out), *TINY, *extra])
+
+
+def metric_rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def expected(rows):
+    """tag -> [(step, value)] as metrics.jsonl has them."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for row in rows:
+        for tag, value in row_scalars(EvalRow.from_dict(row)).items():
+            out.setdefault(tag, []).append((row["step"], value))
+    return out
+
+
+def assert_same(logged, rows):
+    want = expected(rows)
+    assert set(want) >= {"val_loss", "train_loss", "lr", "tokens", "elapsed_s"}, want.keys()
+    assert set(logged) >= set(want), (logged.keys(), want.keys())
+    for tag, points in want.items():
+        got = logged[tag]
+        assert [s for s, _ in got] == [s for s, _ in points], tag
+        for (_, g), (_, w) in zip(got, points, strict=True):  # TensorBoard keeps float32
+            assert math.isclose(g, w, rel_tol=1e-6, abs_tol=1e-12), (tag, g, w)
+
+
+def test_tensorboard_event_files_hold_the_metrics_file(tiny_file, tmp_path, capsys):
+    out = tmp_path / "lr-3e-3"
+    assert train_cli(tiny_file, out, "--report-to", "tensorboard") == 0
+    assert "tensorboard --logdir" in capsys.readouterr().out  # where to look, said once
+    rows = metric_rows(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 3, 6]
+    assert_same(tensorboard_scalars(out / "tensorboard" / "scratch"), rows)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("trackio") is None, reason="trackio not installed")
+def test_trackio_local_store_holds_the_metrics_file(tiny_file, tmp_path):
+    from trackio.sqlite_storage import SQLiteStorage
+
+    out = tmp_path / "trackio-run-of-this-test"
+    assert train_cli(tiny_file, out, "--report-to", "trackio") == 0
+    assert str(SQLiteStorage.get_project_db_path("nanobard")).startswith(str(tmp_path.parent))
+    logs = SQLiteStorage.get_logs("nanobard", out.name)
+    logged: dict[str, list[tuple[int, float]]] = {}
+    for entry in logs:
+        for tag, value in entry.items():
+            if tag not in ("step", "timestamp"):
+                logged.setdefault(tag, []).append((entry["step"], value))
+    assert_same(logged, metric_rows(out / "metrics.jsonl"))
+
+
+def test_wandb_runs_offline_unless_logged_in(tiny_file, tmp_path, monkeypatch):
+    for var in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "netrc").write_text("")
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # nobody logged in
+    from nanobard.train.tracking import wandb_logged_in
+
+    assert not wandb_logged_in()
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert wandb_logged_in()
+    monkeypatch.delenv("WANDB_API_KEY")
+    out = tmp_path / "w"
+    assert train_cli(tiny_file, out, "--report-to", "wandb") == 0
+    (run,) = (out / "wandb").glob("offline-run-*")  # offline, in the run folder
+    # wandb has no public reader for its offline log; its history items carry each value as JSON
+    log = next(run.glob("*.wandb")).read_bytes()
+    for row in metric_rows(out / "metrics.jsonl"):
+        assert json.dumps(row["val_loss"]).encode() in log, row
+
+
+def test_a_missing_tracker_is_one_line_before_anything_runs(tiny_file, tmp_path, capsys,
+                                                            monkeypatch):  # fmt: skip
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "trackio" else real(name, *a)
+    )
+    assert train_cli(tiny_file, tmp_path / "never", "--report-to", "trackio") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "nanobard: error: --report-to trackio needs the trackio package: pip install "
+        "'nanobard[trackio]' (or pip install trackio), or leave --report-to out"
+    ]
+    assert not (tmp_path / "never").exists()
+
+
+def test_row_scalars_flatten_head_scores_and_skip_what_is_not_a_number():
+    row = EvalRow(step=5, tokens=10, val_loss=1.5, lr=None,
+                  heads={"induction": [[0.1, 0.2], [0.3, 0.4]]})  # fmt: skip
+    assert row_scalars(row) == {
+        "tokens": 10.0,
+        "val_loss": 1.5,
+        "elapsed_s": 0.0,
+        "heads/induction/L0H0": 0.1,
+        "heads/induction/L0H1": 0.2,
+        "heads/induction/L1H0": 0.3,
+        "heads/induction/L1H1": 0.4,
+    }
+
+    class Keep(Tracker):
+        def __init__(self):
+            self.seen = []
+
+        def _log(self, scalars, step):
+            self.seen.append((step, scalars))
+
+    t = Keep()
+    t.log({"a": 1.0, "b": math.nan, "c": math.inf}, 3)
+    t.log({"d": math.nan}, 4)  # nothing finite: nothing logged
+    assert t.seen == [(3, {"a": 1.0})]
