@@ -16,6 +16,7 @@ import sys
 from nanobard.cli import (
     attention,
     bench,
+    compare,
     evaluate,
     export,
     finetune,
@@ -29,7 +30,19 @@ from nanobard.cli.common import Parser
 from nanobard.errors import NanobardError
 from nanobard.files import DISK_ERRNOS
 
-COMMANDS = (train, generate, finetune, evaluate, run, attention, patch, serve, export, bench)
+COMMANDS = (
+    train,
+    generate,
+    finetune,
+    evaluate,
+    compare,
+    run,
+    attention,
+    patch,
+    serve,
+    export,
+    bench,
+)
 _OS_USER_ERRORS = (
     FileNotFoundError,
     PermissionError,
