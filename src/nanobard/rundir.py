@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import socket
 import time
 from collections.abc import Iterator
@@ -20,6 +21,19 @@ from nanobard.records import EvalRow, Record, TornRecord
 
 logger = logging.getLogger(__name__)
 _HELD: dict[Path, int] = {}  # run folders this process holds the lock of, with a nesting count
+_COMMAND: list[str | None] = [None]  # the command line this process runs, set by the CLI
+
+
+def set_command(argv: list[str]) -> None:
+    """Record the command line (``nanobard`` and its arguments) that this process runs; the
+    run folders and model cards it writes quote it (``command_line``)."""
+    _COMMAND[0] = shlex.join(["nanobard", *argv])
+
+
+def command_line() -> str | None:
+    """The ``nanobard ...`` command this process runs, exactly as typed; None when nanobard is
+    used from Python."""
+    return _COMMAND[0]
 
 
 class RunFolderBusy(NanobardError):

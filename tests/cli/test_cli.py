@@ -2,6 +2,7 @@
 exit, no traceback and no existing file damaged. Most cases call ``main([...])`` in this process."""
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -399,3 +400,89 @@ def test_no_progress_silences_hugging_face_bars_too(monkeypatch, tmp_path):
     monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)  # restored after the test
     assert main(["train", "--data", str(tmp_path / "missing.txt"), *TINY]) != 0
     assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+
+
+def test_export_card_quotes_how_the_model_was_made(trained, tmp_path):
+    out = tmp_path / "hf"
+    assert main(["export", str(trained / "run"), "--out", str(out)]) == 0
+    card = (out / "README.md").read_text()
+    assert "| trained with | `nanobard -q train --data " in card, card
+    assert f"| exported with | `nanobard export {trained / 'run'} --out {out}` |" in card
+    assert "| training | 4 steps, " in card and "bits per character) at step" in card
+    assert (out / "generation_config.json").exists()
+
+
+class FakeHub:
+    """A Hugging Face Hub on 127.0.0.1 that records each request: it creates the repo, then
+    refuses the upload (the test goes as far as the request, never to the network)."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        self.requests = []
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else b""
+                hub.requests.append((self.command, self.path, dict(self.headers), body))
+                if self.path == "/api/repos/create":
+                    status, reply = 200, {"url": f"{hub.url}/someone/tiny-char-gpt"}
+                else:
+                    status, reply = 403, {"error": "fake hub: uploads refused"}
+                data = json.dumps(reply).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = _answer
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_push_to_hub_needs_a_login_then_sends_the_request(trained, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_TELEMETRY="1")
+    args = ["-m", "nanobard", "export", str(trained / "run"), "--push-to-hub",
+            "someone/tiny-char-gpt"]  # fmt: skip
+
+    def push(out, **extra):
+        return subprocess.run([sys.executable, *args, "--out", str(out)], capture_output=True,
+                              text=True, timeout=120, env={**env, **extra})  # fmt: skip
+
+    r = push(tmp_path / "no_login")  # nobody logged in: one line, nothing exported
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "nanobard: error: --push-to-hub someone/tiny-char-gpt needs a Hugging Face login: run "
+        "`hf auth login` or set HF_TOKEN"
+    ]
+    assert not (tmp_path / "no_login").exists()
+    hub = FakeHub()
+    try:
+        r = push(tmp_path / "pushed", HF_ENDPOINT=hub.url, HF_TOKEN="hf_test_token")
+    finally:
+        hub.close()
+    creates = [q for q in hub.requests if q[1] == "/api/repos/create"]
+    assert len(creates) == 1 and creates[0][0] == "POST", r.stderr
+    method, path, headers, body = creates[0]
+    assert {k.lower(): v for k, v in headers.items()}["authorization"] == "Bearer hf_test_token"
+    sent = json.loads(body)
+    assert sent["name"] == "tiny-char-gpt" and sent["organization"] == "someone", sent
+    assert sent.get("visibility", "public") == "public" and sent.get("type") == "model", sent
+    # then the upload, which this hub refuses: one line, the folder kept
+    assert hub.requests.index(creates[0]) < len(hub.requests) - 1
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("nanobard: error: pushing ") and "failed" in lines[0], lines
+    assert (tmp_path / "pushed" / "model.safetensors").exists()

@@ -29,6 +29,7 @@ from nanobard.cli import (
 from nanobard.cli.common import Parser
 from nanobard.errors import NanobardError
 from nanobard.files import DISK_ERRNOS
+from nanobard.rundir import set_command
 
 COMMANDS = (
     train,
@@ -77,13 +78,15 @@ def _device_of(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    set_command(argv)  # quoted by the run folders and model cards this command writes
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub"):
+    for noisy in ("httpx", "httpx2", "urllib3", "filelock", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if getattr(
         args, "no_progress", False

@@ -27,11 +27,23 @@ def add(sub: argparse._SubParsersAction) -> None:
     e.add_argument(
         "--gguf", action="store_true", help="also write model.gguf (ASCII vocabularies only)"
     )
+    e.add_argument(
+        "--push-to-hub",
+        metavar="REPO",
+        help="then upload the folder to the Hugging Face Hub as REPO (user/name, created when "
+        "missing); needs a login (`hf auth login` or HF_TOKEN)",
+    )
+    e.add_argument("--private", action="store_true", help="with --push-to-hub: a private repo")
     e.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
-    from nanobard.model.export import export_hf
+    from nanobard.model.export import export_hf, hub_token, push_to_hub
 
+    if args.push_to_hub:
+        hub_token(args.push_to_hub)  # not logged in: say so before anything is written
     print(export_hf(args.model, args.out, gguf=args.gguf).summary())
+    if args.push_to_hub:
+        url = push_to_hub(args.out, args.push_to_hub, private=args.private)
+        print(f"pushed to {url}")
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -37,7 +38,7 @@ from nanobard.hardware import (
     resolve_precision,
     scoring_dtype,
 )
-from nanobard.hf.pretrained import Pretrained, hf_generator, load_pretrained
+from nanobard.hf.pretrained import EMBEDDED, Pretrained, hf_generator, load_pretrained
 from nanobard.hf.trainer import (
     checkpoint_corpus,
     complete_checkpoints,
@@ -48,7 +49,7 @@ from nanobard.model.evaluate import Score, score_hf
 from nanobard.model.export import no_shard_bar
 from nanobard.model.sampling import STRATEGIES, TextGenerator, complete_many
 from nanobard.records import EvalRow, Record, TornRecord
-from nanobard.rundir import RunDir
+from nanobard.rundir import RunDir, command_line
 from nanobard.train.schedule import TimeBudget
 from nanobard.train.tracking import Tracker
 
@@ -155,6 +156,7 @@ class FinetunedModelInfo(Record):
     config: FinetuneConfig
     steps: int
     corpus: CorpusId | None = None  # the text it was fine-tuned on
+    command: str | None = None  # the nanobard command that fine-tuned it (None: from Python)
 
 
 def _score_before(
@@ -382,7 +384,9 @@ def _save(
         with files.atomic_folder(final_dir) as tmp, no_shard_bar():
             merged.save_pretrained(tmp)
             pre.tokenizer.save_pretrained(tmp)
-            FinetunedModelInfo(pre.name, cfg, steps, corpus).save(tmp / RunDir.FINETUNED_INFO)
+            FinetunedModelInfo(pre.name, cfg, steps, corpus, command_line()).save(
+                tmp / RunDir.FINETUNED_INFO
+            )
     return merged, final_dir
 
 
@@ -638,5 +642,63 @@ def _finetune(
     logger.info("fine-tuning took %.0f s: %s", res.wall_seconds,
                 ", ".join(f"{k} {v:.1f}" for k, v in res.phases.items()))  # fmt: skip
     if is_main_process():
+        files.write_text(final_dir / "README.md", finetuned_model_card(res, cfg, corpus))
         res.save(run / RunDir.FINETUNE_RESULT)
     return res
+
+
+HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the embedded GGUF's source
+
+
+def finetuned_model_card(res: FinetuneResult, cfg: FinetuneConfig, corpus: CorpusId) -> str:
+    """README.md of ``model_hf_finetuned/``: the base model, how it was fine-tuned, its scores
+    before and after on the same validation text, the command, how to load it."""
+    base = EMBEDDED_HUB_ID if res.model_name == EMBEDDED else res.model_name
+    hub_base = HUB_ID.fullmatch(base) is not None and not Path(base).exists()
+    method = (
+        f"LoRA (rank {cfg.lora_r}, alpha {cfg.lora_alpha}), merged into the weights"
+        if cfg.lora_r > 0
+        else "full fine-tuning (every weight)"
+    )
+    command = command_line() or "`nanobard.hf.finetune.finetune` (Python)"
+    b, a = res.before, res.after
+    prompt = cfg.prompts[0] if cfg.prompts else "ROMEO:\n"
+    chars = corpus.train_chars + corpus.val_chars
+    training = (
+        f"{res.steps:,} steps, {res.tokens:,} tokens, {res.train_seconds:.0f} s, learning rate "
+        f"{cfg.lr:g}, batch {cfg.batch_size} x {cfg.grad_accum} x {cfg.block_size} tokens"
+    )
+    return f"""---
+library_name: transformers
+pipeline_tag: text-generation
+tags: [nanobard, fine-tuned{", lora" if cfg.lora_r > 0 else ""}]
+{f"base_model: {base}" + chr(10) if hub_base else ""}---
+# {base} fine-tuned with nanobard
+
+`{base}` fine-tuned on `{corpus.name}` ({chars:,} characters, SHA-256
+`{corpus.sha256[:12]}...`) with nanobard and the Hugging Face Trainer.
+
+| | |
+|---|---|
+| base model | `{base}` ({res.num_params:,} parameters; {res.reason}) |
+| method | {method}; {res.trainable_params:,} parameters trained |
+| training | {training} |
+| bits per character before | {b.bits_per_char:.4f} (first {b.chars:,} validation characters) |
+| bits per character after | {a.bits_per_char:.4f} (the same characters) |
+| fine-tuned with | `{command}` |
+
+Bits per character divide the total negative log-likelihood by the characters scored, so they
+compare models with different tokenizers (lower is better; the validation text was never trained
+on).
+
+```python
+from transformers import pipeline
+
+pipe = pipeline("text-generation", model="PATH/TO/THIS/FOLDER")
+print(pipe({prompt!r}, max_new_tokens=60, do_sample=True, temperature=0.8)[0]["generated_text"])
+```
+
+`generation_config.json` holds the base model's generation settings; `nanobard.json` records
+what made this folder (the base model, the full configuration, the corpus).
+"""

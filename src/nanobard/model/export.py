@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ from nanobard.data.tokenizer import CharTokenizer
 from nanobard.errors import NanobardError
 from nanobard.model.checkpoint import load_model, resolve_checkpoint
 from nanobard.model.gpt import GPT
+from nanobard.rundir import command_line
 
 if TYPE_CHECKING:
     from transformers import (
@@ -221,7 +223,11 @@ def model_card(
     except json.JSONDecodeError:
         metrics = {}
     val = (
-        f"{metrics['val_loss']:.4f} nats per character" if "val_loss" in metrics else "not recorded"
+        f"{metrics['val_loss']:.4f} nats per character "
+        f"({metrics['val_loss'] / math.log(2):.4f} bits per character) at step "
+        f"{metrics.get('step', '?')}"
+        if "val_loss" in metrics
+        else "not recorded"
     )
     chars = "".join(tok.chars).encode("unicode_escape").decode("ascii")
     prompt = (
@@ -257,7 +263,8 @@ as a Hugging Face `GPT2LMHeadModel`. It reads and writes **one character per tok
 | context (`n_positions`) | {c.block_size} characters |
 | vocabulary | {tok.vocab_size} characters: `{chars}` |
 | positions | {positions} |
-| validation loss at export | {val} |
+| validation loss of this checkpoint | {val} |
+{training_rows(ckpt_path)}
 
 ```python
 from transformers import pipeline
@@ -296,6 +303,39 @@ def no_shard_bar() -> Iterator[None]:
     finally:
         if was:
             hf_logging.enable_progress_bar()
+
+
+def training_rows(ckpt_path: Path) -> str:
+    """Model-card table rows about how the checkpoint was made and exported, from its run
+    folder's records where they are beside it (a checkpoint copied elsewhere has fewer)."""
+    run = ckpt_path.parent
+    rows = []
+    config: dict[str, Any] = {}
+    for name in ("config_scratch.json", "config.json"):  # a study's own, or a train run's
+        try:
+            data = json.loads((run / name).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict) and "train" in data and "model" in data:
+            config = data
+            break
+    try:
+        result = json.loads((run / "train_result.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        result = {}
+    if config.get("corpus"):
+        rows.append(f"| corpus | {config['corpus']} ({config.get('n_train_chars', 0):,} training "
+                    f"characters) |")  # fmt: skip
+    if result:
+        rows.append(f"| training | {result['steps']:,} steps, {result['tokens']:,} characters, "
+                    f"{result['elapsed_s']:.0f} s on {config.get('device', '?')} (stopped by "
+                    f"{result['stopped']}) |")  # fmt: skip
+    if config.get("command"):
+        rows.append(f"| trained with | `{config['command']}` |")
+    exported = command_line()
+    rows.append(f"| exported with | `{exported}` |" if exported else "| exported with | "
+                "`nanobard.model.export.export_hf` (Python) |")  # fmt: skip
+    return "\n".join(rows)
 
 
 def _check_out_dir(out: Path, ckpt_path: Path) -> None:
@@ -358,6 +398,61 @@ def export_hf(
         gguf_file=out / GGUF_NAME if gguf else None,
     )
     return result  # the caller says what was written (the CLI prints result.summary() once)
+
+
+class PushFailed(NanobardError):
+    """The Hub refused or could not be reached; the exported folder is kept."""
+
+    exit_code = 1
+
+
+def hub_token(repo_id: str) -> str:
+    """The user's Hugging Face token; ``PushFailed`` (one line: how to log in) without one."""
+    import huggingface_hub
+
+    token = huggingface_hub.get_token()
+    if not token:
+        raise PushFailed(
+            f"--push-to-hub {repo_id} needs a Hugging Face login: run `hf auth login` or set "
+            "HF_TOKEN"
+        )
+    return token
+
+
+def push_to_hub(folder: str | os.PathLike, repo_id: str, *, private: bool = False) -> str:
+    """Upload an exported (or fine-tuned) model folder to the Hugging Face Hub as ``repo_id``
+    (created when missing) with ``huggingface_hub``; returns the repository's URL. Needs a login
+    (``hf auth login`` or ``HF_TOKEN``): without one, or when the Hub refuses or cannot be
+    reached, raises ``PushFailed`` in one line and leaves the folder as it is."""
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+
+    api = huggingface_hub.HfApi(token=hub_token(repo_id))
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        api.upload_folder(repo_id=repo_id, folder_path=Path(folder), repo_type="model",
+                          commit_message=f"Upload {Path(folder).name} from nanobard")  # fmt: skip
+    except HFValidationError as e:
+        raise PushFailed(f"--push-to-hub {repo_id}: {str(e).splitlines()[0]}") from None
+    except Exception as e:
+        if not isinstance(e, HfHubHTTPError | OSError) and not _network_error(e):
+            raise  # a bug: keep its traceback
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise PushFailed(
+            f"pushing {folder} to the Hub as {repo_id} failed: {first}; the folder is kept, "
+            "try again with the same command"
+        ) from None
+    return str(url)
+
+
+def _network_error(e: BaseException) -> bool:
+    """An error of the HTTP stack under huggingface_hub (httpx, httpcore, requests, urllib3:
+    which one depends on its version): no connection, a timeout, a refused TLS handshake."""
+    return any(
+        c.__module__.split(".")[0].rstrip("0123456789")
+        in ("httpx", "httpcore", "requests", "urllib3")
+        for c in type(e).__mro__
+    )
 
 
 def _mark_tokenizer_class(path: Path) -> None:

@@ -115,7 +115,7 @@ def _config(folder: Path, track: str) -> dict[str, Any]:
             if "corpus" in data:
                 sections["corpus"] = data["corpus"]
         else:
-            sections = {"finetune": data.get("cfg", {})}
+            sections = {"finetune": data.get("config", {})}
         flat = _flatten(sections)
         return {k: v for k, v in flat.items() if k.split(".")[-1] not in _IGNORED}
     return {}

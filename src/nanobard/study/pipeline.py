@@ -57,7 +57,7 @@ from nanobard.interp.patching import (
 from nanobard.model.checkpoint import atomic_save, load_model
 from nanobard.model.evaluate import score_scratch
 from nanobard.records import TornRecord
-from nanobard.rundir import RunDir
+from nanobard.rundir import RunDir, command_line
 from nanobard.study import figures
 from nanobard.study.records import (
     AttentionStudy,
@@ -164,7 +164,9 @@ def corpus_stage(ctx: Context) -> CorpusInfo:
     scratch = ScratchConfig(ctx.model_cfg, ctx.train_cfg)
     finetune = C.resolve(ctx.ft_cfg, {"prompts": tuple(prompts)})  # what finetune_stage runs with
     corpus = ctx.data_path or ctx.corpus_name
-    ctx.run.write_config(StudyConfig(ctx.preset.name, corpus, scratch, finetune, prompts, text))
+    ctx.run.write_config(
+        StudyConfig(ctx.preset.name, corpus, scratch, finetune, prompts, text, command_line())
+    )
     n = len(ctx.score_text())
     return CorpusInfo(c.name, len(c.train), len(c.val), n, c.tokenizer.vocab_size, prompts, text,
                       c.sha256)  # fmt: skip

@@ -33,6 +33,7 @@ class StudyConfig(Record):
     finetune: FinetuneConfig
     prompts: list[str]
     attention_text: str
+    command: str | None = None  # the nanobard command that ran it (None: from Python)
 
 
 @dataclass

@@ -46,7 +46,7 @@ from nanobard.model.checkpoint import (
 )
 from nanobard.model.gpt import GPT
 from nanobard.records import EvalRow, Record
-from nanobard.rundir import RunDir
+from nanobard.rundir import RunDir, command_line
 from nanobard.train import distributed
 from nanobard.train.optim import Optimizer, make_optimizer
 from nanobard.train.schedule import STOP_REASONS, TimeBudget, lr_at, step_budget
@@ -302,6 +302,7 @@ class TrainRunConfig(Record):
     step_budget: int | None  # None: sized from the measured speed (a time-only budget)
     budget: str  # what ends the run: steps, epochs or time
     processes: int
+    command: str | None = None  # the nanobard command that ran it (None: from Python)
 
 
 def _write_config(
@@ -316,7 +317,8 @@ def _write_config(
     precision = str(resolve_precision(cfg.dtype, s.device)).removeprefix("torch.")
     record = TrainRunConfig(s.model.config, cfg, s.corpus.name, len(s.corpus.train),
                             len(s.corpus.val), precision, s.model.num_params(), str(s.device),
-                            torch.__version__, budget[0], budget[1], s.dd.world)  # fmt: skip
+                            torch.__version__, budget[0], budget[1], s.dd.world,
+                            command_line())  # fmt: skip
     s.run.write_config(record, config_name)
     logger.info(
         "model: %s parameters on %s; %s training tokens",
