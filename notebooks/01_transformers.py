@@ -15,6 +15,8 @@
 # %% [markdown]
 # # 1. Transformers, piece by piece
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/nanobard/nanobard/blob/main/notebooks/01_transformers.ipynb)
+#
 # This notebook takes apart the model that nanobard trains from scratch: how text becomes vectors,
 # how attention mixes them, why a GPT has several attention heads, and what the causal mask does
 # (and what goes wrong without it). Every step calls the package — `src/nanobard/model/gpt.py` is
@@ -31,6 +33,36 @@
 # About 1-2 minutes on a 2-core CPU. With `NANOBARD_NOTEBOOK_TINY=1` every size shrinks and the
 # whole notebook runs in about a minute (the test suite runs it that way). Everything it writes goes
 # to `runs/notebooks/01_transformers/`, relative to the working directory.
+
+# %%
+# Setup for Colab or any fresh Python: installs nanobard when it is missing (nothing otherwise)
+import importlib.metadata
+import importlib.util
+import subprocess
+import sys
+
+
+def _installed(dist: str) -> bool:
+    try:
+        importlib.metadata.distribution(dist)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def _pip(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args], check=True)
+
+
+if importlib.util.find_spec("nanobard") is None:
+    _pip("nanobard @ git+https://github.com/nanobard/nanobard@main")
+
+from nanobard.hardware import pick_device
+
+DEVICE = pick_device("auto")  # a GPU when there is one (CUDA, then Apple MPS), else the CPU
+print(f"nanobard runs on {DEVICE}")
+if DEVICE.type == "cpu" and "google.colab" in sys.modules:
+    print("for a GPU: Runtime > Change runtime type > T4 GPU, then run this cell again")
 
 # %%
 import dataclasses

