@@ -20,8 +20,12 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(BIN)/nanobard run $(ARGS)
 
+# Tests run in parallel (pytest-xdist: one worker per core, at most 4, a test file per worker),
+# each worker's torch on one thread: on 2 cores that takes 3 minutes instead of 5 (two workers with
+# two threads each fight over the cores). ARGS="-n 0" runs them in one process.
+TEST_WORKERS ?= auto --maxprocesses 4
 test: lint chromium
-	$(BIN)/python -m pytest $(ARGS)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 # The report's browser test uses Debian's headless Chromium. Installed when we can (root + apt);
 # otherwise that one test is skipped and says why.

@@ -184,7 +184,7 @@ del pre, gen  # each experiment below loads its own copy (fine-tuning changes a 
 
 # %%
 if TINY:
-    FRACTIONS, BUDGET_S = (0.5, 1.0), 4.0
+    FRACTIONS, BUDGET_S = (0.5, 1.0), 1.5
     SCRATCH = dict(
         n_layer=2, n_head=4, n_embd=64, block_size=64, batch_size=8, eval_iters=2, warmup_steps=2
     )

@@ -24,10 +24,11 @@ _HELD: dict[Path, int] = {}  # run folders this process holds the lock of, with 
 _COMMAND: list[str | None] = [None]  # the command line this process runs, set by the CLI
 
 
-def set_command(argv: list[str]) -> None:
-    """Record the command line (``nanobard`` and its arguments) that this process runs; the
-    run folders and model cards it writes quote it (``command_line``)."""
-    _COMMAND[0] = shlex.join(["nanobard", *argv])
+def set_command(argv: list[str] | None) -> None:
+    """Record the command line (``nanobard`` and its arguments) that this process runs, or
+    forget it (None: the command ended); the run folders and model cards it writes meanwhile
+    quote it (``command_line``)."""
+    _COMMAND[0] = None if argv is None else shlex.join(["nanobard", *argv])
 
 
 def command_line() -> str | None:

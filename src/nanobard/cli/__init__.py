@@ -81,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     set_command(argv)  # quoted by the run folders and model cards this command writes
+    try:
+        return _run(args)
+    finally:
+        set_command(None)  # a later call from Python is not this command
+
+
+def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(message)s",
