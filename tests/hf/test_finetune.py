@@ -16,6 +16,7 @@ from tests.fixtures import CPU_OOM, build_tiny_hf_model
 
 class Recording(Tracker):
     def __init__(self):
+        super().__init__("finetune")
         self.seen = []
 
     def _log(self, scalars, step):
@@ -64,9 +65,12 @@ def test_finetune_end_to_end_loss_falls_and_folder_reloads(tiny_model, tmp_path)
     assert rows[0]["step"] == 0 and rows[-1]["val_loss"] < rows[0]["val_loss"]
     assert {"step", "tokens", "train_loss", "val_loss", "lr", "elapsed_s"} <= rows[-1].keys()
     # --report-to: the tracker got every row of the metrics file, and the Trainer's own logs
-    rows_logged = [(step, s) for step, s in tracker.seen if "val_loss" in s]
-    assert rows_logged == [(r["step"], row_scalars(EvalRow.from_dict(r))) for r in rows]
-    trainer_logged = [step for step, s in tracker.seen if "train/loss" in s]
+    rows_logged = [(step, s) for step, s in tracker.seen if "finetune/val_loss" in s]
+    assert rows_logged == [
+        (r["step"], {f"finetune/{k}": v for k, v in row_scalars(EvalRow.from_dict(r)).items()})
+        for r in rows
+    ]
+    trainer_logged = [step for step, s in tracker.seen if "finetune/trainer/loss" in s]
     assert trainer_logged == list(range(10, 41, 10)), tracker.seen
     assert {(s.model, s.strategy) for s in res.samples} >= {
         ("before", "greedy"),

@@ -36,6 +36,7 @@ def test_a_sweep_is_one_table_naming_what_differs_and_one_figure(sweep, tmp_path
         assert r.steps == 20 and [h.step for h in r.history] == [0, 10, 20]
         assert r.best_val_loss == min(h.val_loss for h in rows)
         assert r.bits_per_char == pytest.approx(r.best_val_loss / math.log(2))
+        assert r.bits_on == "val batches"  # a plain run was never scored on the text
         assert r.finished and r.unit == "nats/char"
         line = next(ln for ln in out.splitlines() if ln.startswith(r.name + " "))
         assert f"train.lr={lr:g}" in line and f"{r.best_val_loss:.4f}" in line
@@ -45,21 +46,30 @@ def test_a_sweep_is_one_table_naming_what_differs_and_one_figure(sweep, tmp_path
 
 def test_a_study_gives_both_tracks_and_a_run_still_going_says_so(study, sweep, tmp_path):
     out, outcome, _ = study
-    going = tmp_path / "going"
+    going, tuning = tmp_path / "going", tmp_path / "tuning"
     going.mkdir()
+    tuning.mkdir()
     (going / RunDir.METRICS).write_text((sweep / "lr-0.001" / RunDir.METRICS).read_text())
-    res = compare_runs([out, going])
+    # a fine-tuning still running: its metrics so far, no configuration written yet
+    (tuning / RunDir.METRICS_HF).write_text((out / RunDir.METRICS_HF).read_text())
+    res = compare_runs([out, going, tuning])
     assert [(r.name, r.track) for r in res.runs] == [
         (f"{out.name}/scratch", "scratch"),
         (f"{out.name}/finetune", "finetune"),
         ("going", "scratch"),
+        ("tuning", "finetune"),
     ]
     ft = res.runs[1]
-    assert ft.unit == "nats/token" and ft.differs == {}  # alone in its track
+    assert ft.unit == "nats/token" and ft.config["finetune.lora_r"] == 8  # the study's section
+    assert ft.differs == {} and res.runs[3].differs == {}  # no config to differ from
     assert ft.bits_per_char == pytest.approx(outcome.state.finetune.after.bits_per_char)
-    assert not res.runs[2].finished and "(still running)" in res.table().splitlines()[3]
-    # the study's from-scratch config against a plain run's: the model sizes differ
-    assert "model.n_embd" in res.runs[0].differs and res.figure is None
+    # the study's from-scratch model was scored on the validation text: that score, not a batch's
+    assert res.runs[0].bits_on == "val text"
+    assert res.runs[0].bits_per_char == pytest.approx(outcome.headline.scratch.bits_per_char)
+    lines = res.table().splitlines()
+    assert not res.runs[2].finished and "(still running)" in lines[3]
+    assert res.runs[3].bits_per_char is None and "(still running)" in lines[4]
+    assert res.runs[0].differs == {} and res.figure is None  # "going" has no config to differ
 
 
 def test_a_folder_that_is_no_run_is_one_line(tmp_path, capsys):
@@ -69,4 +79,6 @@ def test_a_folder_that_is_no_run_is_one_line(tmp_path, capsys):
     assert len(err) == 1 and "has no metrics.jsonl or metrics_hf.jsonl" in err[0]
     with pytest.raises(NotARun, match="is not a folder"):
         compare_runs([tmp_path / "missing"])
+    assert main(["compare", str(tmp_path / "empty"), "--out", str(tmp_path / "x.json")]) == 2
+    assert "ending in one of them" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()

@@ -69,9 +69,11 @@ def test_report_to_logs_both_training_stages_with_the_head_scores(study):
         rows = [EvalRow.from_dict(json.loads(line)) for line in lines]
         for row in rows:
             for tag, value in row_scalars(row).items():
-                assert (row.step, pytest.approx(value, rel=1e-6)) in logged[tag], (track, tag)
-    heads = [t for t in tensorboard_scalars(out / "tensorboard/scratch") if t.startswith("heads/")]
-    assert "heads/induction/L1H3" in heads and len(heads) >= 2 * 4 * 2, heads
+                points = logged[f"{track}/{tag}"]  # each unit under its own track
+                assert (row.step, pytest.approx(value, rel=1e-6)) in points, (track, tag)
+    scratch = tensorboard_scalars(out / "tensorboard/scratch")
+    heads = [t for t in scratch if t.startswith("scratch/heads/")]
+    assert "scratch/heads/induction/L1H3" in heads and len(heads) >= 2 * 4 * 2, heads
 
 
 def test_interpretability_is_recorded_for_both_models(study):

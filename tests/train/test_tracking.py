@@ -27,18 +27,19 @@ def metric_rows(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def expected(rows):
-    """tag -> [(step, value)] as metrics.jsonl has them."""
+def expected(rows, track="scratch"):
+    """tag -> [(step, value)] as metrics.jsonl has them, under the track's prefix."""
     out: dict[str, list[tuple[int, float]]] = {}
     for row in rows:
         for tag, value in row_scalars(EvalRow.from_dict(row)).items():
-            out.setdefault(tag, []).append((row["step"], value))
+            out.setdefault(f"{track}/{tag}", []).append((row["step"], value))
     return out
 
 
 def assert_same(logged, rows):
     want = expected(rows)
-    assert set(want) >= {"val_loss", "train_loss", "lr", "tokens", "elapsed_s"}, want.keys()
+    names = {"val_loss", "train_loss", "lr", "tokens", "elapsed_s"}
+    assert set(want) >= {f"scratch/{n}" for n in names}, want.keys()
     assert set(logged) >= set(want), (logged.keys(), want.keys())
     for tag, points in want.items():
         got = logged[tag]
@@ -56,6 +57,38 @@ def test_tensorboard_event_files_hold_the_metrics_file(tiny_file, tmp_path, caps
     assert_same(tensorboard_scalars(out / "tensorboard" / "scratch"), rows)
 
 
+def test_a_resumed_run_continues_its_curves_and_a_fresh_one_replaces_them(tiny_file, tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    out = tmp_path / "run"
+
+    def steps():
+        logged = tensorboard_scalars(out / "tensorboard/scratch")
+        return [s for s, _ in logged["scratch/val_loss"]]
+
+    assert train_cli(tiny_file, out, "--report-to", "tensorboard") == 0
+    assert steps() == [0, 3, 6]
+    # a session killed after its checkpoint at 6 had logged a point past it: the resume purges it
+    with SummaryWriter(str(out / "tensorboard/scratch")) as w:
+        w.add_scalar("scratch/val_loss", 99.0, 9)
+    resumed = ["--report-to", "tensorboard", "--resume", "--max-steps", "9"]
+    assert train_cli(tiny_file, out, *resumed) == 0
+    assert steps() == [0, 3, 6, 9]
+    logged = tensorboard_scalars(out / "tensorboard/scratch")
+    assert_same(logged, metric_rows(out / "metrics.jsonl"))
+    assert train_cli(tiny_file, out, "--report-to", "tensorboard") == 0  # fresh: replaced
+    assert steps() == [0, 3, 6]
+
+
+def test_only_the_main_process_reports(tmp_path, monkeypatch):
+    from nanobard.train.tracking import tracking
+
+    monkeypatch.setenv("RANK", "1")  # a torchrun worker
+    with tracking("tensorboard", tmp_path / "run", "scratch") as t:
+        t.log({"val_loss": 1.0}, 0)
+    assert t.kind == "none" and not (tmp_path / "run").exists()
+
+
 @pytest.mark.skipif(importlib.util.find_spec("trackio") is None, reason="trackio not installed")
 def test_trackio_local_store_holds_the_metrics_file(tiny_file, tmp_path):
     from trackio.sqlite_storage import SQLiteStorage
@@ -70,6 +103,21 @@ def test_trackio_local_store_holds_the_metrics_file(tiny_file, tmp_path):
             if tag not in ("step", "timestamp"):
                 logged.setdefault(tag, []).append((entry["step"], value))
     assert_same(logged, metric_rows(out / "metrics.jsonl"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("trackio") is None, reason="trackio not installed")
+def test_trackio_groups_the_runs_of_a_study_and_keeps_their_config(tmp_path):
+    from trackio.sqlite_storage import SQLiteStorage
+
+    from nanobard.train.tracking import tracking
+
+    for track in ("scratch", "finetune"):
+        with tracking("trackio", tmp_path / "study-7", track, group="study-7",
+                      config={"train.lr": 0.01}) as t:  # fmt: skip
+            t.log({"val_loss": 1.0}, 0)
+    for track in ("scratch", "finetune"):
+        config = SQLiteStorage.get_run_config("nanobard", f"study-7/{track}")
+        assert config["_Group"] == "study-7" and config["train.lr"] == 0.01, config
 
 
 def test_wandb_runs_offline_unless_logged_in(tiny_file, tmp_path, monkeypatch):
@@ -90,15 +138,22 @@ def test_wandb_runs_offline_unless_logged_in(tiny_file, tmp_path, monkeypatch):
     log = next(run.glob("*.wandb")).read_bytes()
     for row in metric_rows(out / "metrics.jsonl"):
         assert json.dumps(row["val_loss"]).encode() in log, row
+    # a resume continues the same wandb run (offline: a second folder with the same run id)
+    assert train_cli(tiny_file, out, "--report-to", "wandb", "--resume", "--max-steps", "9") == 0
+    ids = {p.name.rsplit("-", 1)[-1] for p in (out / "wandb").glob("offline-run-*")}
+    assert len(list((out / "wandb").glob("offline-run-*"))) == 2 and len(ids) == 1, ids
 
 
-def test_a_missing_tracker_is_one_line_before_anything_runs(tiny_file, tmp_path, capsys,
+@pytest.mark.parametrize("command", ["train", "finetune", "run"])
+def test_a_missing_tracker_is_one_line_before_anything_runs(command, tiny_file, tmp_path, capsys,
                                                             monkeypatch):  # fmt: skip
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "trackio" else real(name, *a)
     )
-    assert train_cli(tiny_file, tmp_path / "never", "--report-to", "trackio") == 2
+    argv = [command, "--data", str(tiny_file), "--out", str(tmp_path / "never"), "--report-to",
+            "trackio", "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         "nanobard: error: --report-to trackio needs the trackio package: pip install "
@@ -122,12 +177,17 @@ def test_row_scalars_flatten_head_scores_and_skip_what_is_not_a_number():
 
     class Keep(Tracker):
         def __init__(self):
+            super().__init__("scratch")
             self.seen = []
+
+        def _start(self, first_step):
+            self.seen.append(("started at", first_step))
 
         def _log(self, scalars, step):
             self.seen.append((step, scalars))
 
     t = Keep()
+    t.log({"d": math.nan}, 2)  # nothing finite: nothing logged, nothing started
     t.log({"a": 1.0, "b": math.nan, "c": math.inf}, 3)
-    t.log({"d": math.nan}, 4)  # nothing finite: nothing logged
-    assert t.seen == [(3, {"a": 1.0})]
+    t.log({"a": 0.5}, 4)
+    assert t.seen == [("started at", 3), (3, {"scratch/a": 1.0}), (4, {"scratch/a": 0.5})]

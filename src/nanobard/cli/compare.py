@@ -16,7 +16,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         "per character, naming the configuration values that differ between the runs. Also "
         "writes the table as JSON beside the figure.",
     )
-    c.add_argument("runs", nargs="+", metavar="RUN", help="run folders (two or more to compare)")
+    c.add_argument("runs", nargs="+", metavar="RUN", help="run folders (one or more)")
     c.add_argument(
         "--out",
         metavar="FILE",
@@ -36,8 +36,9 @@ def handle(args: argparse.Namespace) -> int:
     res.save(out.with_suffix(".json"))
     print(res.table())
     print(
-        "\nbits/char: from scratch, the best validation loss in bits (its loss is per "
-        "character); fine-tuned, the score on the validation text after fine-tuning"
+        "\nbits/char on 'val text': the model scored on the validation text (a finished study or "
+        "fine-tuning); on 'val batches': a from-scratch run's best evaluation in bits (its "
+        "fixed validation batches)"
     )
     print(f"figure: {res.figure}; table: {out.with_suffix('.json')}")
     return 0

@@ -39,12 +39,13 @@ def handle(args: argparse.Namespace) -> int:
 
     cfg = C.resolve(C.FinetuneConfig(), overrides(args, C.FinetuneConfig))
     out = run_folder(args, "finetune")
+    data = load_tokens(args.corpus, args.data)  # a missing file fails before any tracker starts
     with tracking(
         args.report_to, out, "finetune", config=flat_config(cfg), resume=args.resume
     ) as tracker:
         res = finetune(
             cfg,
-            load_tokens(args.corpus, args.data),
+            data,
             out,
             resume=args.resume,
             progress=not args.no_progress,

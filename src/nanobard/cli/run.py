@@ -138,5 +138,7 @@ def handle(args: argparse.Namespace) -> int:
         print(f"\ncurves: tensorboard --logdir {out.parent}")
     elif args.report_to == "trackio":
         print('\ncurves: trackio show --project "nanobard"')
+    elif args.report_to == "wandb":
+        print(f"\ncurves: wandb (offline runs in {out / 'wandb'}; `wandb sync` uploads them)")
     print(f"\nto type your own text and watch all three models respond: nanobard serve {out}")
     return 0

@@ -666,8 +666,8 @@ def finetuned_model_card(res: FinetuneResult, cfg: FinetuneConfig, corpus: Corpu
     prompt = cfg.prompts[0] if cfg.prompts else "ROMEO:\n"
     chars = corpus.train_chars + corpus.val_chars
     training = (
-        f"{res.steps:,} steps, {res.tokens:,} tokens, {res.train_seconds:.0f} s, learning rate "
-        f"{cfg.lr:g}, batch {cfg.batch_size} x {cfg.grad_accum} x {cfg.block_size} tokens"
+        f"{res.steps:,} steps, {res.tokens:,} tokens ({res.tokens // max(1, res.steps):,} a "
+        f"step), {res.train_seconds:.0f} s, learning rate {cfg.lr:g}"
     )
     return f"""---
 library_name: transformers

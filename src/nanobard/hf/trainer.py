@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 # ``chunked_lm_loss`` computes the same loss as the model itself for these (see the constant)
 CHUNKED_LOSS_MODELS = HEAD_ON_HIDDEN_MODELS
-# the Trainer's logs a tracker gets (as ``train/<name>``, the names transformers' own use)
+# the Trainer's logs a tracker gets, as ``trainer/<name>`` (under the track's prefix)
 TRAINER_SCALARS = ("loss", "grad_norm", "learning_rate")
 
 
@@ -190,7 +190,7 @@ def metrics_callback(
     ``budget`` sized, or when ``max_time`` seconds have passed, whichever comes first. Returns a
     ``TrainerCallback`` whose ``rows`` are the evaluations (Any: its class is made here, where
     transformers is imported, so no annotation can name it). ``tracker`` gets each evaluation's
-    row and the Trainer's own logs (``TRAINER_SCALARS`` as ``train/<name>``)."""
+    row and the Trainer's own logs (``TRAINER_SCALARS`` as ``trainer/<name>``)."""
     from transformers import TrainerCallback
 
     if budget is not None:  # the budget counts from where the caller's clock does
@@ -206,7 +206,7 @@ def metrics_callback(
                 if logs and k in logs:
                     self.last[k] = logs[k]
             if tracker is not None and logs and state.is_world_process_zero:
-                logged = {f"train/{k}": logs[k] for k in TRAINER_SCALARS if k in logs}
+                logged = {f"trainer/{k}": logs[k] for k in TRAINER_SCALARS if k in logs}
                 tracker.log(logged, state.global_step)
 
         def on_evaluate(self, args, state, control, metrics=None, lr_scheduler=None, **kw):

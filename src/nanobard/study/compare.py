@@ -27,7 +27,12 @@ from nanobard.rundir import RunDir
 TRACKS = {
     # track: (metrics file, loss unit, the configuration files to read, first found wins)
     "scratch": (RunDir.METRICS, "nats/char", (RunDir.CONFIG_SCRATCH, RunDir.CONFIG)),
-    "finetune": (RunDir.METRICS_HF, "nats/token", (f"{RunDir.FINETUNED}/{RunDir.FINETUNED_INFO}",)),
+    # a study's config.json has both tracks' (its "finetune" section, written before training)
+    "finetune": (
+        RunDir.METRICS_HF,
+        "nats/token",
+        (f"{RunDir.FINETUNED}/{RunDir.FINETUNED_INFO}", RunDir.CONFIG),
+    ),
 }
 # configuration keys never worth a column: where a run wrote, not what it did
 _IGNORED = ("device", "torch", "out_dir")
@@ -50,9 +55,12 @@ class RunSummary(Record):
     best_val_loss: float
     best_step: int
     final_val_loss: float
-    # bits per character: the fine-tuned model's score on the validation text when finished; for
-    # the from-scratch track the best validation loss in bits (its loss is per character already)
+    # bits per character, and what they were measured on: "val text" (the model scored on the
+    # validation text: a finished fine-tuning, a finished study's from-scratch model) or "val
+    # batches" (a from-scratch run's best evaluation, its loss being per character already: the
+    # fixed validation batches it evaluated on, the best of several evaluations)
     bits_per_char: float | None
+    bits_on: str
     finished: bool  # the run wrote its result file
     config: dict[str, Any] = field(default_factory=dict)  # flattened: "train.lr" -> 0.003
     differs: dict[str, Any] = field(default_factory=dict)  # the keys that differ in its track
@@ -71,14 +79,15 @@ class Comparison(Record):
         dw = max([len(d) for d in differs] + [7])
         lines = [
             f"{'run':<{width}}  {'track':<8} {'differs':<{dw}} {'steps':>6} {'time s':>7} "
-            f"{'best val':>9} {'at step':>7} {'final val':>9} {'bits/char':>9}"
+            f"{'best val':>9} {'at step':>7} {'final val':>9} {'bits/char':>9}  on"
         ]
         for r, d in zip(self.runs, differs, strict=True):
             bpc = "-" if r.bits_per_char is None else f"{r.bits_per_char:.4f}"
             lines.append(
                 f"{r.name:<{width}}  {r.track:<8} {d or '-':<{dw}} {r.steps:>6} "
                 f"{r.seconds:>7.1f} {r.best_val_loss:>9.4f} {r.best_step:>7} "
-                f"{r.final_val_loss:>9.4f} {bpc:>9}{'' if r.finished else '  (still running)'}"
+                f"{r.final_val_loss:>9.4f} {bpc:>9}  {r.bits_on or '-'}"
+                f"{'' if r.finished else '  (still running)'}"
             )
         return "\n".join(lines)
 
@@ -110,12 +119,20 @@ def _config(folder: Path, track: str) -> dict[str, Any]:
             data = read_json(folder / name)
         except (OSError, TornRecord):
             continue
+        if not isinstance(data, dict):
+            continue
         if track == "scratch":
             sections = {k: data[k] for k in ("model", "train") if k in data}
             if "corpus" in data:
                 sections["corpus"] = data["corpus"]
+        elif "config" in data:  # model_hf_finetuned/nanobard.json
+            sections = {"finetune": data["config"]}
+        elif "finetune" in data:  # a study's config.json
+            sections = {"finetune": data["finetune"]}
         else:
-            sections = {"finetune": data.get("config", {})}
+            continue
+        if not any(sections.values()):
+            continue
         flat = _flatten(sections)
         return {k: v for k, v in flat.items() if k.split(".")[-1] not in _IGNORED}
     return {}
@@ -126,17 +143,18 @@ def _summary(folder: Path, track: str, in_study: bool) -> RunSummary | None:
     rows = RunDir(folder).read_metrics(metrics)
     if not rows:
         return None
-    best = min(rows, key=lambda r: r.val_loss)
+    best = min(rows, key=lambda r: r.val_loss if math.isfinite(r.val_loss) else math.inf)
     bits: float | None = None
+    bits_on = ""
     result = folder / (RunDir.TRAIN_RESULT if track == "scratch" else RunDir.FINETUNE_RESULT)
     finished = result.exists()
     if track == "scratch":
-        bits = best.val_loss / math.log(2)
+        bits, bits_on = _scored(folder, ("scratch", "bits_per_char"), RunDir.HEADLINE)
+        if bits is None:
+            bits, bits_on = best.val_loss / math.log(2), "val batches"
     elif finished:
-        try:
-            bits = read_json(result)["after"]["bits_per_char"]
-        except (OSError, TornRecord, KeyError, TypeError):
-            finished = False
+        bits, bits_on = _scored(folder, ("after", "bits_per_char"), RunDir.FINETUNE_RESULT)
+        finished = bits is not None
     return RunSummary(
         name=f"{folder.name}/{track}" if in_study else folder.name,
         path=folder,
@@ -148,10 +166,21 @@ def _summary(folder: Path, track: str, in_study: bool) -> RunSummary | None:
         best_step=best.step,
         final_val_loss=rows[-1].val_loss,
         bits_per_char=bits,
+        bits_on=bits_on,
         finished=finished,
         config=_config(folder, track),
         history=rows,
     )
+
+
+def _scored(folder: Path, keys: tuple[str, str], name: str) -> tuple[float | None, str]:
+    """A bits-per-character score on the validation text from a record of the folder (the
+    study's headline, a fine-tuning's result), when it has one."""
+    try:
+        value = read_json(folder / name)[keys[0]][keys[1]]
+    except (OSError, TornRecord, KeyError, TypeError):
+        return None, ""
+    return (float(value), "val text") if isinstance(value, int | float) else (None, "")
 
 
 def read_runs(folders: Sequence[str | os.PathLike]) -> list[RunSummary]:
@@ -172,7 +201,8 @@ def read_runs(folders: Sequence[str | os.PathLike]) -> list[RunSummary]:
             )
         runs += found
     for track in TRACKS:  # what differs between the runs of a track
-        same = [r for r in runs if r.track == track]
+        # over the runs that have a configuration (a fine-tuning still running has none yet)
+        same = [r for r in runs if r.track == track and r.config]
         keys = sorted({k for r in same for k in r.config})
         varying = [
             k for k in keys if len({json.dumps(r.config.get(k), default=str) for r in same}) > 1
@@ -182,10 +212,17 @@ def read_runs(folders: Sequence[str | os.PathLike]) -> list[RunSummary]:
     return runs
 
 
+FIGURE_FORMATS = (".png", ".svg", ".pdf")
+
+
 def compare_runs(
     folders: Sequence[str | os.PathLike], figure: str | os.PathLike | None = None
 ) -> Comparison:
-    """Read the runs in ``folders`` and, with ``figure``, draw their curves into that file."""
+    """Read the runs in ``folders`` and, with ``figure`` (.png, .svg or .pdf), draw their curves
+    into that file."""
+    if figure is not None and Path(figure).suffix.lower() not in FIGURE_FORMATS:
+        raise NanobardError(f"--out {figure}: the figure is written as {', '.join(FIGURE_FORMATS)};"
+                            " give a file name ending in one of them")  # fmt: skip
     runs = read_runs(folders)
     out = Comparison(runs)
     if figure is not None:

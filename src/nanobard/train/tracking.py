@@ -1,25 +1,32 @@
 """Experiment trackers: ``--report-to tensorboard|trackio|wandb|none``.
 
-A tracker receives the scalars a run already writes to its metrics file, under the same names:
-each evaluation's ``val_loss``, ``train_loss``, ``lr``, ``tokens``, ``tokens_per_s``,
-``last_batch_loss`` and ``elapsed_s`` at its ``step``, and the study's head scores as
-``heads/<score>/L<layer>H<head>``. Fine-tuning adds the Trainer's own logs (``train/loss``,
-``train/grad_norm``, ``train/learning_rate``, as transformers' integrations name them).
+A tracker receives the scalars a run already writes to its metrics file, under the metrics file's
+names prefixed by the track: each evaluation's ``scratch/val_loss``, ``scratch/train_loss``,
+``scratch/lr``, ``scratch/tokens``, ``scratch/tokens_per_s``, ``scratch/last_batch_loss`` and
+``scratch/elapsed_s`` at its ``step`` (``finetune/...`` for fine-tuning), and the study's head
+scores as ``scratch/heads/<score>/L<layer>H<head>``. Fine-tuning adds the Trainer's own logs as
+``finetune/trainer/loss``, ``.../grad_norm``, ``.../learning_rate``. The prefix keeps the two units
+apart: from-scratch losses are nats per character, fine-tuning losses nats per token of another
+tokenizer, and no chart should draw both on one axis.
 
 Where each one writes:
 
 - TensorBoard: event files in ``RUN/tensorboard/<track>`` (``track``: ``scratch`` or
   ``finetune``), so ``tensorboard --logdir runs`` shows every run folder side by side, each
-  named by its folder.
+  named by its folder. A fresh run replaces its track's event files; a resumed one purges the
+  points past its checkpoint, as its metrics file does.
 - trackio: its local store (``~/.cache/huggingface/trackio``, or ``$TRACKIO_DIR``), project
-  ``nanobard``; ``trackio show --project nanobard`` opens the dashboard.
+  ``nanobard``; ``trackio show --project nanobard`` opens the dashboard. A resumed run appends to
+  the run of its name.
 - Weights & Biases: project ``nanobard`` (``$WANDB_PROJECT`` wins), offline into ``RUN/wandb``
-  unless the user is logged in (``WANDB_API_KEY`` or ``wandb login``) or set ``WANDB_MODE``.
+  unless the user is logged in (``WANDB_API_KEY`` or ``wandb login``) or set ``WANDB_MODE``; a
+  resumed run continues the same wandb run (its id is kept in ``RUN/wandb/<track>.id``).
 
 The runs of a study are grouped under the study folder's name (trackio and wandb groups; in
-TensorBoard the folder itself). The trackers are optional installs (``pip install
-'nanobard[tensorboard]'``, ``[trackio]``, ``[wandb]``); asking for a missing one is a one-line
-error before anything trains. Only the main process reports (under torchrun: rank 0).
+TensorBoard the folder itself). Every tracker starts at the first value logged, so a command
+that fails before training leaves nothing behind. The trackers are optional installs
+(``pip install 'nanobard[tensorboard]'``, ``[trackio]``, ``[wandb]``); asking for a missing one is
+a one-line error before anything runs. Only the main process reports (under torchrun: rank 0).
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ import logging
 import math
 import netrc
 import os
+import shutil
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
@@ -84,16 +93,26 @@ def row_scalars(row: EvalRow) -> dict[str, float]:
 
 class Tracker:
     """Where a run's scalars go besides its metrics file. This base class is ``none``: it
-    takes everything and keeps nothing."""
+    takes everything and keeps nothing. ``track`` prefixes every tag (``scratch/val_loss``)."""
 
     kind = "none"
     view = ""  # how to look at what was logged, for the CLI's last lines
 
+    def __init__(self, track: str = "", resume: bool = False) -> None:
+        self.track, self.resume = track, resume
+        self.started = False
+
     def log(self, scalars: Mapping[str, float], step: int) -> None:
-        """Log ``scalars`` at ``step`` (non-finite values are skipped: trackers differ on them)."""
-        finite = {k: float(v) for k, v in scalars.items() if math.isfinite(v)}
-        if finite:
-            self._log(finite, step)
+        """Log ``scalars`` at ``step`` under ``track/`` (non-finite values are skipped: trackers
+        differ on them). The tracker starts at the first call."""
+        finite = {f"{self.track}/{k}" if self.track else k: float(v)
+                  for k, v in scalars.items() if math.isfinite(v)}  # fmt: skip
+        if not finite:
+            return
+        if not self.started:
+            self._start(step)
+            self.started = True
+        self._log(finite, step)
 
     def log_row(self, row: EvalRow) -> None:
         self.log(row_scalars(row), row.step)
@@ -104,56 +123,75 @@ class Tracker:
         self.log_row(row)
         return row
 
+    def _start(self, first_step: int) -> None:
+        pass
+
     def _log(self, scalars: dict[str, float], step: int) -> None:
         pass
 
     def close(self) -> None:
+        """Flush and finish (only what started)."""
+        if self.started:
+            self._close()
+
+    def _close(self) -> None:
         pass
 
 
 class _TensorBoard(Tracker):
     kind = "tensorboard"
 
-    def __init__(self, log_dir: Path, config: Mapping[str, Any] | None) -> None:
+    def __init__(self, log_dir: Path, track: str, config: Mapping[str, Any] | None,
+                 resume: bool) -> None:  # fmt: skip
+        super().__init__(track, resume)
         self.log_dir, self.config = log_dir, config
-        self.writer: Any = None  # a SummaryWriter once something is logged
+        self.writer: Any = None
         # the folder that holds this run folder: its runs side by side
         self.view = f"tensorboard --logdir {log_dir.parent.parent.parent}"
 
-    def _log(self, scalars: dict[str, float], step: int) -> None:
-        if self.writer is None:  # created at the first value: a run that fails first leaves none
-            from torch.utils.tensorboard import SummaryWriter
+    def _start(self, first_step: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(self.log_dir))
-            if self.config:
-                self.writer.add_text("config", _config_markdown(self.config), step)
+        if not self.resume:  # a fresh run's curves replace an earlier run's in this folder
+            shutil.rmtree(self.log_dir, ignore_errors=True)
+        # resumed: points from the first step logged on are this session's (an interrupted
+        # session may have logged past its checkpoint; its metrics file was trimmed alike)
+        self.writer = SummaryWriter(log_dir=str(self.log_dir),
+                                    purge_step=first_step if self.resume else None)  # fmt: skip
+        if self.config:
+            self.writer.add_text("config", _config_markdown(self.config), first_step)
+
+    def _log(self, scalars: dict[str, float], step: int) -> None:
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, value, step)
 
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+    def _close(self) -> None:
+        self.writer.close()
 
 
 class _Trackio(Tracker):
     kind = "trackio"
 
-    def __init__(self, name: str, group: str | None, config: Mapping[str, Any] | None,
-                 resume: bool) -> None:  # fmt: skip
+    def __init__(self, name: str, group: str | None, track: str,
+                 config: Mapping[str, Any] | None, resume: bool) -> None:  # fmt: skip
+        super().__init__(track, resume)
+        self.name, self.group, self.config = name, group, config
+        self.view = f'trackio show --project "{PROJECT}"'
+
+    def _start(self, first_step: int) -> None:
         import trackio
 
         self.trackio = trackio
         with _quiet("trackio"):  # its banner goes to the log: the CLI prints where to look once
-            self.run = trackio.init(project=PROJECT, name=name, group=group,
-                                    config=dict(config or {}),
-                                    resume="allow" if resume else "never",
+            self.run = trackio.init(project=PROJECT, name=self.name, group=self.group,
+                                    config=dict(self.config or {}),
+                                    resume="allow" if self.resume else "never",
                                     embed=False)  # fmt: skip
-        self.view = f'trackio show --project "{PROJECT}"'
 
     def _log(self, scalars: dict[str, float], step: int) -> None:
         self.run.log(scalars, step=step)
 
-    def close(self) -> None:
+    def _close(self) -> None:
         with _quiet("trackio"):
             self.trackio.finish()  # the module's finish: its exit hook then has nothing to do
 
@@ -172,12 +210,14 @@ def _quiet(who: str) -> Iterator[None]:
 
 
 def wandb_logged_in() -> bool:
-    """An API key in the environment or in ~/.netrc (where ``wandb login`` puts it)."""
+    """An API key in the environment or in ~/.netrc (where ``wandb login`` puts it, for
+    api.wandb.ai or the host in ``$WANDB_BASE_URL``)."""
     if os.environ.get("WANDB_API_KEY"):
         return True
+    host = (os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").split("//")[-1]
     try:
         path = os.environ.get("NETRC") or None
-        return netrc.netrc(path).authenticators("api.wandb.ai") is not None
+        return netrc.netrc(path).authenticators(host.split("/")[0]) is not None
     except (OSError, netrc.NetrcParseError):
         return False
 
@@ -185,26 +225,42 @@ def wandb_logged_in() -> bool:
 class _Wandb(Tracker):
     kind = "wandb"
 
-    def __init__(self, run_dir: Path, name: str, group: str | None,
+    def __init__(self, run_dir: Path, name: str, group: str | None, track: str,
                  config: Mapping[str, Any] | None, resume: bool) -> None:  # fmt: skip
+        super().__init__(track, resume)
+        self.run_dir, self.name, self.group, self.config = run_dir, name, group, config
+        self.mode: Any = os.environ.get("WANDB_MODE") or (
+            "online" if wandb_logged_in() else "offline"
+        )
+        where = run_dir / "wandb"
+        self.view = (
+            f"offline in {where}; `wandb sync {where}/offline-run-*` uploads it once you are "
+            "logged in"
+            if self.mode == "offline"
+            else "wandb (online)"
+        )
+
+    def _start(self, first_step: int) -> None:
         import wandb
 
-        mode: Any = os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", PROJECT), name=name,
-                              group=group, config=dict(config or {}), dir=str(run_dir), mode=mode,
-                              resume="allow" if resume else None)  # fmt: skip
-        self.view = (
-            f"offline in {run_dir / 'wandb'}; `wandb sync {run_dir / 'wandb'}/offline-run-*` "
-            "uploads it once you are logged in"
-            if mode == "offline"
-            else str(getattr(self.run, "url", "") or "wandb")
-        )
+        folder = self.run_dir / "wandb"
+        folder.mkdir(parents=True, exist_ok=True)
+        id_file = folder / f"{self.track or 'run'}.id"
+        run_id = id_file.read_text().strip() if self.resume and id_file.exists() else None
+        if run_id is None:  # a fresh run: a new wandb run, whose id a resume finds here
+            run_id = uuid.uuid4().hex[:12]
+            id_file.write_text(run_id + "\n")
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", PROJECT), name=self.name,
+                              group=self.group, config=dict(self.config or {}),
+                              dir=str(self.run_dir), mode=self.mode, id=run_id,
+                              resume="allow")  # fmt: skip
+        if self.mode != "offline" and getattr(self.run, "url", None):
+            self.view = str(self.run.url)
 
     def _log(self, scalars: dict[str, float], step: int) -> None:
         self.run.log(scalars, step=step)
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self.run.finish()
 
 
@@ -227,26 +283,36 @@ def tracking(
     resume: bool = False,
 ) -> Iterator[Tracker]:
     """A tracker for one track (``scratch`` or ``finetune``) of the run in ``run_dir``, closed
-    (flushed) on leaving, also after an error. Named by the run folder, or ``GROUP/track`` inside
-    a group (a study). ``config``: flat name -> value, shown beside the curves."""
+    (flushed) on leaving, also after an error (a tracker that fails to close then only warns: the
+    error that ended the run is the one to see). Named by the run folder, or ``GROUP/track``
+    inside a group (a study). ``config``: flat name -> value, shown beside the curves."""
     check_tracker(kind)
     run = Path(run_dir)
     name = f"{group}/{track}" if group else run.name
     tracker: Tracker
     if kind == "none" or not _is_main_process():
-        tracker = Tracker()
+        tracker = Tracker(track, resume)
     elif kind == "tensorboard":
-        tracker = _TensorBoard(run / TENSORBOARD_DIR / track, config)
+        tracker = _TensorBoard(run / TENSORBOARD_DIR / track, track, config, resume)
     elif kind == "trackio":
-        tracker = _Trackio(name, group, config, resume)
+        tracker = _Trackio(name, group, track, config, resume)
     else:
-        tracker = _Wandb(run, name, group, config, resume)
+        tracker = _Wandb(run, name, group, track, config, resume)
     if tracker.kind != "none":
         logger.info("reporting %s to %s (%s)", track, tracker.kind, tracker.view)
+    failed = False
     try:
         yield tracker
+    except BaseException:
+        failed = True
+        raise
     finally:
-        tracker.close()
+        try:
+            tracker.close()
+        except Exception as e:  # a tracker's own failure at the end
+            if not failed:
+                raise
+            logger.warning("closing the %s tracker failed too: %s", tracker.kind, e)
 
 
 def flat_config(*configs: Any) -> dict[str, Any]:
