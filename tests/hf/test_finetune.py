@@ -265,14 +265,19 @@ def test_trainer_takes_the_chunked_loss(tiny_model, tmp_path, monkeypatch):
     assert len(calls) == 3  # one per training step; evaluation keeps the Trainer's own loss
 
 
-def test_time_budget_sizes_the_steps_and_ends_on_time(tiny_model, tmp_path):
+def test_time_budget_sizes_the_steps_and_ends_on_time(tiny_model, tmp_path, capsys):
     path, text = tiny_model
     res = finetune(
         cfg(path, max_steps=None, max_time=10.0, eval_interval=1000),
         split_text(text),
         tmp_path,
-        progress=False,
+        progress=True,
     )
+    out, err = capsys.readouterr()
+    # one bar, sized to the steps the budget fits (not the 1,000,000-step bound it starts from),
+    # and no dict of the Trainer's logs printed per log line
+    assert "'eval_loss'" not in out + err and "/1000000" not in err, out[-800:]
+    assert f"{res.steps}/{res.steps}" in err.replace("\r", "\n"), err[-600:]
     rows = [json.loads(ln) for ln in (tmp_path / "metrics_hf.jsonl").read_text().splitlines()]
     assert res.steps > 5 and res.train_seconds < 10.0 * 1.5
     assert rows[-1]["step"] == res.steps  # a final evaluation at the step the budget allowed

@@ -43,6 +43,7 @@ from nanobard.hf.trainer import (
     checkpoint_corpus,
     complete_checkpoints,
     metrics_callback,
+    quiet_progress,
     trainer_class,
 )
 from nanobard.model.evaluate import Score, score_hf
@@ -600,6 +601,7 @@ def _finetune(
         eval_dataset=val_ds,
         callbacks=callbacks,
     )
+    quiet_progress(trainer, budget if progress else None, progress)
     trainer.train(resume_from_checkpoint=None if last is None else str(last))
     train_seconds = time.perf_counter() - t0
     clock.mark("train")
@@ -684,7 +686,7 @@ tags: [nanobard, fine-tuned{", lora" if cfg.lora_r > 0 else ""}]
 | base model | `{base}` ({res.num_params:,} parameters; {res.reason}) |
 | method | {method}; {res.trainable_params:,} parameters trained |
 | training | {training} |
-| bits per character before | {b.bits_per_char:.4f} (first {b.chars:,} validation characters) |
+| bits per character before | {b.bits_per_char:.4f} ({b.chars:,} validation characters scored) |
 | bits per character after | {a.bits_per_char:.4f} (the same characters) |
 | fine-tuned with | `{command}` |
 

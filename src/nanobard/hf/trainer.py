@@ -30,6 +30,7 @@ from nanobard import files
 from nanobard.data.corpus import CorpusId
 from nanobard.files import WriteFailed
 from nanobard.model.evaluate import HEAD_ON_HIDDEN_MODELS
+from nanobard.model.export import no_shard_bar
 from nanobard.records import EvalRow, TornRecord
 from nanobard.rundir import RunDir
 from nanobard.train.schedule import TimeBudget, cosine
@@ -131,7 +132,8 @@ def trainer_class(
                     # files: it removes the older checkpoints once they are written
                     folder.mkdir(parents=True, exist_ok=True)
                     corpus.save(folder / CORPUS)
-                super()._save_checkpoint(model, trial)
+                with no_shard_bar():  # one bar per checkpoint would only repeat the steps bar
+                    super()._save_checkpoint(model, trial)
             except Exception as e:
                 why = files.describe(e, folder.parent)
                 if why is None:
@@ -263,3 +265,45 @@ def metrics_callback(
                 control.should_save = True
 
     return MetricsCallback()
+
+
+def quiet_progress(trainer: Trainer, budget: TimeBudget | None, progress: bool) -> None:
+    """The Trainer's console output, nanobard's way: no dict printed per log (``metrics_hf.jsonl``
+    and the log hold those numbers; transformers prints one per log line, ``--no-progress`` or
+    not), and with ``progress`` one bar whose length is the time budget's step count once it is
+    sized (the Trainer's own bar counts to the step bound a time budget starts from, 1,000,000,
+    and shows an ETA of hundreds of hours), the losses on the bar."""
+    from tqdm.auto import tqdm
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if not progress:
+        return
+
+    class BudgetProgress(ProgressCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            if state.is_world_process_zero:  # a time budget's length: unknown until it is sized
+                self.training_bar = tqdm(
+                    total=None if budget is not None else state.max_steps,
+                    initial=state.global_step,  # a resumed run starts where it was
+                    desc="fine-tune",
+                    dynamic_ncols=True,
+                )
+            self.current_step = state.global_step
+
+        def on_step_end(self, args, state, control, **kw):
+            super().on_step_end(args, state, control, **kw)
+            bar = self.training_bar
+            if bar is not None and budget is not None and budget.sized and budget.horizon:
+                if bar.total != budget.horizon:
+                    bar.total = budget.horizon
+                    bar.refresh()
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            losses = {k: f"{v:.3f}" for k, v in (logs or {}).items()
+                      if k in ("loss", "eval_loss") and isinstance(v, float)}  # fmt: skip
+            if self.training_bar is not None and losses:
+                self.training_bar.set_postfix(losses)
+
+    trainer.add_callback(BudgetProgress())
