@@ -138,10 +138,14 @@ def test_wandb_runs_offline_unless_logged_in(tiny_file, tmp_path, monkeypatch):
     log = next(run.glob("*.wandb")).read_bytes()
     for row in metric_rows(out / "metrics.jsonl"):
         assert json.dumps(row["val_loss"]).encode() in log, row
-    # a resume continues the same wandb run (offline: a second folder with the same run id)
+    # a resume continues the same wandb run (offline: its folders all carry the run's id; two
+    # sessions within one second share one folder)
+    run_id = (out / "wandb" / "scratch.id").read_text().strip()
+    assert run.name.endswith(f"-{run_id}")
     assert train_cli(tiny_file, out, "--report-to", "wandb", "--resume", "--max-steps", "9") == 0
+    assert (out / "wandb" / "scratch.id").read_text().strip() == run_id
     ids = {p.name.rsplit("-", 1)[-1] for p in (out / "wandb").glob("offline-run-*")}
-    assert len(list((out / "wandb").glob("offline-run-*"))) == 2 and len(ids) == 1, ids
+    assert ids == {run_id}, ids
 
 
 @pytest.mark.parametrize("command", ["train", "finetune", "run"])

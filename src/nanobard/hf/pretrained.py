@@ -126,7 +126,10 @@ def load_pretrained(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     resolved, reason = choose(name)
-    logger.info("pretrained model: %s (%s)", resolved, reason)
+    if name == "auto":  # say what "auto" chose, and why
+        logger.info("pretrained model: %s (%s)", resolved, reason)
+    else:
+        logger.info("loading %s", resolved)
     kw: dict[str, Any] = {"trust_remote_code": False}
     mkw: dict[str, Any] = {"dtype": torch.float32}
     if attn:
