@@ -167,6 +167,18 @@ def test_run_folder_export_and_model_card(tmp_path, tiny_text):
     assert gen.get("do_sample") is False and gen.get("max_length") == 32
 
 
+@pytest.mark.parametrize(
+    "chars, span",
+    [("abc", "`abc`"), ("a`b", "``a`b``"), ("`x", "`` `x ``"), ("a|b", "`a\\|b`"),
+     ("a``b", "```a``b```")],
+)  # fmt: skip
+def test_the_cards_vocabulary_survives_backticks_and_pipes(chars, span):
+    """A corpus of code has backticks and pipes: the card's table row stays one code span."""
+    from nanobard.model.export import code_span
+
+    assert code_span(chars) == span
+
+
 def test_gguf_loads_back_with_the_same_logits_and_tokens(tmp_path, tiny_text):
     from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel
 

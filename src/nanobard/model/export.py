@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -261,7 +262,7 @@ as a Hugging Face `GPT2LMHeadModel`. It reads and writes **one character per tok
 | parameters | {model.num_params():,} |
 | layers / heads / width | {c.n_layer} / {c.n_head} / {c.n_embd} |
 | context (`n_positions`) | {c.block_size} characters |
-| vocabulary | {tok.vocab_size} characters: `{chars}` |
+| vocabulary | {tok.vocab_size} characters: {code_span(chars)} |
 | positions | {positions} |
 | validation loss of this checkpoint | {val} |
 {training_rows(ckpt_path)}
@@ -303,6 +304,15 @@ def no_shard_bar() -> Iterator[None]:
     finally:
         if was:
             hf_logging.enable_progress_bar()
+
+
+def code_span(text: str) -> str:
+    """Markdown inline code for ``text``, which may hold backticks (a corpus of code) and pipes
+    (inside a table row)."""
+    text = text.replace("|", "\\|")
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def training_rows(ckpt_path: Path) -> str:
