@@ -210,14 +210,18 @@ def test_invalid_model_configs(kw):
 def test_decode_step_equals_the_cached_forward_pass(name):
     model = variant(name)
     idx = torch.randint(0, 17, (1, 12))
-    cache_a, cache_b = model.new_cache(1), model.new_cache(1)
-    model(idx[:, :4], kv_cache=cache_a)
-    model(idx[:, :4], kv_cache=cache_b)
+    cache_a, cache_b, cache_c = model.new_cache(1), model.new_cache(1), model.new_cache(1)
+    for cache in (cache_a, cache_b, cache_c):
+        model(idx[:, :4], kv_cache=cache)
+    plan = model.decode_plan()  # taken once, as a generation does
     with torch.no_grad():
         for t in range(4, 12):
             ref = model(idx[:, t : t + 1], kv_cache=cache_a).logits[0, -1]
             torch.testing.assert_close(
                 model.decode_step(int(idx[0, t]), cache_b), ref, atol=1e-6, rtol=1e-6
+            )
+            torch.testing.assert_close(
+                model.decode_step(int(idx[0, t]), cache_c, plan), ref, atol=1e-6, rtol=1e-6
             )
 
 
@@ -236,6 +240,22 @@ def test_int8_weights_track_float32_and_generate():
         generate_ids(ScratchDecoder(model, dtype=torch.int8), [1], 40, SamplingConfig(seed=1))
     )
     assert len(out) == 40
+    # the decode path's plain functions (Int8Linear.direct) do the int8 layers' own math, biases
+    # included
+    from nanobard.model.quantize import quantize_int8
+
+    biased = make(replace(CFG, bias=True))
+    for m in biased.modules():  # biases start at zero: give them values that show
+        if isinstance(m, torch.nn.Linear) and m.bias is not None:
+            torch.nn.init.normal_(m.bias, std=0.5)
+    q = quantize_int8(biased)
+    idx = torch.tensor([[1, 2, 3, 4, 5]])
+    cache_a, cache_b = q.new_cache(1, dtype=torch.float32), q.new_cache(1, dtype=torch.float32)
+    with torch.inference_mode():
+        q(idx[:, :4], kv_cache=cache_a)
+        q(idx[:, :4], kv_cache=cache_b)
+        ref = q(idx[:, 4:], kv_cache=cache_a).logits[0, -1]
+        torch.testing.assert_close(q.decode_step(5, cache_b, q.decode_plan()), ref)
 
 
 def test_rotary_scores_depend_on_distance_only():

@@ -18,6 +18,7 @@ weights (see ``from_hf_gpt2``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
@@ -93,6 +94,34 @@ class KVCache:
         return self.k[:, :, : self.pos], self.v[:, :, : self.pos]
 
 
+Fn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def direct(linear: nn.Module) -> Fn:
+    """``linear``'s forward without nn.Module's call machinery (hooks, the attribute lookups of
+    each call), for ``decode_step``; a module may give its own (``Int8Linear.direct``). It holds
+    the module's tensors as they are now: take it again after moving or converting the model."""
+    own = getattr(linear, "direct", None)
+    if own is not None:
+        return own()
+    w, b = cast(torch.Tensor, linear.weight), cast("torch.Tensor | None", linear.bias)
+    return lambda x: F.linear(x, w, b)
+
+
+@dataclass(frozen=True)
+class DecodeLayer:
+    """One block's tensors and functions for ``decode_step``, looked up once (``decode_plan``):
+    a small model generating on a CPU spends a large share of each token on Python lookups."""
+
+    ln_1: tuple[torch.Tensor, torch.Tensor | None]
+    heads: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    c_proj: Fn
+    ln_2: tuple[torch.Tensor, torch.Tensor | None]
+    c_fc: Fn
+    act: Fn
+    mlp_proj: Fn
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention: softmax(Q Kᵀ / √d_k) V per head, heads concatenated."""
 
@@ -135,6 +164,20 @@ class CausalSelfAttention(nn.Module):
                 qk = rotate(qk, self.rotary, start)
             q, k = qk.unbind(2)  # (B, T, nh, hs) each
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, hs) each
+
+    def direct_heads(
+        self,
+    ) -> Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``heads`` for one new token (x (1, 1, C)), as a plain function (see ``direct``)."""
+        if self.q_gain is not None or self.rotary is not None:
+            return self.heads  # rotary / QK-norm: the shared path
+        qkv, nh, hs = direct(self.c_attn), self.n_head, self.n_embd // self.n_head
+
+        def heads(x: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            q, k, v = qkv(x).view(1, 1, 3, nh, hs).transpose(1, 3).unbind(2)
+            return q, k, v  # (1, nh, 1, hs) each
+
+        return heads
 
     def forward(
         self, x: torch.Tensor, cache: KVCache | None = None, need_weights: bool = False
@@ -332,15 +375,36 @@ class GPT(nn.Module):
         return GPTOutput(logits=logits, loss=loss, attentions=attentions)
 
     @torch.inference_mode()
-    def decode_step(self, token: int, cache: list[KVCache]) -> torch.Tensor:
+    def decode_plan(self) -> list[DecodeLayer]:
+        """Each block's tensors and functions for ``decode_step``, looked up once. It holds the
+        tensors as they are: take a new plan after moving, converting or quantizing the model
+        (``ScratchDecoder`` takes one per cache it fills)."""
+        plan = []
+        for block in cast("Iterable[Block]", self.transformer["h"]):
+            plan.append(
+                DecodeLayer(
+                    ln_1=(block.ln_1.weight, block.ln_1.bias),
+                    heads=block.attn.direct_heads(),
+                    c_proj=direct(block.attn.c_proj),
+                    ln_2=(block.ln_2.weight, block.ln_2.bias),
+                    c_fc=direct(block.mlp.c_fc),
+                    act=block.mlp.act,
+                    mlp_proj=direct(block.mlp.c_proj),
+                )
+            )
+        return plan
+
+    def decode_step(
+        self, token: int, cache: list[KVCache], plan: list[DecodeLayer] | None = None
+    ) -> torch.Tensor:
         """Logits (V,) for the next token after feeding one ``token`` at the cache's next position:
         the same math as ``forward`` with a KV cache (batch 1, eval mode), written with functional
         calls. Generating on a CPU, a small model spends most of each token on dispatching modules
-        and dropout layers that do nothing at inference; this path skips them."""
+        and dropout layers that do nothing at inference; this path skips them, and with ``plan``
+        (``decode_plan``, taken once per generation) the lookups of each block's weights too."""
         c, t = self.config, self.transformer
         # a ModuleDict holds plain Modules to a type checker: name what __init__ put in it
         wte, ln_f = cast(nn.Embedding, t["wte"]), cast(nn.LayerNorm, t["ln_f"])
-        blocks = cast("Iterable[Block]", t["h"])
         C = c.n_embd
         pos = cache[0].pos
         if pos >= c.block_size:
@@ -353,16 +417,15 @@ class GPT(nn.Module):
         elif c.pos_encoding == "sinusoidal":
             x = x + self.pe[pos]
         x = x.view(1, 1, C)  # (1, 1, C)
-        for block, kv in zip(blocks, cache):
-            a = block.attn
-            h = F.layer_norm(x, (C,), block.ln_1.weight, block.ln_1.bias)
-            q, k, v = a.heads(h, pos)  # 3 x (1, nh, 1, hs)
+        for layer, kv in zip(plan if plan is not None else self.decode_plan(), cache):
+            h = F.layer_norm(x, (C,), *layer.ln_1)
+            q, k, v = layer.heads(h, pos)  # 3 x (1, nh, 1, hs)
             keys, values = kv.append(k, v)  # (1, nh, S, hs)
             y = F.scaled_dot_product_attention(q.to(keys.dtype), keys, values)  # (1, nh, 1, hs)
-            x = x + a.c_proj(y.to(x.dtype).reshape(1, 1, C))
-            h = F.layer_norm(x, (C,), block.ln_2.weight, block.ln_2.bias)
+            x = x + layer.c_proj(y.to(x.dtype).reshape(1, 1, C))
+            h = F.layer_norm(x, (C,), *layer.ln_2)
             # the linear layers may be Int8Linear (quantize.py)
-            x = x + block.mlp.c_proj(block.mlp.act(block.mlp.c_fc(h)))
+            x = x + layer.mlp_proj(layer.act(layer.c_fc(h)))
         x = F.layer_norm(x, (C,), ln_f.weight, ln_f.bias)
         return F.linear(x, self.lm_head.weight)[0, 0]  # (V,)
 

@@ -11,6 +11,7 @@ a few thousandths; ``evaluate`` measures it on the same text as the other precis
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import cast
 
 import torch
@@ -39,6 +40,19 @@ class Int8Linear(nn.Module):
             "bias", None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
         )
         self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def direct(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``forward`` as a plain function of this layer's tensors as they are now (for
+        ``GPT.decode_step``, see ``gpt.direct``)."""
+        w, scale, bias, n, out = (self.weight_int8, self.scale, self.bias, self.in_features,
+                                  self.out_features)  # fmt: skip
+        mm = torch._weight_int8pack_mm
+
+        def linear(x: torch.Tensor) -> torch.Tensor:
+            y = mm(x.reshape(-1, n).to(torch.bfloat16), w, scale)
+            return (y if bias is None else y + bias).view(*x.shape[:-1], out)
+
+        return linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape[:-1]

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from nanobard.config import ConfigError
 from nanobard.hardware import decode_attention
-from nanobard.model.gpt import GPT, KVCache
+from nanobard.model.gpt import GPT, DecodeLayer, KVCache
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -203,6 +203,7 @@ class ScratchDecoder:
         self.block = model.config.block_size
         self.ids: list[int] = []
         self.cache: list[KVCache] | None = None
+        self.plan: list[DecodeLayer] | None = None
 
     def _run(self, ids: list[int], cache: list[KVCache] | None) -> torch.Tensor:
         x = torch.tensor([ids], dtype=torch.long, device=self.device)
@@ -218,6 +219,7 @@ class ScratchDecoder:
 
     def _refill(self) -> torch.Tensor:
         self.cache = self.model.new_cache(1, dtype=self.cache_dtype)
+        self.plan = self.model.decode_plan()  # the weights as they are for this generation
         window = (
             self.ids[-self.block :]
             if len(self.ids) <= self.block
@@ -233,7 +235,7 @@ class ScratchDecoder:
         if self.cache[0].pos >= self.block:
             return self._refill()
         with decode_attention(self.device):
-            return self.model.decode_step(token, self.cache)
+            return self.model.decode_step(token, self.cache, self.plan)
 
 
 class HFDecoder:
