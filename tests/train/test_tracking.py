@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import time
 
 import pytest
 
@@ -134,10 +135,18 @@ def test_wandb_runs_offline_unless_logged_in(tiny_file, tmp_path, monkeypatch):
     out = tmp_path / "w"
     assert train_cli(tiny_file, out, "--report-to", "wandb") == 0
     (run,) = (out / "wandb").glob("offline-run-*")  # offline, in the run folder
-    # wandb has no public reader for its offline log; its history items carry each value as JSON
-    log = next(run.glob("*.wandb")).read_bytes()
-    for row in metric_rows(out / "metrics.jsonl"):
-        assert json.dumps(row["val_loss"]).encode() in log, row
+    # wandb has no public reader for its offline log; its history items carry each value as JSON.
+    # Its writer is a separate service process that may still be flushing when finish() returns
+    # on a busy machine: give it a while
+    wanted = [json.dumps(row["val_loss"]).encode() for row in metric_rows(out / "metrics.jsonl")]
+    deadline = time.monotonic() + 60
+    while True:
+        log = next(run.glob("*.wandb")).read_bytes()
+        if all(w in log for w in wanted) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    for w in wanted:
+        assert w in log, (w, log[:200])
     # a resume continues the same wandb run (offline: its folders all carry the run's id; two
     # sessions within one second share one folder)
     run_id = (out / "wandb" / "scratch.id").read_text().strip()
