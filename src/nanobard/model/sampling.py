@@ -85,10 +85,12 @@ class BatchDecoder(Protocol):
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """Set to -inf every logit outside the top-k and outside the smallest set whose probability
     mass reaches top_p (the most likely token is always kept). logits: (V,)."""
-    logits = logits.clone()
     if top_k > 0 and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k).values[-1]
-        logits[logits < kth] = float("-inf")
+        # one masked op (boolean-index assignment costs a nonzero and a scatter per token)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    else:
+        logits = logits.clone()
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True)
         cum = torch.cumsum(F.softmax(sorted_logits, dim=-1), dim=-1)
@@ -105,7 +107,8 @@ def sampling_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     logits = logits.float()
     if cfg.temperature == 0:
         return F.one_hot(torch.argmax(logits), logits.size(-1)).float()
-    return F.softmax(filter_logits(logits / cfg.temperature, cfg.top_k, cfg.top_p), dim=-1)
+    scaled = logits if cfg.temperature == 1.0 else logits / cfg.temperature  # x / 1 is x
+    return F.softmax(filter_logits(scaled, cfg.top_k, cfg.top_p), dim=-1)
 
 
 def pick_token(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator) -> int:
