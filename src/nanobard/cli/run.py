@@ -134,11 +134,9 @@ def handle(args: argparse.Namespace) -> int:
         f"  {p.name + ' after fine-tuning':<34} {p.num_params:>12,} {p.bits_per_char:>10.4f} "
         f"{p.loss_reduction_pct:>14.1f}% {p.train_seconds:>10.0f}s"
     )
-    if args.report_to == "tensorboard":
-        print(f"\ncurves: tensorboard --logdir {out.parent}")
-    elif args.report_to == "trackio":
-        print('\ncurves: trackio show --project "nanobard"')
-    elif args.report_to == "wandb":
-        print(f"\ncurves: wandb (offline runs in {out / 'wandb'}; `wandb sync` uploads them)")
+    if args.report_to != "none":
+        from nanobard.train.tracking import where_to_look
+
+        print(f"\ncurves ({args.report_to}): {where_to_look(args.report_to, out)}")
     print(f"\nto type your own text and watch all three models respond: nanobard serve {out}")
     return 0

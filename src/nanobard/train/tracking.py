@@ -147,7 +147,7 @@ class _TensorBoard(Tracker):
         self.log_dir, self.config = log_dir, config
         self.writer: Any = None
         # the folder that holds this run folder: its runs side by side
-        self.view = f"tensorboard --logdir {log_dir.parent.parent.parent}"
+        self.view = where_to_look("tensorboard", log_dir.parent.parent)
 
     def _start(self, first_step: int) -> None:
         from torch.utils.tensorboard import SummaryWriter
@@ -176,7 +176,7 @@ class _Trackio(Tracker):
                  config: Mapping[str, Any] | None, resume: bool) -> None:  # fmt: skip
         super().__init__(track, resume)
         self.name, self.group, self.config = name, group, config
-        self.view = f'trackio show --project "{PROJECT}"'
+        self.view = where_to_look("trackio", Path())
 
     def _start(self, first_step: int) -> None:
         import trackio
@@ -222,6 +222,26 @@ def wandb_logged_in() -> bool:
         return False
 
 
+def wandb_mode() -> str:
+    """``$WANDB_MODE`` when set, else online for a logged-in user and offline otherwise."""
+    return os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
+
+
+def where_to_look(kind: str, run_dir: Path) -> str:
+    """How to see what ``kind`` logged for the run in ``run_dir`` (the CLI's last line)."""
+    if kind == "tensorboard":  # the folder above the run: its neighbours side by side
+        return f"tensorboard --logdir {run_dir.parent}"
+    if kind == "trackio":
+        return f'trackio show --project "{PROJECT}"'
+    if kind == "wandb":
+        where = run_dir / "wandb"
+        if wandb_mode() == "offline":
+            return (f"offline in {where}; `wandb sync {where}/offline-run-*` uploads it once you "
+                    "are logged in")  # fmt: skip
+        return f"wandb, project {os.environ.get('WANDB_PROJECT', PROJECT)}"
+    return ""
+
+
 class _Wandb(Tracker):
     kind = "wandb"
 
@@ -229,16 +249,8 @@ class _Wandb(Tracker):
                  config: Mapping[str, Any] | None, resume: bool) -> None:  # fmt: skip
         super().__init__(track, resume)
         self.run_dir, self.name, self.group, self.config = run_dir, name, group, config
-        self.mode: Any = os.environ.get("WANDB_MODE") or (
-            "online" if wandb_logged_in() else "offline"
-        )
-        where = run_dir / "wandb"
-        self.view = (
-            f"offline in {where}; `wandb sync {where}/offline-run-*` uploads it once you are "
-            "logged in"
-            if self.mode == "offline"
-            else "wandb (online)"
-        )
+        self.mode: Any = wandb_mode()
+        self.view = where_to_look("wandb", run_dir)
 
     def _start(self, first_step: int) -> None:
         import wandb
@@ -337,4 +349,5 @@ __all__ = [
     "row_scalars",
     "tracking",
     "wandb_logged_in",
+    "where_to_look",
 ]
