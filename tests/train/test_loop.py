@@ -17,6 +17,24 @@ from nanobard.train.schedule import lr_at
 from tests.fixtures import CPU_OOM, TINY_MODEL, disk_full, tcfg
 
 
+def test_without_a_bar_each_evaluation_is_one_log_line(tmp_path, tiny_text, caplog):
+    """What a log (and the time-to-loss benchmark) reads in place of the progress bar."""
+    import re
+
+    caplog.set_level("INFO", logger="nanobard.train.loop")
+    train(TINY_MODEL, tcfg(max_steps=20), split_text(tiny_text), tmp_path, progress=False)
+    rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    line = re.compile(r"step (\d+)/20: val loss ([\d.]+), train loss ([\d.]+), lr ")
+    got = [line.match(ln) for ln in lines]
+    assert all(got) and len(got) == len(rows) == 3
+    logged = [(int(m[1]), float(m[2])) for m in got]
+    assert logged == [(r["step"], round(r["val_loss"], 4)) for r in rows]
+    caplog.clear()
+    train(TINY_MODEL, tcfg(max_steps=20), split_text(tiny_text), tmp_path / "bar", progress=True)
+    assert not [r for r in caplog.records if r.getMessage().startswith("step ")]  # the bar shows it
+
+
 def test_training_lowers_loss_and_writes_the_run_folder(tmp_path, tiny_text):
     res = train(TINY_MODEL, tcfg(max_steps=60), split_text(tiny_text), tmp_path, progress=False)
     assert res.steps == 60 and res.best_val_loss < res.first_val_loss - 0.5
