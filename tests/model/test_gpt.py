@@ -196,6 +196,7 @@ def test_hf_gpt2_weights_give_identical_logits():
         {"n_embd": 30, "n_head": 4},
         {"n_layer": 0},
         {"dropout": 1.5},
+        {"attn_dropout": -0.1},
         {"activation": "swish"},
         {"pos_encoding": "alibi"},
         {"pos_encoding": "rotary", "n_embd": 36, "n_head": 4},  # head size 9: odd
@@ -319,3 +320,18 @@ def test_zero_init_starts_every_block_as_the_identity():
     projections = [p for n, p in model.named_parameters() if n.endswith("c_proj.weight")]
     assert len(projections) == 4 and all(torch.count_nonzero(p) == 0 for p in projections)
     assert torch.count_nonzero(make().transformer.h[0].mlp.c_proj.weight) > 0
+
+
+@pytest.mark.parametrize("attn_dropout, attention_drops", [(None, True), (0.0, False)])
+def test_attn_dropout_sets_the_attention_weights_dropout_alone(attn_dropout, attention_drops):
+    """--attn-dropout 0 with --dropout 0.5: the residual and MLP outputs still drop, the
+    attention weights do not (so a CPU keeps the fused kernel); unset, it follows --dropout."""
+    model = GPT(replace(CFG, dropout=0.5, attn_dropout=attn_dropout)).train()
+    attn = model.transformer.h[0].attn
+    seen = []  # what reaches the attention's output projection: attention weights @ values
+    attn.c_proj.register_forward_hook(lambda m, args, out: seen.append(args[0].detach()))
+    x = torch.randn(2, 8, CFG.n_embd)
+    out = [attn(x)[0] for _ in range(2)]
+    assert not torch.equal(out[0], out[1])  # the residual dropout acts either way
+    assert (not torch.equal(seen[0], seen[1])) == attention_drops
+    assert model.transformer.h[0].mlp.dropout.p == 0.5

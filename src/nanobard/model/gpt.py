@@ -127,15 +127,17 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        # dropout on the attention weights: --attn-dropout, else --dropout
+        attn_drop = cfg.dropout if cfg.attn_dropout is None else cfg.attn_dropout
         self.n_head, self.n_embd, self.dropout, self.causal = (
             cfg.n_head,
             cfg.n_embd,
-            cfg.dropout,
+            attn_drop,
             cfg.causal,
         )
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # Q, K, V in one matmul
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)  # W^O
-        self.attn_dropout = nn.Dropout(cfg.dropout)
+        self.attn_dropout = nn.Dropout(attn_drop)
         self.resid_dropout = nn.Dropout(cfg.dropout)
         hs = cfg.n_embd // cfg.n_head
         # qk_norm: per-channel gains of the normalised queries and keys, starting at 1
