@@ -268,11 +268,11 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "quick": Preset(
         "quick",
-        "about 3 minutes on 2 CPU cores: a 0.8M-parameter model trained with Muon (lr 1e-2), "
-        "good enough for recognisable text",
-        ModelConfig(block_size=128, n_layer=4, n_head=4, n_embd=128),
+        "about 3 minutes on 2 CPU cores: a 0.8M-parameter model (context 64) trained with Muon "
+        "(lr 1e-2), good enough for recognisable text",
+        ModelConfig(block_size=64, n_layer=4, n_head=4, n_embd=128),
         TrainConfig(
-            batch_size=16,
+            batch_size=32,
             max_steps=1500,
             max_time=240.0,
             lr=1e-2,
@@ -352,10 +352,13 @@ PRESETS: dict[str, Preset] = {
     "cpu-10min": Preset(
         "cpu-10min",
         "best validation loss in 10 minutes of CPU wall time: a wider model "
-        "(4 x 192, context 128), Muon, weight decay 0.3, bfloat16 autocast where it is native; "
-        "the cosine schedule is sized to the 570 s budget from the speed measured in the first "
-        "steps, so it decays fully on a slow machine and a fast one alike",
-        ModelConfig(block_size=128, n_layer=4, n_head=6, n_embd=192),
+        "(4 x 192, context 128, dropout 0.1 outside attention), Muon, weight decay 0.3, bfloat16 "
+        "autocast where it is native; the cosine schedule is sized to the 570 s budget from the "
+        "speed measured in the first steps, so it decays fully on a slow machine and a fast one "
+        "alike",
+        ModelConfig(
+            block_size=128, n_layer=4, n_head=6, n_embd=192, dropout=0.1, attn_dropout=0.0
+        ),
         TrainConfig(
             batch_size=16,
             max_steps=None,
@@ -459,9 +462,11 @@ class StudyPreset:
 
 
 # Fine-tuning a 135M model on a CPU, by wall time; scores on the first 20,000 validation characters.
-# LoRA rank 8 at lr 3e-3: in the same 75 s it takes ~1.5x the steps of full fine-tuning and ends
-# lower on both CPU kinds (benchmarks/finetune_budget.py: 1.544 vs 1.561 bits/char with AVX-512
-# BF16, 1.542 vs 1.590 without); lr 6e-3 ends higher (1.562 against 1.520 at 150 s, AMX Xeon).
+# LoRA rather than full fine-tuning: in the same 75 s it takes ~1.5x the steps and ends lower on
+# both CPU kinds (benchmarks/finetune_budget.py: 1.544 vs 1.561 bits/char with AVX-512 BF16, 1.542
+# vs 1.590 without; full fine-tuning in bfloat16 at 150 s on an AMX Xeon: 1.524 at lr 1e-4, 1.536
+# at 2e-4). Rank 16 at lr 2e-3 on 4 blocks of 256 tokens (the scoring windows' length) ended at
+# 1.513 where rank 8 at lr 3e-3 on 8 x 128 ended at 1.520 (lr 6e-3: 1.562); benchmarks/README.md.
 # Samples: 3 prompts x 3 strategies x 40 tokens, before and after, each prompt's three decoded in
 # one batch. The 150 s budget is the whole stage's (load, score and samples before, training, save,
 # score and samples after): on an AMX Xeon ~28 s of it go around training (bfloat16 scoring).
@@ -471,8 +476,11 @@ _CPU_FINETUNE = FinetuneConfig(
     eval_interval=20,
     score_chars=20_000,
     sample_tokens=40,
-    lora_r=8,
-    lr=3e-3,
+    block_size=256,
+    batch_size=4,
+    eval_blocks=8,
+    lora_r=16,
+    lr=2e-3,
     warmup_steps=2,
 )
 
