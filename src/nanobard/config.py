@@ -356,9 +356,7 @@ PRESETS: dict[str, Preset] = {
         "autocast where it is native; the cosine schedule is sized to the 570 s budget from the "
         "speed measured in the first steps, so it decays fully on a slow machine and a fast one "
         "alike",
-        ModelConfig(
-            block_size=128, n_layer=4, n_head=6, n_embd=192, dropout=0.1, attn_dropout=0.0
-        ),
+        ModelConfig(block_size=128, n_layer=4, n_head=6, n_embd=192, dropout=0.1, attn_dropout=0.0),
         TrainConfig(
             batch_size=16,
             max_steps=None,
