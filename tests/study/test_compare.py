@@ -6,6 +6,7 @@ import math
 import pytest
 
 from nanobard.cli import main
+from nanobard.config import STUDY_PRESETS
 from nanobard.data.corpus import split_text
 from nanobard.rundir import RunDir
 from nanobard.study.compare import Comparison, NotARun, compare_runs
@@ -60,7 +61,8 @@ def test_a_study_gives_both_tracks_and_a_run_still_going_says_so(study, sweep, t
         ("tuning", "finetune"),
     ]
     ft = res.runs[1]
-    assert ft.unit == "nats/token" and ft.config["finetune.lora_r"] == 8  # the study's section
+    lora_r = STUDY_PRESETS["quick"].finetune.lora_r  # the study's section of its config
+    assert ft.unit == "nats/token" and ft.config["finetune.lora_r"] == lora_r
     assert ft.differs == {} and res.runs[3].differs == {}  # no config to differ from
     assert ft.bits_per_char == pytest.approx(outcome.state.finetune.after.bits_per_char)
     # the study's from-scratch model was scored on the validation text: that score, not a batch's
