@@ -9,6 +9,7 @@ term, about 3% at T = 128, is left out.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import statistics
@@ -240,40 +241,49 @@ def case_finetune(
 def _first_eval_at_or_below(
     cmd: list[str], env: dict[str, str], target: float, parse: Any
 ) -> dict[str, Any]:
-    """Run ``cmd``, read evaluations from its stdout with ``parse(line) -> (step, val) | None``, and
-    stop it at the first val <= target. Seconds are counted from process start."""
+    """Run ``cmd``, read evaluations from its output with ``parse(line) -> (step, val) | None``,
+    and stop it at the first val <= target. Seconds are counted from process start. The child's
+    Python writes unbuffered (PYTHONUNBUFFERED), so a line arrives when it is printed, not when a
+    pipe buffer fills or the process exits."""
     t = time.perf_counter()
     proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
-    best, step, seconds = float("inf"), 0, None
-    for line in proc.stdout:
-        got = parse(line)
-        if got is None:
-            continue
-        step, val = got
-        best = min(best, val)
-        if val <= target:
-            seconds = time.perf_counter() - t
-            proc.kill()
-            break
-    proc.wait()
-    if seconds is None:
+    assert proc.stdout is not None
+    best, step, seconds, tail = float("inf"), 0, None, collections.deque(maxlen=20)
+    with proc.stdout:
+        for line in proc.stdout:
+            tail.append(line)
+            got = parse(line)
+            if got is None:
+                continue
+            step, val = got
+            best = min(best, val)
+            if val <= target:
+                seconds = time.perf_counter() - t
+                proc.kill()
+                break
+    code = proc.wait()
+    if seconds is None:  # never reached: the whole run, which must have ended well
         seconds = time.perf_counter() - t
+        if code != 0:
+            raise RuntimeError(f"{' '.join(cmd[:4])} ... failed ({code}): {''.join(tail)[-500:]}")
     return {"seconds": seconds, "best_val_loss": best, "reached": best <= target, "steps": step}
 
 
 def case_time_to_loss(target: float, data: str, args: list[str]) -> dict[str, Any]:
     """Wall time of a real `nanobard train` process from its start to its first evaluation with
-    val loss <= target, read from the line it logs per evaluation (``step N/M: val loss V, ...``),
-    timed as nanoGPT's is below: what happens after that evaluation (saving, exiting) is not
-    counted for either."""
-    import re
-
-    pattern = re.compile(r"^step (\d+)(?:/\d+)?: val loss ([\d.]+)")
+    val loss <= target, read from the line it logs per evaluation (``step N/M: val loss V, ...``,
+    ``nanobard.train.loop.EVAL_LINE``), timed as nanoGPT's is below: both lines come before the
+    checkpoint is saved, and saving and exiting are counted for neither."""
+    from nanobard.train.loop import EVAL_LINE
 
     def parse(line: str) -> tuple[int, float] | None:
-        m = pattern.search(line)
+        m = EVAL_LINE.search(line)
         return (int(m.group(1)), float(m.group(2))) if m else None
 
     with tempfile.TemporaryDirectory() as out:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 VARIANTS = {
-    "full": {},  # full fine-tuning, block 128, batch 8 (the study's default)
+    "full": {},  # full fine-tuning, block 128, batch 8 (FinetuneConfig's defaults)
     "block64": {"block_size": 64, "batch_size": 16},  # the same tokens per step in shorter blocks
     "lora": {
         "lora_r": 8,

@@ -1,8 +1,10 @@
 """The `quick` study's fine-tuning stage alone, with its time budget covering the whole command:
 wall time against the budget, each part's seconds (FinetuneResult.phases), steps and bits/char.
 
-    .venv/bin/python benchmarks/finetune_stage.py [--max-time 150] [--lr 3e-3] [--lora-r 8]
+    .venv/bin/python benchmarks/finetune_stage.py [--max-time 150] [--lr LR] [--lora-r R]
         [--set FIELD=VALUE ...]   # any other FinetuneConfig field, e.g. --set lora_alpha=16
+
+Unset, --lr and --lora-r are the study's (STUDY_PRESETS["quick"].finetune: 2e-3, rank 16).
 """
 
 from __future__ import annotations

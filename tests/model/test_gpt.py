@@ -335,3 +335,4 @@ def test_attn_dropout_sets_the_attention_weights_dropout_alone(attn_dropout, att
     assert not torch.equal(out[0], out[1])  # the residual dropout acts either way
     assert (not torch.equal(seen[0], seen[1])) == attention_drops
     assert model.transformer.h[0].mlp.dropout.p == 0.5
+    assert attn.attn_dropout.p == (0.5 if attention_drops else 0.0)  # the readable path's

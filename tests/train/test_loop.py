@@ -1,6 +1,7 @@
 import json
 import os
 import pickle
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -12,7 +13,7 @@ from nanobard.files import WriteFailed
 from nanobard.hardware import OutOfMemory
 from nanobard.model import checkpoint
 from nanobard.model.checkpoint import CheckpointError, load_model, read_checkpoint
-from nanobard.train.loop import train
+from nanobard.train.loop import EVAL_LINE, train
 from nanobard.train.schedule import lr_at
 from tests.fixtures import CPU_OOM, TINY_MODEL, disk_full, tcfg
 
@@ -25,9 +26,10 @@ def test_without_a_bar_each_evaluation_is_one_log_line(tmp_path, tiny_text, capl
     train(TINY_MODEL, tcfg(max_steps=20), split_text(tiny_text), tmp_path, progress=False)
     rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
-    line = re.compile(r"step (\d+)/20: val loss ([\d.]+), train loss ([\d.]+), lr ")
-    got = [line.match(ln) for ln in lines]
+    got = [EVAL_LINE.match(ln) for ln in lines]  # the benchmark's pattern
     assert all(got) and len(got) == len(rows) == 3
+    whole = re.compile(r"step \d+/20: val loss [\d.]+, train loss [\d.]+, lr [\d.e+-]+, [\d.]+ s$")
+    assert all(whole.match(ln) for ln in lines)
     logged = [(int(m[1]), float(m[2])) for m in got]
     assert logged == [(r["step"], round(r["val_loss"], 4)) for r in rows]
     caplog.clear()
@@ -292,6 +294,14 @@ def test_damaged_and_foreign_checkpoints(tmp_path, tiny_text):
     other = ModelConfig(**{**TINY_MODEL.__dict__, "vocab_size": 65, "n_embd": 64})
     with pytest.raises(CheckpointError, match="different model"):
         load_model(tmp_path / "model_scratch_best.pt", expect=other)
+    # attn_dropout unset acts as the dropout it follows: naming that value still matches
+    saved = load_model(tmp_path / "model_scratch_best.pt")[0].config
+    assert saved.attn_dropout is None
+    load_model(
+        tmp_path / "model_scratch_best.pt", expect=replace(saved, attn_dropout=saved.dropout)
+    )
+    with pytest.raises(CheckpointError, match="attn_dropout"):
+        load_model(tmp_path / "model_scratch_best.pt", expect=replace(saved, attn_dropout=0.3))
 
 
 class _Evil:

@@ -411,7 +411,9 @@ def overfit_one_batch(
     explode."""
     corpus = _corpus(data)
     model = _new_model(
-        dataclasses.replace(model_cfg, dropout=0.0), train_cfg, corpus.tokenizer.vocab_size
+        dataclasses.replace(model_cfg, dropout=0.0, attn_dropout=0.0),
+        train_cfg,
+        corpus.tokenizer.vocab_size,
     )
     batch = get_batch(
         corpus.train,

@@ -126,6 +126,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return obj
 
 
+def _settings(cfg: ModelConfig) -> dict[str, Any]:
+    """The model's settings as they act: an unset attn_dropout is the dropout it follows (so a
+    run whose preset now names the same value explicitly still resumes)."""
+    return {**asdict(cfg), "attn_dropout": cfg.attention_dropout}
+
+
 def load_model(
     path: str | os.PathLike,
     device: str | torch.device = "cpu",
@@ -140,10 +146,9 @@ def load_model(
         tok = CharTokenizer.from_json(obj["vocab"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path} has an unreadable config or vocabulary ({e})") from None
-    if expect is not None and asdict(expect) != asdict(cfg):
-        diff = {
-            k: (v, getattr(expect, k)) for k, v in asdict(cfg).items() if getattr(expect, k) != v
-        }
+    if expect is not None and _settings(expect) != _settings(cfg):
+        wanted = _settings(expect)
+        diff = {k: (v, wanted[k]) for k, v in _settings(cfg).items() if wanted[k] != v}
         raise CheckpointError(
             f"{path} holds a different model (checkpoint vs requested: {diff}); "
             "use a new --out folder or the same settings as the checkpoint"

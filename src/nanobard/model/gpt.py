@@ -127,8 +127,7 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        # dropout on the attention weights: --attn-dropout, else --dropout
-        attn_drop = cfg.dropout if cfg.attn_dropout is None else cfg.attn_dropout
+        attn_drop = cfg.attention_dropout  # --attn-dropout, else --dropout
         self.n_head, self.n_embd, self.dropout, self.causal = (
             cfg.n_head,
             cfg.n_embd,

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -455,9 +456,13 @@ def _stop_after_eval(cfg: TrainConfig, state: RunState, row: EvalRow) -> str | N
     return None
 
 
+# what eval_line writes, as the time-to-loss benchmark reads it: (step, val loss)
+EVAL_LINE = re.compile(r"^step (\d+)(?:/\d+)?: val loss ([\d.]+)")
+
+
 def eval_line(row: EvalRow, horizon: int | None) -> str:
     """An evaluation as one log line, e.g. ``step 120/240: val loss 2.0512, train loss 2.0011,
-    lr 1.40e-02, 7.1 s`` (losses in nats per token)."""
+    lr 1.40e-02, 7.1 s`` (losses in nats per token), logged before the checkpoints are written."""
     of = f"/{horizon}" if horizon else ""
     train = "" if row.train_loss is None else f", train loss {row.train_loss:.4f}"
     lr = "" if row.lr is None else f", lr {row.lr:.2e}"
@@ -566,9 +571,9 @@ def _train(
                     state.horizon_refined = True
                     if state.step >= horizon:  # no time left: this evaluation is the last
                         stopped = budget_kind
-                _record(s, state, row)  # the checkpoint carries the re-fitted horizon
                 if not progress and s.dd.is_main:  # without a bar, one line per evaluation
                     logger.info("%s", eval_line(row, horizon))
+                _record(s, state, row)  # the checkpoint carries the re-fitted horizon
                 stopped = stopped or _stop_after_eval(cfg, state, row)
                 bar.set_postfix(
                     loss=f"{row.train_loss:.3f}", val=f"{row.val_loss:.3f}", refresh=False
