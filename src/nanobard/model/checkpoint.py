@@ -146,9 +146,9 @@ def load_model(
         tok = CharTokenizer.from_json(obj["vocab"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path} has an unreadable config or vocabulary ({e})") from None
-    if expect is not None and _settings(expect) != _settings(cfg):
-        wanted = _settings(expect)
-        diff = {k: (v, wanted[k]) for k, v in _settings(cfg).items() if wanted[k] != v}
+    held, wanted = _settings(cfg), None if expect is None else _settings(expect)
+    if wanted is not None and held != wanted:
+        diff = {k: (v, wanted[k]) for k, v in held.items() if wanted[k] != v}
         raise CheckpointError(
             f"{path} holds a different model (checkpoint vs requested: {diff}); "
             "use a new --out folder or the same settings as the checkpoint"
