@@ -23,7 +23,7 @@ def test_readable_presets_build_gpt2s_architecture(name):
 
 def test_the_fast_preset_is_the_lesson_model_with_rotary_positions_and_qk_norm():
     fast, lesson = PRESETS["fast"].model, PRESETS["lesson"].model
-    assert fast.pos_encoding == "rotary" and fast.qk_norm
+    assert fast.pos_encoding == "rotary" and fast.qk_norm and fast.qk_norm_type == "layer"
     with pytest.raises(ExportError, match="rotary"):
         check_gpt2_architecture(fast)
     same_shape = ("block_size", "n_layer", "n_head", "n_embd")

@@ -21,6 +21,7 @@ def make(cfg=CFG, seed=0):
 OPTIONS = {
     "rotary": {"pos_encoding": "rotary"},
     "qk_norm": {"qk_norm": True},
+    "qk_layer_norm": {"pos_encoding": "rotary", "qk_norm": True, "qk_norm_type": "layer"},
     "relu2": {"activation": "relu2"},
     "all": {"pos_encoding": "rotary", "qk_norm": True, "activation": "relu2", "zero_init": True},
 }
@@ -292,16 +293,36 @@ def test_rotary_attention_with_trained_gains_still_sees_distance_only():
     torch.testing.assert_close(scores[2], scores[0], atol=1e-5, rtol=1e-5)
 
 
-def test_qk_norm_gives_unit_rms_queries_and_keys():
-    model = make(replace(CFG, qk_norm=True))
+@pytest.mark.parametrize("kind", ["rms", "layer"])
+def test_qk_norm_gives_unit_rms_queries_and_keys(kind):
+    model = make(replace(CFG, qk_norm=True, qk_norm_type=kind))
     attn = model.transformer.h[0].attn
-    x = 5 * torch.randn(2, 7, 32)
+    x = 5 * torch.randn(2, 7, 32) + 3  # every channel off zero: a mean for LayerNorm to remove
     q, k, v = attn.heads(x, 0)
     assert q.shape == (2, 4, 7, 8)
     for t in (q, k):  # gains start at 1
         torch.testing.assert_close(t.pow(2).mean(-1), torch.ones(2, 4, 7), atol=1e-3, rtol=1e-3)
+        centred = torch.allclose(t.mean(-1), torch.zeros(2, 4, 7), atol=1e-4)
+        assert centred == (kind == "layer")  # LayerNorm also removes each vector's mean
     assert not torch.allclose(v.pow(2).mean(-1), torch.ones(2, 4, 7), atol=0.1)  # values are not
     assert attn.q_gain.shape == (8,) and make().transformer.h[0].attn.q_gain is None
+
+
+def test_layer_norm_gains_scale_queries_and_keys_per_channel():
+    model = make(replace(CFG, qk_norm=True, qk_norm_type="layer"))
+    attn = model.transformer.h[0].attn
+    x = torch.randn(1, 5, 32)
+    q0, k0, _ = attn.heads(x, 0)
+    with torch.no_grad():
+        attn.q_gain.copy_(torch.arange(1.0, 9.0))
+    q1, k1, _ = attn.heads(x, 0)
+    torch.testing.assert_close(q1, q0 * torch.arange(1.0, 9.0))
+    torch.testing.assert_close(k1, k0)  # the keys have their own gain
+
+
+def test_an_unknown_qk_norm_type_is_refused():
+    with pytest.raises(ConfigError, match="qk_norm_type"):
+        replace(CFG, qk_norm=True, qk_norm_type="batch")
 
 
 def test_relu2_mlp_is_relu_squared():

@@ -4,8 +4,8 @@
 
 The readable presets build GPT-2's architecture. Three options the record presets turn on
 (``ModelConfig``; modded-nanogpt's speed runs measured them): rotary positions instead of an added
-position embedding, RMS-normalised queries and keys (``qk_norm``), ReLU² in the MLP; and
-``zero_init`` starts the residual projections at zero.
+position embedding, normalised queries and keys (``qk_norm``, by RMSNorm or LayerNorm), ReLU² in
+the MLP; and ``zero_init`` starts the residual projections at zero.
 
 Shapes: B batch, T query positions, S key positions (T + cached positions), C = n_embd,
 nh = n_head, hs = C // nh (head size), V = vocab size.
@@ -142,6 +142,7 @@ class CausalSelfAttention(nn.Module):
         # qk_norm: per-channel gains of the normalised queries and keys, starting at 1
         self.q_gain = nn.Parameter(torch.ones(hs)) if cfg.qk_norm else None
         self.k_gain = nn.Parameter(torch.ones(hs)) if cfg.qk_norm else None
+        self.qk_layer_norm = cfg.qk_norm_type == "layer"  # else RMSNorm
         self.rotary: torch.Tensor | None
         if cfg.pos_encoding == "rotary":
             self.register_buffer("rotary", rotary_table(cfg.block_size, hs), persistent=False)
@@ -159,8 +160,18 @@ class CausalSelfAttention(nn.Module):
             # queries and keys normalised and rotated together: half the operator calls. The
             # gains come before the rotation, so a score still depends on the distance only
             if self.q_gain is not None and self.k_gain is not None:
-                gains = torch.stack([self.q_gain, self.k_gain])[:, None]  # (2, 1, hs)
-                qk = F.rms_norm(qk, (qk.size(-1),)) * gains
+                hs = qk.size(-1)
+                if self.qk_layer_norm:  # one fused kernel each way (RMSNorm's backward is not)
+                    qk = torch.stack(
+                        [
+                            F.layer_norm(qk[:, :, 0], (hs,), self.q_gain),
+                            F.layer_norm(qk[:, :, 1], (hs,), self.k_gain),
+                        ],
+                        dim=2,
+                    )
+                else:
+                    gains = torch.stack([self.q_gain, self.k_gain])[:, None]  # (2, 1, hs)
+                    qk = F.rms_norm(qk, (hs,)) * gains
             if self.rotary is not None:
                 qk = rotate(qk, self.rotary, start)
             q, k = qk.unbind(2)  # (B, T, nh, hs) each
