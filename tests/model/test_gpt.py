@@ -5,7 +5,7 @@ import torch
 from torch.nn import functional as F
 
 from nanobard.config import ConfigError, ModelConfig
-from nanobard.model.gpt import GPT, rotary_table, rotate
+from nanobard.model.gpt import GPT, Dropout, rotary_table, rotate
 from nanobard.model.sampling import SamplingConfig, ScratchDecoder, generate_ids
 
 CFG = ModelConfig(vocab_size=17, block_size=16, n_layer=2, n_head=4, n_embd=32)
@@ -357,3 +357,20 @@ def test_attn_dropout_sets_the_attention_weights_dropout_alone(attn_dropout, att
     assert (not torch.equal(seen[0], seen[1])) == attention_drops
     assert model.transformer.h[0].mlp.dropout.p == 0.5
     assert attn.attn_dropout.p == (0.5 if attention_drops else 0.0)  # the readable path's
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_zeroes_p_of_the_elements_scales_the_rest_and_its_gradient(dtype):
+    drop = Dropout(0.1)
+    x = (torch.rand(200, 1000) + 0.5).to(dtype).requires_grad_()  # no element is zero
+    torch.manual_seed(3)
+    y = drop(x)
+    assert y.dtype == dtype and abs((y == 0).float().mean().item() - 0.1) < 0.005
+    kept = y != 0
+    torch.testing.assert_close(y[kept], x[kept] / 0.9, rtol=1e-2, atol=0)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, (kept / 0.9).to(dtype))  # the same mask backward
+    torch.manual_seed(3)
+    assert torch.equal(drop(x), y)  # the torch seed decides the mask
+    drop.eval()
+    assert drop(x) is x and Dropout(0.0)(x) is x  # nothing at inference or with p = 0

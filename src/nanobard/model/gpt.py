@@ -97,6 +97,28 @@ class KVCache:
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
 
+class Dropout(nn.Module):
+    """``nn.Dropout`` (zero each element with probability p while training, scale the rest by
+    1 / (1 - p)), with its mask drawn by ``torch.rand`` on a CPU: torch's CPU dropout draws it by
+    ``bernoulli_``, about twice as slow (forward + backward at the ``cpu-10min`` shape: 3.2 ms
+    against 2.0). Elsewhere it is ``F.dropout``, a fused kernel on a GPU."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if not x.is_cpu:
+            return F.dropout(x, self.p, training=True)
+        scale = torch.rand(x.shape, device=x.device).ge_(self.p).mul_(1 / (1 - self.p))
+        return x * scale.to(x.dtype)  # 0 or 1 / (1 - p) per element
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 def direct(linear: nn.Module) -> Fn:
     """``linear``'s forward without nn.Module's call machinery (hooks, the attribute lookups of
     each call), for ``decode_step``; a module may give its own (``Int8Linear.direct``). It holds
@@ -136,8 +158,8 @@ class CausalSelfAttention(nn.Module):
         )
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # Q, K, V in one matmul
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)  # W^O
-        self.attn_dropout = nn.Dropout(attn_drop)
-        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.attn_dropout = Dropout(attn_drop)
+        self.resid_dropout = Dropout(cfg.dropout)
         hs = cfg.n_embd // cfg.n_head
         # qk_norm: per-channel gains of the normalised queries and keys, starting at 1
         self.q_gain = nn.Parameter(torch.ones(hs)) if cfg.qk_norm else None
@@ -246,7 +268,7 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
         self.act = F.gelu if cfg.activation == "gelu" else relu2
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(self.act(self.c_fc(x))))  # (B, T, C)
@@ -289,7 +311,7 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(
             dict(
                 wte=wte,
-                drop=nn.Dropout(cfg.dropout),
+                drop=Dropout(cfg.dropout),
                 h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
                 ln_f=nn.LayerNorm(cfg.n_embd, bias=cfg.bias),
             )
