@@ -303,7 +303,7 @@ show(plot_lr_sweep(sweep, OUT / "lr_sweep.png"))
 #   other notebooks train). Two changes to the architecture, rotary positions and normalised
 #   queries and keys, then learned enough more per step to reach the same loss in 240 steps with
 #   10 warmup steps (times against nanoGPT in `benchmarks/README.md`). The queries and keys are
-#   normalised by LayerNorm rather than RMSNorm: the same loss, and a CPU step ~13% shorter,
+#   normalised by LayerNorm rather than RMSNorm: the same loss, and a CPU step ~10% shorter,
 #   because torch has a fused LayerNorm backward on a CPU and no fused RMSNorm one.
 # - `cpu-10min` asks: what is the lowest validation loss ten minutes buy? A wider model (4 layers ×
 #   192, context 128), Muon and weight decay 0.3 (AdamW's best in ten minutes: 1.543).

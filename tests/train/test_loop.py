@@ -304,6 +304,27 @@ def test_damaged_and_foreign_checkpoints(tmp_path, tiny_text):
         load_model(tmp_path / "model_scratch_best.pt", expect=replace(saved, attn_dropout=0.3))
 
 
+def test_a_checkpoint_from_before_qk_norm_type_loads_as_rms(tmp_path):
+    from nanobard.data.tokenizer import CharTokenizer
+    from nanobard.model.gpt import GPT
+
+    path = tmp_path / "old.pt"
+    qk = replace(TINY_MODEL, qk_norm=True, pos_encoding="rotary")
+    checkpoint.save_checkpoint(path, GPT(qk), CharTokenizer.from_text("abcdefgh"))
+    obj = read_checkpoint(path)
+    old = json.loads(obj["model_config"])
+    del old["qk_norm_type"]  # written before the option existed
+    obj["model_config"] = json.dumps(old)
+    checkpoint.atomic_save(obj, path)
+    assert load_model(path, expect=qk)[0].config.qk_norm_type == "rms"
+    with pytest.raises(CheckpointError, match="qk_norm_type"):  # e.g. fast's LayerNorm now
+        load_model(path, expect=replace(qk, qk_norm_type="layer"))
+    # without QK-norm the kind does nothing, so it is not compared
+    plain = replace(TINY_MODEL, pos_encoding="rotary")
+    checkpoint.save_checkpoint(path, GPT(plain), CharTokenizer.from_text("abcdefgh"))
+    load_model(path, expect=replace(plain, qk_norm_type="layer"))
+
+
 class _Evil:
     def __reduce__(self):
         return (os.system, ("touch pwned",))

@@ -128,8 +128,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def _settings(cfg: ModelConfig) -> dict[str, Any]:
     """The model's settings as they act: an unset attn_dropout is the dropout it follows (so a
-    run whose preset now names the same value explicitly still resumes)."""
-    return {**asdict(cfg), "attn_dropout": cfg.attention_dropout}
+    run whose preset now names the same value explicitly still resumes), and the kind of QK-norm
+    counts only with QK-norm on (a checkpoint from before the option holds "rms", its default)."""
+    return {
+        **asdict(cfg),
+        "attn_dropout": cfg.attention_dropout,
+        "qk_norm_type": cfg.qk_norm_type if cfg.qk_norm else None,
+    }
 
 
 def load_model(

@@ -101,10 +101,13 @@ class Dropout(nn.Module):
     """``nn.Dropout`` (zero each element with probability p while training, scale the rest by
     1 / (1 - p)), with its mask drawn by ``torch.rand`` on a CPU: torch's CPU dropout draws it by
     ``bernoulli_``, about twice as slow (forward + backward at the ``cpu-10min`` shape: 3.2 ms
-    against 2.0). Elsewhere it is ``F.dropout``, a fused kernel on a GPU."""
+    against 2.0; both draw on one thread, with 1 or 2 torch threads alike). Elsewhere it is
+    ``F.dropout``, a fused kernel on a GPU."""
 
     def __init__(self, p: float):
         super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
