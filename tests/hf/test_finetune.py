@@ -278,7 +278,7 @@ def test_time_budget_sizes_the_steps_and_ends_on_time(tiny_model, tmp_path, caps
     # one bar, sized to the steps the budget fits (not the 1,000,000-step bound it starts from),
     # and no dict of the Trainer's logs printed per log line
     assert "'eval_loss'" not in out + err and "/1000000" not in err, out[-800:]
-    done, total = map(int, re.findall(r"fine-tune:[^|]*\|[^|]*\| (\d+)/(\d+)", err)[-1])
+    done, total = map(int, re.findall(r"fine-tune:[^|\r\n]*\|[^|\r\n]*\| (\d+)/(\d+)", err)[-1])
     assert done == res.steps and total < 2 * res.steps, err[-600:]  # the budget's own count
     rows = [json.loads(ln) for ln in (tmp_path / "metrics_hf.jsonl").read_text().splitlines()]
     assert res.steps > 5 and res.train_seconds < 10.0 * 1.5
@@ -332,3 +332,22 @@ def test_the_report_says_what_the_stage_spent_around_training():
         "; 120 s training and 10 s around it (load 2.2 s, score before 5.1 s, save 3.0 s; "
         "scored in bfloat16)"
     )
+
+
+def test_the_bar_ends_full_when_the_budget_shrinks_below_the_steps_done():
+    from types import SimpleNamespace
+
+    from nanobard.hf.trainer import quiet_progress
+
+    added = []
+    trainer = SimpleNamespace(remove_callback=lambda cb: None, add_callback=added.append)
+    budget = SimpleNamespace(sized=True, horizon=1071)
+    quiet_progress(trainer, budget, progress=True)
+    (bar_cb,) = added
+    state = SimpleNamespace(is_world_process_zero=True, global_step=0, max_steps=10**6)
+    bar_cb.on_train_begin(None, state, None)
+    for step, horizon in ((999, 1071), (1000, 1000), (1001, 1000)):  # re-sized after step 1000
+        budget.horizon, state.global_step = horizon, step
+        bar_cb.on_step_end(None, state, None)
+    assert (bar_cb.training_bar.n, bar_cb.training_bar.total) == (1001, 1001)
+    bar_cb.training_bar.close()

@@ -296,8 +296,11 @@ def quiet_progress(trainer: Trainer, budget: TimeBudget | None, progress: bool) 
             super().on_step_end(args, state, control, **kw)
             bar = self.training_bar
             if bar is not None and budget is not None and budget.sized and budget.horizon:
-                if bar.total != budget.horizon:
-                    bar.total = budget.horizon
+                # a horizon re-sized below the steps done (a slow evaluation) ends the run at the
+                # next step: the bar ends full, not as a count without a total
+                total = max(budget.horizon, state.global_step)
+                if bar.total != total:
+                    bar.total = total
                     bar.refresh()
 
         def on_log(self, args, state, control, logs=None, **kw):
