@@ -110,7 +110,10 @@ class ModelConfig:
                 f"got {self.pos_encoding!r}"
             )
         if self.qk_norm_type not in get_args(QKNormType):
-            raise ConfigError(f"qk_norm_type must be 'rms' or 'layer', got {self.qk_norm_type!r}")
+            raise ConfigError(
+                f"qk_norm_type must be one of {', '.join(get_args(QKNormType))}, "
+                f"got {self.qk_norm_type!r}"
+            )
         if self.activation not in get_args(Activation):
             raise ConfigError(f"activation must be 'gelu' or 'relu2', got {self.activation!r}")
         if self.pos_encoding == "rotary" and (self.n_embd // self.n_head) % 2:

@@ -115,7 +115,7 @@ class Dropout(nn.Module):
             return x
         if not x.is_cpu:
             return F.dropout(x, self.p, training=True)
-        scale = torch.rand(x.shape, device=x.device).ge_(self.p).mul_(1 / (1 - self.p))
+        scale = torch.rand(x.shape).ge_(self.p).mul_(1 / (1 - self.p))
         return x * scale.to(x.dtype)  # 0 or 1 / (1 - p) per element
 
     def extra_repr(self) -> str:
