@@ -35,7 +35,7 @@ def train_step(
     under DDP gradients are all-reduced once, on the last micro-batch. ``after_backward(model)``
     sees the gradients before they are clipped (the lessons record their norms). Returns the last
     micro-batch's loss in nats per token (what the progress bar shows)."""
-    fwd = fwd or model
+    fwd = model if fwd is None else fwd  # not `or`: a compiled module refuses len()
     for i, (x, y) in enumerate(batches):
         # under DDP, no all-reduce before the last micro-batch
         with (
