@@ -351,3 +351,63 @@ def test_the_bar_ends_full_when_the_budget_shrinks_below_the_steps_done():
         bar_cb.on_step_end(None, state, None)
     assert (bar_cb.training_bar.n, bar_cb.training_bar.total) == (1001, 1001)
     bar_cb.training_bar.close()
+
+
+def test_cpu_bfloat16_training_casts_frozen_weights_once_and_runs_attention_in_float32(
+    monkeypatch,
+):
+    """Inside ``cpu_bfloat16_training`` LoRA's frozen weights are bfloat16 (the forward pass is
+    the one autocast gives, to the bit), attention takes float32 queries, keys and values with
+    autocast off where gradients flow and is left to autocast where none do; on leaving, the
+    float32 weights and SDPA are back."""
+    from peft import LoraConfig, get_peft_model
+
+    from nanobard.hf.trainer import CPU_TRAINING_ATTENTION, cpu_bfloat16_training
+
+    seen: list[tuple[torch.dtype, torch.dtype, bool]] = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, *a, **kw):  # Llama's rotary leaves q, k float32 and v bfloat16
+        seen.append((q.dtype, v.dtype, torch.is_autocast_enabled("cpu")))
+        return sdpa(q, k, v, *a, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+    for model in _tiny_causal_lms():
+        model.eval()
+        assert model.config._attn_implementation == "sdpa"
+        lora = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
+        frozen = {n: p.detach().clone() for n, p in lora.named_parameters() if "base_layer" in n}
+        ids = torch.randint(0, 500, (2, 24))
+        with torch.no_grad(), autocast:
+            ref = lora(input_ids=ids).logits
+        seen.clear()
+        with cpu_bfloat16_training(lora):
+            params = dict(lora.named_parameters())
+            assert all(params[n].dtype == torch.bfloat16 for n in frozen)
+            assert model.config._attn_implementation == CPU_TRAINING_ATTENTION
+            with autocast:
+                lora(input_ids=ids).logits.float().sum().backward()
+            assert seen == [(torch.float32, torch.float32, False)] * 2  # two layers
+            with torch.no_grad(), autocast:
+                got = lora(input_ids=ids).logits
+            assert len(seen) == 4 and all(on for _, _, on in seen[2:])  # autocast's bfloat16
+            torch.testing.assert_close(got, ref, atol=0, rtol=0)  # no gradients: plain SDPA
+        params = dict(lora.named_parameters())
+        assert all(
+            torch.equal(params[n], w) and params[n].dtype == w.dtype for n, w in frozen.items()
+        )
+        assert model.config._attn_implementation == "sdpa"
+        assert all(p.grad is not None for p in lora.parameters() if p.requires_grad)
+
+
+def test_cpu_bfloat16_training_disabled_changes_nothing():
+    from peft import LoraConfig, get_peft_model
+
+    from nanobard.hf.trainer import cpu_bfloat16_training
+
+    model = next(_tiny_causal_lms())
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
+    with cpu_bfloat16_training(lora, enabled=False):
+        assert all(p.dtype == torch.float32 for p in lora.parameters())
+        assert model.config._attn_implementation == "sdpa"

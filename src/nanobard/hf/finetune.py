@@ -42,6 +42,7 @@ from nanobard.hf.pretrained import EMBEDDED, Pretrained, hf_generator, load_pret
 from nanobard.hf.trainer import (
     checkpoint_corpus,
     complete_checkpoints,
+    cpu_bfloat16_training,
     metrics_callback,
     quiet_progress,
     trainer_class,
@@ -602,7 +603,9 @@ def _finetune(
         callbacks=callbacks,
     )
     quiet_progress(trainer, budget if progress else None, progress)
-    trainer.train(resume_from_checkpoint=None if last is None else str(last))
+    bf16_cpu = device.type == "cpu" and trainer.args.bf16
+    with cpu_bfloat16_training(model, enabled=bf16_cpu):
+        trainer.train(resume_from_checkpoint=None if last is None else str(last))
     train_seconds = time.perf_counter() - t0
     clock.mark("train")
     steps = trainer.state.global_step

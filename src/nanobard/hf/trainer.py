@@ -7,6 +7,8 @@
   with its learning rate decayed, whatever the machine;
 - ``metrics_hf.jsonl``: one row per evaluation, the same schema as the from-scratch track (and
   the same rows, with the Trainer's own logs, to a ``--report-to`` tracker);
+- ``cpu_bfloat16_training``: what bfloat16 autocast on a CPU does slowly, done once or in float32
+  (the frozen weights cast to bfloat16 once, not at every forward pass; attention in float32);
 - checkpoints that are complete or absent: one the disk refused half way is removed and reported in
   one line (the last complete one kept), each holds the corpus it was trained on
   (``corpus.json``), and ``complete_checkpoints`` skips one a crash cut short.
@@ -16,10 +18,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +33,7 @@ from torch.nn import functional as F
 from nanobard import files
 from nanobard.data.corpus import CorpusId
 from nanobard.files import WriteFailed
+from nanobard.hardware import attention_precision
 from nanobard.model.evaluate import HEAD_ON_HIDDEN_MODELS
 from nanobard.model.export import no_shard_bar
 from nanobard.records import EvalRow, TornRecord
@@ -76,6 +81,86 @@ def chunked_lm_loss(
         )
     count = num_items if num_items is not None else (y != -100).sum().clamp(min=1)
     return total / count
+
+
+# the attention cpu_bfloat16_training gives a model: transformers' SDPA, in float32 when training
+CPU_TRAINING_ATTENTION = "nanobard_cpu_training_sdpa"
+
+
+def _cpu_training_sdpa(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, Any]:
+    """transformers' SDPA attention, run in float32 where a CPU computes gradients: torch's CPU
+    flash attention is slower in bfloat16 than in float32 backward (``hardware.attention_precision``
+    says the same of the from-scratch model). Without gradients (scoring, the periodic
+    evaluation, sampling), where the bfloat16 forward is the faster one, it is plain SDPA."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if not (query.is_cpu and torch.is_grad_enabled()):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if attention_mask is not None and attention_mask.is_floating_point():
+        attention_mask = attention_mask.float()
+    with attention_precision(query):
+        out, weights = sdpa_attention_forward(
+            module, query.float(), key.float(), value.float(), attention_mask, **kwargs
+        )
+    return out.to(query.dtype), weights
+
+
+@contextlib.contextmanager
+def cpu_bfloat16_training(model: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Fine-tuning under bfloat16 autocast on a CPU, faster and with the same weights at the end.
+
+    - The frozen weights (and biases) of the layers LoRA adapts are cast to bfloat16 once, for
+      the whole of training, and their float32 originals put back on leaving: autocast casts a
+      frozen weight at every forward pass (it caches only weights that require gradients), and
+      the cast it makes is this one, so the forward pass is the same to the bit. The LoRA merge
+      after training then adds to the float32 weights, as without this.
+    - Attention runs in float32 where gradients flow (``_cpu_training_sdpa``), on models whose
+      attention transformers lets us choose (an SDPA model; others keep theirs).
+
+    Measured on a 2-core Intel Xeon with AMX (SmolLM2-135M, LoRA r16 on every linear layer,
+    4 x 256 tokens, bfloat16 autocast, medians of 6 steps in each of 3 alternating processes):
+    2.70 / 2.74 / 2.70 s a step as transformers runs it, 2.41 / 2.53 / 2.49 s with both (-8 %).
+    ``model`` is what the Trainer trains (a PeftModel with LoRA); ``enabled=False`` (float32
+    training, a GPU) leaves it as it is."""
+    if not enabled:
+        yield
+        return
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    # the transformers model under a PeftModel (torch types a Module's attributes as tensors)
+    base: Any = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]
+    swap = (
+        getattr(getattr(base, "config", None), "_attn_implementation", None) == "sdpa"
+        and getattr(base, "_can_set_attn_implementation", lambda: False)()  # private in 5.x
+    )
+    originals: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+    try:
+        for layer in model.modules():
+            if not isinstance(layer, BaseTunerLayer):
+                continue
+            for weight in layer.get_base_layer().parameters(recurse=False):  # weight, bias
+                if not weight.requires_grad and weight.dtype == torch.float32:
+                    originals.append((weight, weight.data))
+                    weight.data = weight.data.to(torch.bfloat16)
+        if swap:
+            AttentionInterface.register(CPU_TRAINING_ATTENTION, _cpu_training_sdpa)
+            AttentionMaskInterface.register(CPU_TRAINING_ATTENTION, sdpa_mask)
+            base.set_attn_implementation(CPU_TRAINING_ATTENTION)
+        yield
+    finally:
+        for weight, data in originals:
+            weight.data = data
+        if swap:
+            base.set_attn_implementation("sdpa")
 
 
 def lr_factor(step: int, warmup: int, horizon: int) -> float:
