@@ -1,3 +1,4 @@
+import contextlib
 import json
 import re
 import subprocess
@@ -356,42 +357,50 @@ def test_the_bar_ends_full_when_the_budget_shrinks_below_the_steps_done():
 def test_cpu_bfloat16_training_casts_frozen_weights_once_and_runs_attention_in_float32(
     monkeypatch,
 ):
-    """Inside ``cpu_bfloat16_training`` LoRA's frozen weights are bfloat16 (the forward pass is
-    the one autocast gives, to the bit), attention takes float32 queries, keys and values with
-    autocast off where gradients flow and is left to autocast where none do; on leaving, the
-    float32 weights and SDPA are back."""
+    """Inside ``cpu_bfloat16_training`` LoRA's frozen weights are bfloat16 (without gradients the
+    forward pass is autocast's, to the bit), attention takes float32 queries, keys and values
+    with autocast off where gradients flow, and a padded batch's mask with them; where no
+    gradients flow it is left to autocast. On leaving, the float32 weights and SDPA are back."""
     from peft import LoraConfig, get_peft_model
 
     from nanobard.hf.trainer import CPU_TRAINING_ATTENTION, cpu_bfloat16_training
 
-    seen: list[tuple[torch.dtype, torch.dtype, bool]] = []
+    seen: list[tuple[torch.dtype, torch.dtype, bool, bool]] = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
     def spy(q, k, v, *a, **kw):  # Llama's rotary leaves q, k float32 and v bfloat16
-        seen.append((q.dtype, v.dtype, torch.is_autocast_enabled("cpu")))
+        masked = kw.get("attn_mask") is not None
+        seen.append((q.dtype, v.dtype, torch.is_autocast_enabled("cpu"), masked))
         return sdpa(q, k, v, *a, **kw)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+    ids = torch.randint(0, 500, (2, 24))
+    pads = torch.ones_like(ids)
+    pads[1, :6] = 0  # left padding: the row's later tokens must not see these
+    kept = pads.bool()
     for model in _tiny_causal_lms():
         model.eval()
         assert model.config._attn_implementation == "sdpa"
         lora = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
         frozen = {n: p.detach().clone() for n, p in lora.named_parameters() if "base_layer" in n}
-        ids = torch.randint(0, 500, (2, 24))
         with torch.no_grad(), autocast:
             ref = lora(input_ids=ids).logits
+            ref_padded = lora(input_ids=ids, attention_mask=pads).logits.float()
         seen.clear()
         with cpu_bfloat16_training(lora):
             params = dict(lora.named_parameters())
             assert all(params[n].dtype == torch.bfloat16 for n in frozen)
             assert model.config._attn_implementation == CPU_TRAINING_ATTENTION
             with autocast:
-                lora(input_ids=ids).logits.float().sum().backward()
-            assert seen == [(torch.float32, torch.float32, False)] * 2  # two layers
+                logits = lora(input_ids=ids, attention_mask=pads).logits.float()
+                logits.sum().backward()
+            assert seen == [(torch.float32, torch.float32, False, True)] * 2  # two layers
+            # float32 attention against bfloat16: ~0.004 apart; ignoring the mask: 0.1-0.2
+            torch.testing.assert_close(logits[kept], ref_padded[kept], atol=2e-2, rtol=0)
             with torch.no_grad(), autocast:
                 got = lora(input_ids=ids).logits
-            assert len(seen) == 4 and all(on for _, _, on in seen[2:])  # autocast's bfloat16
+            assert len(seen) == 4 and all(s[2] for s in seen[2:])  # autocast's bfloat16
             torch.testing.assert_close(got, ref, atol=0, rtol=0)  # no gradients: plain SDPA
         params = dict(lora.named_parameters())
         assert all(
@@ -399,6 +408,24 @@ def test_cpu_bfloat16_training_casts_frozen_weights_once_and_runs_attention_in_f
         )
         assert model.config._attn_implementation == "sdpa"
         assert all(p.grad is not None for p in lora.parameters() if p.requires_grad)
+
+
+def test_cpu_bfloat16_training_leaves_a_shared_weight_in_float32():
+    """LoRA on a tied output layer: its weight is the embedding's too, which must stay float32
+    (casting it would turn the embedding lookup, and so the residual stream, to bfloat16)."""
+    from peft import LoraConfig, get_peft_model
+
+    from nanobard.hf.trainer import cpu_bfloat16_training
+
+    model = list(_tiny_causal_lms())[1]  # Llama, tied embeddings
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules=["lm_head", "q_proj"]))
+    embedding = model.get_input_embeddings().weight
+    assert embedding is model.lm_head.get_base_layer().weight
+    with cpu_bfloat16_training(lora):
+        assert embedding.dtype == torch.float32
+        assert model.model.layers[0].self_attn.q_proj.get_base_layer().weight.dtype == (
+            torch.bfloat16
+        )
 
 
 def test_cpu_bfloat16_training_disabled_changes_nothing():
@@ -411,3 +438,34 @@ def test_cpu_bfloat16_training_disabled_changes_nothing():
     with cpu_bfloat16_training(lora, enabled=False):
         assert all(p.dtype == torch.float32 for p in lora.parameters())
         assert model.config._attn_implementation == "sdpa"
+
+
+def test_bfloat16_fine_tuning_on_a_cpu_trains_in_the_context_and_saves_float32(
+    tiny_model, tmp_path, monkeypatch
+):
+    from transformers import AutoModelForCausalLM
+
+    from nanobard.hf import finetune as ft
+    from nanobard.hf.trainer import CPU_TRAINING_ATTENTION
+
+    entered = []
+    real = ft.cpu_bfloat16_training
+
+    @contextlib.contextmanager
+    def spy(model, enabled=True):
+        with real(model, enabled):
+            entered.append((enabled, model.get_base_model().config._attn_implementation))
+            yield
+
+    monkeypatch.setattr(ft, "cpu_bfloat16_training", spy)
+    path, text = tiny_model
+    kw = dict(lora_r=4, max_steps=4, eval_interval=2, precision="bfloat16")
+    ft.finetune(cfg(path, **kw), split_text(text), tmp_path, progress=False)
+    assert entered == [(True, CPU_TRAINING_ATTENTION)]
+    saved = tmp_path / "model_hf_finetuned"
+    assert CPU_TRAINING_ATTENTION not in (saved / "config.json").read_text()
+    reloaded = AutoModelForCausalLM.from_pretrained(saved)
+    assert all(p.dtype == torch.float32 for p in reloaded.parameters())
+    merged = reloaded.state_dict()["transformer.h.0.attn.c_attn.weight"]
+    # merged into the float32 weights, not into their bfloat16 copies: few values round-trip
+    assert (merged.bfloat16().float() == merged).float().mean() < 0.1

@@ -23,6 +23,7 @@ import json
 import logging
 import shutil
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -101,10 +102,16 @@ def _cpu_training_sdpa(
     evaluation, sampling), where the bfloat16 forward is the faster one, it is plain SDPA."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    # (under reentrant gradient checkpointing the first pass would take bfloat16 and the
+    # recomputation float32; nanobard does not checkpoint activations)
     if not (query.is_cpu and torch.is_grad_enabled()):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if attention_mask is not None and attention_mask.is_floating_point():
         attention_mask = attention_mask.float()
+    kwargs = {  # a float position bias, where a model passes one, follows q, k, v
+        name: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+        for name, t in kwargs.items()
+    }
     with attention_precision(query):
         out, weights = sdpa_attention_forward(
             module, query.float(), key.float(), value.float(), attention_mask, **kwargs
@@ -114,15 +121,18 @@ def _cpu_training_sdpa(
 
 @contextlib.contextmanager
 def cpu_bfloat16_training(model: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
-    """Fine-tuning under bfloat16 autocast on a CPU, faster and with the same weights at the end.
+    """Fine-tuning under bfloat16 autocast on a CPU, faster; the merge adds to the float32 weights.
 
     - The frozen weights (and biases) of the layers LoRA adapts are cast to bfloat16 once, for
       the whole of training, and their float32 originals put back on leaving: autocast casts a
       frozen weight at every forward pass (it caches only weights that require gradients), and
-      the cast it makes is this one, so the forward pass is the same to the bit. The LoRA merge
-      after training then adds to the float32 weights, as without this.
+      the cast it makes is this one, so what those layers compute is the same to the bit. The
+      LoRA merge after training then adds to the untouched float32 weights, as without this. A
+      weight another module shares (a tied embedding, were LoRA to adapt it) keeps float32.
     - Attention runs in float32 where gradients flow (``_cpu_training_sdpa``), on models whose
-      attention transformers lets us choose (an SDPA model; others keep theirs).
+      attention transformers lets us choose (an SDPA model; others keep theirs), in full
+      fine-tuning too. This is the one change to the training numerics: float32 attention
+      instead of bfloat16, so the adapters trained differ a little from autocast's.
 
     Measured on a 2-core Intel Xeon with AMX (SmolLM2-135M, LoRA r16 on every linear layer,
     4 x 256 tokens, bfloat16 autocast, medians of 6 steps in each of 3 alternating processes):
@@ -136,22 +146,23 @@ def cpu_bfloat16_training(model: torch.nn.Module, enabled: bool = True) -> Itera
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    # the transformers model under a PeftModel (torch types a Module's attributes as tensors)
-    base: Any = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]
+    base: Any = getattr(model, "get_base_model", lambda: model)()  # under a PeftModel
     swap = (
         getattr(getattr(base, "config", None), "_attn_implementation", None) == "sdpa"
         and getattr(base, "_can_set_attn_implementation", lambda: False)()  # private in 5.x
     )
+    uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
     originals: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
     try:
         for layer in model.modules():
             if not isinstance(layer, BaseTunerLayer):
                 continue
             for weight in layer.get_base_layer().parameters(recurse=False):  # weight, bias
-                if not weight.requires_grad and weight.dtype == torch.float32:
+                frozen = not weight.requires_grad and uses[id(weight)] == 1  # and not shared
+                if frozen and weight.dtype == torch.float32:
                     originals.append((weight, weight.data))
                     weight.data = weight.data.to(torch.bfloat16)
-        if swap:
+        if swap:  # registered for the process (a name no model asks for otherwise)
             AttentionInterface.register(CPU_TRAINING_ATTENTION, _cpu_training_sdpa)
             AttentionMaskInterface.register(CPU_TRAINING_ATTENTION, sdpa_mask)
             base.set_attn_implementation(CPU_TRAINING_ATTENTION)
