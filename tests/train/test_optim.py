@@ -108,3 +108,27 @@ def test_resuming_with_another_optimizer_says_so(tmp_path, tiny_text):
             resume=True,
             progress=False,
         )
+
+
+def test_muon_steps_as_torch_muon_does():
+    """torch.optim.Muon's algorithm (its match_rms_adamw scaling, Newton-Schulz in bfloat16), with
+    the matrices batched by shape and the tall ones (QKV, fc) transposed into their batch."""
+    import copy
+
+    torch.manual_seed(0)
+    model = GPT(MODEL)
+    twin = copy.deepcopy(model)
+    hidden = lambda m: [p for n, p in m.named_parameters() if ".h." in f".{n}" and p.dim() == 2]  # noqa: E731
+    assert {p.shape[0] > p.shape[1] for p in hidden(model)} == {True, False}  # both kinds
+    ours = Muon(hidden(model), lr=0.02, weight_decay=0.1, ns_dtype=torch.bfloat16)
+    ref = torch.optim.Muon(hidden(twin), lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    start = [p.detach().clone() for p in hidden(model)]
+    for _ in range(3):
+        x = torch.randint(0, 40, (8, 16))
+        for m, opt in ((model, ours), (twin, ref)):
+            m.zero_grad()
+            m(x, x).loss.backward()
+            opt.step()
+    for p, q, p0 in zip(hidden(model), hidden(twin), start):
+        moved = (q - p0).abs().max()
+        assert moved > 0.01 and (p - q).abs().max() < 0.02 * moved
