@@ -30,3 +30,11 @@ def test_the_fast_preset_is_the_lesson_model_with_rotary_positions_and_qk_norm()
     assert [getattr(fast, k) for k in same_shape] == [getattr(lesson, k) for k in same_shape]
     assert set(PRESETS) >= {*READABLE, "fast", "cpu-10min"}
     assert ModelConfig().pos_encoding == "learned" and not ModelConfig().qk_norm  # the defaults
+
+
+def test_finetune_config_refuses_an_empty_lora_layer_count():
+    from nanobard.config import ConfigError, FinetuneConfig
+
+    assert FinetuneConfig(lora_r=8, lora_layers=3).lora_layers == 3
+    with pytest.raises(ConfigError, match="lora_layers must be at least 1"):
+        FinetuneConfig(lora_r=8, lora_layers=0)

@@ -209,6 +209,28 @@ def test_lora_is_merged_before_saving(tiny_model, tmp_path):
     assert not (reloaded.state_dict()[w] == base.state_dict()[w]).all()
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_lora_layers_adapts_only_the_top_blocks(arch):
+    """--lora-layers N: adapters on every linear layer of the top N blocks (GPT-2's Conv1D and
+    Llama's Linear alike) and nowhere else, so no gradient flows below them."""
+    from nanobard.hf.finetune import _with_lora
+
+    model = next(m for m in _tiny_causal_lms() if (arch == "gpt2") == hasattr(m, "transformer"))
+    all_blocks, n_all = _with_lora(model, FinetuneConfig(lora_r=4, lora_layers=None))
+    per_block = {k.split(".lora_")[0] for k, _ in all_blocks.named_parameters() if ".lora_" in k}
+    model = next(m for m in _tiny_causal_lms() if (arch == "gpt2") == hasattr(m, "transformer"))
+    top, n_top = _with_lora(model, FinetuneConfig(lora_r=4, lora_layers=1))
+    adapted = {k.split(".lora_")[0] for k, p in top.named_parameters() if p.requires_grad}
+    block = ".h.1." if arch == "gpt2" else ".layers.1."
+    assert adapted == {k for k in per_block if block in k} and len(adapted) >= 4
+    assert n_top * 2 == n_all  # two blocks of equal shape, one adapted
+    ids = torch.randint(0, 500, (2, 16))
+    top(input_ids=ids, labels=ids).loss.backward()
+    assert {
+        k.split(".lora_")[0] for k, p in top.named_parameters() if p.grad is not None
+    } == adapted
+
+
 def _tiny_causal_lms():
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 

@@ -296,11 +296,30 @@ def _with_lora(model: PreTrainedModel, cfg: FinetuneConfig) -> tuple[torch.nn.Mo
             r=cfg.lora_r,
             lora_alpha=cfg.lora_alpha,
             lora_dropout=0.0,
-            target_modules="all-linear",
+            target_modules="all-linear" if cfg.lora_layers is None else _top_linears(model, cfg),
             task_type="CAUSAL_LM",
         ),
     )
     return adapted, sum(p.numel() for p in adapted.parameters() if p.requires_grad)
+
+
+def _top_linears(model: PreTrainedModel, cfg: FinetuneConfig) -> list[str]:
+    """The names of the linear layers (``nn.Linear``, GPT-2's ``Conv1D``) inside the top
+    ``cfg.lora_layers`` transformer blocks: what ``target_modules="all-linear"`` takes there."""
+    from transformers.pytorch_utils import Conv1D
+
+    n = model.config.num_hidden_layers
+    blocks = next(
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.ModuleList) and len(m) == n
+    )
+    return [
+        f"{blocks[0]}.{i}.{sub}"
+        for i in range(max(0, n - (cfg.lora_layers or n)), n)
+        for sub, m in blocks[1][i].named_modules()
+        if isinstance(m, torch.nn.Linear | Conv1D)
+    ]
 
 
 def _step_plan(
