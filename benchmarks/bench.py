@@ -418,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     # one case, in a subprocess
     ap.add_argument("--case", nargs=2, metavar=("NAME", "JSON"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    from nanobard.hardware import keep_freed_memory
+
+    keep_freed_memory()  # as the nanobard command does
     if args.case:
         _case_main(*args.case)
         return 0

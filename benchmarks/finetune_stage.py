@@ -33,6 +33,9 @@ def main() -> None:
     ap.add_argument("--lora-r", type=int, default=None)
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE")
     args = ap.parse_args()
+    from nanobard.hardware import keep_freed_memory
+
+    keep_freed_memory()  # as the nanobard command does
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -17,7 +17,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from nanobard.config import get_preset, with_overrides
-from nanobard.hardware import autocast_context, resolve_precision
+from nanobard.hardware import autocast_context, keep_freed_memory, resolve_precision
 from nanobard.model.gpt import GPT
 from nanobard.train.optim import make_optimizer
 from nanobard.train.step import train_step
@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                     help="model overrides, e.g. pos_encoding=rotary qk_norm=true")  # fmt: skip
     args = ap.parse_args()
+    keep_freed_memory()  # as the nanobard command does
     p = get_preset(args.preset)
     from cases import set_fields  # the script folder is on sys.path when run as a script
 

@@ -93,6 +93,9 @@ def _run(args: argparse.Namespace) -> int:
         format="%(message)s",
         stream=sys.stderr,
     )
+    from nanobard.hardware import keep_freed_memory  # torch: not imported for --help
+
+    keep_freed_memory()  # no page faults in every training step (see there)
     for noisy in ("httpx", "httpx2", "urllib3", "filelock", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if getattr(
