@@ -116,7 +116,11 @@ if DEVICE.type == "cpu" and "google.colab" in sys.modules:
 
 
 def start(name: str) -> Notebook:
-    """The notebook ``name``'s setup: its output folder (created) and the tiny mode."""
+    """The notebook ``name``'s setup: its output folder (created) and the tiny mode; and, as
+    the ``nanobard`` command does, glibc told to keep the memory training steps free."""
+    from nanobard.hardware import keep_freed_memory
+
+    keep_freed_memory()
     out = Path("runs/notebooks") / name
     out.mkdir(parents=True, exist_ok=True)
     return Notebook(name, out, tiny_mode())
