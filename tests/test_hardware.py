@@ -3,6 +3,7 @@
 import contextlib
 import json
 import logging
+import os
 import subprocess
 import sys
 
@@ -160,10 +161,10 @@ print(json.dumps({"kept": kept, "faults_per_step": f / 5}))
 
 
 def _child_faults(env: dict[str, str]) -> dict:
-    import os
-
-    out = subprocess.run([sys.executable, "-c", _FAULTS_CHILD], env={**os.environ, **env},
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    base = {k: v for k, v in os.environ.items() if k != hardware.SYSTEM_MALLOC_ENV}
+    out = subprocess.run([sys.executable, "-c", _FAULTS_CHILD], env={**base, **env},
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
 

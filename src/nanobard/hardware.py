@@ -285,14 +285,15 @@ def keep_freed_memory() -> bool:
     it back to the kernel and faulting fresh, zeroed pages in at the next one.
 
     A step frees and re-allocates every activation. With glibc's defaults the heap's top is
-    trimmed when enough of it is free, so each step pays page faults again: ~2,800 a step for a
-    2 x 192 model at batch 8 x 128, none after this call. Measured on a 2-core Intel Xeon with
-    AMX (``benchmarks/profile_step.py --phases``, bfloat16, three alternating rounds):
+    trimmed when enough of it is free, so each step pays page faults again: ~2,800 a step for
+    a 2 x 192 model at batch 8 x 128, almost none after this call. Measured on a 2-core Intel
+    Xeon with AMX (``benchmarks/profile_step.py --phases``, bfloat16, three alternating rounds):
     ``cpu-10min`` 82.6 -> 77.9 ms a step, ``quick`` 44.9 -> 43.3 ms (medians). The cost: the
     process keeps up to 1 GiB of freed memory instead of returning it. Called by the command
-    line, never at import; only where the C library is glibc (a no-op on macOS, Windows, musl),
-    and not when ``$NANOBARD_SYSTEM_MALLOC`` is set. Returns whether the setting was made."""
-    if os.environ.get(SYSTEM_MALLOC_ENV) or platform.libc_ver()[0] != "glibc":
+    line, the benchmark scripts and the notebooks' ``start()``, never at import; only where the
+    C library is glibc (a no-op on macOS, Windows, musl), and not when
+    ``NANOBARD_SYSTEM_MALLOC=1``. Returns whether the setting was made."""
+    if os.environ.get(SYSTEM_MALLOC_ENV) == "1" or platform.libc_ver()[0] != "glibc":
         return False
     import ctypes
 
@@ -301,8 +302,11 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    ok = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-    return mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and ok
+    # the mmap threshold first: a trim threshold alone freezes it at 128 KiB, and then every
+    # activation is mmapped afresh (2.2x slower steps, measured)
+    if mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1:
+        return False
+    return mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
 
 
 def describe(device: torch.device | str = "cpu") -> dict[str, Any]:
