@@ -151,12 +151,17 @@ kept = keep_freed_memory()
 torch.manual_seed(0)
 m = GPT(ModelConfig(vocab_size=65, block_size=64, n_layer=2, n_head=4, n_embd=128))
 x = torch.randint(0, 65, (8, 64))
-for i in range(8):
-    if i == 3:
+for i in range(10):
+    if i == 5:
         f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     m(x, x).loss.backward()
 f = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
-print(json.dumps({"kept": kept, "faults_per_step": f / 5}))
+for i in range(6):  # a block above glibc's largest mmap threshold, as a pretrained model's logits
+    if i == 2:
+        g0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.empty(64 << 20, dtype=torch.uint8).fill_(1)
+g = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - g0
+print(json.dumps({"kept": kept, "faults_per_step": f / 5, "faults_per_64mb": g / 4}))
 """
 
 
@@ -174,5 +179,6 @@ def test_keep_freed_memory_stops_the_page_faults_of_each_step():
     # and grown again every step); kept, a step reuses what the last one freed
     kept = _child_faults({})
     assert kept["kept"] is True
-    assert kept["faults_per_step"] < 100, kept
+    assert kept["faults_per_step"] < 300, kept  # 0-50 here
+    assert kept["faults_per_64mb"] < 100, kept  # mmapped afresh it would be 16,384 pages
     assert _child_faults({hardware.SYSTEM_MALLOC_ENV: "1"})["kept"] is False

@@ -87,15 +87,19 @@ def main(argv: list[str] | None = None) -> int:
         set_command(None)  # a later call from Python is not this command
 
 
+TRAINING = ("train", "finetune", "run")  # the commands that train, told to keep freed memory
+
+
 def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(message)s",
         stream=sys.stderr,
     )
-    from nanobard.hardware import keep_freed_memory  # torch: not imported for --help
+    if args.command in TRAINING:  # no page faults in every step; a server returns what it frees
+        from nanobard.hardware import keep_freed_memory  # torch: not imported for --help
 
-    keep_freed_memory()  # no page faults in every training step (see there)
+        keep_freed_memory()
     for noisy in ("httpx", "httpx2", "urllib3", "filelock", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if getattr(
