@@ -78,6 +78,15 @@ def test_each_command_has_its_own_field_help(capsys):
     )
 
 
+def test_run_help_names_the_lora_rank_the_study_uses(capsys):
+    from nanobard.config import STUDY_PRESETS
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    rank = STUDY_PRESETS["quick"].finetune.lora_r
+    assert f"(the CPU study presets use {rank})" in " ".join(capsys.readouterr().out.split())
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from tests.conftest import SHARED_TINY

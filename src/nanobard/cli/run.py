@@ -61,7 +61,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="LoRA rank of the fine-tuning (merged on save); 0 = full fine-tuning "
-        "(the CPU study presets use 8)",
+        f"(the CPU study presets use {C.STUDY_PRESETS['quick'].finetune.lora_r})",
     )
     r.add_argument(
         "--score-chars", type=int, default=None, help="validation characters to score (0 = all)"
