@@ -246,6 +246,11 @@ class FinetuneConfig:
     patience: int | None = opt(3, "evaluations without improvement before stopping early")
     lora_r: int = opt(0, "LoRA rank (0 = full fine-tuning); merged into the weights before saving")
     lora_alpha: int = opt(32, "LoRA scaling")
+    lora_plus: float = opt(
+        1.0,
+        "LoRA+: the adapters' B matrices learn at this multiple of lr, A at lr (1 = plain LoRA; "
+        "the LoRA+ paper takes 16 with a lower lr)",
+    )
     lora_layers: int | None = opt(
         None,
         "LoRA adapters in the top N transformer blocks only (unset: all): the backward pass "
@@ -276,6 +281,8 @@ class FinetuneConfig:
             )
         if self.lora_r < 0:
             raise ConfigError(f"lora_r must be >= 0, got {self.lora_r}")
+        if not self.lora_plus >= 1:
+            raise ConfigError(f"lora_plus must be at least 1, got {self.lora_plus}")
         if self.lora_layers is not None and self.lora_layers < 1:
             raise ConfigError(f"lora_layers must be at least 1, got {self.lora_layers}")
 

@@ -491,3 +491,26 @@ def test_bfloat16_fine_tuning_on_a_cpu_trains_in_the_context_and_saves_float32(
     merged = reloaded.state_dict()["transformer.h.0.attn.c_attn.weight"]
     # merged into the float32 weights, not into their bfloat16 copies: few values round-trip
     assert (merged.bfloat16().float() == merged).float().mean() < 0.1
+
+
+@pytest.mark.parametrize("ratio", [1.0, 8.0])
+def test_lora_plus_gives_the_b_matrices_a_larger_learning_rate(tiny_model, tmp_path, ratio):
+    """--lora-plus R: the adapters' B matrices step at R x lr, A (and all else) at lr; at 1 the
+    Trainer's own optimizer, one learning rate for every adapter."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import TrainingArguments
+
+    from nanobard.hf.trainer import trainer_class
+
+    model = next(_tiny_causal_lms())
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
+    args = TrainingArguments(
+        tmp_path, learning_rate=1e-3, weight_decay=0.1, use_cpu=True, report_to=[]
+    )
+    trainer = trainer_class(lora_plus=ratio)(model=lora, args=args)
+    opt = trainer.create_optimizer()
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    named = [(n, p) for n, p in lora.named_parameters() if p.requires_grad]
+    assert len(lr_of) == len(named) and any("lora_B" in n for n, _ in named)
+    for n, p in named:
+        assert lr_of[id(p)] == pytest.approx(1e-3 * (ratio if "lora_B" in n else 1.0)), n

@@ -614,7 +614,7 @@ def _finetune(
     t0 = time.perf_counter()
     cb = metrics_callback(metrics_path, tokens_per_step, t0, train_time, budget, tracker)
     callbacks = [cb] + ([EarlyStoppingCallback(cfg.patience)] if cfg.patience else [])
-    trainer = trainer_class(budget, corpus)(
+    trainer = trainer_class(budget, corpus, cfg.lora_plus)(
         model=model,
         args=_training_args(cfg, device, ckpt_dir, max_steps, last is not None, progress),
         train_dataset=train_ds,

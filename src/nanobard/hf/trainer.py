@@ -210,11 +210,12 @@ def checkpoint_corpus(folder: Path) -> CorpusId | None:
 
 
 def trainer_class(
-    budget: TimeBudget | None = None, corpus: CorpusId | None = None
+    budget: TimeBudget | None = None, corpus: CorpusId | None = None, lora_plus: float = 1.0
 ) -> type[Trainer]:
     """The Trainer with nanobard's loss and, given a ``budget``, its time-sized schedule; each
     checkpoint it saves is whole (or removed, with a one-line ``WriteFailed``) and records
-    ``corpus``."""
+    ``corpus``. With ``lora_plus`` above 1 a LoRA model's B matrices learn at that multiple of
+    the learning rate (LoRA+, peft's ``create_loraplus_optimizer``; the Trainer's own AdamW)."""
     from transformers import Trainer
 
     class NanobardTrainer(Trainer):
@@ -244,6 +245,26 @@ def trainer_class(
                     if kept
                     else "no complete checkpoint yet; free some space and run again",
                 ) from e
+
+        def create_optimizer(self, model=None):
+            from peft import PeftModel
+
+            target = self.model if model is None else model
+            if lora_plus == 1.0 or not isinstance(target, PeftModel) or self.optimizer:
+                return super().create_optimizer(model)
+            from peft.optimizers import create_loraplus_optimizer
+
+            cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, target)
+            kwargs.pop("lr", None)
+            self.optimizer = create_loraplus_optimizer(
+                target,
+                cls,
+                lr=self.args.learning_rate,
+                loraplus_lr_ratio=lora_plus,
+                loraplus_weight_decay=self.args.weight_decay,
+                **kwargs,
+            )
+            return self.optimizer
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             base = self.accelerator.unwrap_model(model)
