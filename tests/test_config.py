@@ -38,3 +38,13 @@ def test_finetune_config_refuses_an_empty_lora_layer_count():
     assert FinetuneConfig(lora_r=8, lora_layers=3).lora_layers == 3
     with pytest.raises(ConfigError, match="lora_layers must be at least 1"):
         FinetuneConfig(lora_r=8, lora_layers=0)
+
+
+def test_finetune_config_refuses_lora_plus_below_1_or_without_adapters():
+    from nanobard.config import ConfigError, FinetuneConfig
+
+    assert FinetuneConfig(lora_r=8, lora_plus=16).lora_plus == 16
+    with pytest.raises(ConfigError, match="lora_plus must be at least 1"):
+        FinetuneConfig(lora_r=8, lora_plus=0.5)
+    with pytest.raises(ConfigError, match="lora_plus needs LoRA adapters"):
+        FinetuneConfig(lora_r=0, lora_plus=4)

@@ -283,6 +283,8 @@ class FinetuneConfig:
             raise ConfigError(f"lora_r must be >= 0, got {self.lora_r}")
         if not self.lora_plus >= 1:
             raise ConfigError(f"lora_plus must be at least 1, got {self.lora_plus}")
+        if self.lora_plus != 1 and self.lora_r == 0:
+            raise ConfigError("lora_plus needs LoRA adapters: set lora_r above 0")
         if self.lora_layers is not None and self.lora_layers < 1:
             raise ConfigError(f"lora_layers must be at least 1, got {self.lora_layers}")
 
