@@ -119,15 +119,47 @@ def test_several_strategies_of_one_prompt_decode_in_one_batch_as_one_by_one():
 
     cfgs = [STRATEGIES["greedy"], STRATEGIES["top_k"], STRATEGIES["temperature"]]
     one_by_one = [gen().complete("ROMEO:", 30, c) for c in cfgs]
-    assert complete_many(gen(), "ROMEO:", 30, cfgs) == one_by_one
+    assert complete_many(gen(), [("ROMEO:", c) for c in cfgs], 30) == one_by_one
     assert set(batches) == {3} and len(batches) == 30  # 30 tokens, 30 passes of 3 rows
     stop = int(one_by_one[1].split(",")[4])  # the top-k row's fifth token stops it
-    stopped = complete_many(gen({stop}), "ROMEO:", 30, cfgs)
+    stopped = complete_many(gen({stop}), [("ROMEO:", c) for c in cfgs], 30)
     assert stopped == [gen({stop}).complete("ROMEO:", 30, c) for c in cfgs]
     assert len(stopped[1].split(",")) <= 5 < len(stopped[0].split(","))
     firsts = {int(t.split(",")[0]) for t in one_by_one}  # every row stops at once
     batches.clear()
-    assert complete_many(gen(firsts), "ROMEO:", 30, cfgs) == [
+    assert complete_many(gen(firsts), [("ROMEO:", c) for c in cfgs], 30) == [
         gen(firsts).complete("ROMEO:", 30, c) for c in cfgs
     ]
     assert len(batches) == 1  # no pass after the last row stopped
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_prompts_of_unequal_length_decode_in_one_batch_as_one_by_one(arch):
+    """complete_many over several prompts: the shorter ones left-padded, the padding masked out
+    and their positions counted from their own first token, so each row picks what it picks
+    alone (float32), in one pass per token for all the rows."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from nanobard.model.sampling import STRATEGIES, TextGenerator, complete_many
+
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        m = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=60))
+    else:
+        m = LlamaForCausalLM(LlamaConfig(vocab_size=60, hidden_size=32, intermediate_size=64,
+            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))  # fmt: skip
+    m.eval()
+    batches = []
+
+    class Counting(HFDecoder):
+        def _run_rows(self, rows):
+            batches.append(len(rows))
+            return super()._run_rows(rows)
+
+    gen = TextGenerator("tiny", lambda s: [ord(c) % 60 for c in s], lambda ids: ",".join(
+        map(str, ids)), lambda: HFDecoder(m), None, lambda: Counting(m))  # fmt: skip
+    rows = [(p, STRATEGIES[s]) for p in ("ROMEO:\n", "To be, or not", "K") for s in
+            ("greedy", "top_k", "temperature")]  # fmt: skip
+    got = complete_many(gen, rows, 12)
+    assert got == [gen.complete(p, 12, c) for p, c in rows]
+    assert batches == [9] * 12  # the prompts together, then one pass per token

@@ -124,14 +124,18 @@ def make_samples(
 ) -> list[Sample]:
     """Same prompts, same decoding settings and seeds, for comparing models. A prompt the model
     cannot encode (characters the from-scratch vocabulary lacks) gives a sample saying so."""
-    rows = []
-    for prompt in prompts:  # a prompt's strategies decode in one batch where the model can
+    texts: dict[tuple[str, str], str] = {}
+    batch = []  # every prompt the model can encode, with each strategy: one batch where it can
+    for prompt in prompts:
         try:
-            texts = complete_many(gen, prompt, n_tokens, [STRATEGIES[s] for s in SAMPLE_STRATEGIES])
+            gen.encode(prompt)
         except UnknownCharactersError as e:
-            texts = [f"[cannot encode this prompt: {e}]"] * len(SAMPLE_STRATEGIES)
-        rows += [Sample(when, s, prompt, t) for s, t in zip(SAMPLE_STRATEGIES, texts, strict=True)]
-    return rows
+            texts |= {(prompt, s): f"[cannot encode this prompt: {e}]" for s in SAMPLE_STRATEGIES}
+        else:
+            batch += [(prompt, s) for s in SAMPLE_STRATEGIES]
+    done = complete_many(gen, [(p, STRATEGIES[s]) for p, s in batch], n_tokens)
+    texts |= dict(zip(batch, done, strict=True))
+    return [Sample(when, s, p, texts[p, s]) for p in prompts for s in SAMPLE_STRATEGIES]
 
 
 def is_main_process() -> bool:

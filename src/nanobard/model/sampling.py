@@ -72,11 +72,12 @@ class Decoder(Protocol):
 
 
 class BatchDecoder(Protocol):
-    """Several continuations of one prompt in one batch: each pass reads the weights once for all
-    of them (decoding on a CPU is bound by reading the weights)."""
+    """Several continuations in one batch: each pass reads the weights once for all of them
+    (decoding on a CPU is bound by reading the weights)."""
 
-    def start_batch(self, prompt_ids: list[int], n: int) -> torch.Tensor:
-        """Feed the prompt to ``n`` rows; return logits (n, V) for each row's next token."""
+    def start_batch(self, prompts: list[list[int]]) -> torch.Tensor:
+        """Feed each row its prompt (rows of any lengths); return logits (n, V) for each row's
+        next token."""
 
     def advance_batch(self, tokens: list[int]) -> torch.Tensor:
         """Feed each row its sampled token; return logits (n, V) for the next."""
@@ -280,30 +281,45 @@ class HFDecoder:
             return self._run(self.ids[-(self.max_len // 2) :])
         return self._run([token])
 
-    # BatchDecoder: rows of equal length (one prompt, several strategies), no padding needed
+    # BatchDecoder: prompts of unequal length are left-padded, the padding masked out and each
+    # row's positions counted from its own first token
 
     def _run_rows(self, rows: list[list[int]]) -> torch.Tensor:
         x = torch.tensor(rows, dtype=torch.long, device=self.device)  # (n, L)
+        kw = {}
+        if self.pad_mask is not None:  # (n, past + L): 0 over each row's left padding
+            if self.past is not None:
+                self.pad_mask = torch.cat([self.pad_mask, torch.ones_like(x)], 1)
+            positions = self.pad_mask.cumsum(1)[:, -x.size(1) :] - 1  # (n, L)
+            kw = {"attention_mask": self.pad_mask, "position_ids": positions.clamp(min=0)}
         with decode_attention(self.device):
-            out = self.model(input_ids=x, use_cache=True, **{self.cache_kw: self.past})
+            out = self.model(input_ids=x, use_cache=True, **{self.cache_kw: self.past}, **kw)
         self.past = getattr(out, self.cache_kw)
         self.length += x.size(1)
         return out.logits[:, -1]  # (n, V)
 
-    def start_batch(self, prompt_ids: list[int], n: int) -> torch.Tensor:
-        if not prompt_ids:
+    def _prefill(self, prompts: list[list[int]]) -> torch.Tensor:
+        self.past, self.length = None, 0
+        width = max(len(p) for p in prompts)
+        self.pad_mask = None  # rows of one length need none (one prompt, several strategies)
+        if any(len(p) < width for p in prompts):
+            self.pad_mask = torch.tensor(
+                [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device
+            )
+        return self._run_rows([[0] * (width - len(p)) + p for p in prompts])
+
+    def start_batch(self, prompts: list[list[int]]) -> torch.Tensor:
+        if not prompts or not all(prompts):
             raise ConfigError("the prompt is empty; give at least one character")
         self.model.eval()
-        self.past, self.length = None, 0
-        self.rows = [list(prompt_ids)[-self.max_len :] for _ in range(n)]
-        return self._run_rows(self.rows)
+        self.rows = [list(p)[-self.max_len :] for p in prompts]
+        return self._prefill(self.rows)
 
     def advance_batch(self, tokens: list[int]) -> torch.Tensor:
         for row, token in zip(self.rows, tokens, strict=True):
             row.append(token)
-        if self.length >= self.max_len:  # context full: restart from the last half
-            self.past, self.length = None, 0
-            return self._run_rows([row[-(self.max_len // 2) :] for row in self.rows])
+        if self.length >= self.max_len:  # context full: every row restarts from its last half
+            return self._prefill([row[-(self.max_len // 2) :] for row in self.rows])
         return self._run_rows([[t] for t in tokens])
 
 
@@ -348,21 +364,24 @@ class TextGenerator:
 
 
 def complete_many(
-    gen: TextGenerator, prompt: str, max_new_tokens: int, cfgs: Sequence[SamplingConfig]
+    gen: TextGenerator, rows: Sequence[tuple[str, SamplingConfig]], max_new_tokens: int
 ) -> list[str]:
-    """One continuation of ``prompt`` per config, each what ``gen.complete(prompt, n, cfg)``
+    """One continuation per (prompt, config) row, each what ``gen.complete(prompt, n, cfg)``
     gives (its own seeded generator, the same picks; in bfloat16 a batch's round-off differs from
-    one row's, which can flip a near tie), decoded together in one batch where the model has a
-    ``BatchDecoder``: 9 x 40 tokens of SmolLM2 in bfloat16 on an AMX CPU, 4.8 s against 13.4 s
-    one by one."""
-    if gen.make_batch_decoder is None or len(cfgs) < 2 or max_new_tokens < 1:
-        return [gen.complete(prompt, max_new_tokens, c) for c in cfgs]
-    ids, stop = gen.encode(prompt), gen.stop_ids or set()
+    one row's, which can flip a near tie; past the context every row restarts at once, where
+    rows of one prompt restart as one by one), decoded together in one batch where the model has
+    a ``BatchDecoder``. SmolLM2-135M in bfloat16 on a 2-core AMX CPU: a decoding pass takes
+    ~71 ms for 3 rows and ~76 ms for 9, so the study's 3 prompts x 3 strategies decode in one
+    batch, not one per prompt."""
+    if gen.make_batch_decoder is None or len(rows) < 2 or max_new_tokens < 1:
+        return [gen.complete(prompt, max_new_tokens, c) for prompt, c in rows]
+    prompts, stop = [gen.encode(prompt) for prompt, _ in rows], gen.stop_ids or set()
     dec = gen.make_batch_decoder()
+    cfgs = [c for _, c in rows]
     generators = [torch.Generator().manual_seed(c.seed) for c in cfgs]
     out: list[list[int]] = [[] for _ in cfgs]
     with torch.inference_mode():
-        logits = dec.start_batch(ids, len(cfgs))
+        logits = dec.start_batch(prompts)
         for step in range(max_new_tokens):
             for row, (cfg, g) in enumerate(zip(cfgs, generators, strict=True)):
                 if not out[row] or out[row][-1] not in stop:  # a stopped row picks no more
