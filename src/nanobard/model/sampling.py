@@ -254,6 +254,7 @@ class HFDecoder:
         )
         self.past = None
         self.length = 0
+        self.pad_mask: torch.Tensor | None = None  # (n, past + L) for a batch of padded rows
         # transformers >= 5.2x names the KV cache `cache`; earlier versions `past_key_values`
         params = inspect.signature(model.forward).parameters
         self.cache_kw = "cache" if "cache" in params else "past_key_values"
@@ -286,7 +287,7 @@ class HFDecoder:
 
     def _run_rows(self, rows: list[list[int]]) -> torch.Tensor:
         x = torch.tensor(rows, dtype=torch.long, device=self.device)  # (n, L)
-        kw = {}
+        kw: dict[str, torch.Tensor] = {}
         if self.pad_mask is not None:  # (n, past + L): 0 over each row's left padding
             if self.past is not None:
                 self.pad_mask = torch.cat([self.pad_mask, torch.ones_like(x)], 1)
