@@ -149,15 +149,16 @@ def test_a_time_only_budget_stops_at_the_horizon_the_clock_sizes(
     # sized once, as soon as the steps after the first warm-up step are timed (MIN_TIMED of them,
     # covering 1% of the budget); re-fitted at every later evaluation but the final one
     assert [s for s, _ in sized] == [TimeBudget.WARMUP_STEPS + TimeBudget.MIN_TIMED]
-    assert [s for s, _ in refits] == [10, 20, 30]
     horizon = refits[-1][1]
+    assert [s for s, _ in refits] == list(range(10, horizon, 10)) == [10, 20]
     # the first estimate counted the step-0 evaluation's 0.25 s as every evaluation's cost: 0.0625 s
-    # steps + 0.025 s of evaluation each fill the 2.5625 s left after step 3 with 29 more steps
-    assert sized[0][1] == 3 + int((3.0 - 0.25 - 3 * STEP_S) / (STEP_S + 0.25 / 10))
+    # steps + 0.025 s of evaluation each fill the 2.5625 s left after step 3, less the final
+    # evaluation's 0.25 s, with 26 more steps
+    assert sized[0][1] == 3 + int((3.0 - 0.25 - 3 * STEP_S - 0.25) / (STEP_S + 0.25 / 10))
     # it stopped at that horizon, one step before the clock itself ran out, and recorded it
     assert res.stopped == "time" and res.steps == horizon and res.elapsed_s < 3.0
     assert counters["horizon"] == horizon and counters["horizon_refined"]
-    assert [r.step for r in res.history] == [0, 10, 20, 30, horizon]  # the final one, once
+    assert [r.step for r in res.history] == [0, 10, 20, horizon]  # the final one, once
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["budget"] == "time" and cfg["step_budget"] is None and res.time_budget_s == 3.0
 

@@ -58,7 +58,8 @@ def test_sizing_counts_the_evaluations_cost(fake_time):
         horizon = budget.observe(step) or horizon
     sized_step, sized_elapsed = budget.sized_at
     per_step = 0.1 + 1.0 / 10  # each step's own 0.1 s and its share of an evaluation every 10 steps
-    assert horizon == sized_step + int((100.0 - sized_elapsed) / per_step)
+    # the final evaluation (1 s) is kept out of what is left
+    assert horizon == sized_step + int((100.0 - sized_elapsed - 1.0) / per_step)
     # without the evaluations: 2x as many
     assert horizon < sized_step + (100.0 - sized_elapsed) / 0.1 * 0.6
 
@@ -81,8 +82,31 @@ def test_the_horizon_follows_the_speed_at_every_evaluation(fake_time):
     # what the new horizon promises fits the budget:
     # its remaining steps and evaluations at the mean speed
     mean_step = (fake_time[0] - budget.sized_at[1] - 3.0) / (step - budget.sized_at[0])
-    left = 100.0 - fake_time[0]
+    left = 100.0 - fake_time[0] - 1.0  # less the final evaluation
     assert (later - step) * (mean_step + 1.0 / 100) == pytest.approx(left, abs=mean_step + 0.01)
+
+
+def test_slow_steps_are_followed_at_every_step_so_the_budget_is_used(fake_time):
+    """Fine-tuning's steps take seconds and a run has one or two evaluations: the first timed
+    steps (slower) size the horizon, and following each step's end re-fits it, so the run fills
+    the budget and its final evaluation ends within a step of it."""
+    budget = TimeBudget(100.0, 20, t0=fake_time[0])
+    budget.eval_s = 5.0  # the evaluation before the first step
+    fake_time[0] += 5.0
+    step, first, horizon = 0, None, None
+    while horizon is None or step < horizon:
+        fake_time[0] += 5.0 if step < 3 else 4.0  # the first three steps slower
+        step += 1
+        if (sized := budget.observe(step)) is not None:
+            first = horizon = sized
+            assert budget.follow(step) is None  # nothing to follow at the sizing step
+        elif horizon is not None:
+            horizon = budget.follow(step)
+    # sized on the slow steps: 75 s left after 20 s and the final evaluation's 5 s
+    assert first == 3 + int((100.0 - 20.0 - 5.0) / (5.0 + 5.0 / 20))
+    assert horizon > first  # followed: the faster steps fit more
+    end = fake_time[0] + 5.0  # the final evaluation
+    assert 100.0 - 4.0 - 5.0 / 20 * step <= end <= 100.0  # within a step (and evaluations' share)
 
 
 def test_a_refined_horizon_never_ends_before_the_current_step(fake_time):
@@ -120,3 +144,29 @@ def test_the_trainers_callback_sizes_a_resumed_run_in_global_steps(
         state.global_step += 1
         cb.on_step_end(None, state, control)
     assert budget.horizon == state.global_step == 110  # 10 steps of 1 s after the resume
+
+
+def test_the_trainers_callback_follows_steps_that_speed_up_after_sizing(
+    fake_time, monkeypatch, tmp_path
+):
+    """Fine-tuning on a CPU: the first steps run slower (2 s) than the rest (1 s). The callback
+    re-fits the horizon at every step end, so the run fills its 20 s budget (17 steps) instead of
+    stopping at the 10 steps the slow start sized."""
+    from nanobard.hf import trainer as ht
+
+    monkeypatch.setattr(ht, "time", schedule.time)
+    budget = TimeBudget(20.0, 1000)
+    cb = ht.metrics_callback(tmp_path / "m.jsonl", 1, fake_time[0], None, budget)
+    state = SimpleNamespace(global_step=0, is_world_process_zero=True)
+    control = SimpleNamespace(should_training_stop=False, should_evaluate=False, should_save=False)
+    cb.on_train_begin(None, state, control)
+    start, sizes = fake_time[0], []
+    while not control.should_training_stop:
+        cb.on_step_begin(None, state, control)
+        fake_time[0] += 2.0 if state.global_step < 3 else 1.0
+        state.global_step += 1
+        cb.on_step_end(None, state, control)
+        sizes.append(budget.horizon)
+    assert sizes[2] == 10  # sized on the slow steps: 3 + 14 s left / 2 s
+    assert budget.horizon == state.global_step == 17
+    assert fake_time[0] - start == pytest.approx(20.0)

@@ -3,7 +3,7 @@
 - ``chunked_lm_loss``: the LM loss without materialising (B*T, V) float32 logits;
 - a wall-time budget: the from-scratch track's ``TimeBudget`` (train/schedule.py) times the first
   steps, sizes the step count that fits the budget (evaluations and checkpoints included) and
-  refines it at each evaluation; the cosine schedule runs over it, so fine-tuning ends on time
+  re-fits it at the end of every step; the cosine schedule runs over it, so fine-tuning ends on time
   with its learning rate decayed, whatever the machine;
 - ``metrics_hf.jsonl``: one row per evaluation, the same schema as the from-scratch track (and
   the same rows, with the Trainer's own logs, to a ``--report-to`` tracker);
@@ -365,8 +365,8 @@ def metrics_callback(
         def on_step_end(self, args, state, control, **kw):
             self.mark = time.perf_counter()
             elapsed = self.mark - t0
-            if budget is not None:
-                budget.observe(state.global_step)
+            if budget is not None:  # sized after the first timed steps, then re-fitted each step
+                budget.observe(state.global_step) or budget.follow(state.global_step)
             out_of_time = max_time is not None and elapsed > max_time
             horizon_reached = (
                 budget is not None and budget.sized and state.global_step >= (budget.horizon or 0)
