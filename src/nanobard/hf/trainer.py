@@ -366,7 +366,8 @@ def metrics_callback(
             self.mark = time.perf_counter()
             elapsed = self.mark - t0
             if budget is not None:  # sized after the first timed steps, then re-fitted each step
-                budget.observe(state.global_step) or budget.follow(state.global_step)
+                if budget.observe(state.global_step) is None:
+                    budget.follow(state.global_step)
             out_of_time = max_time is not None and elapsed > max_time
             horizon_reached = (
                 budget is not None and budget.sized and state.global_step >= (budget.horizon or 0)
