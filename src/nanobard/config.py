@@ -24,6 +24,7 @@ Activation = Literal["gelu", "relu2"]
 QKNormType = Literal["rms", "layer"]
 DType = Literal["auto", "float32", "bfloat16"]
 OptimizerName = Literal["adamw", "muon"]
+LRSchedule = Literal["cosine", "wsd"]
 REPORT_TO = ("none", "tensorboard", "trackio", "wandb")  # --report-to (train/tracking.py)
 
 
@@ -145,6 +146,13 @@ class TrainConfig:
     min_lr: float = opt(1e-4, "learning rate at the end of the cosine decay")
     warmup_steps: int = opt(100, "steps of linear warmup")
     lr_decay_steps: int | None = opt(None, "length of the cosine decay (default: the step budget)")
+    lr_schedule: LRSchedule = opt(
+        "cosine",
+        "cosine: decay from --lr to --min-lr over the whole run after warmup; wsd "
+        "(warmup-stable-decay): hold --lr, then decay linearly to --min-lr over the last "
+        "--cooldown-frac of the run",
+    )
+    cooldown_frac: float = opt(0.4, "with --lr-schedule wsd, the fraction of the run that decays")
     weight_decay: float = opt(0.1, "applied to 2-D parameters (matmul weights, embeddings) only")
     optimizer: OptimizerName = opt(
         "adamw",
@@ -201,6 +209,13 @@ class TrainConfig:
             raise ConfigError(
                 f"dtype must be one of {', '.join(get_args(DType))}, got {self.dtype!r}"
             )
+        if self.lr_schedule not in get_args(LRSchedule):
+            raise ConfigError(
+                f"lr_schedule must be one of {', '.join(get_args(LRSchedule))}, "
+                f"got {self.lr_schedule!r}"
+            )
+        if not 0 < self.cooldown_frac <= 1:
+            raise ConfigError(f"cooldown_frac must be in (0, 1], got {self.cooldown_frac}")
 
 
 def _check_budget(max_steps: int | None, epochs: float | None, max_time: float | None) -> None:

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from nanobard.config import TrainConfig
+from nanobard.config import ConfigError, TrainConfig
 from nanobard.hf.trainer import lr_factor
 from nanobard.train import schedule
 from nanobard.train.schedule import TimeBudget, cosine, lr_at
@@ -113,6 +113,22 @@ def test_a_refined_horizon_never_ends_before_the_current_step(fake_time):
     budget, _, _ = _sized(fake_time, 10.0, 50, 0.1)
     fake_time[0] += 20.0  # far past the budget
     assert budget.refine(64, eval_s=0.5) == 64
+
+
+def test_wsd_holds_the_peak_then_decays_linearly_over_the_cooldown():
+    cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110, lr_schedule="wsd")
+    assert cfg.cooldown_frac == 0.4  # decays over the last 40 of the 100 steps after warmup
+    assert [lr_at(s, cfg, 110, 0.0) for s in (10, 40, 70)] == [1.0, 1.0, 1.0]
+    assert lr_at(90, cfg, 110, 0.0) == pytest.approx(0.55)  # halfway down the cooldown
+    assert lr_at(110, cfg, 110, 0.0) == lr_at(500, cfg, 110, 0.0) == pytest.approx(0.1)
+    assert lr_at(5, cfg, 110, 0.0) == pytest.approx(1.0 * 6 / 11)  # warmup as the cosine's
+    timed = TrainConfig(lr=1.0, min_lr=0.0, max_steps=None, max_time=60.0, lr_schedule="wsd",
+                        cooldown_frac=0.5, warmup_steps=0)  # fmt: skip
+    assert lr_at(0, timed, None, 0.75) == pytest.approx(0.5)  # by the fraction of time used
+    with pytest.raises(ConfigError, match="cooldown_frac"):
+        TrainConfig(lr_schedule="wsd", cooldown_frac=0.0)
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        TrainConfig(lr_schedule="linear")  # type: ignore[arg-type]
 
 
 def test_both_tracks_decay_along_the_same_cosine():

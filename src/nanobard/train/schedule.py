@@ -16,9 +16,11 @@ logger = logging.getLogger(__name__)
 
 
 def lr_at(step: int, cfg: TrainConfig, horizon: int | None, time_fraction: float) -> float:
-    """Linear warmup to ``lr`` then cosine decay to ``min_lr`` over ``horizon`` steps.
+    """Linear warmup to ``lr`` then decay to ``min_lr`` over ``horizon`` steps: a cosine, or
+    (``lr_schedule="wsd"``) ``lr`` held until the last ``cooldown_frac`` of the run and a linear
+    decay over it.
 
-    With only a time budget (no step horizon), the cosine follows the fraction of time used.
+    With only a time budget (no step horizon), the decay follows the fraction of time used.
     """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
@@ -27,7 +29,11 @@ def lr_at(step: int, cfg: TrainConfig, horizon: int | None, time_fraction: float
         progress = min(1.0, (step - cfg.warmup_steps) / span)
     else:
         progress = min(1.0, time_fraction)
-    return cfg.min_lr + cosine(progress) * (cfg.lr - cfg.min_lr)
+    if cfg.lr_schedule == "wsd":
+        factor = min(1.0, (1.0 - progress) / cfg.cooldown_frac)
+    else:
+        factor = cosine(progress)
+    return cfg.min_lr + factor * (cfg.lr - cfg.min_lr)
 
 
 def step_budget(cfg: TrainConfig, n_train_tokens: int, block_size: int) -> tuple[int | None, str]:
