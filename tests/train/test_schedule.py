@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -86,10 +87,11 @@ def test_the_horizon_follows_the_speed_at_every_evaluation(fake_time):
     assert (later - step) * (mean_step + 1.0 / 100) == pytest.approx(left, abs=mean_step + 0.01)
 
 
-def test_slow_steps_are_followed_at_every_step_so_the_budget_is_used(fake_time):
+def test_slow_steps_are_followed_at_every_step_so_the_budget_is_used(fake_time, caplog):
     """Fine-tuning's steps take seconds and a run has one or two evaluations: the first timed
     steps (slower) size the horizon, and following each step's end re-fits it, so the run fills
     the budget and its final evaluation ends within a step of it."""
+    caplog.set_level(logging.DEBUG, logger="nanobard.train.schedule")
     budget = TimeBudget(100.0, 20, t0=fake_time[0])
     budget.eval_s = 5.0  # the evaluation before the first step
     fake_time[0] += 5.0
@@ -107,6 +109,8 @@ def test_slow_steps_are_followed_at_every_step_so_the_budget_is_used(fake_time):
     assert horizon > first  # followed: the faster steps fit more
     end = fake_time[0] + 5.0  # the final evaluation
     assert 100.0 - 4.0 - 5.0 / 20 * step <= end <= 100.0  # within a step (and evaluations' share)
+    followed = [r for r in caplog.records if r.getMessage().startswith("followed")]
+    assert followed and all(r.levelno == logging.DEBUG for r in followed)  # not an INFO per step
 
 
 def test_a_refined_horizon_never_ends_before_the_current_step(fake_time):

@@ -128,26 +128,35 @@ class TimeBudget:
 
     def follow(self, step: int) -> int | None:
         """At the end of a step after sizing with no evaluation since the last fit: the horizon
-        again from the mean step time since sizing, logged only when it moves. For steps of
-        seconds (a 135M model fine-tuned on a CPU, 20 steps and one evaluation at the end) the
-        first timed steps run slower than the rest, so a horizon left to them would leave a
-        sixth of the budget unused. None before sizing or at the sizing step itself."""
+        again from the mean step time since sizing. For steps of seconds (a 135M model
+        fine-tuned on a CPU, 20 steps and one evaluation at the end) the first timed steps run
+        slower than the rest, so a horizon left to them would leave a sixth of the budget unused.
+        Logged at DEBUG when it moves (with short steps that is every few steps; the INFO lines
+        stay the sizing and the refits). None before sizing or at the sizing step itself."""
         if not self.sized or step <= self.sized_at[0]:
             return None
-        return self._fit(step, self._step_s_since_sized(step), "followed", unless=self.horizon)
+        per_step = self._step_s_since_sized(step)
+        return self._fit(step, per_step, "followed", unless=self.horizon, level=logging.DEBUG)
 
     def _step_s_since_sized(self, step: int) -> float:
         sized_step, sized_elapsed = self.sized_at
         spent = self.elapsed() - self.evals_since_sized_s - sized_elapsed
         return spent / max(1, step - sized_step)
 
-    def _fit(self, step: int, per_step: float, how: str, unless: int | None = -1) -> int:
-        """The horizon from ``per_step``, logged unless it is ``unless`` (the horizon before).
-        The last evaluation (both tracks evaluate and save when the budget ends) is kept out of
-        what is left, and the ones before it are spread over the steps."""
+    def _fit(
+        self,
+        step: int,
+        per_step: float,
+        how: str,
+        unless: int | None = -1,
+        level: int = logging.INFO,
+    ) -> int:
+        """The horizon from ``per_step``, logged at ``level`` unless it is ``unless`` (the
+        horizon before). The last evaluation (both tracks evaluate and save when the budget
+        ends) is kept out of what is left, and the ones before it are spread over the steps."""
         left = max(0.0, self.seconds - self.elapsed() - self.eval_s)
         self.horizon = step + int(left / (per_step + self.eval_s / self.eval_interval))
         if self.horizon != unless:
-            logger.info("%s %.1f ms/step: %d steps fit the %.0f s budget", how, per_step * 1e3,
-                        self.horizon, self.seconds)  # fmt: skip
+            logger.log(level, "%s %.1f ms/step: %d steps fit the %.0f s budget", how,
+                       per_step * 1e3, self.horizon, self.seconds)  # fmt: skip
         return self.horizon
