@@ -1,7 +1,8 @@
 """How long a run trains and at what learning rate: the step budget a config allows, the wall-time
 budget that sizes a time-only run's steps from the speed of its first steps (and refines them at
-every evaluation after), and the warmup + cosine schedule over that horizon. The from-scratch loop
-and the fine-tuning Trainer (hf/trainer.py) share the time budget and the cosine."""
+every evaluation after; fine-tuning, at every step), and the warmup + cosine schedule over that
+horizon (or, from scratch, warmup-stable-decay). The from-scratch loop and the fine-tuning Trainer
+(hf/trainer.py) share the time budget and the cosine."""
 
 from __future__ import annotations
 
