@@ -143,16 +143,18 @@ class TrainConfig:
         "to fit it from the speed measured in the first steps",
     )
     lr: float = opt(1e-3, "peak learning rate after warmup")
-    min_lr: float = opt(1e-4, "learning rate at the end of the cosine decay")
+    min_lr: float = opt(1e-4, "learning rate at the end of the decay")
     warmup_steps: int = opt(100, "steps of linear warmup")
-    lr_decay_steps: int | None = opt(None, "length of the cosine decay (default: the step budget)")
+    lr_decay_steps: int | None = opt(None, "length of the decay (default: the step budget)")
     lr_schedule: LRSchedule = opt(
         "cosine",
         "cosine: decay from --lr to --min-lr over the whole run after warmup; wsd "
         "(warmup-stable-decay): hold --lr, then decay linearly to --min-lr over the last "
-        "--cooldown-frac of the run",
+        "--cooldown-frac of the steps after warmup",
     )
-    cooldown_frac: float = opt(0.4, "with --lr-schedule wsd, the fraction of the run that decays")
+    cooldown_frac: float = opt(
+        0.4, "with --lr-schedule wsd, the fraction of the steps after warmup that decays"
+    )
     weight_decay: float = opt(0.1, "applied to 2-D parameters (matmul weights, embeddings) only")
     optimizer: OptimizerName = opt(
         "adamw",
