@@ -2,6 +2,8 @@
 same global batch and seed; only rank 0 writes."""
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -48,10 +50,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(cmd, **kw):
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kw)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+def run(cmd, timeout=300, **kw):
+    """``cmd`` in a session of its own: past ``timeout`` torchrun and its ranks are killed together
+    (a rank left waiting for another outlives torchrun)."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True, **kw) as p:  # fmt: skip
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            raise
+    assert p.returncode == 0, err[-3000:]
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
 
 
 @pytest.mark.parametrize("extra", [[], ["--dropout", "0.1", "--grad-accum", "2"]])
@@ -121,3 +131,25 @@ def test_two_processes_match_one(tmp_path, tiny_file, extra):
     ]
     assert json.loads((two / "config.json").read_text())["processes"] == 2
     assert (two / ".nanobard.lock").read_text() == ""
+
+
+def test_fine_tuning_on_a_time_budget_stops_every_rank_at_one_step(tmp_path, tiny_file):
+    """Two ranks fit their own horizons to one budget; rank 0's decides for both (hf/trainer.py),
+    so neither waits forever for a step the other never takes. Rank 0 alone prints."""
+    from tests.fixtures import build_tiny_hf_model
+
+    model = build_tiny_hf_model(tmp_path / "tiny_gpt2", tiny_file.read_text()[:20_000])
+    out = tmp_path / "ft"
+    proc = run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+         "-m", "nanobard", "finetune", "--pretrained", str(model), "--data", str(tiny_file),
+         "--out", str(out), "--max-time", "6s", "--block-size", "32", "--batch-size", "8",
+         "--eval-interval", "1000", "--score-chars", "2000", "--sample-tokens", "8",
+         "--precision", "float32", "--device", "cpu", "--no-progress"],
+        timeout=120,  # a rank left waiting hangs until the test's timeout
+    )  # fmt: skip
+    steps = json.loads((out / "finetune_result.json").read_text())["steps"]
+    rows = [json.loads(ln) for ln in (out / "metrics_hf.jsonl").read_text().splitlines()]
+    assert steps > 5 and rows[-1]["step"] == steps
+    assert proc.stdout.count("fine-tuned ") == 1 and proc.stderr.count("time budget 6 s") == 1

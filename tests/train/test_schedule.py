@@ -190,3 +190,59 @@ def test_the_trainers_callback_follows_steps_that_speed_up_after_sizing(
     assert sizes[2] == 10  # sized on the slow steps: 3 + 14 s left / 2 s
     assert budget.horizon == state.global_step == 17
     assert fake_time[0] - start == pytest.approx(20.0)
+
+
+class _Ranks:
+    """Two torchrun ranks' broadcasts, one after the other: rank 0 records what it sends, the
+    other rank gets those values back in the same order."""
+
+    enabled = True
+
+    def __init__(self, replay: list[tuple[int, ...]] | None = None):
+        self.sent: list[tuple[int, ...]] = []
+        self.replay = None if replay is None else iter(replay)
+
+    def ints_from_main(self, *values: int) -> tuple[int, ...]:
+        if self.replay is not None:
+            return next(self.replay)
+        self.sent.append(values)
+        return values
+
+
+def _finetune_rank(fake_time, tmp_path, ranks, step_s: float) -> tuple[int, list[int | None]]:
+    """One rank's Trainer steps of ``step_s`` under a 20 s budget: (steps run, horizon after
+    each step)."""
+    from nanobard.hf import trainer as ht
+
+    fake_time[0] = 0.0
+    budget = TimeBudget(20.0, 1000)
+    cb = ht.metrics_callback(tmp_path / "m.jsonl", 1, fake_time[0], None, budget, ranks=ranks)
+    state = SimpleNamespace(global_step=0, is_world_process_zero=True)
+    control = SimpleNamespace(should_training_stop=False, should_evaluate=False, should_save=False)
+    cb.on_train_begin(None, state, control)
+    horizons = []
+    while not control.should_training_stop:
+        cb.on_step_begin(None, state, control)
+        fake_time[0] += step_s
+        state.global_step += 1
+        cb.on_step_end(None, state, control)
+        horizons.append(budget.horizon)
+    return state.global_step, horizons
+
+
+def test_fine_tuning_ranks_take_rank_zeros_horizon_and_stop_together(
+    fake_time, monkeypatch, tmp_path
+):
+    """Under torchrun each rank's budget fits its own clock: a rank whose clock ran twice as slow
+    would stop at half the steps and leave the other waiting for it forever. The callback takes
+    rank 0's horizon (the learning rate's too) and its decision to stop on every rank."""
+    from nanobard.hf import trainer as ht
+
+    monkeypatch.setattr(ht, "time", schedule.time)
+    main = _Ranks()
+    steps0, horizons0 = _finetune_rank(fake_time, tmp_path, main, 1.0)
+    steps1, horizons1 = _finetune_rank(fake_time, tmp_path, _Ranks(main.sent), 2.0)
+    assert steps0 == 20
+    alone = SimpleNamespace(enabled=False)
+    assert _finetune_rank(fake_time, tmp_path, alone, 2.0)[0] == 10  # the slower rank's own
+    assert (steps1, horizons1) == (steps0, horizons0)

@@ -9,6 +9,7 @@ traceback. Building the parser imports no torch, so ``nanobard --help`` is quick
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -91,8 +92,10 @@ TRAINING = ("train", "finetune", "run")  # the commands that train, told to keep
 
 
 def _run(args: argparse.Namespace) -> int:
+    # under torchrun rank 0 speaks for every rank: the others print only warnings and errors
+    other_rank = os.environ.get("RANK", "0") != "0"
     logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
+        level=logging.WARNING if args.quiet or other_rank else logging.INFO,
         format="%(message)s",
         stream=sys.stderr,
     )
@@ -109,7 +112,9 @@ def _run(args: argparse.Namespace) -> int:
         if "transformers" in sys.modules:
             sys.modules["transformers"].utils.logging.disable_progress_bar()
     try:
-        return args.handler(args)
+        with open(os.devnull, "w") if other_rank else contextlib.nullcontext(sys.stdout) as out:
+            with contextlib.redirect_stdout(out):
+                return args.handler(args)
     except NanobardError as e:  # 130: interrupted with a checkpoint written, not an error
         print(f"nanobard: {'' if e.exit_code == 130 else 'error: '}{e}", file=sys.stderr)
         return e.exit_code

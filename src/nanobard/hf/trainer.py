@@ -39,6 +39,7 @@ from nanobard.model.evaluate import HEAD_ON_HIDDEN_MODELS
 from nanobard.model.export import no_shard_bar
 from nanobard.records import EvalRow, TornRecord
 from nanobard.rundir import RunDir
+from nanobard.train.distributed import Dist, joined
 from nanobard.train.schedule import TimeBudget, cosine
 from nanobard.train.tracking import Tracker
 
@@ -304,12 +305,19 @@ def metrics_callback(
     max_time: float | None,
     budget: TimeBudget | None = None,
     tracker: Tracker | None = None,
+    ranks: Dist | None = None,
 ) -> Any:
     """Appends each evaluation to ``path`` and ends training on the time budget: at the step count
     ``budget`` sized, or when ``max_time`` seconds have passed, whichever comes first. Returns a
     ``TrainerCallback`` whose ``rows`` are the evaluations (Any: its class is made here, where
     transformers is imported, so no annotation can name it). ``tracker`` gets each evaluation's
-    row and the Trainer's own logs (``TRAINER_SCALARS`` as ``trainer/<name>``)."""
+    row and the Trainer's own logs (``TRAINER_SCALARS`` as ``trainer/<name>``).
+
+    Under torchrun rank 0's clock decides for every rank (``ranks``: by default the process group
+    the Trainer joined): each rank's budget fits its own horizon, and ranks that stopped at
+    different steps would wait for each other forever (measured: two CPU ranks fitted 1,378 and
+    1,402 steps to one budget; the first to stop left the other hanging), or, with different
+    horizons, train at different learning rates."""
     from transformers import TrainerCallback
 
     if budget is not None:  # the budget counts from where the caller's clock does
@@ -350,6 +358,7 @@ def metrics_callback(
 
         def on_train_begin(self, args, state, control, **kw):
             self.mark = time.perf_counter()
+            self.ranks = ranks or joined()
             if budget is not None:  # a resumed run: this session calibrates on its own steps
                 budget.start_step = state.global_step
 
@@ -361,6 +370,7 @@ def metrics_callback(
                     budget.refine(state.global_step, spent)
                 else:
                     budget.eval_s = spent
+                self.from_main(False)  # this step's learning rate comes from the horizon
 
         def on_step_end(self, args, state, control, **kw):
             self.mark = time.perf_counter()
@@ -372,7 +382,7 @@ def metrics_callback(
             horizon_reached = (
                 budget is not None and budget.sized and state.global_step >= (budget.horizon or 0)
             )
-            if out_of_time or horizon_reached:
+            if self.from_main(out_of_time or horizon_reached):
                 logger.info(
                     "fine-tuning time budget reached at step %d (%.0f s)",
                     state.global_step,
@@ -381,6 +391,16 @@ def metrics_callback(
                 control.should_training_stop = True
                 control.should_evaluate = True
                 control.should_save = True
+
+        def from_main(self, stop: bool) -> bool:
+            """Rank 0's horizon (into ``budget``) and decision to stop, on every rank."""
+            if not self.ranks.enabled:
+                return stop
+            mine = budget.horizon if budget is not None and budget.horizon is not None else -1
+            horizon, stop_code = self.ranks.ints_from_main(mine, int(stop))
+            if budget is not None:
+                budget.horizon = None if horizon < 0 else horizon
+            return bool(stop_code)
 
     return MetricsCallback()
 

@@ -57,16 +57,21 @@ class Dist:
     def choice_from_main(self, choice: T, options: tuple[T, ...]) -> T:
         """``from_main`` for one of a few known ``options``: a one-integer broadcast, cheap enough
         to run at every training step."""
+        return options[self.ints_from_main(options.index(choice))[0]]
+
+    def ints_from_main(self, *values: int) -> tuple[int, ...]:
+        """Rank 0's ``values`` on every rank: one small tensor broadcast (no pickling), cheap
+        enough to run at every training step."""
         if not self.enabled:
-            return choice
+            return values
         on = (
             torch.device("cuda", torch.cuda.current_device())
             if dist.get_backend() == "nccl"
             else torch.device("cpu")
         )
-        code = torch.tensor([options.index(choice)], device=on)
-        dist.broadcast(code, src=0)
-        return options[int(code.item())]
+        box = torch.tensor(values, dtype=torch.long, device=on)
+        dist.broadcast(box, src=0)
+        return tuple(int(v) for v in box.tolist())
 
     def gather_rng_states(self) -> list[torch.Tensor]:
         """The CPU RNG state of every rank (dropout masks differ per rank), in rank order."""
@@ -88,6 +93,15 @@ def setup(device_type: str) -> Dist:
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
     return Dist(rank=rank, world=world, local_rank=local_rank)
+
+
+def joined() -> Dist:
+    """The ranks of a process group this process has already joined (the Hugging Face Trainer
+    joins torchrun's itself), or a single process."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return Dist()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank)
 
 
 def teardown(d: Dist) -> None:
