@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 import pickle
 from dataclasses import replace
@@ -484,3 +485,19 @@ def test_compile_trains_through_the_compiled_module(tmp_path, tiny_text, monkeyp
     res = train(TINY_MODEL, tcfg(max_steps=20, compile=True), split_text(tiny_text), tmp_path)
     assert len(compiled) == 1 and res.steps == 20
     assert res.best_val_loss < res.first_val_loss
+
+
+def test_a_resume_with_other_settings_says_which_in_one_warning(tmp_path, tiny_text, caplog):
+    """--resume takes its settings from the command line: a flag left out (here the schedule)
+    is named, with what the run had before."""
+    split = split_text(tiny_text)
+    train(TINY_MODEL, tcfg(max_steps=10, lr_schedule="wsd"), split, tmp_path, progress=False)
+    with caplog.at_level(logging.WARNING, logger="nanobard"):
+        train(TINY_MODEL, tcfg(max_steps=20), split, tmp_path, resume=True, progress=False)
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(said) == 1 and "\n" not in said[0], said
+    assert "--lr-schedule wsd -> cosine" in said[0] and "--max-steps 10 -> 20" in said[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="nanobard"):  # the same again: nothing to say
+        train(TINY_MODEL, tcfg(max_steps=20), split, tmp_path, resume=True, progress=False)
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]

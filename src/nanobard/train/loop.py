@@ -8,6 +8,7 @@ continues exactly (same batches, masks, weights).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -306,6 +307,24 @@ class TrainRunConfig(Record):
     command: str | None = None  # the nanobard command that ran it (None: from Python)
 
 
+def _say_what_changed(path: Path, cfg: TrainConfig) -> None:
+    """A resumed session takes its settings from the command line: warn, in one line, of each
+    one that differs from what the run's config.json says it ran with before (a schedule or
+    learning rate changed by leaving out a flag would otherwise go unnoticed)."""
+    try:
+        before = TrainRunConfig.load(path).train
+    except (OSError, NanobardError, KeyError, TypeError, ValueError):
+        return  # no readable config of the session before: nothing to compare with
+    changed = [
+        f"--{f.name.replace('_', '-')} {getattr(before, f.name)} -> {getattr(cfg, f.name)}"
+        for f in dataclasses.fields(TrainConfig)
+        if getattr(before, f.name) != getattr(cfg, f.name)
+    ]
+    if changed:
+        logger.warning("resuming with other settings than the run had before: %s (pass the "
+                       "flags it ran with to go on unchanged)", ", ".join(changed))  # fmt: skip
+
+
 def _write_config(
     s: Setup,
     model_cfg: ModelConfig,
@@ -527,6 +546,8 @@ def _train(
 ) -> TrainResult:
     """train() with the folder's lock held: the loop, top to bottom."""
     state, history = _restore(s, cfg, resume, allow_new_corpus)
+    if state.step and s.dd.is_main:
+        _say_what_changed(s.run / config_name, cfg)
     horizon, budget_kind = step_budget(cfg, len(s.corpus.train), s.model.config.block_size)
     if horizon is None:
         horizon = state.horizon  # a time budget sized before a resume (None on a fresh run)
