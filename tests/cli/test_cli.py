@@ -134,23 +134,11 @@ def test_generate_streams_text(trained, capsys):
     )
     out = capsys.readouterr().out
     assert out.startswith("RO") and len(out) >= 20
-    assert (
-        main(
-            [
-                "generate",
-                str(trained / "run"),
-                "--prompt",
-                "RO",
-                "--max-new-tokens",
-                "20",
-                "--dtype",
-                "bfloat16",
-            ]
-        )
-        == 0
-    )
-    out = capsys.readouterr().out
-    assert out.startswith("RO") and len(out) >= 20
+    for dtype in ("bfloat16", "int8"):
+        run = ["generate", str(trained / "run"), "--prompt", "RO", "--max-new-tokens", "20"]
+        assert main([*run, "--dtype", dtype]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("RO") and len(out) >= 20, dtype
 
 
 CASES = {
@@ -217,6 +205,11 @@ CASES = {
         lambda d: (d / "hf").mkdir(exist_ok=True) or (d / "hf" / "config.json").write_text("{}"),
         ["generate", "{d}/hf"],
         "incomplete",
+    ),
+    "int8 for a Hugging Face model": (
+        None,
+        ["generate", "gpt2", "--dtype", "int8"],
+        "quantizes the from-scratch GPT only",
     ),
     "gpt2 without internet": (
         None,

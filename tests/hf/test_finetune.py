@@ -11,6 +11,7 @@ from nanobard.data.corpus import CorpusChanged, split_text
 from nanobard.files import WriteFailed
 from nanobard.hardware import OutOfMemory
 from nanobard.hf.finetune import FinetuneConfig, finetune
+from nanobard.model.sampling import STRATEGIES
 from nanobard.records import EvalRow
 from nanobard.train.tracking import Tracker, row_scalars
 from tests.fixtures import CPU_OOM, build_tiny_hf_model
@@ -105,6 +106,11 @@ def test_finetune_end_to_end_loss_falls_and_folder_reloads(tiny_model, tmp_path)
     from nanobard.hf.finetune import FinetuneResult
 
     assert FinetuneResult.load(tmp_path / "finetune_result.json") == res
+    # the run folder opens as its fine-tuned model, as a from-scratch run folder does
+    from nanobard.hf.pretrained import is_scratch, open_for_generation, open_model
+
+    assert not is_scratch(tmp_path) and open_model(tmp_path).kind == "hf"
+    assert open_for_generation(tmp_path).complete("ROMEO:", 3, STRATEGIES["greedy"])
 
 
 def test_finetune_resume_continues_from_checkpoint(tiny_model, tmp_path):

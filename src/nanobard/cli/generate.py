@@ -23,7 +23,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "model",
         metavar="MODEL",
-        help="model_scratch_best.pt, a run folder, or a model_hf_finetuned/ folder",
+        help="model_scratch_best.pt, a train or finetune run folder, a model_hf_finetuned/ "
+        "folder, or a Hugging Face model id",
     )
     add_sampling_flags(g)
     g.add_argument(
@@ -32,7 +33,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         choices=["auto", "float32", "bfloat16", "int8"],
         help="precision of the weights while generating. float32 (default) gives the same text on "
         "every machine. A CPU spends each token reading the weights, so fewer bytes are faster: "
-        "bfloat16 (= auto on a CPU) or int8 (weight-only, CPU) are faster for larger models "
+        "bfloat16 (= auto on a CPU) or int8 (weight-only, CPU, from-scratch models) are faster "
+        "for larger models "
         "(benchmarks/README.md has the measured speeds); samples then differ slightly from float32",
     )
     g.set_defaults(handler=handle)

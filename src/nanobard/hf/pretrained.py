@@ -26,11 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from nanobard.config import ConfigError
 from nanobard.data.corpus import cache_dir
 from nanobard.errors import NanobardError
 from nanobard.model.checkpoint import load_model, resolve_checkpoint
 from nanobard.model.export import no_shard_bar
 from nanobard.model.sampling import HFDecoder, ScratchDecoder, TextGenerator
+from nanobard.rundir import RunDir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -241,6 +243,11 @@ def hf_generator(
     """A TextGenerator for a Hugging Face causal LM. ``dtype`` (e.g. torch.bfloat16, see
     hardware.generation_dtype) runs a copy of the weights in that precision; the model given in
     ``loaded`` is left as it is (it may be trained next)."""
+    if dtype == torch.int8:
+        raise ConfigError(
+            "--dtype int8 quantizes the from-scratch GPT only; for a Hugging Face model use "
+            "--dtype bfloat16 (or auto)"
+        )
     pre = loaded or load_pretrained(str(path_or_name), device)
     tok, model = pre.tokenizer, pre.model
     if dtype is not None and dtype != next(model.parameters()).dtype:
@@ -270,7 +277,11 @@ def scratch_generator(
     """A TextGenerator for a from-scratch checkpoint; unknown prompt characters raise a clear error.
     ``dtype`` (e.g. torch.bfloat16) runs the weights in that precision; see ScratchDecoder."""
     model, tok, _ = load_model(path, device)
-    if dtype is not None:
+    if dtype == torch.int8:  # weight-only int8, once for every generation (quantize.py)
+        from nanobard.model.quantize import quantize_int8
+
+        model = quantize_int8(model)
+    elif dtype is not None:
         model = model.to(dtype)
     model.eval()
     return TextGenerator(
@@ -297,11 +308,21 @@ class OpenedModel:
         return sum(p.numel() for p in self.model.parameters())
 
 
+def model_path(path: str | os.PathLike) -> Path:
+    """What a model argument names: a run folder's best checkpoint (resolve_checkpoint), else the
+    fine-tuned model folder of a ``nanobard finetune`` run folder, else the path itself."""
+    p = resolve_checkpoint(path)
+    finetuned = p / RunDir.FINETUNED
+    if p.is_dir() and not (p / "config.json").exists() and finetuned.is_dir():
+        return finetuned
+    return p
+
+
 def is_scratch(path: str | os.PathLike) -> bool:
     """A from-scratch checkpoint (``.pt``, or a run folder holding ``model_scratch_best.pt``)?
     Anything else is a Hugging Face model: a save_pretrained folder, a hub id or
     ``smollm2-135m``. The one place that decides."""
-    p = resolve_checkpoint(path)
+    p = model_path(path)
     return not p.is_dir() and (p.exists() or p.suffix == ".pt")
 
 
@@ -311,9 +332,9 @@ def open_model(
     """Open a from-scratch checkpoint, a run folder, a Hugging Face folder or hub id
     (see is_scratch)."""
     if is_scratch(path):
-        model, tok, _ = load_model(resolve_checkpoint(path), device)
+        model, tok, _ = load_model(model_path(path), device)
         return OpenedModel("scratch", model, tok, str(path))
-    pre = load_pretrained(str(path), device, attn=attn)
+    pre = load_pretrained(str(model_path(path)), device, attn=attn)
     return OpenedModel("hf", pre.model, pre.tokenizer, pre.name)
 
 
@@ -322,5 +343,5 @@ def open_for_generation(
 ) -> TextGenerator:
     """A from-scratch checkpoint, a run folder holding one, or a Hugging Face model folder/id."""
     if is_scratch(path):
-        return scratch_generator(resolve_checkpoint(path), device=device, dtype=dtype)
-    return hf_generator(str(path), device=device, dtype=dtype)
+        return scratch_generator(model_path(path), device=device, dtype=dtype)
+    return hf_generator(str(model_path(path)), device=device, dtype=dtype)
