@@ -194,6 +194,8 @@ class TrainConfig:
         _check_budget(self.max_steps, self.epochs, self.max_time)
         if self.warmup_steps < 0:
             raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be at least 1, got {self.threads}")
         if self.eval_interval < 1 or self.eval_iters < 1:
             raise ConfigError("eval_interval and eval_iters must be at least 1")
         if self.patience is not None and self.patience < 1:
@@ -298,6 +300,8 @@ class FinetuneConfig:
             )
         if self.lora_r < 0:
             raise ConfigError(f"lora_r must be >= 0, got {self.lora_r}")
+        if self.score_chars is not None and self.score_chars < 0:
+            raise ConfigError(f"score_chars must be >= 0 (0: all), got {self.score_chars}")
         if not self.lora_plus >= 1:
             raise ConfigError(f"lora_plus must be at least 1, got {self.lora_plus}")
         if self.lora_plus != 1 and self.lora_r == 0:

@@ -136,7 +136,12 @@ def pick_device(name: str = "auto") -> torch.device:
     """``auto``: CUDA if available, then Apple MPS, else CPU. A device named but absent is refused
     here, in one line, rather than by the first tensor sent to it."""
     if name != "auto":
-        device = torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:  # torch's message lists every backend it was built to know
+            raise ConfigError(
+                f"--device {name}: not a device name; use auto, cpu, cuda, cuda:N or mps"
+            ) from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(
                 f"--device {name}: torch sees no CUDA GPU here (torch {torch.__version__}); "

@@ -206,6 +206,28 @@ CASES = {
         ["generate", "{d}/hf"],
         "incomplete",
     ),
+    "scoring one character": (
+        None,
+        ["evaluate", "{run}", "--data", "{d}/c.txt", "--score-chars", "1"],
+        "bits per character need at least two",
+    ),
+    "negative --score-chars": (
+        None,
+        ["evaluate", "{run}", "--data", "{d}/c.txt", "--score-chars=-10"],
+        "--score-chars must be >= 0",
+    ),
+    "attention on one character": (
+        None,
+        ["attention", "{run}", "--text", "R"],
+        "attention needs at least two",
+    ),
+    "attention figure in no image format": (
+        None,
+        ["attention", "{run}", "--png", "{d}/heads.txt"],
+        "give a file name ending in one of them",
+    ),
+    "unknown device": (None, ["train", "--device", "gpu0"], "not a device name"),
+    "negative threads": (None, ["train", "--threads=-1"], "threads must be at least 1"),
     "int8 for a Hugging Face model": (
         None,
         ["generate", "gpt2", "--dtype", "int8"],

@@ -30,9 +30,10 @@ def add(sub: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace) -> int:
     from nanobard.hf.pretrained import open_model
     from nanobard.interp import attention as A
-    from nanobard.interp.figures import attention_heads
+    from nanobard.interp.figures import attention_heads, check_figure_path
     from nanobard.interp.lens import make_lens
 
+    check_figure_path(args.png, "--png")
     m = open_model(args.model, attn="eager")
     lens = make_lens(m.model, m.tokenizer, m.name)
     maps = A.attention_maps(

@@ -19,18 +19,24 @@ def add(sub: argparse._SubParsersAction) -> None:
     )
     add_corpus_flags(e)
     e.add_argument(
-        "--score-chars", type=int, default=None, help="score only the first N validation characters"
+        "--score-chars",
+        type=int,
+        default=None,
+        help="score only the first N validation characters (default and 0: all of them)",
     )
     e.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
+    from nanobard.config import ConfigError
     from nanobard.data.tokenizer import CharTokenizer
     from nanobard.data.tokens import load_tokens
     from nanobard.hf.pretrained import open_model
     from nanobard.model.evaluate import Score, score_hf, score_scratch
     from nanobard.model.gpt import GPT
 
+    if args.score_chars is not None and args.score_chars < 0:
+        raise ConfigError(f"--score-chars must be >= 0 (0: all), got {args.score_chars}")
     corpus = load_tokens(args.corpus, args.data)
     text = corpus.val_text(args.score_chars or None)
     rows: list[tuple[str, int, Score]] = []

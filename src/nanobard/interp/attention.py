@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from nanobard.config import ConfigError
 from nanobard.interp.lens import Lens, eval_mode
 from nanobard.records import Record
 
@@ -42,6 +43,9 @@ def attention_maps(lens: Lens, text: str, max_tokens: int | None = None) -> Atte
     (the fused ones return no weights)."""
     ids, _ = lens.encode(text)
     ids = ids[: min(max_tokens or lens.context, lens.context)]
+    if len(ids) < 2:  # row 0 can only attend to itself: no pattern to see
+        raise ConfigError(f"the text is {len(ids)} token{'s' * (len(ids) != 1)} long; attention "
+                          "needs at least two (give a longer --text)")  # fmt: skip
     with torch.no_grad(), eval_mode(lens.model):
         tr = lens.trace(torch.tensor([ids]), attention=True)
     weights = torch.stack([a[0] for a in tr.attentions or []]).float().cpu()  # [layer, head, T, T]

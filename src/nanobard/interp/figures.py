@@ -24,6 +24,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from nanobard import files  # noqa: E402
+from nanobard.errors import NanobardError  # noqa: E402
 from nanobard.interp.circuits import (  # noqa: E402
     AblationResult,
     InductionResult,
@@ -34,6 +35,18 @@ from nanobard.interp.patching import PatchingResult  # noqa: E402
 from nanobard.records import EvalRow  # noqa: E402
 
 DPI = 110
+
+
+FIGURE_FORMATS = (".png", ".svg", ".pdf")
+
+
+def check_figure_path(path: str | os.PathLike, flag: str) -> None:
+    """A one-line error, before any work, for a figure file name that is not .png, .svg or .pdf
+    (matplotlib's own error names only the format)."""
+    if Path(path).suffix.lower() not in FIGURE_FORMATS:
+        raise NanobardError(f"{flag} {path}: the figure is written as "
+                            f"{', '.join(FIGURE_FORMATS)}; give a file name ending in one of "
+                            "them")  # fmt: skip
 
 
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:

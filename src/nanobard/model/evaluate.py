@@ -25,6 +25,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from nanobard.config import ConfigError
 from nanobard.records import Record
 
 if TYPE_CHECKING:
@@ -105,6 +106,11 @@ def sliding_nll(
     desc: str = "score",
 ) -> tuple[float, int]:
     """Total NLL (nats) and number of tokens scored, by the sliding-window plan above."""
+    if len(ids) < 2:  # the first token has nothing before it to be predicted from
+        raise ConfigError(
+            f"the text to score is {len(ids)} token{'s' * (len(ids) != 1)} long; bits per "
+            "character need at least two (score more characters)"
+        )
     data = torch.tensor(ids, dtype=torch.long)
     plan = window_plan(len(ids), window, stride)
     total, count = 0.0, 0

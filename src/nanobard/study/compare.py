@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from nanobard.errors import NanobardError
-from nanobard.interp.figures import plt, save_figure
+from nanobard.interp.figures import check_figure_path, plt, save_figure
 from nanobard.records import EvalRow, Record, TornRecord, read_json
 from nanobard.rundir import RunDir
 
@@ -212,17 +212,13 @@ def read_runs(folders: Sequence[str | os.PathLike]) -> list[RunSummary]:
     return runs
 
 
-FIGURE_FORMATS = (".png", ".svg", ".pdf")
-
-
 def compare_runs(
     folders: Sequence[str | os.PathLike], figure: str | os.PathLike | None = None
 ) -> Comparison:
     """Read the runs in ``folders`` and, with ``figure`` (.png, .svg or .pdf), draw their curves
     into that file."""
-    if figure is not None and Path(figure).suffix.lower() not in FIGURE_FORMATS:
-        raise NanobardError(f"--out {figure}: the figure is written as {', '.join(FIGURE_FORMATS)};"
-                            " give a file name ending in one of them")  # fmt: skip
+    if figure is not None:
+        check_figure_path(figure, "--out")
     runs = read_runs(folders)
     out = Comparison(runs)
     if figure is not None:
