@@ -1,4 +1,6 @@
+import logging
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -85,3 +87,15 @@ def test_a_pretrained_model_is_scored_on_the_positions_it_scores_only(tmp_path, 
     bf16 = E.score_hf(model, tok, text, max_window=64, precision=torch.bfloat16)
     assert bf16.precision == "bfloat16" and bf16.nll_nats != fast.nll_nats
     assert bf16.bits_per_char == pytest.approx(fast.bits_per_char, abs=0.01)
+
+
+def test_a_model_without_the_causal_mask_is_scored_with_a_warning(tiny_text, caplog):
+    """--no-causal sees the character it predicts: its bits/char are no measure of prediction."""
+    tok = CharTokenizer.from_text(tiny_text[:300])
+    cfg = ModelConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    with caplog.at_level(logging.WARNING, logger="nanobard"):
+        score_scratch(GPT(cfg).eval(), tok, tiny_text[:100])
+        assert not caplog.records
+        score_scratch(GPT(replace(cfg, causal=False)).eval(), tok, tiny_text[:100], "enc")
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and said[0].startswith("enc attends to the characters it predicts")

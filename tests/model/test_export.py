@@ -224,6 +224,7 @@ def test_user_errors_are_clear(tmp_path, tiny_text):
         ({"pos_encoding": "rotary"}, "rotary positions"),
         ({"qk_norm": True}, "normalised queries"),
         ({"activation": "relu2", "zero_init": True}, "ReLU"),
+        ({"causal": False}, "without the causal mask"),  # GPT-2 always masks the future
     ],
 )
 def test_speed_run_options_gpt2_cannot_hold_are_refused(tmp_path, tiny_text, kw, named):

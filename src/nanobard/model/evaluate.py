@@ -15,6 +15,7 @@ Results: nats per token of the model's own tokenizer (comparable only within a t
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 
     from nanobard.data.tokenizer import CharTokenizer
     from nanobard.model.gpt import GPT
+
+logger = logging.getLogger(__name__)
 
 # (B, T) ids, start -> (B, T - start, V): the logits of positions start..T-1 only (a scoring
 # window needs those of the tokens it scores; the LM head of a BPE model is a fifth of its work)
@@ -142,6 +145,9 @@ def score_scratch(
     model: GPT, tokenizer: CharTokenizer, text: str, name: str = "scratch", progress: bool = False
 ) -> Score:
     """Bits per character of a from-scratch GPT on ``text``."""
+    if not model.config.causal:
+        logger.warning("%s attends to the characters it predicts (--no-causal): its bits per "
+                       "character are no measure of prediction", name)  # fmt: skip
     t0 = time.perf_counter()
     model.eval()
     device = next(model.parameters()).device

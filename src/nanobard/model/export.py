@@ -100,6 +100,7 @@ def check_gpt2_architecture(cfg: ModelConfig) -> None:
             ("rotary positions (--pos-encoding rotary)", cfg.pos_encoding == "rotary"),
             ("normalised queries and keys (--qk-norm)", cfg.qk_norm),
             ("the ReLU² activation (--activation relu2)", cfg.activation == "relu2"),
+            ("attention without the causal mask (--no-causal)", not cfg.causal),
         )
         if used
     ]
@@ -107,7 +108,7 @@ def check_gpt2_architecture(cfg: ModelConfig) -> None:
         raise ExportError(
             f"this model uses {' and '.join(beyond)}, which GPT-2's format cannot hold; "
             "export works for models trained without them (the readable presets: "
-            "--pos-encoding learned --activation gelu --no-qk-norm)"
+            "--pos-encoding learned --activation gelu --no-qk-norm --causal)"
         )
 
 
