@@ -74,9 +74,9 @@ def test_train_started_twice_on_one_folder_stops_the_second(tmp_path, tiny_text)
         deadline = time.time() + 60
         while time.time() < deadline and not (out / "metrics.jsonl").exists():
             time.sleep(0.2)
-        second = subprocess.run(
+        second = subprocess.run(  # --force: even told to start afresh, it may not clobber
             [sys.executable, "-m", "nanobard", "train", "--data", str(tmp_path / "c.txt"),
-             "--out", str(out), *tiny], capture_output=True, text=True, timeout=120,
+             "--out", str(out), "--force", *tiny], capture_output=True, text=True, timeout=120,
         )  # fmt: skip
     finally:
         first.send_signal(signal.SIGKILL)

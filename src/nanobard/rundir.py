@@ -61,6 +61,8 @@ class RunDir:
     METRICS_HF = "metrics_hf.jsonl"
     BEFORE = "finetune_before.json"
     FINETUNE_RESULT = "finetune_result.json"
+    # what a fresh train or finetune would replace: a run is there already (cli/common.py)
+    RUN_FILES = (BEST, LAST, TRAIN_RESULT, FINETUNED, HF_CHECKPOINTS, FINETUNE_RESULT)
     # the lessons
     CROSSOVER = "crossover.json"  # transfer.crossover's result
     # the study

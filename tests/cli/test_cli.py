@@ -206,6 +206,12 @@ CASES = {
         ["generate", "{d}/hf"],
         "incomplete",
     ),
+    "a fresh train over a finished run": (
+        None,
+        ["train", "--data", "{d}/c.txt", "--out", "{run}", *TINY],
+        "holds a run already (model_scratch_best.pt, ckpt_last.pt, train_result.json); pass "
+        "--resume to continue it, --force",
+    ),
     "scoring one character": (
         None,
         ["evaluate", "{run}", "--data", "{d}/c.txt", "--score-chars", "1"],

@@ -77,7 +77,9 @@ def test_a_resumed_run_continues_its_curves_and_a_fresh_one_replaces_them(tiny_f
     assert steps() == [0, 3, 6, 9]
     logged = tensorboard_scalars(out / "tensorboard/scratch")
     assert_same(logged, metric_rows(out / "metrics.jsonl"))
-    assert train_cli(tiny_file, out, "--report-to", "tensorboard") == 0  # fresh: replaced
+    assert train_cli(tiny_file, out, "--report-to", "tensorboard") == 2  # a run is there
+    assert steps() == [0, 3, 6, 9]  # refused before anything was touched
+    assert train_cli(tiny_file, out, "--report-to", "tensorboard", "--force") == 0  # replaced
     assert steps() == [0, 3, 6]
 
 

@@ -133,6 +133,12 @@ def add_run_flags(parser: argparse.ArgumentParser, what: str, resume: str) -> No
     )
     parser.add_argument("--resume", action="store_true", help=resume)
     parser.add_argument(
+        "--force",
+        action="store_true",
+        help="start afresh in a --out folder that holds a run already (its checkpoints, metrics "
+        "and results are replaced); without --resume or --force such a folder is refused",
+    )
+    parser.add_argument(
         "--allow-new-corpus",
         action="store_true",
         help="with --resume: continue on a corpus that changed since the run began (by default "
@@ -176,9 +182,24 @@ def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def run_folder(args: argparse.Namespace, what: str) -> Path:
+    """``--out``, or a new folder under runs/. A command with ``--resume`` refuses, in one line,
+    to start afresh over a run already there unless told to (``--force``): a finished run's
+    best checkpoint and results would be replaced without a word."""
     import time
 
-    return Path(args.out or f"runs/{what}-{time.strftime('%Y%m%d-%H%M%S')}")
+    from nanobard.errors import NanobardError
+    from nanobard.rundir import RunDir
+
+    out = Path(args.out or f"runs/{what}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if getattr(args, "resume", True) or getattr(args, "force", False):
+        return out
+    held = [name for name in RunDir.RUN_FILES if (out / name).exists()]
+    if held:
+        raise NanobardError(
+            f"{out} holds a run already ({', '.join(held)}); pass --resume to continue it, "
+            "--force to start afresh over it, or another --out"
+        )
+    return out
 
 
 def print_stream(gen: TextGenerator, prompt: str, n: int, scfg: SamplingConfig) -> None:
