@@ -196,6 +196,10 @@ class TrainConfig:
             raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be at least 1, got {self.threads}")
+        if self.lr_decay_steps is not None and self.lr_decay_steps < 1:
+            raise ConfigError(f"lr_decay_steps must be at least 1, got {self.lr_decay_steps}")
+        if self.target_loss is not None and not self.target_loss > 0:
+            raise ConfigError(f"target_loss must be positive, got {self.target_loss}")
         if self.eval_interval < 1 or self.eval_iters < 1:
             raise ConfigError("eval_interval and eval_iters must be at least 1")
         if self.patience is not None and self.patience < 1:
@@ -300,6 +304,8 @@ class FinetuneConfig:
             )
         if self.lora_r < 0:
             raise ConfigError(f"lora_r must be >= 0, got {self.lora_r}")
+        if self.sample_tokens < 0:
+            raise ConfigError(f"sample_tokens must be >= 0 (0: none), got {self.sample_tokens}")
         if self.score_chars is not None and self.score_chars < 0:
             raise ConfigError(f"score_chars must be >= 0 (0: all), got {self.score_chars}")
         if not self.lora_plus >= 1:

@@ -212,6 +212,8 @@ CASES = {
         "holds a run already (model_scratch_best.pt, ckpt_last.pt, train_result.json); pass "
         "--resume to continue it, --force",
     ),
+    "a decay of 0 steps": (None, ["train", "--lr-decay-steps", "0"], "lr_decay_steps must be at"),
+    "a negative target loss": (None, ["train", "--target-loss=-1"], "target_loss must be positive"),
     "scoring one character": (
         None,
         ["evaluate", "{run}", "--data", "{d}/c.txt", "--score-chars", "1"],
@@ -325,6 +327,9 @@ def test_hostile_input_ends_in_one_line(name, trained, capsys, monkeypatch):
 
 
 ARGUMENT_ERRORS = {
+    # a count below 0
+    ("generate", "m.pt", "--max-new-tokens=-5"): "nanobard generate: error: argument "
+    "--max-new-tokens: must be >= 0, got -5; see nanobard generate --help",
     # an unknown flag: its command, the closest real flag, that command's own --help
     ("train", "--max-step", "3"): "nanobard train: error: unrecognized arguments: --max-step 3 "
     "(did you mean --max-steps?); see nanobard train --help",

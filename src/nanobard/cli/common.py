@@ -115,7 +115,18 @@ def overrides(args: argparse.Namespace, *classes: type) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
 
 
-def add_corpus_flags(parser: argparse.ArgumentParser) -> None:
+def count(text: str) -> int:
+    """An argparse type: a whole number >= 0 (a count of tokens or characters)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
+    return n
+
+
+def add_corpus_flags(parser: argparse.ArgumentParser, use: str = "train on") -> None:
     g = parser.add_mutually_exclusive_group()
     g.add_argument(
         "--corpus",
@@ -124,7 +135,7 @@ def add_corpus_flags(parser: argparse.ArgumentParser) -> None:
         help="built-in corpus: the 38 plays shipped with nanobard (default, offline) or the "
         "classic tiny Shakespeare file (downloaded once; or set NANOBARD_TINYSHAKESPEARE=PATH)",
     )
-    g.add_argument("--data", metavar="PATH", help="train on any UTF-8 text file instead")
+    g.add_argument("--data", metavar="PATH", help=f"{use} any UTF-8 text file instead")
 
 
 def add_run_flags(parser: argparse.ArgumentParser, what: str, resume: str) -> None:
@@ -167,7 +178,7 @@ def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
         help="text to continue (default: 'ROMEO:\\n' for Shakespeare, "
         "else the opening of a validation line)",
     )
-    parser.add_argument("--max-new-tokens", type=int, default=300, help="tokens to generate")
+    parser.add_argument("--max-new-tokens", type=count, default=300, help="tokens to generate")
     parser.add_argument(
         "--temperature", type=float, default=0.8, help="0 = greedy; higher = more random"
     )

@@ -17,7 +17,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         metavar="MODEL",
         help="model_scratch_best.pt, run folder, HF folder or hub id",
     )
-    add_corpus_flags(e)
+    add_corpus_flags(e, "score on")
     e.add_argument(
         "--score-chars",
         type=int,

@@ -10,6 +10,7 @@ from nanobard.cli.common import (
     add_corpus_flags,
     add_report_flag,
     add_run_flags,
+    count,
     overrides,
     run_folder,
 )
@@ -33,7 +34,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     add_run_flags(t, "scratch", "continue from DIR/ckpt_last.pt exactly where it stopped")
     add_report_flag(t)
     t.add_argument(
-        "--sample-tokens", type=int, default=300, help="characters to sample at the end (0 = none)"
+        "--sample-tokens",
+        type=count,
+        default=300,
+        help="characters to sample at the end (0 = none)",
     )
     add_config_flags(t, C.ModelConfig, C.TrainConfig, skip=("vocab_size",))
     t.set_defaults(handler=handle)
