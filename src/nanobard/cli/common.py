@@ -193,9 +193,10 @@ def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def run_folder(args: argparse.Namespace, what: str) -> Path:
-    """``--out``, or a new folder under runs/. A command with ``--resume`` refuses, in one line,
-    to start afresh over a run already there unless told to (``--force``): a finished run's
-    best checkpoint and results would be replaced without a word."""
+    """``--out``, or a new folder under runs/. The commands that take ``--resume`` (train,
+    finetune) refuse, in one line, to start afresh over a run already there unless told to
+    (``--force``): a finished run's best checkpoint and results would be replaced without a
+    word."""
     import time
 
     from nanobard.errors import NanobardError
